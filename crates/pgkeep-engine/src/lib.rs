@@ -1,0 +1,48 @@
+//! pgkeep's engine: everything that runs beside PostgreSQL, with no Kubernetes types.
+//!
+//! The binary calls operations here (prepare directories, take a backup, push a WAL segment);
+//! Kubernetes Jobs run the same binary, so this crate is written and tested once, against a real
+//! PostgreSQL. Each module owns one concern and has its own error type whose messages say what to
+//! do; [`ExitClass`] tells the binary which exit code an error maps to.
+
+pub mod datadir;
+pub mod db;
+pub mod fsutil;
+pub mod mountinfo;
+pub mod server;
+pub mod settings;
+pub mod tools;
+
+/// How an error should end the process (documented in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitClass {
+    /// Something failed (exit 1).
+    Failed,
+    /// A safety check refused to go on and nothing was changed (exit 3).
+    Refused,
+}
+
+impl datadir::DatadirError {
+    pub fn exit_class(&self) -> ExitClass {
+        use datadir::DatadirError::*;
+        match self {
+            Fs(_) => ExitClass::Failed,
+            Guard(g) => g.exit_class(),
+            WrongOwner { .. }
+            | ForeignContent { .. }
+            | PostmasterRunning { .. }
+            | UnsafeWipe { .. } => ExitClass::Refused,
+        }
+    }
+}
+
+impl mountinfo::GuardError {
+    pub fn exit_class(&self) -> ExitClass {
+        match self {
+            mountinfo::GuardError::Refused(_) | mountinfo::GuardError::OutsideRoot { .. } => {
+                ExitClass::Refused
+            }
+            _ => ExitClass::Failed,
+        }
+    }
+}

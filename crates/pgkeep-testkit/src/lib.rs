@@ -1,0 +1,563 @@
+//! Test-only helpers. [`TempCluster`] is a real, throwaway PostgreSQL: initdb and pg_ctl from the
+//! installed server binaries, in a temporary directory laid out like a pgkeep site (volume root
+//! with PGDATA below it, WAL archive, backups and socket directories), on a free loopback port.
+//!
+//! PostgreSQL refuses to run as root; when the tests run as root the server runs as a non-root
+//! account (`PGKEEP_TEST_USER`, default `postgres`) and the site is owned by it. The server log is
+//! printed when a test panics, and the server is stopped on drop. When the binaries are missing
+//! every constructor panics with a message saying how to install them: tests never skip.
+//!
+//! This crate starts its processes with `std::process` directly rather than through the engine's
+//! runner so that the engine's own tests can depend on it without a dependency cycle.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The PostgreSQL server's bin directory: `PGKEEP_PG_BIN`, else the highest
+/// `/usr/lib/postgresql/*/bin` that has `postgres`. Panics with instructions when missing.
+pub fn pg_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGKEEP_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("postgres").is_file(),
+            "PGKEEP_PG_BIN={} has no `postgres` binary",
+            dir.display()
+        );
+        return dir;
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in rd.flatten() {
+            if let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                let bin = e.path().join("bin");
+                if bin.join("postgres").is_file() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                    best = Some((v, bin));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, p)) => p,
+        None => panic!(
+            "PostgreSQL server binaries not found: these tests need a real PostgreSQL.\n\
+             Install them (Debian: apt-get install -y postgresql) or set PGKEEP_PG_BIN to the \
+             directory holding initdb, pg_ctl and postgres."
+        ),
+    }
+}
+
+/// The account the server runs as: (name, uid, gid). This process's own account unless it is
+/// root; then `PGKEEP_TEST_USER` (default `postgres`), which must exist.
+pub fn server_account() -> (String, u32, u32) {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        let user = nix::unistd::User::from_uid(euid).ok().flatten();
+        return (
+            user.map(|u| u.name).unwrap_or_else(|| euid.to_string()),
+            euid.as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+    }
+    let name = std::env::var("PGKEEP_TEST_USER").unwrap_or_else(|_| "postgres".into());
+    match nix::unistd::User::from_name(&name) {
+        Ok(Some(u)) => (u.name, u.uid.as_raw(), u.gid.as_raw()),
+        _ => panic!(
+            "tests run as root, and PostgreSQL refuses to run as root: a non-root account `{name}` \
+             is needed to run the test server.\nCreate it (apt-get install -y postgresql creates \
+             `postgres`) or set PGKEEP_TEST_USER to an existing non-root account."
+        ),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (racy by nature; start() retries on a clash).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Options for [`TempCluster`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    settings: Vec<(String, String)>,
+    archive_command: Option<String>,
+    no_start: bool,
+    data_checksums: bool,
+}
+
+impl Options {
+    /// An extra `postgresql.conf` setting.
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.into(), value.into()));
+        self
+    }
+
+    /// Turn on archiving with this `archive_command` (`%p`/`%f` as PostgreSQL expects).
+    pub fn archive_command(mut self, cmd: &str) -> Self {
+        self.archive_command = Some(cmd.into());
+        self
+    }
+
+    /// initdb only; do not start the server.
+    pub fn no_start(mut self) -> Self {
+        self.no_start = true;
+        self
+    }
+
+    pub fn data_checksums(mut self) -> Self {
+        self.data_checksums = true;
+        self
+    }
+
+    pub fn start(self) -> TempCluster {
+        TempCluster::start_with(self)
+    }
+}
+
+/// A real PostgreSQL in a temporary site directory. See the crate docs.
+pub struct TempCluster {
+    dir: Option<tempfile::TempDir>,
+    bin: PathBuf,
+    port: u16,
+    user: String,
+    uid: u32,
+    gid: u32,
+    password: String,
+    running: AtomicBool,
+}
+
+impl TempCluster {
+    /// initdb and start with default options.
+    pub fn start() -> TempCluster {
+        Options::default().start()
+    }
+
+    pub fn options() -> Options {
+        Options::default()
+    }
+
+    fn start_with(opts: Options) -> TempCluster {
+        let bin = pg_bin();
+        let (user, uid, gid) = server_account();
+        let dir = tempfile::Builder::new()
+            .prefix("pgkeep-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let password = format!("pw-{}", std::process::id() ^ free_port() as u32);
+        let mut c = TempCluster {
+            dir: Some(dir),
+            bin,
+            port: 0,
+            user,
+            uid,
+            gid,
+            password,
+            running: AtomicBool::new(false),
+        };
+        for d in [
+            c.pgroot(),
+            c.run_dir(),
+            c.wal_archive(),
+            c.backups(),
+            c.log_dir(),
+        ] {
+            std::fs::create_dir_all(&d).expect("create site dir");
+        }
+        for d in [
+            c.root().to_path_buf(),
+            c.pgroot(),
+            c.run_dir(),
+            c.wal_archive(),
+            c.backups(),
+            c.log_dir(),
+        ] {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).expect("chown site dir");
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        c.initdb(&opts);
+        if !opts.no_start {
+            c.start_server_retrying();
+        } else {
+            c.port = free_port();
+            c.write_port();
+        }
+        c
+    }
+
+    fn initdb(&self, opts: &Options) {
+        let pwfile = self.root().join("pwfile");
+        std::fs::write(&pwfile, format!("{}\n", self.password)).expect("write pwfile");
+        std::os::unix::fs::chown(&pwfile, Some(self.uid), Some(self.gid)).expect("chown pwfile");
+        let mut cmd = self.server_cmd("initdb");
+        cmd.arg("-D")
+            .arg(self.pgdata())
+            .args(["-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        if opts.data_checksums {
+            cmd.arg("--data-checksums");
+        }
+        let out = run(cmd);
+        let _ = std::fs::remove_file(&pwfile);
+        assert!(out.status.success(), "initdb failed:\n{}", lossy(&out));
+        let mut conf = String::from("\n# pgkeep-testkit\n");
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\nlisten_addresses = '127.0.0.1'\n",
+            self.run_dir().display()
+        ));
+        // Throwaway clusters: durability is not what these tests measure.
+        conf.push_str("fsync = off\nmax_connections = 30\nshared_buffers = 32MB\n");
+        conf.push_str("max_wal_senders = 4\nwal_level = replica\n");
+        if let Some(ac) = &opts.archive_command {
+            conf.push_str(&format!(
+                "archive_mode = on\narchive_command = '{}'\n",
+                ac.replace('\'', "''")
+            ));
+        }
+        for (k, v) in &opts.settings {
+            conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+        }
+        let conf_path = self.pgdata().join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+    }
+
+    fn write_port(&self) {
+        // The port lives in postgresql.auto.conf-like include so restarts keep it.
+        let path = self.pgdata().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).expect("read postgresql.conf");
+        text.push_str(&format!("port = {}\n", self.port));
+        std::fs::write(&path, text).expect("write postgresql.conf");
+    }
+
+    fn start_server_retrying(&mut self) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            self.port = free_port();
+            self.write_port();
+            match self.try_start() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start the test PostgreSQL:\n{last}");
+    }
+
+    fn try_start(&self) -> Result<(), String> {
+        let mut cmd = self.server_cmd("pg_ctl");
+        cmd.arg("-D")
+            .arg(self.pgdata())
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-w", "-t", "60", "start"]);
+        let out = run(cmd);
+        if out.status.success() {
+            self.running.store(true, Ordering::SeqCst);
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\n--- server log ---\n{}",
+                lossy(&out),
+                self.log()
+            ))
+        }
+    }
+
+    /// Start the server again after [`TempCluster::stop`] (or on a data directory replaced by a
+    /// test). Panics with the server log when it does not come up.
+    pub fn restart(&self) {
+        if self.running.load(Ordering::SeqCst) {
+            self.stop();
+        }
+        if let Err(e) = self.try_start() {
+            panic!("could not start the test PostgreSQL:\n{e}");
+        }
+    }
+
+    /// Stop the server (fast shutdown) and wait.
+    pub fn stop(&self) {
+        let mut cmd = self.server_cmd("pg_ctl");
+        cmd.arg("-D")
+            .arg(self.pgdata())
+            .args(["-w", "-t", "60", "-m", "fast", "stop"]);
+        let out = run(cmd);
+        assert!(
+            out.status.success() || !self.pgdata().join("postmaster.pid").exists(),
+            "pg_ctl stop failed:\n{}\n{}",
+            lossy(&out),
+            self.log()
+        );
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Mark the server as stopped by someone else (e.g. pgkeep stopped it).
+    pub fn forget_running(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// A Command for a server program, run as the server account.
+    pub fn server_cmd(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.env("PGDATA", self.pgdata())
+            .env("PGHOST", self.run_dir())
+            .env("PGUSER", "postgres")
+            .env_remove("PGPASSWORD")
+            .env_remove("PGDATABASE")
+            .stdin(Stdio::null());
+        if self.port != 0 {
+            cmd.env("PGPORT", self.port.to_string());
+        } else {
+            cmd.env_remove("PGPORT");
+        }
+        if nix::unistd::geteuid().is_root() {
+            cmd.uid(self.uid).gid(self.gid);
+            cmd.env("HOME", self.root());
+        }
+        cmd.current_dir(self.root());
+        cmd
+    }
+
+    /// Run SQL with psql against `db`; returns unaligned, tuples-only output. Panics on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let mut cmd = self.server_cmd("psql");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]);
+        let out = run(cmd);
+        assert!(
+            out.status.success(),
+            "psql failed on {db}: {sql}\n{}",
+            lossy(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
+    /// Like [`TempCluster::psql`] but returns Err(stderr) instead of panicking.
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let mut cmd = self.server_cmd("psql");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]);
+        let out = run(cmd);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Run a SQL script file's text with psql (ON_ERROR_STOP). Panics on error.
+    pub fn psql_script(&self, db: &str, script: &str) {
+        let path = self.root().join(format!("script-{}.sql", free_port()));
+        std::fs::write(&path, script).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut cmd = self.server_cmd("psql");
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f"])
+            .arg(&path);
+        let out = run(cmd);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "script failed on {db}:\n{}",
+            lossy(&out)
+        );
+    }
+
+    /// The site root (temp dir).
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().expect("alive").path()
+    }
+    /// The data volume root (PGDATA's parent).
+    pub fn pgroot(&self) -> PathBuf {
+        self.root().join("volume")
+    }
+    pub fn pgdata(&self) -> PathBuf {
+        self.pgroot().join("data")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root().join("run")
+    }
+    pub fn wal_archive(&self) -> PathBuf {
+        self.root().join("wal-archive")
+    }
+    pub fn backups(&self) -> PathBuf {
+        self.root().join("backups")
+    }
+    fn log_dir(&self) -> PathBuf {
+        self.root().join("log")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.log_dir().join("postgresql.log")
+    }
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+    /// The superuser's password (for TCP connections to 127.0.0.1, scram-sha-256).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// A connection string for tokio-postgres over the socket directory.
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.run_dir().display(),
+            self.port
+        )
+    }
+
+    /// Environment for running pgkeep against this site (settings and libpq variables).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PGKEEP_TARGET".into(), "local".into()),
+            ("PGKEEP_PGROOT".into(), self.pgroot().display().to_string()),
+            ("PGDATA".into(), self.pgdata().display().to_string()),
+            (
+                "PGKEEP_WAL_ARCHIVE".into(),
+                self.wal_archive().display().to_string(),
+            ),
+            (
+                "PGKEEP_BACKUPS".into(),
+                self.backups().display().to_string(),
+            ),
+            (
+                "PGKEEP_RUN_DIR".into(),
+                self.run_dir().display().to_string(),
+            ),
+            ("PGKEEP_UID".into(), self.uid.to_string()),
+            ("PGKEEP_GID".into(), self.gid.to_string()),
+            ("PGKEEP_PG_BIN".into(), self.bin.display().to_string()),
+            ("PGHOST".into(), self.run_dir().display().to_string()),
+            ("PGPORT".into(), self.port.to_string()),
+            ("PGUSER".into(), "postgres".into()),
+            ("PGKEEP_CONFIG".into(), "/dev/null".into()),
+        ]
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- TempCluster server log (last {} lines) of {} ---",
+                tail.len(),
+                self.root().display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            if std::env::var_os("PGKEEP_KEEP_FAILED").is_some()
+                && let Some(d) = self.dir.take()
+            {
+                eprintln!("kept: {}", d.keep().display());
+                return;
+            }
+        }
+        if self.pgdata().join("postmaster.pid").exists() {
+            let mut cmd = self.server_cmd("pg_ctl");
+            cmd.arg("-D")
+                .arg(self.pgdata())
+                .args(["-w", "-t", "30", "-m", "immediate", "stop"]);
+            let _ = run(cmd);
+        }
+    }
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.output()
+        .unwrap_or_else(|e| panic!("could not run {:?}: {e}", cmd.get_program()))
+}
+
+fn lossy(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_starts_answers_and_stops() {
+        let c = TempCluster::start();
+        assert_eq!(c.psql("postgres", "select 1 + 1"), "2");
+        assert_eq!(c.psql("postgres", "show port"), c.port().to_string());
+        let owner = std::fs::metadata(c.pgdata()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(owner.uid(), c.uid());
+        assert_ne!(owner.uid(), 0, "server files are never root's");
+        c.stop();
+        assert!(c.try_psql("postgres", "select 1").is_err());
+        c.restart();
+        assert_eq!(c.psql("postgres", "select 2"), "2");
+    }
+
+    #[test]
+    fn two_clusters_run_side_by_side() {
+        let a = TempCluster::start();
+        let b = TempCluster::options().setting("work_mem", "7MB").start();
+        assert_ne!(a.port(), b.port());
+        a.psql("postgres", "create table only_in_a(x int)");
+        assert!(b.try_psql("postgres", "select * from only_in_a").is_err());
+        assert_eq!(b.psql("postgres", "show work_mem"), "7MB");
+    }
+
+    #[test]
+    fn archive_command_is_set() {
+        let c = TempCluster::options()
+            .archive_command("/bin/true %p")
+            .start();
+        assert_eq!(c.psql("postgres", "show archive_mode"), "on");
+        assert_eq!(c.psql("postgres", "show archive_command"), "/bin/true %p");
+    }
+}

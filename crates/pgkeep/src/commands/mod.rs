@@ -1,0 +1,69 @@
+//! One file per command, one `run` function per command; this module only dispatches.
+
+pub mod backup_logical;
+pub mod backup_physical;
+pub mod backups_list;
+pub mod backups_prune;
+pub mod backups_verify;
+pub mod bootstrap_basebackup;
+pub mod config_show;
+pub mod debug_perms;
+pub mod demo;
+pub mod deploy;
+pub mod drill;
+pub mod lint;
+pub mod loader;
+pub mod prep_dirs;
+pub mod pvc_ensure;
+pub mod receive;
+pub mod render;
+pub mod restore_dump;
+pub mod restore_upload;
+pub mod sanity;
+pub mod scale;
+pub mod serve;
+pub mod space;
+pub mod status;
+pub mod wal_fetch;
+pub mod wal_push;
+pub mod wipe;
+
+use crate::cli::{
+    BackupCommand, BackupsCommand, BootstrapCommand, Command, ConfigCommand, Ctx, DebugCommand,
+    LoaderCommand, PvcCommand, RestoreCommand, WalCommand,
+};
+
+pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
+    match command {
+        Command::Pvc(PvcCommand::Ensure(a)) => pvc_ensure::run(a, ctx).await,
+        Command::Deploy(a) => deploy::run(a, ctx).await,
+        Command::Scale(a) => scale::run(a, ctx).await,
+        Command::Restore(RestoreCommand::Dump(a)) => restore_dump::run(a, ctx).await,
+        Command::Restore(RestoreCommand::Upload(a)) => restore_upload::run(a, ctx).await,
+        Command::Bootstrap(BootstrapCommand::Basebackup(a)) => {
+            bootstrap_basebackup::run(a, ctx).await
+        }
+        Command::Wipe(a) => wipe::run(a, ctx).await,
+        Command::Loader(LoaderCommand::Up(a)) => loader::up(a, ctx).await,
+        Command::Loader(LoaderCommand::Down(a)) => loader::down(a, ctx).await,
+        Command::Debug(DebugCommand::Perms(a)) => debug_perms::run(a, ctx).await,
+        Command::Sanity(a) => sanity::run(a, ctx).await,
+        Command::Space(a) => space::run(a, ctx).await,
+        Command::Backup(BackupCommand::Logical(a)) => backup_logical::run(a, ctx).await,
+        Command::Backup(BackupCommand::Physical(a)) => backup_physical::run(a, ctx).await,
+        Command::Wal(WalCommand::Push(a)) => wal_push::run(a, ctx).await,
+        Command::Wal(WalCommand::Fetch(a)) => wal_fetch::run(a, ctx).await,
+        Command::PrepDirs(a) => prep_dirs::run(a, ctx).await,
+        Command::Serve(a) => serve::run(a, ctx).await,
+        Command::Render(a) => render::run(a, ctx).await,
+        Command::Lint(a) => lint::run(a, ctx).await,
+        Command::Status(a) => status::run(a, ctx).await,
+        Command::Backups(BackupsCommand::List(a)) => backups_list::run(a, ctx).await,
+        Command::Backups(BackupsCommand::Verify(a)) => backups_verify::run(a, ctx).await,
+        Command::Backups(BackupsCommand::Prune(a)) => backups_prune::run(a, ctx).await,
+        Command::Drill(a) => drill::run(a, ctx).await,
+        Command::Demo(a) => demo::run(a, ctx).await,
+        Command::Config(ConfigCommand::Show(a)) => config_show::run(a, ctx).await,
+        Command::Receive(a) => receive::run(a, ctx).await,
+    }
+}

@@ -1,0 +1,12 @@
+//! `pgkeep sanity`: schemas, tables and row counts of the database.
+//!
+//! Not implemented yet: exits with code 2 and says so.
+
+use crate::cli::Ctx;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
+    Err(crate::exit::not_implemented("sanity"))
+}

@@ -1,0 +1,67 @@
+//! Exit codes, and the mapping from an error chain to one of them.
+
+use pgkeep_engine::ExitClass;
+
+pub const FAILED: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const REFUSED: u8 = 3;
+
+/// A command that a later version implements.
+#[derive(Debug)]
+pub struct NotImplemented {
+    pub command: &'static str,
+}
+
+impl std::fmt::Display for NotImplemented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`pgkeep {}` is not implemented yet in this version ({})",
+            self.command,
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+}
+impl std::error::Error for NotImplemented {}
+
+/// The error for a command (or a target of one) that is not there yet.
+pub fn not_implemented(command: &'static str) -> anyhow::Error {
+    NotImplemented { command }.into()
+}
+
+/// A safety refusal raised by the binary itself (e.g. a missing `--yes`).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refused {}
+
+fn class(c: ExitClass) -> u8 {
+    match c {
+        ExitClass::Failed => FAILED,
+        ExitClass::Refused => REFUSED,
+    }
+}
+
+/// The exit code for an error: the first cause in the chain that has a class decides.
+pub fn code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<NotImplemented>() {
+            return USAGE;
+        }
+        if cause.is::<Refused>() {
+            return REFUSED;
+        }
+        if let Some(e) = cause.downcast_ref::<pgkeep_engine::datadir::DatadirError>() {
+            return class(e.exit_class());
+        }
+        if let Some(e) = cause.downcast_ref::<pgkeep_engine::mountinfo::GuardError>() {
+            return class(e.exit_class());
+        }
+    }
+    FAILED
+}

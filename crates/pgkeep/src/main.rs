@@ -1,0 +1,44 @@
+//! The pgkeep binary: parses the command line, resolves settings before any I/O, sets up
+//! logging, runs one command, and maps its error to a documented exit code.
+//!
+//! Exit codes: 0 success; 1 failure; 2 usage error or a command that is not implemented yet;
+//! 3 refused by a safety check (nothing was changed).
+
+mod cli;
+mod commands;
+mod exit;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let ctx = match cli.global.resolve() {
+        Ok(ctx) => ctx,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    output::init_logging(&ctx);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli.command, ctx)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            output::report_error(&err);
+            ExitCode::from(exit::code(&err))
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! What pgkeep shows a person or a script: log lines (text or JSON on stderr), progress bars on a
+//! terminal, errors with their causes and hints, JSON documents on stdout, and the confirmation
+//! prompt for destructive commands.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_indicatif::IndicatifLayer;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::cli::{Ctx, LogFormat};
+use crate::exit::Refused;
+
+/// Set up logging once. Level: `PGKEEP_LOG` (an env-filter) or -v/-q. Progress bars are drawn
+/// only when stderr is a terminal and the format is text.
+pub fn init_logging(ctx: &Ctx) {
+    let default = match (ctx.quiet, ctx.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("PGKEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let registry = tracing_subscriber::registry().with(filter);
+    match ctx.log_format {
+        LogFormat::Json => {
+            let _ = registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_writer(std::io::stderr),
+                )
+                .try_init();
+        }
+        LogFormat::Text if std::io::stderr().is_terminal() => {
+            let indicatif = IndicatifLayer::new();
+            let _ = registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .without_time()
+                        .with_writer(indicatif.get_stderr_writer()),
+                )
+                .with(indicatif)
+                .try_init();
+        }
+        LogFormat::Text => {
+            let _ = registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_ansi(false)
+                        .with_writer(std::io::stderr),
+                )
+                .try_init();
+        }
+    }
+}
+
+/// Print an error and its causes on stderr; hint lines inside messages are kept as they are.
+pub fn report_error(err: &anyhow::Error) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {err}");
+    for cause in err.chain().skip(1) {
+        let _ = writeln!(stderr, "  caused by: {cause}");
+    }
+}
+
+#[allow(dead_code)] // used by the backup and restore commands as they land
+/// A progress bar for `len` units (bytes when `bytes`), drawn only on a terminal.
+pub fn progress(len: u64, message: &str, bytes: bool) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let template = if bytes {
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{spinner} {msg} [{bar:30}] {pos}/{len} eta {eta}"
+    };
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(message.to_owned());
+    pb
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Ask before a destructive step. `--yes` skips the question; without a terminal and without
+/// `--yes` the answer is no.
+pub fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Refused(format!(
+            "{what}: refusing without confirmation\nhint: pass --yes to confirm when not running on a terminal"
+        ))
+        .into());
+    }
+    eprint!("{what}\nType 'yes' to continue: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Refused("not confirmed; nothing was changed".into()).into())
+    }
+}
