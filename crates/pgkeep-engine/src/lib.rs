@@ -5,10 +5,12 @@
 //! PostgreSQL. Each module owns one concern and has its own error type whose messages say what to
 //! do; [`ExitClass`] tells the binary which exit code an error maps to.
 
+pub mod bundle;
 pub mod datadir;
 pub mod db;
 pub mod fsutil;
 pub mod mountinfo;
+pub mod repo;
 pub mod server;
 pub mod settings;
 pub mod tools;
