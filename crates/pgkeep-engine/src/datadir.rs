@@ -79,12 +79,11 @@ pub fn prep_dirs(
     mode: PrepMode,
 ) -> Result<Vec<PrepStep>, DatadirError> {
     let mut steps = Vec::new();
-    if mode != PrepMode::DataOnly {
-        ensure_dir(run_dir, 0o775, uid, gid, &mut steps)?;
-    }
     if mode == PrepMode::RunDirOnly {
+        ensure_dir(run_dir, 0o775, uid, gid, &mut steps)?;
         return Ok(steps);
     }
+    // The guard runs before anything at all is written.
     if !pgroot.exists() {
         return Err(FsError::new(
             "find volume root",
@@ -103,6 +102,9 @@ pub fn prep_dirs(
     });
     if pgdata.exists() {
         check_contents(pgdata)?;
+    }
+    if mode == PrepMode::All {
+        ensure_dir(run_dir, 0o775, uid, gid, &mut steps)?;
     }
     ensure_dir(pgdata, 0o700, uid, gid, &mut steps)?;
     Ok(steps)
