@@ -196,7 +196,14 @@ impl TempCluster {
         let mut cmd = self.server_cmd("initdb");
         cmd.arg("-D")
             .arg(self.pgdata())
-            .args(["-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args([
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ])
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()));
         if opts.data_checksums {

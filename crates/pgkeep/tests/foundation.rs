@@ -466,3 +466,43 @@ fn demo_runs_as_root_and_as_a_non_root_account() {
         check_demo_output(&String::from_utf8_lossy(&out.stdout));
     }
 }
+
+#[test]
+fn receive_checks_size_and_checksum_before_publishing() {
+    use sha2::Digest;
+    let t = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    let dest = t.path().join("upload.tar.gz");
+    let mut input = data.clone();
+    input.extend_from_slice(b"ignored trailer");
+    pgkeep()
+        .args([
+            "receive",
+            "--size",
+            &data.len().to_string(),
+            "--sha256",
+            &sha,
+        ])
+        .arg(&dest)
+        .write_stdin(input)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("received"));
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let other = t.path().join("other.tar.gz");
+    pgkeep()
+        .args([
+            "receive",
+            "--size",
+            &data.len().to_string(),
+            "--sha256",
+            &sha,
+        ])
+        .arg(&other)
+        .write_stdin(&data[..1000])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("stream ended"));
+    assert!(!other.exists());
+}
