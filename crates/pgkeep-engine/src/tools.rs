@@ -224,16 +224,14 @@ impl Cmd {
         if let Some((uid, gid)) = self.user {
             cmd.uid(uid).gid(gid);
         }
-        // SAFETY: the closure only calls async-signal-safe system calls (setsid, prctl).
+        // SAFETY: the closure only calls setsid, which is async-signal-safe.
+        // No PR_SET_PDEATHSIG: it fires when the spawning *thread* exits, and tokio's blocking
+        // threads exit when idle, which would kill long-running children such as postgres.
+        // A dropped `Running` kills its child instead.
         unsafe {
             cmd.pre_exec(|| {
                 // A new session has no controlling terminal: no tool can prompt for a password.
                 rustix::process::setsid().map_err(io::Error::from)?;
-                // Do not outlive pgkeep when it is killed.
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::TERM,
-                ))
-                .map_err(io::Error::from)?;
                 Ok(())
             });
         }
