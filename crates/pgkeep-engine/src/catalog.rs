@@ -45,7 +45,10 @@ pub fn peek_manifest(path: &Path) -> Option<Manifest> {
         if dec.read_exact(&mut head).is_err() {
             continue;
         }
-        let Ok(h) = tar::Header::from_byte_slice(&head).path().map(|p| p.into_owned()) else {
+        let Ok(h) = tar::Header::from_byte_slice(&head)
+            .path()
+            .map(|p| p.into_owned())
+        else {
             continue;
         };
         if h != Path::new(MANIFEST_NAME) {
@@ -212,7 +215,11 @@ fn verify_inner(
                 found: c.top_level().into_iter().collect::<Vec<_>>().join(", "),
             });
         }
-        let list = pg.cmd("pg_restore").arg("--list").arg(&dump).output_string()?;
+        let list = pg
+            .cmd("pg_restore")
+            .arg("--list")
+            .arg(&dump)
+            .output_string()?;
         let entries = list
             .lines()
             .filter(|l| !l.starts_with(';') && !l.trim().is_empty())

@@ -49,6 +49,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::ExitClass;
 use crate::bundle::{self, BundleError, BundleKind, BundleWriter, Level, Manifest};
 use crate::db::{ConnParams, Db, DbError, quote_ident};
 use crate::fsutil::{self, FsError, IoContext};
@@ -57,7 +58,6 @@ use crate::sanity::SanityReport;
 use crate::sqlgz::{self, SqlGzError};
 use crate::tools::{PgBin, ToolError};
 use crate::upload::{self, FileKind};
-use crate::ExitClass;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogicalError {
@@ -545,7 +545,10 @@ impl LogicalBackup {
         let db = Db::connect(&self.conn).await?;
         let server = db.server_info().await?;
 
-        tracing::info!(step = "check-tools", "pg_dump must not be older than the server");
+        tracing::info!(
+            step = "check-tools",
+            "pg_dump must not be older than the server"
+        );
         let tool = self.pg.major_version("pg_dump")?;
         if tool < server.major() {
             return Err(LogicalError::OldTools {
@@ -561,7 +564,11 @@ impl LogicalBackup {
 
         let removed = clean_stale(&self.backups_dir)?;
         if !removed.is_empty() {
-            tracing::info!(step = "clean-stale", removed = removed.len(), "removed leftovers");
+            tracing::info!(
+                step = "clean-stale",
+                removed = removed.len(),
+                "removed leftovers"
+            );
         }
         let name = repo::free_name(&self.backups_dir, BackupKind::Logical, started);
         let mut info = BTreeMap::new();
@@ -618,10 +625,15 @@ impl BackupJob {
         let globals = staging.path().join("globals.sql");
 
         std::thread::scope(|s| -> Result<(PathBuf, Manifest, usize), LogicalError> {
-            tracing::info!(step = "dump", jobs = self.jobs, "pg_dump -Fd and pg_dumpall --globals-only");
+            tracing::info!(
+                step = "dump",
+                jobs = self.jobs,
+                "pg_dump -Fd and pg_dumpall --globals-only"
+            );
             self.progress.begin("pg_dump", 0);
             let globals_thread = s.spawn(|| {
-                self.conn.apply(self.pg.cmd("pg_dumpall"))
+                self.conn
+                    .apply(self.pg.cmd("pg_dumpall"))
                     .args(["--globals-only", "--no-sync", "--quote-all-identifiers"])
                     .arg(format!("--file={}", globals.display()))
                     .run()
@@ -643,7 +655,10 @@ impl BackupJob {
             self.info
                 .insert("finished_at".into(), now().to_string().into());
 
-            tracing::info!(step = "bundle", "writing the bundle ({sql_member} derived from {dir_member})");
+            tracing::info!(
+                step = "bundle",
+                "writing the bundle ({sql_member} derived from {dir_member})"
+            );
             let plan_thread = s.spawn(|| sqlgz::prepare(&self.pg, &dump_dir, staging.path()));
             let dir_bytes = dir_size(&dump_dir)?;
             self.progress.begin("bundle", dir_bytes);
@@ -794,7 +809,9 @@ pub fn redact(line: &str) -> String {
     out.split_whitespace()
         .map(|w| {
             if w.contains("SCRAM-SHA-256$")
-                || (w.starts_with("md5") && w.len() >= 35 && w[3..35].bytes().all(|b| b.is_ascii_hexdigit()))
+                || (w.starts_with("md5")
+                    && w.len() >= 35
+                    && w[3..35].bytes().all(|b| b.is_ascii_hexdigit()))
             {
                 "***"
             } else {
@@ -866,7 +883,9 @@ impl LogicalRestore {
                 (contents.manifest, dump, found.globals, found.extensions)
             }
             FileKind::Custom => (None, DumpForm::Custom(archive.clone()), None, None),
-            FileKind::Sql | FileKind::SqlGz => (None, DumpForm::Sql(vec![archive.clone()]), None, None),
+            FileKind::Sql | FileKind::SqlGz => {
+                (None, DumpForm::Sql(vec![archive.clone()]), None, None)
+            }
             FileKind::Other(what) => {
                 return Err(LogicalError::Unrecognised {
                     path: archive.clone(),
@@ -912,11 +931,7 @@ fn find_dump(root: &Path, database: &str) -> Result<Found, LogicalError> {
     let mut sqls = Vec::new();
     let mut globals = None;
     let mut extensions = None;
-    fn walk(
-        d: &Path,
-        depth: usize,
-        out: &mut Vec<(PathBuf, bool)>,
-    ) -> Result<(), FsError> {
+    fn walk(d: &Path, depth: usize, out: &mut Vec<(PathBuf, bool)>) -> Result<(), FsError> {
         let mut entries: Vec<_> = std::fs::read_dir(d)
             .fs_ctx("read directory", d)?
             .collect::<Result<_, _>>()
@@ -968,7 +983,11 @@ fn find_dump(root: &Path, database: &str) -> Result<Found, LogicalError> {
             .cloned()
     };
     let dump = if let Some(d) = named(&dirs, &dir_member)
-        .or_else(|| dirs.iter().find(|p| p.extension().is_some_and(|e| e == "dir")).cloned())
+        .or_else(|| {
+            dirs.iter()
+                .find(|p| p.extension().is_some_and(|e| e == "dir"))
+                .cloned()
+        })
         .or_else(|| dirs.first().cloned())
     {
         Some(DumpForm::Dir(d))
@@ -1028,7 +1047,10 @@ impl PreparedRestore {
 
         let globals = match &self.globals {
             Some(g) => {
-                tracing::info!(step = "globals", "applying globals.sql (\"already exists\" is fine)");
+                tracing::info!(
+                    step = "globals",
+                    "applying globals.sql (\"already exists\" is fine)"
+                );
                 let outcome = self.apply_globals(g, &mut errors).await?;
                 Some(outcome)
             }
@@ -1062,7 +1084,10 @@ impl PreparedRestore {
         let db = Db::connect(&self.req.conn).await?;
         let mut extensions_created = Vec::new();
         if let Some(ext) = &self.extensions {
-            tracing::info!(step = "extensions", "creating the extensions of extensions.tsv");
+            tracing::info!(
+                step = "extensions",
+                "creating the extensions of extensions.tsv"
+            );
             let text = std::fs::read_to_string(ext).fs_ctx("read", ext)?;
             for (name, _version, schema) in parse_extensions_tsv(&text) {
                 if !db.schema_exists(&schema).await? {
@@ -1077,7 +1102,12 @@ impl PreparedRestore {
             }
         }
 
-        tracing::info!(step = "data", method = self.dump.method(), jobs = opts.jobs, "restoring");
+        tracing::info!(
+            step = "data",
+            method = self.dump.method(),
+            jobs = opts.jobs,
+            "restoring"
+        );
         self.req.progress.begin("restore", 0);
         let data = self.restore_data(&opts);
         let data_errors = match data {
@@ -1093,7 +1123,10 @@ impl PreparedRestore {
         tracing::info!(step = "analyze", "ANALYZE");
         db.analyze().await?;
 
-        tracing::info!(step = "matviews", "refreshing materialized views in dependency order");
+        tracing::info!(
+            step = "matviews",
+            "refreshing materialized views in dependency order"
+        );
         let mut matviews_refreshed = 0;
         for mv in db.matviews_in_dependency_order().await? {
             match db
@@ -1132,7 +1165,13 @@ impl PreparedRestore {
             duration_secs: clock.elapsed().as_secs_f64(),
             sanity,
         };
-        tracing::info!(step = "done", tables = summary.tables, rows = summary.rows, errors = summary.errors, "restore finished");
+        tracing::info!(
+            step = "done",
+            tables = summary.tables,
+            rows = summary.rows,
+            errors = summary.errors,
+            "restore finished"
+        );
         Ok(summary)
     }
 
@@ -1256,12 +1295,17 @@ impl PreparedRestore {
             } else {
                 "ON_ERROR_STOP=1"
             });
-        cmd = if gz { cmd.stdin_piped() } else { cmd.stdin_file(file) };
+        cmd = if gz {
+            cmd.stdin_piped()
+        } else {
+            cmd.stdin_file(file)
+        };
         let mut running = cmd.spawn()?;
         if gz {
             let mut stdin = running.take_stdin().expect("stdin is piped");
             let f = std::fs::File::open(file).fs_ctx("open", file)?;
-            let mut dec = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, f));
+            let mut dec =
+                flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, f));
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 let n = match dec.read(&mut buf) {
@@ -1359,7 +1403,11 @@ mod tests {
         let removed = clean_stale(t.path()).unwrap();
         assert_eq!(removed, [".nightly-20260101-0600.tar.gz.staging"]);
         assert!(!dead.exists());
-        assert!(!t.path().join(".nightly-20260101-0600.tar.gz.partial").exists());
+        assert!(
+            !t.path()
+                .join(".nightly-20260101-0600.tar.gz.partial")
+                .exists()
+        );
         assert!(live.path().exists(), "our own staging stays");
         drop(live);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);

@@ -117,8 +117,9 @@ impl Read for PlanReader<'_> {
                     self.left = *len;
                 }
                 Segment::File { path, len } => {
-                    let f = File::open(path)
-                        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                    let f = File::open(path).map_err(|e| {
+                        io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                    })?;
                     self.current = Some(BufReader::with_capacity(1 << 20, f));
                     self.left = *len;
                 }
@@ -186,11 +187,7 @@ pub fn prepare(pg: &PgBin, dump_dir: &Path, work: &Path) -> Result<SqlGzPlan, Sq
         }
     }
 
-    let mut running = pg
-        .cmd("pg_restore")
-        .arg("--file=-")
-        .arg(&shadow)
-        .spawn()?;
+    let mut running = pg.cmd("pg_restore").arg("--file=-").arg(&shadow).spawn()?;
     let stdout = running.take_stdout().expect("stdout is piped");
     let mut input = BufReader::with_capacity(1 << 20, stdout);
     let parts_file = File::create(&parts_path).fs_ctx("create", &parts_path)?;

@@ -96,8 +96,8 @@ pub fn sniff(path: &Path) -> Result<FileKind, FsError> {
 
 /// Copy `src` into `dir` under its own file name: written as a hidden partial, fsynced, renamed;
 /// then read back and compared by SHA-256. An identical file already there is reused; a
-/// different one is refused.
-pub fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf, LogicalError> {
+/// different one is refused. Returns the path and whether this call created it.
+pub fn copy_into(src: &Path, dir: &Path) -> Result<(PathBuf, bool), LogicalError> {
     if !src.is_file() {
         return Err(LogicalError::NoSuchFile {
             path: src.to_owned(),
@@ -118,7 +118,7 @@ pub fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf, LogicalError> {
         _ => false,
     };
     if same_file {
-        return Ok(target);
+        return Ok((target, false));
     }
     let mut out = AtomicFile::create(dir, &name, 0o600)?;
     let f = File::open(src).fs_ctx("open", src)?;
@@ -139,7 +139,7 @@ pub fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf, LogicalError> {
         drop(out);
         if existing == expected {
             tracing::info!(path = %target.display(), "an identical file is already in the backups directory");
-            return Ok(target);
+            return Ok((target, false));
         }
         return Err(LogicalError::UploadClash {
             path: target,
@@ -159,7 +159,7 @@ pub fn copy_into(src: &Path, dir: &Path) -> Result<PathBuf, LogicalError> {
         });
     }
     tracing::info!(path = %path.display(), sha256 = %actual, "copied into the backups directory");
-    Ok(path)
+    Ok((path, true))
 }
 
 #[cfg(test)]
@@ -182,24 +182,41 @@ mod tests {
             std::fs::write(&p, b).unwrap();
             p
         };
-        assert_eq!(sniff(&w("a.sql", b"create table t(x int);\n")).unwrap(), FileKind::Sql);
-        assert_eq!(sniff(&w("a.sql.gz", &gz(b"select 1;\n"))).unwrap(), FileKind::SqlGz);
-        assert_eq!(sniff(&w("a.dump", b"PGDMP\x01\x0e\x00")).unwrap(), FileKind::Custom);
+        assert_eq!(
+            sniff(&w("a.sql", b"create table t(x int);\n")).unwrap(),
+            FileKind::Sql
+        );
+        assert_eq!(
+            sniff(&w("a.sql.gz", &gz(b"select 1;\n"))).unwrap(),
+            FileKind::SqlGz
+        );
+        assert_eq!(
+            sniff(&w("a.dump", b"PGDMP\x01\x0e\x00")).unwrap(),
+            FileKind::Custom
+        );
         let mut tarball = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(1);
         h.set_cksum();
         tarball.append_data(&mut h, "x.sql", &b"x"[..]).unwrap();
         let tar_bytes = tarball.into_inner().unwrap();
-        assert_eq!(sniff(&w("a.tar.gz", &gz(&tar_bytes))).unwrap(), FileKind::TarGz);
+        assert_eq!(
+            sniff(&w("a.tar.gz", &gz(&tar_bytes))).unwrap(),
+            FileKind::TarGz
+        );
         for (name, bytes) in [
             ("a.zip", &b"PK\x03\x04rest"[..]),
             ("empty", b""),
             ("bin", b"\x00\x01\x02\x03"),
         ] {
-            assert!(matches!(sniff(&w(name, bytes)).unwrap(), FileKind::Other(_)), "{name}");
+            assert!(
+                matches!(sniff(&w(name, bytes)).unwrap(), FileKind::Other(_)),
+                "{name}"
+            );
         }
-        assert!(matches!(sniff(&w("a.tar", &tar_bytes)).unwrap(), FileKind::Other(s) if s.contains("uncompressed tar")));
+        assert!(
+            matches!(sniff(&w("a.tar", &tar_bytes)).unwrap(), FileKind::Other(s) if s.contains("uncompressed tar"))
+        );
     }
 
     #[test]
@@ -211,17 +228,22 @@ mod tests {
         std::fs::create_dir_all(&repo).unwrap();
         let src = src_dir.join("records_dump_20251102.sql");
         std::fs::write(&src, "select 1;\n").unwrap();
-        let copied = copy_into(&src, &repo).unwrap();
+        let (copied, created) = copy_into(&src, &repo).unwrap();
+        assert!(created);
         assert_eq!(std::fs::read(&copied).unwrap(), b"select 1;\n");
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(&copied).unwrap().mode() & 0o777, 0o600);
         // Same content again: fine.
-        assert_eq!(copy_into(&src, &repo).unwrap(), copied);
+        assert_eq!(copy_into(&src, &repo).unwrap(), (copied.clone(), false));
         std::fs::write(&src, "select 2;\n").unwrap();
         let err = copy_into(&src, &repo).unwrap_err();
         assert!(matches!(err, LogicalError::UploadClash { .. }), "{err}");
         assert_eq!(std::fs::read(&copied).unwrap(), b"select 1;\n");
-        assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 1, "no partial left");
+        assert_eq!(
+            std::fs::read_dir(&repo).unwrap().count(),
+            1,
+            "no partial left"
+        );
         let err = copy_into(&src_dir.join("missing.sql"), &repo).unwrap_err();
         assert!(matches!(err, LogicalError::NoSuchFile { .. }), "{err}");
     }

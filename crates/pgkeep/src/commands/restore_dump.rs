@@ -3,6 +3,7 @@
 //! changed; a non-empty target needs `--clean` and a confirmation. Exits 1 when the restore
 //! finished but counted errors (they are listed in the summary).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use pgkeep_engine::db::ConnParams;
@@ -52,11 +53,23 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         Some(n) => RestoreSource::Named(n),
         None => RestoreSource::Newest,
     };
-    restore(source, &args.restore, &ctx).await
+    restore(source, &args.restore, &ctx, None).await
 }
 
 /// Prepare (verify, extract, inspect), confirm when needed, restore, print the summary.
-pub async fn restore(source: RestoreSource, args: &RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
+/// `remove_on_refusal`: a file to delete when the restore stops before changing anything.
+pub async fn restore(
+    source: RestoreSource,
+    args: &RestoreArgs,
+    ctx: &Ctx,
+    remove_on_refusal: Option<&Path>,
+) -> anyhow::Result<()> {
+    let refused = |e: anyhow::Error| {
+        if let Some(p) = remove_on_refusal {
+            let _ = std::fs::remove_file(p);
+        }
+        e
+    };
     let s = ctx.settings();
     let req = LogicalRestore {
         pg: PgBin::locate()?,
@@ -70,15 +83,17 @@ pub async fn restore(source: RestoreSource, args: &RestoreArgs, ctx: &Ctx) -> an
         },
         progress: Arc::new(BarProgress::default()),
     };
-    let prepared = req.prepare().await?;
+    let prepared = req.prepare().await.map_err(|e| refused(e.into()))?;
     tracing::info!(archive = %prepared.archive().display(), "verified");
     if !prepared.target_is_empty() {
         if !args.clean {
-            return Err(LogicalError::NotEmpty {
-                database: prepared.database().to_owned(),
-                objects: prepared.target_objects(),
-            }
-            .into());
+            return Err(refused(
+                LogicalError::NotEmpty {
+                    database: prepared.database().to_owned(),
+                    objects: prepared.target_objects(),
+                }
+                .into(),
+            ));
         }
         crate::output::confirm(
             &format!(
@@ -88,7 +103,8 @@ pub async fn restore(source: RestoreSource, args: &RestoreArgs, ctx: &Ctx) -> an
                 prepared.archive().display()
             ),
             args.yes,
-        )?;
+        )
+        .map_err(refused)?;
     }
     let summary = prepared.run().await?;
     if args.json {

@@ -33,7 +33,16 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         }
         .into());
     }
-    let copied = upload::copy_into(&args.file, &ctx.settings().paths.backups)?;
+    let (copied, created) = upload::copy_into(&args.file, &ctx.settings().paths.backups)?;
     tracing::info!(path = %copied.display(), "uploaded");
-    restore(RestoreSource::File(copied), &args.restore, &ctx).await
+    // When the upload turns out not to be restorable (checked before the database is touched),
+    // the copy is removed again: a refused upload leaves the backups directory as it was.
+    let remove_on_refusal = created.then(|| copied.clone());
+    restore(
+        RestoreSource::File(copied),
+        &args.restore,
+        &ctx,
+        remove_on_refusal.as_deref(),
+    )
+    .await
 }
