@@ -18,7 +18,7 @@ use flate2::read::GzDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, BundleError, MANIFEST_NAME, Manifest};
-use crate::fsutil::{self, FsError, IoContext};
+use crate::fsutil::{self, FsError};
 use crate::logical::LogicalError;
 use crate::repo::{self, Backup, BackupKind};
 use crate::tools::PgBin;
@@ -195,8 +195,9 @@ fn verify_inner(
         }
         return Ok((c.members.len(), None));
     }
-    let staging = dir.join(format!(".verify-{}.staging", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+    let staging_dir =
+        crate::logical::Staging::create(dir, &format!("verify-{}", std::process::id()))?;
+    let staging = staging_dir.path().join("x");
     let result = (|| {
         let c = bundle::extract(&backup.path, &staging)?;
         let Some(m) = &c.manifest else {
@@ -226,8 +227,6 @@ fn verify_inner(
             .count();
         Ok((c.members.len(), Some(entries)))
     })();
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).fs_ctx("remove", &staging)?;
-    }
+    drop(staging_dir);
     result
 }

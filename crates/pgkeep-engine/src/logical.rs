@@ -426,15 +426,16 @@ impl Db {
     }
 }
 
-/// A hidden staging directory on the backups volume, removed on drop.
-struct Staging {
+/// A hidden staging directory on the backups volume (`.LABEL.staging`, 0700, with a `pid` file),
+/// removed on drop.
+pub(crate) struct Staging {
     path: PathBuf,
 }
 
 const STAGING_SUFFIX: &str = ".staging";
 
 impl Staging {
-    fn create(dir: &Path, label: &str) -> Result<Staging, FsError> {
+    pub(crate) fn create(dir: &Path, label: &str) -> Result<Staging, FsError> {
         let path = dir.join(format!(".{label}{STAGING_SUFFIX}"));
         if path.exists() {
             std::fs::remove_dir_all(&path).fs_ctx("remove stale staging", &path)?;
@@ -449,7 +450,7 @@ impl Staging {
         Ok(Staging { path })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -482,6 +483,16 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
             .ok()
             .and_then(|p| p.trim().parse().ok());
         if pid.is_some_and(|p| p == std::process::id() || process_is_pgkeep(p)) {
+            continue;
+        }
+        // Without a pid file yet, a directory may be one that is being created right now.
+        let young = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age.as_secs() < 60);
+        if pid.is_none() && young {
             continue;
         }
         std::fs::remove_dir_all(entry.path()).fs_ctx("remove stale staging", &entry.path())?;
