@@ -636,6 +636,7 @@ impl BackupJob {
         let globals = staging.path().join("globals.sql");
 
         std::thread::scope(|s| -> Result<(PathBuf, Manifest, usize), LogicalError> {
+            let clock = Instant::now();
             tracing::info!(
                 step = "dump",
                 jobs = self.jobs,
@@ -668,8 +669,10 @@ impl BackupJob {
 
             tracing::info!(
                 step = "bundle",
+                dump_seconds = clock.elapsed().as_secs_f64(),
                 "writing the bundle ({sql_member} derived from {dir_member})"
             );
+            let clock = Instant::now();
             let plan_thread = s.spawn(|| sqlgz::prepare(&self.pg, &dump_dir, staging.path()));
             let dir_bytes = dir_size(&dump_dir)?;
             self.progress.begin("bundle", dir_bytes);
@@ -688,6 +691,12 @@ impl BackupJob {
             let spliced = plan.spliced();
             let (path, manifest) = w.finish(BundleKind::Logical, std::mem::take(&mut self.info))?;
             self.progress.end();
+            tracing::info!(
+                step = "bundle-written",
+                bundle_seconds = clock.elapsed().as_secs_f64(),
+                spliced,
+                "bundle written, fsynced and renamed"
+            );
             Ok((path, manifest, spliced))
         })
     }
@@ -869,10 +878,18 @@ impl LogicalRestore {
                 let dest = staging.path().join("x");
                 let archive2 = archive.clone();
                 let dest2 = dest.clone();
+                let clock = Instant::now();
                 let contents =
                     tokio::task::spawn_blocking(move || bundle::extract(&archive2, &dest2))
                         .await
                         .map_err(|e| LogicalError::Internal(e.to_string()))??;
+                tracing::info!(
+                    step = "verified",
+                    members = contents.members.len(),
+                    manifest = contents.manifest.is_some(),
+                    seconds = clock.elapsed().as_secs_f64(),
+                    "checksums verified and extracted"
+                );
                 let database = contents
                     .manifest
                     .as_ref()

@@ -765,9 +765,23 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
     let out = ok(pgkeep(&c)
         .env("PGHOST", "127.0.0.1")
         .env("PGPASSWORD", c.password())
-        .args(["backup", "logical", "-v"]));
+        .args(["backup", "logical", "-v", "--log-format", "json"]));
     let all = text(&out);
     assert!(!all.contains(c.password()), "password leaked:\n{all}");
+    // Structured log lines: one JSON object per line, naming the step.
+    let steps: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter_map(|v| v["step"].as_str().map(str::to_owned))
+        .collect();
+    for want in ["connect", "dump", "bundle", "bundle-written", "done"] {
+        assert!(
+            steps.iter().any(|s| s == want),
+            "{want} missing from {steps:?}"
+        );
+    }
     let left = names(&c.backups());
     assert_eq!(left.len(), 1, "stale staging and partial removed: {left:?}");
     assert!(left[0].starts_with("nightly-"), "{left:?}");
