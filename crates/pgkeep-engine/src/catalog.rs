@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, BundleError, MANIFEST_NAME, Manifest};
@@ -26,7 +26,9 @@ use crate::tools::PgBin;
 pub const VERIFIED_FILE: &str = ".pgkeep-verified.json";
 const TAIL: u64 = 256 * 1024;
 
-/// Find the manifest in the tail of a bundle without reading all of it.
+/// Find the manifest in the tail of a bundle without reading all of it: from each gzip header in
+/// the last 256 KiB (nearest the end first), read the tar entries that follow until
+/// `MANIFEST.json` turns up. Tar members start at gzip member boundaries in pgkeep bundles.
 pub fn peek_manifest(path: &Path) -> Option<Manifest> {
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -40,23 +42,22 @@ pub fn peek_manifest(path: &Path) -> Option<Manifest> {
         if !tail[pos..].starts_with(&[0x1f, 0x8b, 0x08]) {
             continue;
         }
-        let mut dec = GzDecoder::new(&tail[pos..]);
-        let mut head = [0u8; 512];
-        if dec.read_exact(&mut head).is_err() {
+        if let Some(m) = manifest_from(&tail[pos..]) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+fn manifest_from(stream: &[u8]) -> Option<Manifest> {
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(stream));
+    for entry in archive.entries().ok()? {
+        let mut entry = entry.ok()?;
+        if entry.path().ok()?.as_ref() != Path::new(MANIFEST_NAME) {
             continue;
         }
-        let Ok(h) = tar::Header::from_byte_slice(&head)
-            .path()
-            .map(|p| p.into_owned())
-        else {
-            continue;
-        };
-        if h != Path::new(MANIFEST_NAME) {
-            continue;
-        }
-        let size = tar::Header::from_byte_slice(&head).size().ok()?;
-        let mut body = vec![0u8; size.min(16 << 20) as usize];
-        dec.read_exact(&mut body).ok()?;
+        let mut body = Vec::new();
+        entry.by_ref().take(16 << 20).read_to_end(&mut body).ok()?;
         return serde_json::from_slice(&body).ok();
     }
     None
@@ -229,4 +230,84 @@ fn verify_inner(
     })();
     drop(staging_dir);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{BundleKind, BundleWriter, Level};
+
+    fn write(dir: &Path, name: &str, last_stored: bool) -> PathBuf {
+        let mut w = BundleWriter::create(dir, name).unwrap();
+        w.append_reader(
+            "big.bin",
+            300_000,
+            Level::Fast,
+            std::io::repeat(7).take(300_000),
+        )
+        .unwrap();
+        if last_stored {
+            w.append_reader("records.sql.gz", 10, Level::Store, &b"0123456789"[..])
+                .unwrap();
+        } else {
+            w.append_bytes("extensions.tsv", b"name\tversion\tschema\n")
+                .unwrap();
+        }
+        let mut info = BTreeMap::new();
+        info.insert("database".into(), serde_json::json!("shop"));
+        w.finish(BundleKind::Logical, info).unwrap().0
+    }
+
+    #[test]
+    fn manifest_is_found_in_the_tail() {
+        let t = tempfile::tempdir().unwrap();
+        for (i, last_stored) in [true, false].into_iter().enumerate() {
+            let p = write(
+                t.path(),
+                &format!("nightly-20260101-060{i}.tar.gz"),
+                last_stored,
+            );
+            let m = peek_manifest(&p).expect("manifest found");
+            assert_eq!(m.info_str("database"), Some("shop"));
+            assert_eq!(m.members.len(), 2);
+        }
+        let junk = t.path().join("junk");
+        std::fs::write(&junk, vec![0x1f; 1000]).unwrap();
+        assert!(peek_manifest(&junk).is_none());
+    }
+
+    #[test]
+    fn list_shows_database_and_verification_state() {
+        let t = tempfile::tempdir().unwrap();
+        let p = write(t.path(), "nightly-20260101-0600.tar.gz", true);
+        let e = list(t.path()).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].database.as_deref(), Some("shop"));
+        assert_eq!(e[0].verified, "no");
+        let b = repo::find(t.path(), "nightly-20260101-0600.tar.gz").unwrap();
+        let size = b.size;
+        save_record(
+            t.path(),
+            &b.name,
+            VerifyRecord {
+                size,
+                mtime: mtime(&p),
+                ok: true,
+                at: "now".into(),
+                message: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(list(t.path()).unwrap()[0].verified, "yes");
+        // A changed file is not verified any more.
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.push(0);
+        std::fs::write(&p, bytes).unwrap();
+        assert_eq!(list(t.path()).unwrap()[0].verified, "no");
+        assert_eq!(
+            repo::list(t.path()).unwrap().len(),
+            1,
+            "the record file is not a backup"
+        );
+    }
 }
