@@ -438,6 +438,22 @@ impl Staging {
     pub(crate) fn create(dir: &Path, label: &str) -> Result<Staging, FsError> {
         let path = dir.join(format!(".{label}{STAGING_SUFFIX}"));
         if path.exists() {
+            let owner: Option<u32> = std::fs::read_to_string(path.join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+            if owner.is_some_and(|p| p != std::process::id() && process_is_pgkeep(p)) {
+                return Err(FsError::new(
+                    "create directory",
+                    &path,
+                    io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "another pgkeep run (pid {}) is using it; wait for it to finish",
+                            owner.unwrap_or_default()
+                        ),
+                    ),
+                ));
+            }
             std::fs::remove_dir_all(&path).fs_ctx("remove stale staging", &path)?;
         }
         std::fs::DirBuilder::new()
