@@ -1258,7 +1258,16 @@ impl PreparedRestore {
                 outcome.already_exists += 1;
             } else {
                 outcome.errors += 1;
-                let msg = format!("globals.sql: {}", redact(line));
+                // `psql:/staging/path/.globals.filtered.sql:36: ERROR: ...` → `globals.sql line 36: ERROR: ...`
+                let shown = match line.strip_prefix("psql:").and_then(|r| {
+                    let (_, rest) = r.split_once(".sql:")?;
+                    let (n, msg) = rest.split_once(": ")?;
+                    Some(format!("line {n}: {msg}"))
+                }) {
+                    Some(s) => s,
+                    None => line.to_owned(),
+                };
+                let msg = format!("globals.sql {}", redact(&shown));
                 tracing::warn!("{msg}");
                 errors.push(msg);
             }

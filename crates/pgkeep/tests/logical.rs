@@ -786,3 +786,72 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
     assert_eq!(left.len(), 1, "stale staging and partial removed: {left:?}");
     assert!(left[0].starts_with("nightly-"), "{left:?}");
 }
+
+#[test]
+fn globals_errors_other_than_already_exists_are_counted_and_reported() {
+    use pgkeep_engine::bundle::{self, BundleKind, BundleWriter};
+    let c = TempCluster::start();
+    c.psql_script(
+        "postgres",
+        "create role app login password 'app-secret-pw'; create database records;",
+    );
+    c.psql_script(
+        "records",
+        "create table t(x int); insert into t select generate_series(1, 77); alter table t owner to app;",
+    );
+    let good = backup(&c);
+    // Rewrite the bundle with a globals.sql that also holds a statement that fails for another
+    // reason than "already exists" (and carries a password hash that must not be shown).
+    let x = tempfile::tempdir().unwrap();
+    let dest = x.path().join("x");
+    bundle::extract(&good, &dest).unwrap();
+    let mut globals = std::fs::read_to_string(dest.join("globals.sql")).unwrap();
+    globals.push_str(
+        "ALTER ROLE \"app\" WITH PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$aGFzaA==:a2V5' NOSUCHOPTION;\n",
+    );
+    std::fs::write(dest.join("globals.sql"), globals).unwrap();
+    let mut w = BundleWriter::create(&c.backups(), "nightly-20991231-2359.tar.gz").unwrap();
+    w.append_dir("records.dir", &dest.join("records.dir"))
+        .unwrap();
+    for f in [
+        "globals.sql",
+        "pg_settings.tsv",
+        "extensions.tsv",
+        "records.sql.gz",
+    ] {
+        w.append_file(f, &dest.join(f), None).unwrap();
+    }
+    let mut info = std::collections::BTreeMap::new();
+    info.insert("database".to_string(), serde_json::json!("records"));
+    w.finish(BundleKind::Logical, info).unwrap();
+
+    c.psql("postgres", "drop database records");
+    let out = fails(
+        pgkeep(&c).args(["restore", "dump"]),
+        1,
+        "finished with 1 error",
+    );
+    let all = text(&out);
+    assert!(
+        all.contains("globals.sql line 36: ERROR: unrecognized role option \"nosuchoption\""),
+        "{all}"
+    );
+    assert!(
+        all.contains("\"already exists\" (ignored), 1 other errors"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("SCRAM-SHA-256$4096:c2FsdA"),
+        "hash shown:\n{all}"
+    );
+    assert!(!all.contains("app-secret-pw"), "{all}");
+    // The data was restored all the same.
+    assert_eq!(c.psql("records", "select count(*) from t"), "77");
+    assert_eq!(
+        c.psql(
+            "records",
+            "select tableowner from pg_tables where tablename = 't'"
+        ),
+        "app"
+    );
+}
