@@ -85,6 +85,10 @@ pub enum LogicalError {
         "{path}: not a dump pgkeep can restore ({found})\nhint: accepted are a pgkeep bundle, a .tar.gz holding a *.dir directory dump or *.sql / *.sql.gz files, a bare .sql, .sql.gz, or a custom-format .dump (pg_dump -Fc)"
     )]
     Unrecognised { path: PathBuf, found: String },
+    #[error(
+        "{name} is a physical base backup, not a logical dump\nhint: restore it with `pgkeep bootstrap basebackup --from {name}`, or pick a nightly-*.tar.gz (`pgkeep backups list`)"
+    )]
+    NotLogical { name: String },
     #[error("{path} does not exist\nhint: give the path of a dump file on this machine")]
     NoSuchFile { path: PathBuf },
     #[error(
@@ -124,6 +128,7 @@ impl LogicalError {
             | NoDump { .. }
             | Unrecognised { .. }
             | NotEmpty { .. }
+            | NotLogical { .. }
             | UploadClash { .. } => ExitClass::Refused,
             Bundle(
                 BundleError::Corrupt { .. }
@@ -873,7 +878,13 @@ impl LogicalRestore {
         tracing::info!(step = "locate", "finding the dump");
         let archive = match &self.source {
             RestoreSource::Newest => repo::newest(&self.backups_dir, BackupKind::Logical)?.path,
-            RestoreSource::Named(n) => repo::find(&self.backups_dir, n)?.path,
+            RestoreSource::Named(n) => {
+                let b = repo::find(&self.backups_dir, n)?;
+                if b.kind != BackupKind::Logical {
+                    return Err(LogicalError::NotLogical { name: b.name });
+                }
+                b.path
+            }
             RestoreSource::File(p) => {
                 if !p.is_file() {
                     return Err(LogicalError::NoSuchFile { path: p.clone() });

@@ -587,6 +587,20 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     // Empty backups directory.
     fails(pgkeep(&c).args(["restore", "dump"]), 1, "no logical backup");
+    // A physical backup's name is not a logical dump.
+    let physical = c.backups().join("basebackup-20200101-0620.bundle.tar.gz");
+    std::fs::write(&physical, b"x").unwrap();
+    fails(
+        pgkeep(&c).args([
+            "restore",
+            "dump",
+            "--from",
+            "basebackup-20200101-0620.bundle.tar.gz",
+        ]),
+        3,
+        "bootstrap basebackup",
+    );
+    std::fs::remove_file(&physical).unwrap();
     // A FILE that does not exist.
     fails(
         pgkeep(&c).args(["restore", "upload", "/nonexistent/dump.tar.gz"]),
