@@ -31,6 +31,14 @@ pub struct BarProgress {
 impl Progress for BarProgress {
     fn begin(&self, step: &str, total: u64) {
         let pb = crate::output::progress(total, step, true);
+        if total == 0 && !pb.is_hidden() {
+            // Unknown size (pg_dump, pg_restore): a spinner with the elapsed time.
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .expect("valid template"),
+            );
+            pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        }
         if let Some(old) = self.bar.lock().expect("bar lock").replace(pb) {
             old.finish_and_clear();
         }
