@@ -6,15 +6,20 @@
 //! do; [`ExitClass`] tells the binary which exit code an error maps to.
 
 pub mod bundle;
+pub mod catalog;
 pub mod datadir;
 pub mod db;
 pub mod fsutil;
+pub mod logical;
 pub mod mountinfo;
 pub mod repo;
+pub mod sanity;
 pub mod server;
 pub mod settings;
+pub mod sqlgz;
 pub mod tools;
 pub mod transfer;
+pub mod upload;
 
 /// How an error should end the process (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

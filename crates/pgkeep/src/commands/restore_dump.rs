@@ -1,16 +1,160 @@
-//! `pgkeep restore dump`: restore the newest (or a named) nightly logical bundle.
-//!
-//! Not implemented yet: exits with code 2 and says so.
+//! `pgkeep restore dump`: restore the newest (or a named) nightly logical bundle (the seed's
+//! restore-from-dump job). Checksums are verified and the target looked at before anything is
+//! changed; a non-empty target needs `--clean` and a confirmation. Exits 1 when the restore
+//! finished but counted errors (they are listed in the summary).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pgkeep_engine::db::ConnParams;
+use pgkeep_engine::logical::{
+    self, LogicalError, LogicalRestore, RestoreOptions, RestoreSource, RestoreSummary,
+};
+use pgkeep_engine::settings::Target;
+use pgkeep_engine::tools::PgBin;
 
 use crate::cli::Ctx;
+use crate::commands::backup_logical::BarProgress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A bundle name in the backups directory (default: the newest complete one).
     #[arg(long)]
     pub from: Option<String>,
+    #[command(flatten)]
+    pub restore: RestoreArgs,
 }
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("restore dump"))
+/// Options shared by `restore dump` and `restore upload`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Parallel pg_restore jobs (default: the number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Restore over a non-empty database: drop and recreate the dump's objects.
+    #[arg(long)]
+    pub clean: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Continue past errors (they are counted and listed) instead of stopping at the first.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.target() == Target::Kube {
+        return Err(crate::exit::not_implemented("restore dump --kube"));
+    }
+    let source = match args.from {
+        Some(n) => RestoreSource::Named(n),
+        None => RestoreSource::Newest,
+    };
+    restore(source, &args.restore, &ctx, None).await
+}
+
+/// Prepare (verify, extract, inspect), confirm when needed, restore, print the summary.
+/// `remove_on_refusal`: a file to delete when the restore stops before changing anything.
+pub async fn restore(
+    source: RestoreSource,
+    args: &RestoreArgs,
+    ctx: &Ctx,
+    remove_on_refusal: Option<&Path>,
+) -> anyhow::Result<()> {
+    let refused = |e: anyhow::Error| {
+        if let Some(p) = remove_on_refusal {
+            let _ = std::fs::remove_file(p);
+        }
+        e
+    };
+    let s = ctx.settings();
+    let req = LogicalRestore {
+        pg: PgBin::locate()?,
+        conn: ConnParams::from_settings(s),
+        backups_dir: s.paths.backups.clone(),
+        source,
+        options: RestoreOptions {
+            jobs: args.jobs.unwrap_or_else(logical::default_jobs),
+            clean: args.clean,
+            keep_going: args.keep_going,
+        },
+        progress: Arc::new(BarProgress::default()),
+    };
+    let prepared = req.prepare().await.map_err(|e| refused(e.into()))?;
+    tracing::info!(archive = %prepared.archive().display(), "verified");
+    if !prepared.target_is_empty() {
+        if !args.clean {
+            return Err(refused(
+                LogicalError::NotEmpty {
+                    database: prepared.database().to_owned(),
+                    objects: prepared.target_objects(),
+                }
+                .into(),
+            ));
+        }
+        crate::output::confirm(
+            &format!(
+                "Database `{}` holds {} objects. --clean drops and recreates the objects of {}.",
+                prepared.database(),
+                prepared.target_objects(),
+                prepared.archive().display()
+            ),
+            args.yes,
+        )
+        .map_err(refused)?;
+    }
+    let summary = prepared.run().await?;
+    if args.json {
+        crate::output::print_json(&summary)?;
+    } else {
+        print!("{}", render(&summary));
+    }
+    if summary.errors > 0 {
+        anyhow::bail!(
+            "the restore finished with {} error(s): {}",
+            summary.errors,
+            summary.error_messages.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn render(s: &RestoreSummary) -> String {
+    let mut out = s.sanity.render();
+    out.push_str(&format!(
+        "\nrestored {} into `{}` with {}{}\n",
+        s.source.display(),
+        s.database,
+        s.method,
+        if s.created_database {
+            " (database created)"
+        } else {
+            ""
+        }
+    ));
+    if let Some(g) = &s.globals {
+        out.push_str(&format!(
+            "globals.sql: {} \"already exists\" (ignored), {} other errors{}\n",
+            g.already_exists,
+            g.errors,
+            if g.truncated { " (at least)" } else { "" }
+        ));
+    }
+    if !s.extensions_created.is_empty() {
+        out.push_str(&format!(
+            "extensions created: {}\n",
+            s.extensions_created.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "materialized views refreshed: {}\n{} tables, {} rows, {} errors, {:.1}s\n",
+        s.matviews_refreshed, s.tables, s.rows, s.errors, s.duration_secs
+    ));
+    for e in &s.error_messages {
+        out.push_str(&format!("  error: {e}\n"));
+    }
+    out
 }

@@ -1,0 +1,313 @@
+//! What `pgkeep backups list` and `pgkeep backups verify` know about the bundles in the backups
+//! directory, of both kinds (logical `nightly-*` and physical `basebackup-*`).
+//!
+//! Listing must be cheap, but `MANIFEST.json` is the last member of a bundle. pgkeep bundles end
+//! with a gzip member of their own holding the manifest (the member before it is stored), so
+//! [`peek_manifest`] reads only the last 256 KiB of the file and tries each gzip header found
+//! there. What it finds is only shown, never trusted: verification reads everything.
+//!
+//! Verification results are remembered in `.pgkeep-verified.json` in the backups directory
+//! (hidden, so never taken for a backup), keyed by name, size and modification time: a replaced
+//! or changed file counts as not verified again.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, BundleError, MANIFEST_NAME, Manifest};
+use crate::fsutil::{self, FsError};
+use crate::logical::LogicalError;
+use crate::repo::{self, Backup, BackupKind};
+use crate::tools::PgBin;
+
+pub const VERIFIED_FILE: &str = ".pgkeep-verified.json";
+const TAIL: u64 = 256 * 1024;
+
+/// Find the manifest in the tail of a bundle without reading all of it: from each gzip header in
+/// the last 256 KiB (nearest the end first), read the tar entries that follow until
+/// `MANIFEST.json` turns up. Tar members start at gzip member boundaries in pgkeep bundles.
+pub fn peek_manifest(path: &Path) -> Option<Manifest> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = len.saturating_sub(TAIL);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let mut pos = tail.len();
+    while pos > 0 {
+        pos -= 1;
+        if !tail[pos..].starts_with(&[0x1f, 0x8b, 0x08]) {
+            continue;
+        }
+        if let Some(m) = manifest_from(&tail[pos..]) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+fn manifest_from(stream: &[u8]) -> Option<Manifest> {
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(stream));
+    for entry in archive.entries().ok()? {
+        let mut entry = entry.ok()?;
+        if entry.path().ok()?.as_ref() != Path::new(MANIFEST_NAME) {
+            continue;
+        }
+        let mut body = Vec::new();
+        entry.by_ref().take(16 << 20).read_to_end(&mut body).ok()?;
+        return serde_json::from_slice(&body).ok();
+    }
+    None
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifyRecord {
+    pub size: u64,
+    pub mtime: i64,
+    pub ok: bool,
+    pub at: String,
+    pub message: Option<String>,
+}
+
+fn mtime(path: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.mtime()).unwrap_or(0)
+}
+
+fn load_records(dir: &Path) -> BTreeMap<String, VerifyRecord> {
+    std::fs::read(dir.join(VERIFIED_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_record(dir: &Path, name: &str, rec: VerifyRecord) -> Result<(), FsError> {
+    let mut all = load_records(dir);
+    all.insert(name.to_owned(), rec);
+    // Forget backups that are gone.
+    all.retain(|n, _| dir.join(n).exists());
+    let json = serde_json::to_vec_pretty(&all).expect("records serialise");
+    fsutil::write_atomic(&dir.join(VERIFIED_FILE), &json, 0o600, true)
+}
+
+/// One line of `pgkeep backups list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub kind: BackupKind,
+    pub name: String,
+    /// UTC, from the name.
+    pub time: String,
+    pub size: u64,
+    pub database: Option<String>,
+    /// `yes`, `no` (never verified, or changed since) or `FAILED`.
+    pub verified: &'static str,
+    pub verified_at: Option<String>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// Every backup in `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<Entry>, LogicalError> {
+    let records = load_records(dir);
+    Ok(repo::list(dir)?
+        .into_iter()
+        .map(|b: Backup| {
+            let manifest = peek_manifest(&b.path);
+            let rec = records
+                .get(&b.name)
+                .filter(|r| r.size == b.size && r.mtime == mtime(&b.path));
+            Entry {
+                kind: b.kind,
+                time: format!("{}Z", b.time),
+                size: b.size,
+                database: manifest
+                    .as_ref()
+                    .and_then(|m| m.info_str("database").map(str::to_owned)),
+                verified: match rec {
+                    Some(r) if r.ok => "yes",
+                    Some(_) => "FAILED",
+                    None => "no",
+                },
+                verified_at: rec.map(|r| r.at.clone()),
+                name: b.name,
+                path: b.path,
+            }
+        })
+        .collect())
+}
+
+/// The result of verifying one backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub name: String,
+    pub kind: BackupKind,
+    pub ok: bool,
+    pub members: usize,
+    /// Entries in the dump's table of contents (`pg_restore --list`), for logical bundles.
+    pub toc_entries: Option<usize>,
+    pub message: Option<String>,
+}
+
+/// Verify one backup: every checksum; for a logical bundle also `pg_restore --list` on the
+/// extracted dump. The result is remembered for `backups list`.
+pub fn verify(pg: &PgBin, dir: &Path, backup: &Backup) -> Result<Verified, LogicalError> {
+    let outcome = verify_inner(pg, dir, backup);
+    let (ok, members, toc, message) = match &outcome {
+        Ok((m, t)) => (true, *m, *t, None),
+        Err(e) => (false, 0, None, Some(e.to_string())),
+    };
+    save_record(
+        dir,
+        &backup.name,
+        VerifyRecord {
+            size: backup.size,
+            mtime: mtime(&backup.path),
+            ok,
+            at: jiff::Timestamp::now().to_string(),
+            message: message.clone(),
+        },
+    )?;
+    Ok(Verified {
+        name: backup.name.clone(),
+        kind: backup.kind,
+        ok,
+        members,
+        toc_entries: toc,
+        message,
+    })
+}
+
+fn verify_inner(
+    pg: &PgBin,
+    dir: &Path,
+    backup: &Backup,
+) -> Result<(usize, Option<usize>), LogicalError> {
+    if backup.kind == BackupKind::Physical {
+        let c = bundle::verify(&backup.path)?;
+        if c.manifest.is_none() {
+            return Err(BundleError::BadManifest {
+                archive: backup.path.clone(),
+                message: "no MANIFEST.json in the bundle".into(),
+            }
+            .into());
+        }
+        return Ok((c.members.len(), None));
+    }
+    let staging_dir =
+        crate::logical::Staging::create(dir, &format!("verify-{}", std::process::id()))?;
+    let staging = staging_dir.path().join("x");
+    let result = (|| {
+        let c = bundle::extract(&backup.path, &staging)?;
+        let Some(m) = &c.manifest else {
+            return Err(BundleError::BadManifest {
+                archive: backup.path.clone(),
+                message: "no MANIFEST.json in the bundle".into(),
+            }
+            .into());
+        };
+        let db = m.info_str("database").unwrap_or("records");
+        let (dir_member, _) = crate::logical::member_names(db);
+        let dump = staging.join(&dir_member);
+        if !dump.join("toc.dat").is_file() {
+            return Err(LogicalError::NoDump {
+                archive: backup.path.clone(),
+                found: c.top_level().into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let list = pg
+            .cmd("pg_restore")
+            .arg("--list")
+            .arg(&dump)
+            .output_string()?;
+        let entries = list
+            .lines()
+            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+            .count();
+        Ok((c.members.len(), Some(entries)))
+    })();
+    drop(staging_dir);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{BundleKind, BundleWriter, Level};
+
+    fn write(dir: &Path, name: &str, last_stored: bool) -> PathBuf {
+        let mut w = BundleWriter::create(dir, name).unwrap();
+        w.append_reader(
+            "big.bin",
+            300_000,
+            Level::Fast,
+            std::io::repeat(7).take(300_000),
+        )
+        .unwrap();
+        if last_stored {
+            w.append_reader("records.sql.gz", 10, Level::Store, &b"0123456789"[..])
+                .unwrap();
+        } else {
+            w.append_bytes("extensions.tsv", b"name\tversion\tschema\n")
+                .unwrap();
+        }
+        let mut info = BTreeMap::new();
+        info.insert("database".into(), serde_json::json!("shop"));
+        w.finish(BundleKind::Logical, info).unwrap().0
+    }
+
+    #[test]
+    fn manifest_is_found_in_the_tail() {
+        let t = tempfile::tempdir().unwrap();
+        for (i, last_stored) in [true, false].into_iter().enumerate() {
+            let p = write(
+                t.path(),
+                &format!("nightly-20260101-060{i}.tar.gz"),
+                last_stored,
+            );
+            let m = peek_manifest(&p).expect("manifest found");
+            assert_eq!(m.info_str("database"), Some("shop"));
+            assert_eq!(m.members.len(), 2);
+        }
+        let junk = t.path().join("junk");
+        std::fs::write(&junk, vec![0x1f; 1000]).unwrap();
+        assert!(peek_manifest(&junk).is_none());
+    }
+
+    #[test]
+    fn list_shows_database_and_verification_state() {
+        let t = tempfile::tempdir().unwrap();
+        let p = write(t.path(), "nightly-20260101-0600.tar.gz", true);
+        let e = list(t.path()).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].database.as_deref(), Some("shop"));
+        assert_eq!(e[0].verified, "no");
+        let b = repo::find(t.path(), "nightly-20260101-0600.tar.gz").unwrap();
+        let size = b.size;
+        save_record(
+            t.path(),
+            &b.name,
+            VerifyRecord {
+                size,
+                mtime: mtime(&p),
+                ok: true,
+                at: "now".into(),
+                message: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(list(t.path()).unwrap()[0].verified, "yes");
+        // A changed file is not verified any more.
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.push(0);
+        std::fs::write(&p, bytes).unwrap();
+        assert_eq!(list(t.path()).unwrap()[0].verified, "no");
+        assert_eq!(
+            repo::list(t.path()).unwrap().len(),
+            1,
+            "the record file is not a backup"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! The seed's `pg.sanity` ("schemas, tables, row counts"), as a typed report: per schema its
+//! tables with exact row counts (or the planner's estimates), its materialized views and whether
+//! they are populated; the installed extensions; invalid indexes. `pgkeep sanity` prints it, and
+//! `pgkeep restore dump` ends with it.
+//!
+//! Partitioned tables are listed with the total of their partitions; the partitions themselves
+//! are listed too, so [`SanityReport::total_rows`] only adds up ordinary tables (kind `table`).
+
+use serde::Serialize;
+
+use crate::db::{Db, DbError, quote_ident};
+
+fn q(what: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
+    move |e| DbError::Query {
+        what,
+        message: e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TableRows {
+    pub name: String,
+    /// `table` or `partitioned`.
+    pub kind: &'static str,
+    /// Exact count, or the planner's estimate with `--estimate` (None: never analyzed).
+    pub rows: Option<i64>,
+    pub estimated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Matview {
+    pub name: String,
+    pub populated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SchemaReport {
+    pub name: String,
+    pub tables: Vec<TableRows>,
+    pub matviews: Vec<Matview>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Extension {
+    pub name: String,
+    pub version: String,
+    pub schema: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InvalidIndex {
+    pub schema: String,
+    pub index: String,
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SanityReport {
+    pub database: String,
+    pub server_version: String,
+    pub schemas: Vec<SchemaReport>,
+    pub extensions: Vec<Extension>,
+    pub invalid_indexes: Vec<InvalidIndex>,
+    /// Number of ordinary tables.
+    pub tables: usize,
+    /// Sum of the ordinary tables' rows (known ones).
+    pub total_rows: i64,
+}
+
+const USER_SCHEMAS: &str = "n.nspname not in ('pg_catalog', 'information_schema') \
+     and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'";
+
+impl Db {
+    /// The sanity report of the connected database. `estimate` uses `pg_class.reltuples`
+    /// instead of `count(*)`.
+    pub async fn sanity(&self, estimate: bool) -> Result<SanityReport, DbError> {
+        let c = self.client();
+        let version: String = c
+            .query_one("select current_setting('server_version')", &[])
+            .await
+            .map_err(q("reading the server version"))?
+            .get(0);
+        let database: String = c
+            .query_one("select current_database()::text", &[])
+            .await
+            .map_err(q("reading the database name"))?
+            .get(0);
+        let schemas = c
+            .query(
+                &format!(
+                    "select n.nspname::text from pg_namespace n where {USER_SCHEMAS} order by 1"
+                ),
+                &[],
+            )
+            .await
+            .map_err(q("listing schemas"))?;
+        let rels = c
+            .query(
+                &format!(
+                    "select n.nspname::text, c.relname::text, c.relkind::text, c.reltuples::float8, c.relispopulated \
+                     from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                     where c.relkind in ('r', 'p', 'm') and {USER_SCHEMAS} order by 1, 2"
+                ),
+                &[],
+            )
+            .await
+            .map_err(q("listing tables"))?;
+        let mut out: Vec<SchemaReport> = schemas
+            .iter()
+            .map(|r| SchemaReport {
+                name: r.get(0),
+                tables: vec![],
+                matviews: vec![],
+            })
+            .collect();
+        let mut tables = 0usize;
+        let mut total = 0i64;
+        for r in rels {
+            let schema: String = r.get(0);
+            let name: String = r.get(1);
+            let kind: String = r.get(2);
+            let Some(s) = out.iter_mut().find(|s| s.name == schema) else {
+                continue;
+            };
+            if kind == "m" {
+                s.matviews.push(Matview {
+                    name,
+                    populated: r.get(4),
+                });
+                continue;
+            }
+            let rows = if estimate {
+                let t: f64 = r.get(3);
+                (t >= 0.0).then_some(t as i64)
+            } else {
+                let sql = format!(
+                    "select count(*) from {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&name)
+                );
+                Some(
+                    c.query_one(&sql, &[])
+                        .await
+                        .map_err(q("counting rows"))?
+                        .get::<_, i64>(0),
+                )
+            };
+            let kind = if kind == "p" { "partitioned" } else { "table" };
+            if kind == "table" {
+                tables += 1;
+                total += rows.unwrap_or(0);
+            }
+            s.tables.push(TableRows {
+                name,
+                kind,
+                rows,
+                estimated: estimate,
+            });
+        }
+        let extensions = c
+            .query(
+                "select e.extname::text, e.extversion, n.nspname::text from pg_extension e \
+                 join pg_namespace n on n.oid = e.extnamespace order by 1",
+                &[],
+            )
+            .await
+            .map_err(q("listing extensions"))?
+            .into_iter()
+            .map(|r| Extension {
+                name: r.get(0),
+                version: r.get(1),
+                schema: r.get(2),
+            })
+            .collect();
+        let invalid_indexes = c
+            .query(
+                "select n.nspname::text, ci.relname::text, ct.relname::text from pg_index i \
+                 join pg_class ci on ci.oid = i.indexrelid join pg_class ct on ct.oid = i.indrelid \
+                 join pg_namespace n on n.oid = ci.relnamespace \
+                 where not i.indisvalid order by 1, 2",
+                &[],
+            )
+            .await
+            .map_err(q("listing invalid indexes"))?
+            .into_iter()
+            .map(|r| InvalidIndex {
+                schema: r.get(0),
+                index: r.get(1),
+                table: r.get(2),
+            })
+            .collect();
+        Ok(SanityReport {
+            database,
+            server_version: version,
+            schemas: out,
+            extensions,
+            invalid_indexes,
+            tables,
+            total_rows: total,
+        })
+    }
+}
+
+impl SanityReport {
+    /// A table for a terminal.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "database {} (PostgreSQL {})",
+            self.database, self.server_version
+        );
+        for schema in &self.schemas {
+            let _ = writeln!(s, "\nschema {}", schema.name);
+            if schema.tables.is_empty() && schema.matviews.is_empty() {
+                let _ = writeln!(s, "  (no tables)");
+            }
+            let width = schema
+                .tables
+                .iter()
+                .map(|t| t.name.chars().count())
+                .chain(schema.matviews.iter().map(|m| m.name.chars().count()))
+                .max()
+                .unwrap_or(0)
+                .max(5);
+            for t in &schema.tables {
+                let rows = match (t.rows, t.estimated) {
+                    (Some(n), false) => n.to_string(),
+                    (Some(n), true) => format!("~{n}"),
+                    (None, _) => "? (never analyzed)".into(),
+                };
+                let pad = width - t.name.chars().count();
+                let kind = if t.kind == "partitioned" {
+                    "  (partitioned, all partitions)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(s, "  {}{}  {rows:>12} rows{kind}", t.name, " ".repeat(pad));
+            }
+            for m in &schema.matviews {
+                let pad = width - m.name.chars().count();
+                let _ = writeln!(
+                    s,
+                    "  {}{}  materialized view, {}",
+                    m.name,
+                    " ".repeat(pad),
+                    if m.populated {
+                        "populated"
+                    } else {
+                        "NOT populated"
+                    }
+                );
+            }
+        }
+        let _ = writeln!(s, "\nextensions");
+        for e in &self.extensions {
+            let _ = writeln!(s, "  {} {} (schema {})", e.name, e.version, e.schema);
+        }
+        if self.invalid_indexes.is_empty() {
+            let _ = writeln!(s, "\ninvalid indexes: none");
+        } else {
+            let _ = writeln!(s, "\ninvalid indexes");
+            for i in &self.invalid_indexes {
+                let _ = writeln!(s, "  {}.{} on {}", i.schema, i.index, i.table);
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\ntotal: {} tables, {} rows",
+            self.tables, self.total_rows
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::ConnParams;
+    use pgkeep_testkit::TempCluster;
+
+    #[tokio::test]
+    async fn reports_tables_matviews_extensions_and_invalid_indexes() {
+        let c = TempCluster::start();
+        c.psql_script(
+            "postgres",
+            "create schema \"Ünï Case\"; create table \"Ünï Case\".t(x int);
+             insert into \"Ünï Case\".t select generate_series(1, 42);
+             create table public.p(x int) partition by range (x);
+             create table public.p1 partition of public.p for values from (0) to (100);
+             insert into public.p select generate_series(0, 9);
+             create materialized view public.mv as select 1 as a;
+             create materialized view public.mv_empty as select 1 as a with no data;
+             create extension pg_trgm;
+             create table public.dup(x int); insert into public.dup values (1), (1);",
+        );
+        // An index build that fails leaves an invalid index behind.
+        let _ = c.try_psql(
+            "postgres",
+            "create unique index concurrently dup_x on public.dup(x)",
+        );
+        let mut params = ConnParams::from_settings(&crate::settings::Settings::default());
+        params.host = c.run_dir().display().to_string();
+        params.port = c.port();
+        let db = Db::connect(&params.with_db("postgres")).await.unwrap();
+        let r = db.sanity(false).await.unwrap();
+        let names: Vec<_> = r.schemas.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["public", "Ünï Case"]);
+        assert_eq!(r.schemas[1].tables[0].rows, Some(42));
+        let public = &r.schemas[0];
+        let p = public.tables.iter().find(|t| t.name == "p").unwrap();
+        assert_eq!((p.kind, p.rows), ("partitioned", Some(10)));
+        assert_eq!(r.tables, 3, "t, p1, dup and nothing else: {r:?}");
+        assert_eq!(r.total_rows, 42 + 10 + 2);
+        assert_eq!(
+            public.matviews,
+            vec![
+                Matview {
+                    name: "mv".into(),
+                    populated: true
+                },
+                Matview {
+                    name: "mv_empty".into(),
+                    populated: false
+                }
+            ]
+        );
+        assert!(r.extensions.iter().any(|e| e.name == "pg_trgm"));
+        assert_eq!(r.invalid_indexes.len(), 1, "{r:?}");
+        assert_eq!(r.invalid_indexes[0].index, "dup_x");
+        let text = r.render();
+        assert!(text.contains("NOT populated"), "{text}");
+        assert!(text.contains("dup_x"), "{text}");
+        let est = db.sanity(true).await.unwrap();
+        assert!(est.schemas[1].tables[0].estimated);
+    }
+}
