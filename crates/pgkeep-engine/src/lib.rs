@@ -14,6 +14,7 @@ pub mod repo;
 pub mod server;
 pub mod settings;
 pub mod tools;
+pub mod wal;
 
 /// How an error should end the process (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
