@@ -10,6 +10,8 @@ pub mod datadir;
 pub mod db;
 pub mod fsutil;
 pub mod mountinfo;
+pub mod physical;
+pub mod recovery;
 pub mod repo;
 pub mod server;
 pub mod settings;
