@@ -13,6 +13,7 @@ pub mod mountinfo;
 pub mod physical;
 pub mod recovery;
 pub mod repo;
+pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod tools;

@@ -548,6 +548,21 @@ impl Archive {
     }
 }
 
+impl Archive {
+    /// The WAL segment size in an archived segment's first page header, when readable.
+    pub fn segment_size(&self, file: &ArchivedFile) -> Option<u64> {
+        if file.wal.kind != WalKind::Segment {
+            return None;
+        }
+        let mut r = open_decompressed(&file.path, file.compression).ok()?;
+        let mut head = [0u8; 40];
+        r.read_exact(&mut head).ok()?;
+        page_header_sysid(&head)?;
+        let size = u32::from_le_bytes(head[32..36].try_into().ok()?) as u64;
+        valid_segment_size(size).then_some(size)
+    }
+}
+
 /// The system identifier from a WAL segment's first (long) page header.
 pub fn page_header_sysid(head: &[u8]) -> Option<u64> {
     const XLP_LONG_HEADER: u16 = 0x0002;
