@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod datadir;
 pub mod db;
 pub mod fsutil;
+pub mod inspect;
 pub mod mountinfo;
 pub mod physical;
 pub mod recovery;

@@ -186,13 +186,27 @@ pub fn parse_target_time(s: &str) -> Result<jiff::Timestamp, RecoveryError> {
     }
 }
 
+/// A timestamp as PostgreSQL's recovery_target_time accepts it: `2026-11-25 19:30:00.123456+00`.
+pub fn pg_timestamp(t: jiff::Timestamp) -> String {
+    let d = t.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+        d.subsec_nanosecond() / 1000
+    )
+}
+
 impl RecoveryTarget {
     /// The postgresql.conf lines for this target.
     fn settings(&self) -> Vec<(&'static str, String)> {
         match self {
             RecoveryTarget::Time(t) => {
-                let micro = jiff::Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(*t);
-                vec![("recovery_target_time", micro.to_string())]
+                vec![("recovery_target_time", pg_timestamp(*t))]
             }
             RecoveryTarget::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
             RecoveryTarget::Name(n) => vec![("recovery_target_name", n.clone())],
@@ -999,7 +1013,7 @@ mod tests {
             t.settings(),
             vec![(
                 "recovery_target_time",
-                "2026-11-25T19:30:00.123456Z".to_owned()
+                "2026-11-25 19:30:00.123456+00".to_owned()
             )]
         );
     }
