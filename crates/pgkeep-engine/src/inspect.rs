@@ -251,9 +251,25 @@ pub async fn space(site: &Site<'_>, conn: &ConnParams) -> SpaceReport {
         database_error: None,
     };
     let result: Result<(), DbError> = async {
-        let db = Db::connect(conn).await?;
+        // The application database for its tables; when it is missing, the maintenance
+        // database still gives the database sizes and pg_wal.
+        let db = match Db::connect(conn).await {
+            Ok(db) => {
+                report.largest_tables = db.largest_tables(10).await?;
+                db
+            }
+            Err(e) => {
+                let db = Db::connect(&conn.with_db("postgres"))
+                    .await
+                    .map_err(|_| e)?;
+                report.database_error = Some(format!(
+                    "database {} is not reachable; its tables are not listed",
+                    conn.dbname
+                ));
+                db
+            }
+        };
         report.databases = db.database_sizes().await?;
-        report.largest_tables = db.largest_tables(10).await?;
         let (b, n) = db.pg_wal_size().await?;
         report.pg_wal_bytes = Some(b);
         report.pg_wal_files = Some(n);

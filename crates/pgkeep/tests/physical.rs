@@ -450,3 +450,56 @@ fn prune_keeps_what_the_oldest_kept_backup_needs() {
     c.restart();
     assert_eq!(checksum(&c), all);
 }
+
+#[test]
+fn space_and_status_report_the_site() {
+    let c = archiving_cluster();
+    c.psql("postgres", "create database records");
+    c.psql(
+        "records",
+        "create table big(x text); insert into big select repeat('x', 5000) from generate_series(1, 200)",
+    );
+    let name = backup(&c);
+    switch_and_wait(&c);
+
+    let space: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep(&c, &["space", "--json"]))).unwrap();
+    let vols: Vec<&str> = space["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vols, ["data", "wal-archive", "backups"]);
+    assert!(space["volumes"][0]["percent"].as_f64().unwrap() > 0.0);
+    assert!(space["pg_wal_bytes"].as_u64().unwrap() >= 16 << 20);
+    assert!(space["wal_archive"]["segments"].as_u64().unwrap() >= 1);
+    assert!(
+        space["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "records")
+    );
+    let big = &space["largest_tables"][0];
+    assert_eq!(big["table"], "big");
+    assert!(big["toast_bytes"].as_u64().unwrap() > 0 || big["table_bytes"].as_u64().unwrap() > 0);
+    let text = ok(pgkeep(&c, &["space"]));
+    assert!(text.contains("Largest tables in records"), "{text}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep(&c, &["status", "--json"]))).unwrap();
+    assert_eq!(status["server"]["up"], true);
+    assert_eq!(status["server"]["in_recovery"], false);
+    assert_eq!(status["archiver"]["verdict"], "ok", "{status}");
+    assert_eq!(status["newest_physical"]["name"], name.as_str());
+    assert!(status["newest_logical"].is_null());
+
+    c.stop();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep(&c, &["status", "--json"]))).unwrap();
+    assert_eq!(status["server"]["up"], false);
+    assert!(status["wal_archive"]["files"].as_u64().unwrap() >= 1);
+    let text = ok(pgkeep(&c, &["status"]));
+    assert!(text.contains("DOWN"), "{text}");
+}
