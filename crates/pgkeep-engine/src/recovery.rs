@@ -269,6 +269,7 @@ pub struct BootstrapReport {
 /// Check everything that can be checked without changing anything. See the module docs.
 pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     datadir::ensure_stopped(&req.pgdata)?;
+    mountinfo::guard(&req.pgroot, &req.pgdata)?;
     let bundle = match &req.from {
         Some(name) => repo::find(&req.backups, name)?,
         None => repo::newest(&req.backups, BackupKind::Physical)?,
@@ -495,6 +496,17 @@ pub async fn execute(
         log_file,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// [`prepare`] then [`execute`] without asking: for callers that own the site they restore into
+/// (`pgkeep demo`, restore drills). Everything `prepare` refuses is still refused.
+pub async fn bootstrap(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+) -> Result<BootstrapReport, RecoveryError> {
+    let plan = prepare(req)?;
+    execute(pg, conn, req, &plan).await
 }
 
 /// Step: empty PGDATA (never PGDATA itself, never the volume root), or move its contents aside.
@@ -985,8 +997,7 @@ fn next_needed_segment(log: &str, facts: &PhysicalFacts) -> Option<String> {
 fn stop_reason(log_file: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log_file).ok()?;
     text.lines()
-        .filter(|l| l.contains("recovery stopping"))
-        .last()
+        .rfind(|l| l.contains("recovery stopping"))
         .map(|l| l.split("LOG:  ").nth(1).unwrap_or(l).trim().to_owned())
 }
 

@@ -583,7 +583,8 @@ mod tests {
     #[test]
     fn parses_wal_names() {
         use WalKind::*;
-        let cases: &[(&str, Option<(WalKind, u32, u32, u32)>)] = &[
+        type Want = Option<(WalKind, u32, u32, u32)>;
+        let cases: &[(&str, Want)] = &[
             ("000000010000000000000003", Some((Segment, 1, 0, 3))),
             ("0000000A00000002000000FF", Some((Segment, 10, 2, 255))),
             ("000000010000000000000003.partial", Some((Partial, 1, 0, 3))),
