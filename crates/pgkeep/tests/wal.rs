@@ -77,7 +77,10 @@ fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
         std::fs::metadata(&archived).unwrap().len() < 16 << 20,
         "and smaller than the segment"
     );
-    assert_eq!(c.psql("postgres", "select failed_count from pg_stat_archiver"), "0");
+    assert_eq!(
+        c.psql("postgres", "select failed_count from pg_stat_archiver"),
+        "0"
+    );
 
     // fetch gives back the whole segment.
     let work = tempfile::tempdir().unwrap();
@@ -93,14 +96,22 @@ fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
     let again = work.path().join(&name);
     std::fs::copy(&fetched, &again).unwrap();
     let before = listing(&c.wal_archive());
-    pgkeep(&c).args(["wal", "push"]).arg(&again).assert().success();
+    pgkeep(&c)
+        .args(["wal", "push"])
+        .arg(&again)
+        .assert()
+        .success();
     assert_eq!(listing(&c.wal_archive()), before);
 
     // Different content under the same name: refused loudly, archive unchanged.
     let mut bytes = std::fs::read(&again).unwrap();
     bytes[1000] ^= 0xff;
     std::fs::write(&again, &bytes).unwrap();
-    let out = pgkeep(&c).args(["wal", "push"]).arg(&again).output().unwrap();
+    let out = pgkeep(&c)
+        .args(["wal", "push"])
+        .arg(&again)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{name}.zst")), "{stderr}");
@@ -190,7 +201,11 @@ fn fetch_reads_plain_cp_copies_misses_quietly_and_refuses_damaged_files() {
     // What the seed's `cp %p /wal-archive/%f` archive_command leaves behind.
     let plain = noise(16 << 20, 3);
     std::fs::write(archive.join("000000010000000000000005"), &plain).unwrap();
-    std::fs::write(archive.join("00000002.history"), "1\t0/5000000\tbefore 2026\n").unwrap();
+    std::fs::write(
+        archive.join("00000002.history"),
+        "1\t0/5000000\tbefore 2026\n",
+    )
+    .unwrap();
     let fetch = |name: &str, dest: &Path| {
         let mut cmd = Command::cargo_bin("pgkeep").unwrap();
         cmd.env("PGKEEP_CONFIG", "/dev/null")
@@ -203,7 +218,11 @@ fn fetch_reads_plain_cp_copies_misses_quietly_and_refuses_damaged_files() {
     };
     let dest = t.path().join("RECOVERYXLOG");
     let out = fetch("000000010000000000000005", &dest);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::read(&dest).unwrap() == plain);
     let out = fetch("00000002.history", &t.path().join("RECOVERYHISTORY"));
     assert!(out.status.success());
@@ -212,7 +231,11 @@ fn fetch_reads_plain_cp_copies_misses_quietly_and_refuses_damaged_files() {
     let started = Instant::now();
     let out = fetch("000000010000000000000006", &t.path().join("nothing"));
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(!t.path().join("nothing").exists());
 
