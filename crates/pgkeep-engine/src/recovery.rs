@@ -890,6 +890,8 @@ async fn wait_for_recovery_end(
     let params = conn.with_db("postgres");
     let mut db: Option<Db> = None;
     let mut last_note = Instant::now();
+    let started = Instant::now();
+    let mut seen_running = false;
     loop {
         if Instant::now() > deadline {
             return Err(RecoveryError::Timeout {
@@ -897,12 +899,18 @@ async fn wait_for_recovery_end(
                 log_file: log_file.to_owned(),
             });
         }
-        if datadir::running_postmaster(&req.pgdata).is_none() {
-            // pg_ctl -W returns before postmaster.pid exists; give it a moment.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if datadir::running_postmaster(&req.pgdata).is_none() {
-                return Err(classify_failure(log_file, plan));
+        match datadir::running_postmaster(&req.pgdata) {
+            Some(_) => seen_running = true,
+            // pg_ctl -W returns before the postmaster has written postmaster.pid: give a slow
+            // machine time to start it; once seen, a vanished postmaster means it stopped.
+            None if !seen_running
+                && started.elapsed() < Duration::from_secs(60)
+                && !log_shows_stop(log_file) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
+            None => return Err(classify_failure(log_file, plan)),
         }
         if db.is_none() {
             db = Db::connect(&params).await.ok();
@@ -933,6 +941,14 @@ async fn wait_for_recovery_end(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the server log shows that the postmaster gave up.
+fn log_shows_stop(log_file: &Path) -> bool {
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    text.contains("FATAL:")
+        || text.contains("PANIC:")
+        || text.contains("database system is shut down")
 }
 
 fn log_tail(log_file: &Path, n: usize) -> String {

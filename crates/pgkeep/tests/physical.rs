@@ -228,6 +228,30 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     c.restart();
     assert_eq!(checksum(&c), all2);
     assert_eq!(c.psql("postgres", "select x from on_timeline_2"), "2");
+
+    // A target that is never reached is an error, not a promotion at the end of the WAL; a
+    // bootstrap without that target afterwards still works.
+    c.stop();
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--target-name",
+                "no_such_point",
+                "--yes",
+            ],
+        ),
+        1,
+    );
+    assert!(
+        err.contains("before the target restore point `no_such_point` was reached"),
+        "{err}"
+    );
+    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    c.restart();
+    assert_eq!(checksum(&c), all2);
 }
 
 /// Re-pack a bundle without its WAL (same manifest facts, valid checksums).
@@ -305,6 +329,14 @@ fn bad_input_destroys_nothing() {
                 "2001-01-01 00:00:00",
                 "--yes",
             ],
+        ),
+        3,
+    );
+    assert!(err.contains("before the end of backup"), "{err}");
+    let err = failed(
+        pgkeep(
+            &c,
+            &["bootstrap", "basebackup", "--target-lsn", "0/1", "--yes"],
         ),
         3,
     );
