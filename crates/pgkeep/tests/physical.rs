@@ -478,9 +478,20 @@ fn prune_keeps_what_the_oldest_kept_backup_needs() {
         "--from",
         &names[1],
         "--yes",
+        "--leave-running",
     ]));
-    c.restart();
+    // Left running by pgkeep (as the data owner), out of recovery, recovery settings gone.
+    assert_eq!(c.psql("postgres", "select pg_is_in_recovery()"), "f");
     assert_eq!(checksum(&c), all);
+    assert_eq!(c.psql("postgres", "show restore_command"), "");
+    let pid = std::fs::read_to_string(c.pgdata().join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().to_owned();
+    let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
+    assert_eq!(
+        owner,
+        c.uid(),
+        "the server runs as the data owner, never root"
+    );
 }
 
 #[test]
