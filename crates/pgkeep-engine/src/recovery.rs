@@ -78,6 +78,10 @@ pub enum RecoveryError {
         "recovery target time {target} is in the future, so it can never be reached; nothing was changed\nhint: give a time in the past (UTC unless it carries an offset)"
     )]
     TargetInFuture { target: String },
+    #[error(
+        "PGDATA {pgdata} holds files that do not belong to a PostgreSQL data directory ({entries}); nothing was changed\nhint: PGDATA may be set wrongly; check PGDATA / paths.pgdata, or move those files away (`pgkeep wipe` empties the data volume)"
+    )]
+    ForeignContent { pgdata: PathBuf, entries: String },
     #[error("invalid recovery target `{value}`: {message}")]
     BadTarget { value: String, message: String },
     #[error(
@@ -134,6 +138,7 @@ impl RecoveryError {
             | MissingWalBeforeStart { .. }
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
+            | ForeignContent { .. }
             | Repo(_) => ExitClass::Refused,
             _ => ExitClass::Failed,
         }
@@ -270,6 +275,7 @@ pub struct BootstrapReport {
 pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     datadir::ensure_stopped(&req.pgdata)?;
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
+    check_pgdata_contents(&req.pgdata)?;
     let bundle = match &req.from {
         Some(name) => repo::find(&req.backups, name)?,
         None => repo::newest(&req.backups, BackupKind::Physical)?,
@@ -323,6 +329,53 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         data_bytes,
         keep_old_at,
         pgdata_entries,
+    })
+}
+
+/// Whether a name can be part of a PostgreSQL data directory (or of a half-done bootstrap).
+pub fn is_data_directory_entry(name: &str) -> bool {
+    const NAMES: [&str; 15] = [
+        "PG_VERSION",
+        "base",
+        "global",
+        "log",
+        "pg_hba.conf",
+        "pg_ident.conf",
+        "postgresql.conf",
+        "postgresql.auto.conf",
+        "postmaster.opts",
+        "postmaster.pid",
+        "current_logfiles",
+        "recovery.signal",
+        "standby.signal",
+        "pgkeep.conf",
+        "backup_manifest",
+    ];
+    NAMES.contains(&name)
+        || name.starts_with("pg_")
+        || name.starts_with("backup_label")
+        || name.starts_with("tablespace_map")
+}
+
+/// PGDATA must be empty or look like a data directory: a wrong PGDATA must not be emptied.
+fn check_pgdata_contents(pgdata: &Path) -> Result<(), RecoveryError> {
+    let Ok(rd) = std::fs::read_dir(pgdata) else {
+        return Ok(());
+    };
+    let mut foreign: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !is_data_directory_entry(n))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let more = if foreign.len() > 8 { ", ..." } else { "" };
+    foreign.truncate(8);
+    Err(RecoveryError::ForeignContent {
+        pgdata: pgdata.to_owned(),
+        entries: foreign.join(", ") + more,
     })
 }
 
@@ -1083,6 +1136,28 @@ mod tests {
         let with = format!("{original}{BLOCK_BEGIN}\nrestore_command = 'x'\n{BLOCK_END}\n");
         assert_eq!(strip_block(&with), original);
         assert_eq!(strip_block(original), original);
+    }
+
+    #[test]
+    fn a_wrong_pgdata_is_not_emptied() {
+        let t = tempfile::tempdir().unwrap();
+        check_pgdata_contents(t.path()).unwrap();
+        check_pgdata_contents(&t.path().join("missing")).unwrap();
+        for n in [
+            "PG_VERSION",
+            "base",
+            "pg_wal",
+            "backup_label.old",
+            "postgresql.conf",
+        ] {
+            std::fs::write(t.path().join(n), "").unwrap();
+        }
+        check_pgdata_contents(t.path()).unwrap();
+        std::fs::write(t.path().join("thesis.tex"), "").unwrap();
+        std::fs::create_dir(t.path().join("lost+found")).unwrap();
+        let err = check_pgdata_contents(t.path()).unwrap_err();
+        assert!(err.to_string().contains("lost+found, thesis.tex"), "{err}");
+        assert_eq!(err.exit_class(), ExitClass::Refused);
     }
 
     #[test]
