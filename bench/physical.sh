@@ -86,26 +86,6 @@ mine_size=$(stat -c %s "$SITE"/backups/basebackup-*)
 printf '1. backup physical:  pgkeep %.2fs (%s bytes)  vs  pg_basebackup -Ft -X stream -z %.2fs (%s bytes)  ratio %sx\n' \
   "$best_pgkeep" "$mine_size" "$best_bare" "$bare_size" "$(ratio "$best_pgkeep" "$best_bare")"
 
-# 2. wal push per segment: real WAL from the pgbench load, uncompressed.
-mapfile -t segs < <(ls "$SITE/wal" | grep -E '^[0-9A-F]{24}\.zst$' | head -n "$PUSH_N")
-for s in "${segs[@]}"; do
-  "$PGKEEP" wal fetch --archive "$SITE/wal" "${s%.zst}" "$SITE/pushsrc/${s%.zst}"
-done
-n=${#segs[@]}
-sync
-t0=$(now)
-for f in "$SITE"/pushsrc/*; do "$PGKEEP" wal push --archive "$SITE/pushdst" "$f"; done
-t1=$(now)
-push=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
-t0=$(now)
-for f in "$SITE"/pushsrc/*; do cp "$f" "$SITE/cpdst/" && sync "$SITE/cpdst/$(basename "$f")"; done
-t1=$(now)
-cpsync=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
-in_bytes=$(du -cb "$SITE"/pushsrc/* | tail -1 | cut -f1)
-out_bytes=$(du -cb "$SITE"/pushdst/* | tail -1 | cut -f1)
-printf '2. wal push:         %s ms/segment  vs  cp + sync %s ms/segment  ratio %sx  (%d segments, stored %s%% of the size)\n' \
-  "$(ms "$push")" "$(ms "$cpsync")" "$(ratio "$push" "$cpsync")" "$n" "$(awk -v a="$out_bytes" -v b="$in_bytes" 'BEGIN { printf "%.0f", 100 * a / b }')"
-
 # 3. Archive lag while pgbench writes for a while.
 before=$(psql -XAtc "select archived_count from pg_stat_archiver")
 "${AS[@]}" "$BIN/pgbench" -h "$PGHOST" -p "$PORT" -c 2 -j 2 -T "$SECONDS_RUN" postgres >"$SITE/pgbench.out" 2>&1 &
@@ -124,6 +104,37 @@ tps=$(grep -Eo 'tps = [0-9.]+' "$SITE/pgbench.out" | head -1 | awk '{print $3}')
 printf '3. archive lag:      max %d, mean %s segments waiting (.ready) during %ss of pgbench (%s tps); %d segments archived, %d failures\n' \
   "$max_ready" "$(awk -v s="$sum_ready" -v n="$samples" 'BEGIN { printf "%.1f", s / (n ? n : 1) }')" "$SECONDS_RUN" "$tps" \
   "$((after - before))" "$failed"
+
+# 2. wal push per segment: real WAL from the pgbench run above (the newest segments), uncompressed.
+mapfile -t segs < <(ls "$SITE/wal" | grep -E '^[0-9A-F]{24}\.zst$' | tail -n "$PUSH_N")
+for s in "${segs[@]}"; do
+  "$PGKEEP" wal fetch --archive "$SITE/wal" "${s%.zst}" "$SITE/pushsrc/${s%.zst}"
+done
+n=${#segs[@]}
+sync
+t0=$(now)
+for f in "$SITE"/pushsrc/*; do "$PGKEEP" wal push --archive "$SITE/pushdst" "$f"; done
+t1=$(now)
+push=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
+t0=$(now)
+for f in "$SITE"/pushsrc/*; do cp "$f" "$SITE/cpdst/" && sync "$SITE/cpdst/$(basename "$f")"; done
+t1=$(now)
+cpsync=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
+in_bytes=$(du -cb "$SITE"/pushsrc/* | tail -1 | cut -f1)
+out_bytes=$(du -cb "$SITE"/pushdst/* | tail -1 | cut -f1)
+printf '2. wal push:         %s ms/segment  vs  cp + sync %s ms/segment  ratio %sx  (%d segments, stored %s%% of the size)\n' \
+  "$(ms "$push")" "$(ms "$cpsync")" "$(ratio "$push" "$cpsync")" "$n" "$(awk -v a="$out_bytes" -v b="$in_bytes" 'BEGIN { printf "%.0f", 100 * a / b }')"
+for opts in "--zstd-level=-3" "--compress none"; do
+  rm -rf "$SITE/pushdst"; mkdir "$SITE/pushdst"
+  t0=$(now)
+  # shellcheck disable=SC2086
+  for f in "$SITE"/pushsrc/*; do "$PGKEEP" wal push $opts --archive "$SITE/pushdst" "$f"; done
+  t1=$(now)
+  alt=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
+  alt_bytes=$(du -cb "$SITE"/pushdst/* | tail -1 | cut -f1)
+  printf '   wal push %-16s %s ms/segment  ratio %sx  (stored %s%%)\n' "$opts:" "$(ms "$alt")" "$(ratio "$alt" "$cpsync")" \
+    "$(awk -v a="$alt_bytes" -v b="$in_bytes" 'BEGIN { printf "%.0f", 100 * a / b }')"
+done
 
 # 4. Replay: restore the bare base backup (taken before the pgbench run), replay all archived WAL.
 psql -XAtc "select pg_switch_wal()" >/dev/null

@@ -20,9 +20,12 @@ pub struct Args {
     /// How to compress segments: none, gzip or zstd (history and backup files stay plain).
     #[arg(long, default_value = "zstd", value_parser = clap::value_parser!(String))]
     pub compress: String,
-    /// zstd level (1..=19).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
+    /// zstd level: 1..=19, or -7..=-1 for zstd's fast modes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19), allow_hyphen_values = true)]
     pub zstd_level: i32,
+    /// zstd worker threads (0 = compress on the calling thread; more only helps with idle cores).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub zstd_workers: u32,
     /// The WAL archive directory (default: paths.wal_archive / PGKEEP_WAL_ARCHIVE).
     #[arg(long, value_name = "DIR")]
     pub archive: Option<PathBuf>,
@@ -42,6 +45,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         PushOptions {
             compression,
             zstd_level: args.zstd_level,
+            zstd_workers: args.zstd_workers,
         },
     )?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
