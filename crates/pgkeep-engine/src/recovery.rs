@@ -93,6 +93,14 @@ pub enum RecoveryError {
         archive: PathBuf,
     },
     #[error(
+        "the WAL archive {archive} lacks segment {segment} but holds later WAL (up to {newest}); replay would stop at the gap and promote there, losing every later commit; nothing was changed\nhint: restore {segment} into the archive, or give an explicit --target-time/--target-lsn before the gap"
+    )]
+    ArchiveGap {
+        archive: PathBuf,
+        segment: String,
+        newest: String,
+    },
+    #[error(
         "--keep-old needs room for both copies: {needed} bytes free on {volume}, {available} available; nothing was changed\nhint: free space, or run without --keep-old (PGDATA's contents are then removed)"
     )]
     NoRoomToKeepOld {
@@ -136,6 +144,7 @@ impl RecoveryError {
             | TargetBeforeBackupEnd { .. }
             | TargetInFuture { .. }
             | MissingWalBeforeStart { .. }
+            | ArchiveGap { .. }
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
             | ForeignContent { .. }
@@ -305,6 +314,9 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         check_target(t, &facts, &bundle.name)?;
     }
     check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
+    if req.target.is_none() {
+        check_no_gap(&manifest.members, &facts, &archive)?;
+    }
     let data_bytes = manifest
         .members
         .iter()
@@ -473,6 +485,88 @@ fn check_consistency_wal(
             bundle: bundle.to_owned(),
             archive: archive.dir().to_owned(),
         });
+    }
+    Ok(())
+}
+
+/// The timeline that owns each segment number: `(timeline, first segment)` pairs from a history
+/// file's lines (`parent_tli<TAB>switch_lsn<TAB>reason`) plus the latest timeline itself.
+pub fn timeline_chain(history: &str, latest: u32, seg_size: u64) -> Vec<(u32, u64)> {
+    let mut chain = Vec::new();
+    let mut from = 0u64;
+    for line in history.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(tli), Ok(lsn)) = (tli.parse::<u32>(), lsn.parse::<Lsn>()) else {
+            continue;
+        };
+        chain.push((tli, from));
+        from = lsn.segment(seg_size);
+    }
+    chain.push((latest, from));
+    chain
+}
+
+/// The timeline a segment number belongs to on a chain.
+fn timeline_of(chain: &[(u32, u64)], segno: u64) -> u32 {
+    chain
+        .iter()
+        .rev()
+        .find(|(_, from)| segno >= *from)
+        .map(|(t, _)| *t)
+        .unwrap_or(chain[0].0)
+}
+
+/// Without a target, recovery replays until the first missing segment and promotes there: a
+/// gap in the archive followed by later WAL would silently lose everything after it.
+fn check_no_gap(
+    members: &[MemberDigest],
+    facts: &PhysicalFacts,
+    archive: &Archive,
+) -> Result<(), RecoveryError> {
+    let Ok(files) = archive.list() else {
+        return Ok(());
+    };
+    let seg = facts.wal_segment_size;
+    // The latest timeline PostgreSQL will follow: history files upward from the backup's.
+    let mut latest = facts.timeline;
+    while archive
+        .find(&format!("{:08X}.history", latest + 1))
+        .is_some()
+    {
+        latest += 1;
+    }
+    let history = match archive.find(&format!("{latest:08X}.history")) {
+        Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
+        None => String::new(),
+    };
+    let chain = timeline_chain(&history, latest, seg);
+    let on_chain = |tli: u32, segno: u64| timeline_of(&chain, segno) == tli;
+    let have: std::collections::BTreeSet<(u32, u64)> = files
+        .iter()
+        .filter(|f| f.wal.kind == WalKind::Segment)
+        .map(|f| (f.wal.timeline, f.wal.segment_no(seg)))
+        .filter(|(t, n)| on_chain(*t, *n))
+        .collect();
+    let start = facts.start_lsn.segment(seg);
+    let Some(&(newest_tli, newest)) = have.iter().max_by_key(|(_, n)| *n) else {
+        return Ok(());
+    };
+    for n in start..newest {
+        let tli = timeline_of(&chain, n);
+        let name = wal::segment_file_name(tli, n, seg);
+        let in_bundle = members
+            .iter()
+            .any(|m| m.path == format!("{DATA_PREFIX}pg_wal/{name}"));
+        if !in_bundle && !have.contains(&(tli, n)) {
+            return Err(RecoveryError::ArchiveGap {
+                archive: archive.dir().to_owned(),
+                segment: name,
+                newest: wal::segment_file_name(newest_tli, newest, seg),
+            });
+        }
     }
     Ok(())
 }
@@ -1158,6 +1252,20 @@ mod tests {
         let err = check_pgdata_contents(t.path()).unwrap_err();
         assert!(err.to_string().contains("lost+found, thesis.tex"), "{err}");
         assert_eq!(err.exit_class(), ExitClass::Refused);
+    }
+
+    #[test]
+    fn timeline_chains_from_history_files() {
+        let seg = wal::DEFAULT_SEGMENT_SIZE;
+        assert_eq!(timeline_chain("", 1, seg), vec![(1, 0)]);
+        let h = "1\t0/5000A28\tno recovery target specified\n\n2\t0/9000000\tbefore 2026-11-25\n";
+        let c = timeline_chain(h, 3, seg);
+        assert_eq!(c, vec![(1, 0), (2, 5), (3, 9)]);
+        assert_eq!(timeline_of(&c, 4), 1);
+        assert_eq!(timeline_of(&c, 5), 2);
+        assert_eq!(timeline_of(&c, 8), 2);
+        assert_eq!(timeline_of(&c, 9), 3);
+        assert_eq!(timeline_of(&c, 100), 3);
     }
 
     #[test]

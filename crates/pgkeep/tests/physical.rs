@@ -375,8 +375,28 @@ fn bad_input_destroys_nothing() {
         "{err}"
     );
 
-    // Missing WAL needed for consistency: not in the bundle, not in the archive.
+    // A gap in the archive after the backup: replay would silently stop there.
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched so far");
     let start = foreign_free_start(&bundle);
+    c.restart();
+    for _ in 0..3 {
+        switch_and_wait(&c);
+    }
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+    let start_no = u64::from_str_radix(&start[16..], 16).unwrap();
+    let gap = format!("{}{:08X}", &start[..16], start_no + 1);
+    let gap_file = c.wal_archive().join(format!("{gap}.zst"));
+    let kept = c.root().join("gap.zst");
+    std::fs::rename(&gap_file, &kept).unwrap();
+    let err = failed(
+        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        3,
+    );
+    assert!(err.contains(&format!("lacks segment {gap}")), "{err}");
+    std::fs::rename(&kept, &gap_file).unwrap();
+
+    // Missing WAL needed for consistency: not in the bundle, not in the archive.
     without_wal(
         &bundle,
         &c.backups(),
