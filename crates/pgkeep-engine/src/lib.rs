@@ -11,15 +11,20 @@ pub mod datadir;
 pub mod db;
 pub mod fsutil;
 pub mod logical;
+pub mod inspect;
 pub mod mountinfo;
+pub mod physical;
+pub mod recovery;
 pub mod repo;
 pub mod sanity;
+pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod sqlgz;
 pub mod tools;
 pub mod transfer;
 pub mod upload;
+pub mod wal;
 
 /// How an error should end the process (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,66 @@
-//! `pgkeep backups prune`: remove old backups and the WAL no kept backup needs.
-//!
-//! Not implemented yet: exits with code 2 and says so.
+//! `pgkeep backups prune [--dry-run]`: keep the newest `retention.nightly` logical and
+//! `retention.basebackups` physical bundles, and remove archived WAL older than what the oldest
+//! kept base backup needs (history files are always kept). The engine's `retention` module
+//! decides; this command shows the plan and applies it.
+
+use pgkeep_engine::retention;
 
 use crate::cli::Ctx;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the plan (and result) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("backups prune"))
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.target() == pgkeep_engine::settings::Target::Kube {
+        return Err(crate::exit::not_implemented("backups prune --kube"));
+    }
+    let s = ctx.settings();
+    let plan = retention::plan(
+        &s.paths.backups,
+        &s.paths.wal_archive,
+        s.retention.nightly,
+        s.retention.basebackups,
+    )?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removing"
+    };
+    if !args.json {
+        for b in &plan.remove {
+            println!("{verb} {}", b.name);
+        }
+        match &plan.wal_kept_from {
+            Some(first) => println!(
+                "{verb} {} WAL files ({} bytes) older than {first}, the start of the oldest kept base backup",
+                plan.remove_wal.len(),
+                plan.remove_wal_bytes
+            ),
+            None => println!("no physical backup is kept: no WAL is removed"),
+        }
+        println!(
+            "keeping {} backups (retention: {} nightly, {} basebackups)",
+            plan.keep.len(),
+            s.retention.nightly,
+            s.retention.basebackups
+        );
+    }
+    if args.dry_run {
+        if args.json {
+            crate::output::print_json(&plan)?;
+        }
+        return Ok(());
+    }
+    let report = retention::apply(&plan, &s.paths.backups, &s.paths.wal_archive)?;
+    if args.json {
+        crate::output::print_json(&serde_json::json!({"plan": plan, "result": report}))?;
+    }
+    Ok(())
 }

@@ -1,12 +1,113 @@
-//! `pgkeep space`: disk usage of the volumes and the database.
-//!
-//! Not implemented yet: exits with code 2 and says so.
+//! `pgkeep space` (make pg.space; the seed's `scripts/pg/space-check.sh`): size, used, available
+//! and percent of the data, WAL-archive and backups volumes (warning at 80%, error line at 90%),
+//! database sizes, the ten largest tables with indexes and TOAST, pg_wal, and the WAL archive.
+
+use pgkeep_engine::db::ConnParams;
+use pgkeep_engine::inspect::{self, Site, human_bytes};
+use pgkeep_engine::settings::Target;
 
 use crate::cli::Ctx;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("space"))
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.target() == Target::Kube {
+        return Err(crate::exit::not_implemented("space --kube"));
+    }
+    let s = ctx.settings();
+    let site = Site {
+        pgroot: &s.paths.pgroot,
+        pgdata: &s.paths.pgdata,
+        wal_archive: &s.paths.wal_archive,
+        backups: &s.paths.backups,
+    };
+    let r = inspect::space(&site, &ConnParams::from_settings(s)).await;
+    if args.json {
+        return crate::output::print_json(&r);
+    }
+    println!("== Volumes");
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>6}  path",
+        "volume", "size", "used", "avail", "use%"
+    );
+    for v in &r.volumes {
+        match &v.error {
+            Some(e) => println!("{:<12} unavailable: {e}  {}", v.name, v.path.display()),
+            None => println!(
+                "{:<12} {:>10} {:>10} {:>10} {:>5.1}%  {}",
+                v.name,
+                human_bytes(v.total),
+                human_bytes(v.used),
+                human_bytes(v.available),
+                v.percent,
+                v.path.display()
+            ),
+        }
+    }
+    for v in &r.volumes {
+        match v.level {
+            "error" => println!(
+                "ERROR: the {} volume is {:.1}% full (>= {}%): act now (see `Out of Space` in the runbook)",
+                v.name,
+                v.percent,
+                inspect::ERROR_PERCENT
+            ),
+            "warning" => println!(
+                "WARNING: the {} volume is {:.1}% full (>= {}%)",
+                v.name,
+                v.percent,
+                inspect::WARN_PERCENT
+            ),
+            _ => {}
+        }
+    }
+    println!("\n== Databases");
+    if let Some(e) = &r.database_error {
+        println!("(note: {})", e.lines().next().unwrap_or(e));
+    }
+    for d in &r.databases {
+        println!("{:<30} {:>10}", d.name, human_bytes(d.bytes));
+    }
+    if !r.largest_tables.is_empty() {
+        println!("\n== Largest tables in {}", r.database);
+        println!(
+            "{:<40} {:>10} {:>10} {:>10} {:>10}",
+            "table", "total", "table", "indexes", "toast"
+        );
+        for t in &r.largest_tables {
+            println!(
+                "{:<40} {:>10} {:>10} {:>10} {:>10}",
+                format!("{}.{}", t.schema, t.table),
+                human_bytes(t.total_bytes),
+                human_bytes(t.table_bytes),
+                human_bytes(t.index_bytes),
+                human_bytes(t.toast_bytes)
+            );
+        }
+    }
+    println!("\n== WAL");
+    match (r.pg_wal_bytes, r.pg_wal_files) {
+        (Some(b), Some(n)) => println!("pg_wal: {} in {n} files", human_bytes(b)),
+        _ => println!("pg_wal: unavailable"),
+    }
+    let a = &r.wal_archive;
+    match &a.error {
+        Some(e) => println!("WAL archive {}: unavailable: {e}", a.path.display()),
+        None => println!(
+            "WAL archive {}: {} in {} files ({} segments, {} history); oldest {}, newest {}",
+            a.path.display(),
+            human_bytes(a.bytes),
+            a.files,
+            a.segments,
+            a.history_files,
+            a.oldest.as_deref().unwrap_or("-"),
+            a.newest.as_deref().unwrap_or("-")
+        ),
+    }
+    Ok(())
 }

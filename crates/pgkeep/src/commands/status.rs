@@ -1,12 +1,94 @@
-//! `pgkeep status`: server, archiver and backup health at a glance.
-//!
-//! Not implemented yet: exits with code 2 and says so.
+//! `pgkeep status --local`: server up/down, version, recovery, `pg_stat_archiver` interpreted,
+//! the WAL archive, and the newest logical and physical backups with their age.
+
+use pgkeep_engine::db::ConnParams;
+use pgkeep_engine::inspect::{self, human_age, human_bytes};
+use pgkeep_engine::settings::Target;
 
 use crate::cli::Ctx;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("status"))
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.target() == Target::Kube {
+        return Err(crate::exit::not_implemented("status --kube"));
+    }
+    let s = ctx.settings();
+    let r = inspect::status(
+        &ConnParams::from_settings(s),
+        &s.paths.wal_archive,
+        &s.paths.backups,
+    )
+    .await;
+    if args.json {
+        return crate::output::print_json(&r);
+    }
+    match (&r.server.up, &r.server.version) {
+        (true, Some(v)) => println!(
+            "server:      up, PostgreSQL {v}{}",
+            if r.server.in_recovery == Some(true) {
+                ", IN RECOVERY"
+            } else {
+                ", primary"
+            }
+        ),
+        _ => println!(
+            "server:      DOWN ({})",
+            r.server
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("unreachable")
+        ),
+    }
+    if let Some(a) = &r.archiver {
+        println!("archiver:    {} ({})", a.verdict, a.explanation);
+        println!(
+            "  archived:  {} files, last {} {}",
+            a.archived_count,
+            a.last_archived_wal.as_deref().unwrap_or("-"),
+            a.last_archived_age_seconds
+                .map(|s| format!("{} ago", human_age(s as i64)))
+                .unwrap_or_default()
+        );
+        println!(
+            "  failed:    {} times{}",
+            a.failed_count,
+            match (&a.last_failed_wal, &a.last_failed_time) {
+                (Some(w), Some(t)) => format!(", last {w} at {t}"),
+                _ => String::new(),
+            }
+        );
+        if let Some(n) = a.ready {
+            println!("  waiting:   {n} segments ready to archive");
+        }
+    }
+    let w = &r.wal_archive;
+    println!(
+        "WAL archive: {} in {} files ({} segments), newest {}",
+        human_bytes(w.bytes),
+        w.files,
+        w.segments,
+        w.newest.as_deref().unwrap_or("-")
+    );
+    for (label, b) in [
+        ("logical:    ", &r.newest_logical),
+        ("physical:   ", &r.newest_physical),
+    ] {
+        match b {
+            Some(b) => println!(
+                "{label} {} ({}, {} old)",
+                b.name,
+                human_bytes(b.size),
+                human_age(b.age_seconds)
+            ),
+            None => println!("{label} none"),
+        }
+    }
+    Ok(())
 }

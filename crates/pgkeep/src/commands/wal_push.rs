@@ -1,15 +1,66 @@
-//! `pgkeep wal push`: archive_command: store one WAL file in the archive.
+//! `pgkeep wal push %p`: PostgreSQL's `archive_command`. Stores one WAL file in the archive
+//! (zstd by default), atomically and without ever replacing an archived file; an identical file
+//! already there is success, a different one is a loud failure naming it. Exit 0 tells
+//! PostgreSQL the file is safe; anything else makes it retry later.
 //!
-//! Not implemented yet: exits with code 2 and says so.
+//! Start-up is kept cheap because PostgreSQL waits for every segment: no database connection, no
+//! network, only the archive directory (`--archive`, else `paths.wal_archive`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use pgkeep_engine::wal::{Archive, Compression, PushOptions, PushOutcome};
 
 use crate::cli::Ctx;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The WAL file to archive (%p).
-    pub path: std::path::PathBuf,
+    /// The WAL file to archive (%p, relative to PGDATA).
+    pub path: PathBuf,
+    /// How to compress segments: none, gzip or zstd (history and backup files stay plain).
+    #[arg(long, default_value = "zstd", value_parser = clap::value_parser!(String))]
+    pub compress: String,
+    /// zstd level: 1..=19, or -7..=-1 for zstd's fast modes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19), allow_hyphen_values = true)]
+    pub zstd_level: i32,
+    /// zstd worker threads (0 = compress on the calling thread; more only helps with idle cores).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub zstd_workers: u32,
+    /// The WAL archive directory (default: paths.wal_archive / PGKEEP_WAL_ARCHIVE).
+    #[arg(long, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
 }
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("wal push"))
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let compression: Compression = args
+        .compress
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let dir = args
+        .archive
+        .unwrap_or_else(|| ctx.settings().paths.wal_archive.clone());
+    let started = Instant::now();
+    let outcome = Archive::new(&dir).push(
+        &args.path,
+        PushOptions {
+            compression,
+            zstd_level: args.zstd_level,
+            zstd_workers: args.zstd_workers,
+        },
+    )?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match outcome {
+        PushOutcome::Stored { read, written } => tracing::debug!(
+            file = %args.path.display(),
+            read,
+            written,
+            ms,
+            "archived"
+        ),
+        PushOutcome::AlreadyArchived => tracing::info!(
+            file = %args.path.display(),
+            "already archived with identical content; nothing to do"
+        ),
+    }
+    Ok(())
 }

@@ -1,0 +1,1309 @@
+//! Bootstrap from a physical bundle, with WAL replay and point-in-time recovery (the seed's
+//! `pg.bootstrap.basebackup` job, made safe).
+//!
+//! Two phases. [`prepare`] changes nothing: it picks the bundle (newest or named), verifies every
+//! member's checksum, checks that the bundle belongs to the same system as the WAL archive, that
+//! an explicit target lies after the backup's end, that the WAL needed for consistency is in the
+//! bundle or the archive, and that no postmaster runs on PGDATA. Only then does the caller ask for
+//! confirmation and call [`execute`], a script of named steps: clear PGDATA (or move its contents
+//! aside with `keep_old`), extract, set ownership and modes, write the recovery settings, start
+//! PostgreSQL as the data owner, wait for recovery to end (resuming a pause), report where it
+//! ended, clean the recovery settings up, and stop unless asked to leave it running.
+//!
+//! PostgreSQL's own verdicts are turned into clear errors: a target never reached, a target
+//! before the consistent point, WAL missing before consistency, a damaged archived segment.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::ExitClass;
+use crate::bundle::{self, BundleError, MemberDigest};
+use crate::datadir::{self, DatadirError};
+use crate::db::{ConnParams, Db, DbError};
+use crate::fsutil::{self, FsError, IoContext};
+use crate::mountinfo;
+use crate::physical::{DATA_PREFIX, PhysicalFacts};
+use crate::repo::{self, Backup, BackupKind, RepoError};
+use crate::server::{RunAs, ServerError};
+use crate::tools::{PgBin, ToolError};
+use crate::wal::{self, Archive, Lsn, WalKind};
+
+const BLOCK_BEGIN: &str =
+    "# pgkeep bootstrap: recovery settings (removed by pgkeep when recovery has ended)";
+const BLOCK_END: &str = "# end of pgkeep bootstrap recovery settings";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Datadir(#[from] DatadirError),
+    #[error(transparent)]
+    Guard(#[from] mountinfo::GuardError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(
+        "{bundle}: not a usable physical bundle: {reason}\nhint: pick another with --from (`pgkeep backups list`)"
+    )]
+    NotPhysical { bundle: PathBuf, reason: String },
+    #[error(
+        "{bundle} is a backup of system {bundle_system}, but the WAL archive {archive} holds WAL of system {archive_system}; nothing was changed\nhint: this bundle comes from another cluster; restore a bundle of this cluster, or point PGKEEP_WAL_ARCHIVE at that cluster's archive"
+    )]
+    ForeignSystem {
+        bundle: PathBuf,
+        bundle_system: String,
+        archive: PathBuf,
+        archive_system: String,
+    },
+    #[error(
+        "recovery target {target} is before the end of backup {bundle} ({end}); nothing was changed\nhint: choose a later target, or an older backup with --from"
+    )]
+    TargetBeforeBackupEnd {
+        target: String,
+        end: String,
+        bundle: String,
+    },
+    #[error(
+        "recovery target time {target} is in the future, so it can never be reached; nothing was changed\nhint: give a time in the past (UTC unless it carries an offset)"
+    )]
+    TargetInFuture { target: String },
+    #[error(
+        "PGDATA {pgdata} holds files that do not belong to a PostgreSQL data directory ({entries}); nothing was changed\nhint: PGDATA may be set wrongly; check PGDATA / paths.pgdata, or move those files away (`pgkeep wipe` empties the data volume)"
+    )]
+    ForeignContent { pgdata: PathBuf, entries: String },
+    #[error("invalid recovery target `{value}`: {message}")]
+    BadTarget { value: String, message: String },
+    #[error(
+        "WAL segment {segment}, needed to make {bundle} consistent, is neither in the bundle nor in the WAL archive {archive}; nothing was changed\nhint: restore the segment into the archive, or use another backup"
+    )]
+    MissingWalBeforeStart {
+        segment: String,
+        bundle: String,
+        archive: PathBuf,
+    },
+    #[error(
+        "the WAL archive {archive} lacks segment {segment} but holds later WAL (up to {newest}); replay would stop at the gap and promote there, losing every later commit; nothing was changed\nhint: restore {segment} into the archive, or give an explicit --target-time/--target-lsn before the gap"
+    )]
+    ArchiveGap {
+        archive: PathBuf,
+        segment: String,
+        newest: String,
+    },
+    #[error(
+        "--keep-old needs room for both copies: {needed} bytes free on {volume}, {available} available; nothing was changed\nhint: free space, or run without --keep-old (PGDATA's contents are then removed)"
+    )]
+    NoRoomToKeepOld {
+        volume: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error(
+        "recovery ended before the target {target} was reached (the WAL archive ends earlier); PostgreSQL was not promoted\nhint: choose an earlier target, or restore the missing WAL into the archive and run the bootstrap again{log}"
+    )]
+    TargetNotReached { target: String, log: String },
+    #[error(
+        "the target {target} lies before the point where the backup becomes consistent; PostgreSQL was not promoted\nhint: choose a later target, or an older backup with --from{log}"
+    )]
+    TargetBeforeConsistency { target: String, log: String },
+    #[error(
+        "WAL needed to make the backup consistent is missing{segment}; PostgreSQL was not promoted\nhint: restore that segment into the WAL archive and run the bootstrap again{log}"
+    )]
+    MissingWal { segment: String, log: String },
+    #[error(
+        "recovery stopped because an archived WAL file could not be restored (damaged or unreadable){log}\nhint: see the error above; repair or restore the file in the archive, then run the bootstrap again"
+    )]
+    ArchiveDamaged { log: String },
+    #[error("PostgreSQL stopped during recovery{log}\nhint: read the server log named above")]
+    ServerDied { log: String },
+    #[error(
+        "recovery did not end within {seconds}s; PostgreSQL is still replaying (log: {log_file})\nhint: raise --timeout, or watch the log and stop it with pg_ctl"
+    )]
+    Timeout { seconds: u64, log_file: PathBuf },
+}
+
+impl RecoveryError {
+    pub fn exit_class(&self) -> ExitClass {
+        use RecoveryError::*;
+        match self {
+            Datadir(e) => e.exit_class(),
+            Guard(e) => e.exit_class(),
+            Bundle(_)
+            | NotPhysical { .. }
+            | ForeignSystem { .. }
+            | TargetBeforeBackupEnd { .. }
+            | TargetInFuture { .. }
+            | MissingWalBeforeStart { .. }
+            | ArchiveGap { .. }
+            | NoRoomToKeepOld { .. }
+            | BadTarget { .. }
+            | ForeignContent { .. }
+            | Repo(_) => ExitClass::Refused,
+            _ => ExitClass::Failed,
+        }
+    }
+}
+
+/// Where recovery should stop.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum RecoveryTarget {
+    Time(jiff::Timestamp),
+    Lsn(Lsn),
+    Name(String),
+}
+
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point `{n}`"),
+        }
+    }
+}
+
+/// Parse a target time: RFC 3339 / ISO 8601 with an offset, or a plain date-time taken as UTC.
+pub fn parse_target_time(s: &str) -> Result<jiff::Timestamp, RecoveryError> {
+    let s = s.trim();
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let normalized = s.trim_end_matches(" UTC").trim_end_matches(" utc");
+    if let Ok(t) = normalized.replace(' ', "T").parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    match normalized.parse::<jiff::civil::DateTime>() {
+        Ok(dt) => dt
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .map(|z| z.timestamp())
+            .map_err(|e| RecoveryError::BadTarget {
+                value: s.to_owned(),
+                message: e.to_string(),
+            }),
+        Err(e) => Err(RecoveryError::BadTarget {
+            value: s.to_owned(),
+            message: format!(
+                "{e} (expected e.g. 2026-11-25T19:30:00Z or 2026-11-25 19:30:00, UTC)"
+            ),
+        }),
+    }
+}
+
+/// A timestamp as PostgreSQL's recovery_target_time accepts it: `2026-11-25 19:30:00.123456+00`.
+pub fn pg_timestamp(t: jiff::Timestamp) -> String {
+    let d = t.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+        d.subsec_nanosecond() / 1000
+    )
+}
+
+impl RecoveryTarget {
+    /// The postgresql.conf lines for this target.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        match self {
+            RecoveryTarget::Time(t) => {
+                vec![("recovery_target_time", pg_timestamp(*t))]
+            }
+            RecoveryTarget::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
+            RecoveryTarget::Name(n) => vec![("recovery_target_name", n.clone())],
+        }
+    }
+}
+
+/// What bootstrap is asked to do.
+#[derive(Debug, Clone)]
+pub struct BootstrapRequest {
+    pub pgroot: PathBuf,
+    pub pgdata: PathBuf,
+    pub wal_archive: PathBuf,
+    pub backups: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub from: Option<String>,
+    pub target: Option<RecoveryTarget>,
+    pub keep_old: bool,
+    pub leave_running: bool,
+    /// The pgkeep program PostgreSQL runs as restore_command.
+    pub pgkeep_exe: PathBuf,
+    /// How long to wait for recovery to end.
+    pub timeout: Duration,
+}
+
+/// Everything checked before anything is changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub bundle: Backup,
+    pub facts: PhysicalFacts,
+    pub target: Option<RecoveryTarget>,
+    /// Bytes of data-directory content in the bundle.
+    pub data_bytes: u64,
+    /// Where the old contents go with keep_old.
+    pub keep_old_at: Option<PathBuf>,
+    /// What PGDATA holds now (entries), shown before confirmation.
+    pub pgdata_entries: usize,
+}
+
+/// Where recovery ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapReport {
+    pub bundle: String,
+    pub end_lsn: Option<String>,
+    pub timeline: Option<u32>,
+    pub last_replayed_xact_time: Option<String>,
+    /// PostgreSQL's "recovery stopping ..." line, when a target stopped it.
+    pub stop_reason: Option<String>,
+    pub left_running: bool,
+    pub old_contents_at: Option<PathBuf>,
+    pub log_file: PathBuf,
+    pub seconds: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 1: checks, nothing changed
+// ---------------------------------------------------------------------------------------------
+
+/// Check everything that can be checked without changing anything. See the module docs.
+pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
+    datadir::ensure_stopped(&req.pgdata)?;
+    mountinfo::guard(&req.pgroot, &req.pgdata)?;
+    check_pgdata_contents(&req.pgdata)?;
+    let bundle = match &req.from {
+        Some(name) => repo::find(&req.backups, name)?,
+        None => repo::newest(&req.backups, BackupKind::Physical)?,
+    };
+    if bundle.kind != BackupKind::Physical {
+        return Err(RecoveryError::NotPhysical {
+            bundle: bundle.path.clone(),
+            reason: "it is a logical (nightly) bundle; use `pgkeep restore dump`".into(),
+        });
+    }
+    tracing::info!(bundle = %bundle.name, "verifying every member's checksum");
+    let contents = bundle::verify(&bundle.path)?;
+    let manifest = contents
+        .manifest
+        .ok_or_else(|| RecoveryError::NotPhysical {
+            bundle: bundle.path.clone(),
+            reason: format!("it has no {}", bundle::MANIFEST_NAME),
+        })?;
+    let facts =
+        PhysicalFacts::from_manifest(&manifest).map_err(|reason| RecoveryError::NotPhysical {
+            bundle: bundle.path.clone(),
+            reason,
+        })?;
+    let archive = Archive::new(&req.wal_archive);
+    check_same_system(&bundle, &facts, &archive)?;
+    if let Some(t) = &req.target {
+        check_target(t, &facts, &bundle.name)?;
+    }
+    check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
+    if req.target.is_none() {
+        check_no_gap(&manifest.members, &facts, &archive)?;
+    }
+    let data_bytes = manifest
+        .members
+        .iter()
+        .filter(|m| m.path.starts_with(DATA_PREFIX))
+        .map(|m| m.size)
+        .sum();
+    let keep_old_at = if req.keep_old {
+        let at = keep_old_path(&req.pgdata);
+        check_room(&req.pgroot, data_bytes)?;
+        Some(at)
+    } else {
+        None
+    };
+    let pgdata_entries = std::fs::read_dir(&req.pgdata)
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    datadir::ensure_stopped(&req.pgdata)?;
+    Ok(Plan {
+        bundle,
+        facts,
+        target: req.target.clone(),
+        data_bytes,
+        keep_old_at,
+        pgdata_entries,
+    })
+}
+
+/// Whether a name can be part of a PostgreSQL data directory (or of a half-done bootstrap).
+pub fn is_data_directory_entry(name: &str) -> bool {
+    const NAMES: [&str; 15] = [
+        "PG_VERSION",
+        "base",
+        "global",
+        "log",
+        "pg_hba.conf",
+        "pg_ident.conf",
+        "postgresql.conf",
+        "postgresql.auto.conf",
+        "postmaster.opts",
+        "postmaster.pid",
+        "current_logfiles",
+        "recovery.signal",
+        "standby.signal",
+        "pgkeep.conf",
+        "backup_manifest",
+    ];
+    NAMES.contains(&name)
+        || name.starts_with("pg_")
+        || name.starts_with("backup_label")
+        || name.starts_with("tablespace_map")
+}
+
+/// PGDATA must be empty or look like a data directory: a wrong PGDATA must not be emptied.
+fn check_pgdata_contents(pgdata: &Path) -> Result<(), RecoveryError> {
+    let Ok(rd) = std::fs::read_dir(pgdata) else {
+        return Ok(());
+    };
+    let mut foreign: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !is_data_directory_entry(n))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let more = if foreign.len() > 8 { ", ..." } else { "" };
+    foreign.truncate(8);
+    Err(RecoveryError::ForeignContent {
+        pgdata: pgdata.to_owned(),
+        entries: foreign.join(", ") + more,
+    })
+}
+
+/// The bundle and the WAL archive must belong to the same system.
+fn check_same_system(
+    bundle: &Backup,
+    facts: &PhysicalFacts,
+    archive: &Archive,
+) -> Result<(), RecoveryError> {
+    let Ok(files) = archive.list() else {
+        return Ok(());
+    };
+    let seg = facts.wal_segment_size;
+    let start = facts.start_lsn.segment(seg);
+    let candidates: Vec<_> = files
+        .iter()
+        .filter(|f| matches!(f.wal.kind, WalKind::Segment | WalKind::Partial))
+        .collect();
+    // The first segment the recovery would read, else the newest one in the archive.
+    let probe = candidates
+        .iter()
+        .find(|f| f.wal.segment_no(seg) >= start)
+        .into_iter()
+        .chain(candidates.last());
+    for f in probe {
+        if let Some(sysid) = archive.system_identifier(f)
+            && sysid.to_string() != facts.system_identifier
+        {
+            return Err(RecoveryError::ForeignSystem {
+                bundle: bundle.path.clone(),
+                bundle_system: facts.system_identifier.clone(),
+                archive: archive.dir().to_owned(),
+                archive_system: sysid.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_pg_time(s: &str) -> Option<jiff::Timestamp> {
+    parse_target_time(s).ok()
+}
+
+/// An explicit target must lie after the backup's end, and a time target in the past.
+fn check_target(
+    t: &RecoveryTarget,
+    facts: &PhysicalFacts,
+    bundle: &str,
+) -> Result<(), RecoveryError> {
+    match t {
+        RecoveryTarget::Time(time) => {
+            if *time > jiff::Timestamp::now() {
+                return Err(RecoveryError::TargetInFuture {
+                    target: time.to_string(),
+                });
+            }
+            if let Some(end) = parse_pg_time(&facts.stop_time)
+                && *time < end
+            {
+                return Err(RecoveryError::TargetBeforeBackupEnd {
+                    target: time.to_string(),
+                    end: format!("ended at {end}"),
+                    bundle: bundle.to_owned(),
+                });
+            }
+        }
+        RecoveryTarget::Lsn(l) => {
+            if *l < facts.stop_lsn {
+                return Err(RecoveryError::TargetBeforeBackupEnd {
+                    target: format!("LSN {l}"),
+                    end: format!("stop LSN {}", facts.stop_lsn),
+                    bundle: bundle.to_owned(),
+                });
+            }
+        }
+        RecoveryTarget::Name(_) => {}
+    }
+    Ok(())
+}
+
+/// Every segment from the backup's start to its stop must be in the bundle or the archive.
+fn check_consistency_wal(
+    members: &[MemberDigest],
+    facts: &PhysicalFacts,
+    archive: &Archive,
+    bundle: &str,
+) -> Result<(), RecoveryError> {
+    for seg in facts.needed_segments() {
+        let member = format!("{DATA_PREFIX}pg_wal/{seg}");
+        if members.iter().any(|m| m.path == member) || archive.find(&seg).is_some() {
+            continue;
+        }
+        return Err(RecoveryError::MissingWalBeforeStart {
+            segment: seg,
+            bundle: bundle.to_owned(),
+            archive: archive.dir().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The timeline that owns each segment number: `(timeline, first segment)` pairs from a history
+/// file's lines (`parent_tli<TAB>switch_lsn<TAB>reason`) plus the latest timeline itself.
+pub fn timeline_chain(history: &str, latest: u32, seg_size: u64) -> Vec<(u32, u64)> {
+    let mut chain = Vec::new();
+    let mut from = 0u64;
+    for line in history.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(tli), Ok(lsn)) = (tli.parse::<u32>(), lsn.parse::<Lsn>()) else {
+            continue;
+        };
+        chain.push((tli, from));
+        from = lsn.segment(seg_size);
+    }
+    chain.push((latest, from));
+    chain
+}
+
+/// The timeline a segment number belongs to on a chain.
+fn timeline_of(chain: &[(u32, u64)], segno: u64) -> u32 {
+    chain
+        .iter()
+        .rev()
+        .find(|(_, from)| segno >= *from)
+        .map(|(t, _)| *t)
+        .unwrap_or(chain[0].0)
+}
+
+/// Without a target, recovery replays until the first missing segment and promotes there: a
+/// gap in the archive followed by later WAL would silently lose everything after it.
+fn check_no_gap(
+    members: &[MemberDigest],
+    facts: &PhysicalFacts,
+    archive: &Archive,
+) -> Result<(), RecoveryError> {
+    let Ok(files) = archive.list() else {
+        return Ok(());
+    };
+    let seg = facts.wal_segment_size;
+    // The latest timeline PostgreSQL will follow: history files upward from the backup's.
+    let mut latest = facts.timeline;
+    while archive
+        .find(&format!("{:08X}.history", latest + 1))
+        .is_some()
+    {
+        latest += 1;
+    }
+    let history = match archive.find(&format!("{latest:08X}.history")) {
+        Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
+        None => String::new(),
+    };
+    let chain = timeline_chain(&history, latest, seg);
+    let on_chain = |tli: u32, segno: u64| timeline_of(&chain, segno) == tli;
+    let have: std::collections::BTreeSet<(u32, u64)> = files
+        .iter()
+        .filter(|f| f.wal.kind == WalKind::Segment)
+        .map(|f| (f.wal.timeline, f.wal.segment_no(seg)))
+        .filter(|(t, n)| on_chain(*t, *n))
+        .collect();
+    let start = facts.start_lsn.segment(seg);
+    let Some(&(newest_tli, newest)) = have.iter().max_by_key(|(_, n)| *n) else {
+        return Ok(());
+    };
+    for n in start..newest {
+        let tli = timeline_of(&chain, n);
+        let name = wal::segment_file_name(tli, n, seg);
+        let in_bundle = members
+            .iter()
+            .any(|m| m.path == format!("{DATA_PREFIX}pg_wal/{name}"));
+        if !in_bundle && !have.contains(&(tli, n)) {
+            return Err(RecoveryError::ArchiveGap {
+                archive: archive.dir().to_owned(),
+                segment: name,
+                newest: wal::segment_file_name(newest_tli, newest, seg),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn keep_old_path(pgdata: &Path) -> PathBuf {
+    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let name = pgdata
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    pgdata.with_file_name(format!("{name}.old-{}", now.strftime("%Y%m%d-%H%M%S")))
+}
+
+fn check_room(volume: &Path, data_bytes: u64) -> Result<(), RecoveryError> {
+    let st = rustix::fs::statvfs(volume).map_err(|e| FsError::new("statvfs", volume, e.into()))?;
+    let available = st.f_bavail * st.f_frsize;
+    let needed = data_bytes + data_bytes / 20 + (64 << 20);
+    if available < needed {
+        return Err(RecoveryError::NoRoomToKeepOld {
+            volume: volume.to_owned(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2: the bootstrap itself
+// ---------------------------------------------------------------------------------------------
+
+/// Run the bootstrap planned by [`prepare`]. Call it only after confirmation.
+pub async fn execute(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+) -> Result<BootstrapReport, RecoveryError> {
+    let started = Instant::now();
+    let run_as = RunAs::data_owner(req.uid, req.gid)?;
+    mountinfo::guard(&req.pgroot, &req.pgdata)?;
+    datadir::ensure_stopped(&req.pgdata)?;
+    let old_at = clear_pgdata(req, plan)?;
+    extract_into_pgdata(req, plan)?;
+    set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
+    let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
+    write_recovery_settings(req, plan, &overrides)?;
+    let log_file = open_log_file(req, run_as)?;
+    start_postgres(pg, &req.pgdata, &log_file, run_as)?;
+    let ended = match wait_for_recovery_end(conn, req, plan, &log_file).await {
+        Ok(e) => e,
+        Err(e) => {
+            // The server may still be up (timeout) or half-down: stop it, keep the settings so
+            // a person can look at the state; the error says what happened.
+            let _ = crate::server::pg_ctl_stop(pg, &req.pgdata, run_as);
+            return Err(e);
+        }
+    };
+    remove_recovery_settings(&req.pgdata)?;
+    if req.leave_running {
+        let db = Db::connect(&conn.with_db("postgres")).await?;
+        db.reload_conf().await?;
+    } else {
+        crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
+    }
+    Ok(BootstrapReport {
+        bundle: plan.bundle.name.clone(),
+        end_lsn: ended.end_lsn,
+        timeline: ended.timeline,
+        last_replayed_xact_time: ended.last_xact_time,
+        stop_reason: stop_reason(&log_file),
+        left_running: req.leave_running,
+        old_contents_at: old_at,
+        log_file,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// [`prepare`] then [`execute`] without asking: for callers that own the site they restore into
+/// (`pgkeep demo`, restore drills). Everything `prepare` refuses is still refused.
+pub async fn bootstrap(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+) -> Result<BootstrapReport, RecoveryError> {
+    let plan = prepare(req)?;
+    execute(pg, conn, req, &plan).await
+}
+
+/// Step: empty PGDATA (never PGDATA itself, never the volume root), or move its contents aside.
+fn clear_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<Option<PathBuf>, RecoveryError> {
+    let pgdata = &req.pgdata;
+    if !pgdata.exists() {
+        std::fs::create_dir_all(pgdata).fs_ctx("create directory", pgdata)?;
+    }
+    let aside = plan.keep_old_at.clone();
+    if let Some(dir) = &aside {
+        std::fs::create_dir(dir).fs_ctx("create directory", dir)?;
+        fsutil::set_mode(dir, 0o700)?;
+        if fsutil::is_root() {
+            fsutil::chown(dir, req.uid, req.gid)?;
+        }
+    }
+    for entry in std::fs::read_dir(pgdata).fs_ctx("read directory", pgdata)? {
+        let entry = entry.fs_ctx("read directory", pgdata)?;
+        let path = entry.path();
+        match &aside {
+            Some(dir) => {
+                let to = dir.join(entry.file_name());
+                std::fs::rename(&path, &to).fs_ctx("move aside", &path)?;
+            }
+            None => {
+                let ft = entry.file_type().fs_ctx("stat", &path)?;
+                if ft.is_dir() {
+                    std::fs::remove_dir_all(&path).fs_ctx("remove", &path)?;
+                } else {
+                    std::fs::remove_file(&path).fs_ctx("remove", &path)?;
+                }
+            }
+        }
+    }
+    fsutil::fsync_dir(pgdata)?;
+    if let Some(dir) = &aside {
+        fsutil::fsync_dir(dir)?;
+        tracing::info!(to = %dir.display(), "moved the old PGDATA contents aside");
+    } else {
+        tracing::info!(pgdata = %pgdata.display(), "emptied PGDATA");
+    }
+    Ok(aside)
+}
+
+/// Step: extract the bundle next to PGDATA (same volume), then move the data directory in.
+fn extract_into_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<(), RecoveryError> {
+    let parent = req.pgdata.parent().unwrap_or(Path::new("/"));
+    let staging = parent.join(format!(".pgkeep-bootstrap-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).fs_ctx("remove", &staging)?;
+    }
+    tracing::info!(bundle = %plan.bundle.name, "extracting");
+    let result = (|| {
+        bundle::extract(&plan.bundle.path, &staging)?;
+        let data = staging.join(DATA_PREFIX.trim_end_matches('/'));
+        for entry in std::fs::read_dir(&data).fs_ctx("read directory", &data)? {
+            let entry = entry.fs_ctx("read directory", &data)?;
+            let to = req.pgdata.join(entry.file_name());
+            std::fs::rename(entry.path(), &to).fs_ctx("move into PGDATA", &to)?;
+        }
+        for sub in ["pg_wal/archive_status", "pg_tblspc", "pg_replslot"] {
+            let p = req.pgdata.join(sub);
+            std::fs::create_dir_all(&p).fs_ctx("create directory", &p)?;
+        }
+        fsutil::fsync_dir(&req.pgdata)?;
+        Ok::<_, RecoveryError>(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Step: PGDATA and everything in it owned by the data owner, directories 0700, files 0600.
+fn set_ownership_and_modes(pgdata: &Path, uid: u32, gid: u32) -> Result<(), RecoveryError> {
+    fn walk(p: &Path, uid: u32, gid: u32, root: bool) -> Result<(), FsError> {
+        let meta = std::fs::symlink_metadata(p).fs_ctx("stat", p)?;
+        if root && (meta.uid() != uid || meta.gid() != gid) {
+            fsutil::chown(p, uid, gid)?;
+        }
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o7777 != want {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(want))
+                .fs_ctx("chmod", p)?;
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).fs_ctx("read directory", p)? {
+                walk(&e.fs_ctx("read directory", p)?.path(), uid, gid, root)?;
+            }
+        }
+        Ok(())
+    }
+    walk(pgdata, uid, gid, fsutil::is_root())?;
+    Ok(())
+}
+
+/// Settings that must be at least the values the backed-up server ran with.
+const REQUIRED_PARAMETERS: [(&str, &str); 5] = [
+    ("max_connections", "max_connections setting:"),
+    ("max_worker_processes", "max_worker_processes setting:"),
+    ("max_wal_senders", "max_wal_senders setting:"),
+    ("max_prepared_transactions", "max_prepared_xacts setting:"),
+    ("max_locks_per_transaction", "max_locks_per_xact setting:"),
+];
+
+/// The values pg_controldata reports for the settings hot standby needs, by setting name.
+pub fn parse_controldata(text: &str) -> Vec<(&'static str, i64)> {
+    REQUIRED_PARAMETERS
+        .iter()
+        .filter_map(|(name, label)| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .and_then(|v| v.trim().parse().ok())
+                .map(|v| (*name, v))
+        })
+        .collect()
+}
+
+/// Which settings to raise: (name, value) where the configured value is below pg_control's.
+pub fn overrides_needed(
+    control: &[(&'static str, i64)],
+    configured: impl Fn(&str) -> Option<i64>,
+) -> Vec<(&'static str, i64)> {
+    control
+        .iter()
+        .filter(|(name, want)| configured(name).is_none_or(|have| have < *want))
+        .copied()
+        .collect()
+}
+
+/// Step: compare pg_controldata's values with the restored configuration.
+fn required_parameter_overrides(
+    pg: &PgBin,
+    pgdata: &Path,
+    run_as: Option<RunAs>,
+) -> Result<Vec<(&'static str, i64)>, RecoveryError> {
+    let text = RunAs::apply(run_as, pg.cmd("pg_controldata").arg(pgdata))
+        .env("LC_ALL", "C")
+        .output_string()?;
+    let control = parse_controldata(&text);
+    let configured = |name: &str| {
+        RunAs::apply(
+            run_as,
+            pg.cmd("postgres").arg("-D").arg(pgdata).arg("-C").arg(name),
+        )
+        .output_string()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    let needed = overrides_needed(&control, configured);
+    for (name, v) in &needed {
+        tracing::info!("raising {name} to {v}, the value the backed-up server ran with");
+    }
+    Ok(needed)
+}
+
+/// Quote for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The restore_command pgkeep writes.
+pub fn restore_command(pgkeep: &Path, archive: &Path) -> String {
+    format!(
+        "{} wal fetch --archive {} %f %p",
+        sh_quote(&pgkeep.to_string_lossy()),
+        sh_quote(&archive.to_string_lossy())
+    )
+}
+
+fn conf_line(k: &str, v: &str) -> String {
+    format!("{k} = '{}'\n", v.replace('\'', "''"))
+}
+
+/// Step: recovery.signal and the recovery settings (a marked block in postgresql.auto.conf,
+/// read last, so it wins over the restored configuration).
+fn write_recovery_settings(
+    req: &BootstrapRequest,
+    plan: &Plan,
+    overrides: &[(&'static str, i64)],
+) -> Result<(), RecoveryError> {
+    let mut block = format!("{BLOCK_BEGIN}\n");
+    block.push_str(&conf_line(
+        "restore_command",
+        &restore_command(&req.pgkeep_exe, &req.wal_archive),
+    ));
+    block.push_str(&conf_line("recovery_target_action", "promote"));
+    block.push_str(&conf_line("recovery_target_timeline", "latest"));
+    block.push_str(&conf_line("hot_standby", "on"));
+    if let Some(t) = &plan.target {
+        for (k, v) in t.settings() {
+            block.push_str(&conf_line(k, &v));
+        }
+        block.push_str(&conf_line("recovery_target_inclusive", "on"));
+    }
+    for (k, v) in overrides {
+        block.push_str(&conf_line(k, &v.to_string()));
+    }
+    block.push_str(BLOCK_END);
+    block.push('\n');
+    let auto = req.pgdata.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text = strip_block(&text);
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&block);
+    fsutil::write_atomic(&auto, text.as_bytes(), 0o600, true)?;
+    let signal = req.pgdata.join("recovery.signal");
+    fsutil::write_atomic(&signal, b"", 0o600, true)?;
+    if fsutil::is_root() {
+        fsutil::chown(&auto, req.uid, req.gid)?;
+        fsutil::chown(&signal, req.uid, req.gid)?;
+    }
+    Ok(())
+}
+
+/// postgresql.auto.conf without pgkeep's recovery block.
+pub fn strip_block(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line == BLOCK_BEGIN {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if line == BLOCK_END {
+                inside = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Step (after recovery): remove the recovery block again.
+fn remove_recovery_settings(pgdata: &Path) -> Result<(), RecoveryError> {
+    let auto = pgdata.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).fs_ctx("read", &auto)?;
+    let stripped = strip_block(&text);
+    if stripped != text {
+        let meta = std::fs::metadata(&auto).fs_ctx("stat", &auto)?;
+        fsutil::write_atomic(&auto, stripped.as_bytes(), 0o600, true)?;
+        if fsutil::is_root() {
+            fsutil::chown(&auto, meta.uid(), meta.gid())?;
+        }
+    }
+    Ok(())
+}
+
+/// Step: the server log for this bootstrap, beside PGDATA (else in the temp dir), owned by the
+/// data owner so pg_ctl can append to it.
+fn open_log_file(req: &BootstrapRequest, run_as: Option<RunAs>) -> Result<PathBuf, RecoveryError> {
+    let stamp = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%d-%H%M%S")
+        .to_string();
+    let name = format!("pgkeep-bootstrap-{stamp}.log");
+    let parent = req.pgdata.parent().unwrap_or(Path::new("/")).to_owned();
+    for dir in [parent, std::env::temp_dir()] {
+        let path = dir.join(&name);
+        if std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .is_ok()
+        {
+            let _ = fsutil::set_mode(&path, 0o600);
+            if let Some(r) = run_as {
+                fsutil::chown(&path, r.uid, r.gid)?;
+            }
+            return Ok(path);
+        }
+    }
+    Err(FsError::new(
+        "create log file",
+        req.pgdata.join(&name),
+        std::io::Error::other("no writable directory"),
+    )
+    .into())
+}
+
+/// Step: start the postmaster as the data owner, without waiting (recovery may take long; the
+/// wait below watches it).
+fn start_postgres(
+    pg: &PgBin,
+    pgdata: &Path,
+    log_file: &Path,
+    run_as: Option<RunAs>,
+) -> Result<(), RecoveryError> {
+    tracing::info!(log = %log_file.display(), "starting PostgreSQL to replay WAL");
+    let cmd = pg
+        .cmd("pg_ctl")
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-l")
+        .arg(log_file)
+        .args(["-W", "start"]);
+    RunAs::apply(run_as, cmd).run()?;
+    Ok(())
+}
+
+struct Ended {
+    end_lsn: Option<String>,
+    timeline: Option<u32>,
+    last_xact_time: Option<String>,
+}
+
+struct RecoveryState {
+    in_recovery: bool,
+    paused: bool,
+    replay_lsn: Option<String>,
+    xact_time: Option<String>,
+    timeline: Option<u32>,
+}
+
+impl Db {
+    async fn recovery_state(&self) -> Result<RecoveryState, DbError> {
+        let row = self
+            .client()
+            .query_one(
+                "select pg_is_in_recovery(), \
+                 case when pg_is_in_recovery() then pg_is_wal_replay_paused() else false end, \
+                 pg_last_wal_replay_lsn()::text, \
+                 to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                 case when pg_is_in_recovery() then null \
+                      else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 end",
+                &[],
+            )
+            .await
+            .map_err(|e| DbError::Query {
+                what: "reading the recovery state",
+                message: e.to_string(),
+            })?;
+        Ok(RecoveryState {
+            in_recovery: row.get(0),
+            paused: row.get(1),
+            replay_lsn: row.get(2),
+            xact_time: row.get(3),
+            timeline: row.get::<_, Option<i32>>(4).map(|t| t as u32),
+        })
+    }
+
+    async fn resume_replay(&self) -> Result<(), DbError> {
+        self.client()
+            .batch_execute("select pg_wal_replay_resume()")
+            .await
+            .map_err(|e| DbError::Query {
+                what: "resuming WAL replay",
+                message: e.to_string(),
+            })
+    }
+
+    async fn reload_conf(&self) -> Result<(), DbError> {
+        self.client()
+            .batch_execute("select pg_reload_conf()")
+            .await
+            .map_err(|e| DbError::Query {
+                what: "reloading the configuration",
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Step: wait until PostgreSQL has left recovery; turn its failures into clear errors.
+async fn wait_for_recovery_end(
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+    log_file: &Path,
+) -> Result<Ended, RecoveryError> {
+    let deadline = Instant::now() + req.timeout;
+    let params = conn.with_db("postgres");
+    let mut db: Option<Db> = None;
+    let mut last_note = Instant::now();
+    let started = Instant::now();
+    let mut seen_running = false;
+    loop {
+        if Instant::now() > deadline {
+            return Err(RecoveryError::Timeout {
+                seconds: req.timeout.as_secs(),
+                log_file: log_file.to_owned(),
+            });
+        }
+        match datadir::running_postmaster(&req.pgdata) {
+            Some(_) => seen_running = true,
+            // pg_ctl -W returns before the postmaster has written postmaster.pid: give a slow
+            // machine time to start it; once seen, a vanished postmaster means it stopped.
+            None if !seen_running
+                && started.elapsed() < Duration::from_secs(60)
+                && !log_shows_stop(log_file) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            None => return Err(classify_failure(log_file, plan)),
+        }
+        if db.is_none() {
+            db = Db::connect(&params).await.ok();
+        }
+        if let Some(d) = &db {
+            match d.recovery_state().await {
+                Ok(s) if !s.in_recovery => {
+                    return Ok(Ended {
+                        end_lsn: s.replay_lsn,
+                        timeline: s.timeline,
+                        last_xact_time: s.xact_time,
+                    });
+                }
+                Ok(s) => {
+                    if s.paused {
+                        tracing::info!(
+                            "recovery paused at the target; resuming so it ends and promotes"
+                        );
+                        d.resume_replay().await?;
+                    }
+                    if last_note.elapsed() > Duration::from_secs(10) {
+                        tracing::info!(replayed = ?s.replay_lsn, "replaying WAL");
+                        last_note = Instant::now();
+                    }
+                }
+                Err(_) => db = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the server log shows that the postmaster gave up.
+fn log_shows_stop(log_file: &Path) -> bool {
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    text.contains("FATAL:")
+        || text.contains("PANIC:")
+        || text.contains("database system is shut down")
+}
+
+fn log_tail(log_file: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    format!(
+        "\n--- {} (last lines) ---\n{}",
+        log_file.display(),
+        lines[start..].join("\n")
+    )
+}
+
+/// Turn PostgreSQL's last words into an error.
+fn classify_failure(log_file: &Path, plan: &Plan) -> RecoveryError {
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    let log = log_tail(log_file, 25);
+    let target = plan
+        .target
+        .as_ref()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "(none)".into());
+    if text.contains("recovery ended before configured recovery target was reached") {
+        return RecoveryError::TargetNotReached { target, log };
+    }
+    if text.contains("requested recovery stop point is before consistent recovery point") {
+        return RecoveryError::TargetBeforeConsistency { target, log };
+    }
+    if text.contains("could not restore file") && text.contains("from archive") {
+        return RecoveryError::ArchiveDamaged { log };
+    }
+    if text.contains("WAL ends before consistent recovery point")
+        || text.contains("WAL ends before end of online backup")
+        || text.contains("could not locate required checkpoint record")
+    {
+        let segment = next_needed_segment(&text, &plan.facts)
+            .map(|s| format!(" (segment {s})"))
+            .unwrap_or_default();
+        return RecoveryError::MissingWal { segment, log };
+    }
+    RecoveryError::ServerDied { log }
+}
+
+/// The segment after the last one PostgreSQL restored, within the backup's range.
+fn next_needed_segment(log: &str, facts: &PhysicalFacts) -> Option<String> {
+    let seg = facts.wal_segment_size;
+    let last = log
+        .lines()
+        .filter_map(|l| l.split("restored log file \"").nth(1))
+        .filter_map(|r| r.split('"').next())
+        .filter_map(wal::parse_name)
+        .map(|w| w.segment_no(seg))
+        .max();
+    let next = match last {
+        Some(n) => n + 1,
+        None => facts.start_lsn.segment(seg),
+    };
+    Some(wal::segment_file_name(facts.timeline, next, seg))
+}
+
+/// PostgreSQL's "recovery stopping ..." line from the log.
+fn stop_reason(log_file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log_file).ok()?;
+    text.lines()
+        .rfind(|l| l.contains("recovery stopping"))
+        .map(|l| l.split("LOG:  ").nth(1).unwrap_or(l).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_times_parse() {
+        let want: jiff::Timestamp = "2026-11-25T19:30:00Z".parse().unwrap();
+        for s in [
+            "2026-11-25T19:30:00Z",
+            "2026-11-25 19:30:00",
+            "2026-11-25T19:30:00",
+            "2026-11-25 19:30:00 UTC",
+            "2026-11-25T14:30:00-05:00",
+            "2026-11-25 20:30:00+01:00",
+        ] {
+            assert_eq!(parse_target_time(s).unwrap(), want, "{s}");
+        }
+        assert!(parse_target_time("yesterday").is_err());
+        let t = RecoveryTarget::Time("2026-11-25T19:30:00.123456789Z".parse().unwrap());
+        assert_eq!(
+            t.settings(),
+            vec![(
+                "recovery_target_time",
+                "2026-11-25 19:30:00.123456+00".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn controldata_values_and_overrides() {
+        let text = "pg_control version number:            1300\n\
+                    max_connections setting:              100\n\
+                    max_worker_processes setting:         8\n\
+                    max_wal_senders setting:              10\n\
+                    max_prepared_xacts setting:           0\n\
+                    max_locks_per_xact setting:           64\n";
+        let c = parse_controldata(text);
+        assert_eq!(
+            c,
+            vec![
+                ("max_connections", 100),
+                ("max_worker_processes", 8),
+                ("max_wal_senders", 10),
+                ("max_prepared_transactions", 0),
+                ("max_locks_per_transaction", 64)
+            ]
+        );
+        let configured = |n: &str| match n {
+            "max_connections" => Some(30),
+            "max_wal_senders" => Some(10),
+            "max_worker_processes" => Some(16),
+            "max_prepared_transactions" => Some(0),
+            _ => None,
+        };
+        assert_eq!(
+            overrides_needed(&c, configured),
+            vec![("max_connections", 100), ("max_locks_per_transaction", 64)]
+        );
+    }
+
+    #[test]
+    fn recovery_block_is_added_and_removed_cleanly() {
+        let original = "# Do not edit this file manually!\nwork_mem = '8MB'\n";
+        let with = format!("{original}{BLOCK_BEGIN}\nrestore_command = 'x'\n{BLOCK_END}\n");
+        assert_eq!(strip_block(&with), original);
+        assert_eq!(strip_block(original), original);
+    }
+
+    #[test]
+    fn a_wrong_pgdata_is_not_emptied() {
+        let t = tempfile::tempdir().unwrap();
+        check_pgdata_contents(t.path()).unwrap();
+        check_pgdata_contents(&t.path().join("missing")).unwrap();
+        for n in [
+            "PG_VERSION",
+            "base",
+            "pg_wal",
+            "backup_label.old",
+            "postgresql.conf",
+        ] {
+            std::fs::write(t.path().join(n), "").unwrap();
+        }
+        check_pgdata_contents(t.path()).unwrap();
+        std::fs::write(t.path().join("thesis.tex"), "").unwrap();
+        std::fs::create_dir(t.path().join("lost+found")).unwrap();
+        let err = check_pgdata_contents(t.path()).unwrap_err();
+        assert!(err.to_string().contains("lost+found, thesis.tex"), "{err}");
+        assert_eq!(err.exit_class(), ExitClass::Refused);
+    }
+
+    #[test]
+    fn timeline_chains_from_history_files() {
+        let seg = wal::DEFAULT_SEGMENT_SIZE;
+        assert_eq!(timeline_chain("", 1, seg), vec![(1, 0)]);
+        let h = "1\t0/5000A28\tno recovery target specified\n\n2\t0/9000000\tbefore 2026-11-25\n";
+        let c = timeline_chain(h, 3, seg);
+        assert_eq!(c, vec![(1, 0), (2, 5), (3, 9)]);
+        assert_eq!(timeline_of(&c, 4), 1);
+        assert_eq!(timeline_of(&c, 5), 2);
+        assert_eq!(timeline_of(&c, 8), 2);
+        assert_eq!(timeline_of(&c, 9), 3);
+        assert_eq!(timeline_of(&c, 100), 3);
+    }
+
+    #[test]
+    fn restore_command_is_shell_quoted() {
+        assert_eq!(
+            restore_command(Path::new("/usr/bin/pgkeep"), Path::new("/wal-archive")),
+            "/usr/bin/pgkeep wal fetch --archive /wal-archive %f %p"
+        );
+        assert_eq!(
+            restore_command(Path::new("/opt/my tools/pgkeep"), Path::new("/a'b")),
+            r"'/opt/my tools/pgkeep' wal fetch --archive '/a'\''b' %f %p"
+        );
+    }
+
+    #[test]
+    fn next_needed_segment_follows_the_last_restored() {
+        let facts = PhysicalFacts {
+            system_identifier: "1".into(),
+            server_version: "15".into(),
+            server_version_num: 150000,
+            timeline: 1,
+            start_lsn: "0/2000028".parse().unwrap(),
+            stop_lsn: "0/3000100".parse().unwrap(),
+            start_wal_file: String::new(),
+            stop_wal_file: String::new(),
+            wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
+            start_time: String::new(),
+            stop_time: String::new(),
+            label: String::new(),
+        };
+        let log = "LOG:  restored log file \"000000010000000000000002\" from archive\n";
+        assert_eq!(
+            next_needed_segment(log, &facts).unwrap(),
+            "000000010000000000000003"
+        );
+        assert_eq!(
+            next_needed_segment("", &facts).unwrap(),
+            "000000010000000000000002"
+        );
+    }
+}

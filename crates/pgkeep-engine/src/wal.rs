@@ -1,0 +1,874 @@
+//! The WAL archive: pure WAL file-name and LSN parsing (CloudNativePG `pkg/postgres/wal.go`
+//! style, table-driven tests), and the two commands PostgreSQL calls: push (`archive_command`)
+//! and fetch (`restore_command`).
+//!
+//! Archive layout: one file per WAL file, named as PostgreSQL names it plus a suffix for its
+//! compression (`.zst`, `.gz`, or none). Plain files written by the seed's `cp`-style
+//! archive_command are read too. History (`*.history`) and backup-label (`*.backup`) files are
+//! small and kept plain so a person can read them.
+//!
+//! Push never replaces anything: it writes a hidden `.NAME.partial`, fsyncs it, renames it with
+//! RENAME_NOREPLACE and fsyncs the directory. A file that is already archived is accepted when its
+//! content is identical (PostgreSQL retries after a crash between archiving and noting it) and
+//! refused, loudly and naming the file, when it differs. A push killed half-way leaves only the
+//! hidden partial file, which the next push of that name replaces.
+//!
+//! Fetch writes `%p` through a temporary name and a rename; it does not fsync, because
+//! PostgreSQL makes restored files durable itself and fetches them again after a crash.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::fsutil::{AtomicFile, FsError, IoContext};
+
+/// PostgreSQL's default WAL segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(
+        "`{name}` is not a WAL file name\nhint: archive_command should be `pgkeep wal push %p` and restore_command `pgkeep wal fetch %f %p`"
+    )]
+    NotWalName { name: String },
+    #[error(
+        "{existing} is already archived with DIFFERENT content than {source_path}; the archive was left unchanged\nhint: two clusters may be archiving into the same directory, or the archive belongs to an older cluster; give each cluster its own WAL archive and investigate before removing anything"
+    )]
+    Conflict {
+        existing: PathBuf,
+        source_path: PathBuf,
+    },
+    #[error(
+        "{path}: {message}\nhint: the archived file is damaged; recovery cannot continue past it (restore an older base backup or repair the archive)"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "{path}: a WAL segment of {size} bytes is impossible (segments are a power of two between 1 MiB and 1 GiB)"
+    )]
+    BadSegmentSize { path: PathBuf, size: u64 },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and LSNs (pure)
+// ---------------------------------------------------------------------------------------------
+
+/// A WAL location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl FromStr for Lsn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lsn, String> {
+        let (hi, lo) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not an LSN (expected like 0/3000028)"))?;
+        let p = |x: &str| {
+            (!x.is_empty() && x.len() <= 8)
+                .then(|| u32::from_str_radix(x, 16).ok())
+                .flatten()
+                .ok_or_else(|| format!("`{s}` is not an LSN (expected like 0/3000028)"))
+        };
+        Ok(Lsn(((p(hi)? as u64) << 32) | p(lo)? as u64))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Lsn {
+    /// The segment number holding this location.
+    pub fn segment(self, seg_size: u64) -> u64 {
+        self.0 / seg_size
+    }
+}
+
+/// What a file in pg_wal or the archive is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalKind {
+    /// `000000010000000000000003`
+    Segment,
+    /// `000000010000000000000003.partial` (the last segment of a timeline left at promotion)
+    Partial,
+    /// `000000010000000000000003.00000028.backup` (a base backup's label)
+    Backup,
+    /// `00000002.history`
+    History,
+}
+
+/// A parsed WAL file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WalName {
+    pub kind: WalKind,
+    pub timeline: u32,
+    /// The "log" part (high 32 bits of the segment's LSN); 0 for history files.
+    pub log: u32,
+    /// The segment within the log; 0 for history files.
+    pub seg: u32,
+}
+
+fn hex8(s: &str) -> Option<u32> {
+    (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+/// Parse a WAL file name (no directory, no compression suffix).
+pub fn parse_name(name: &str) -> Option<WalName> {
+    if let Some(tli) = name.strip_suffix(".history") {
+        let timeline = hex8(tli)?;
+        return Some(WalName {
+            kind: WalKind::History,
+            timeline,
+            log: 0,
+            seg: 0,
+        });
+    }
+    let (base, kind) = if let Some(b) = name.strip_suffix(".partial") {
+        (b, WalKind::Partial)
+    } else if let Some(b) = name.strip_suffix(".backup") {
+        let (b, offset) = b.split_once('.')?;
+        hex8(offset)?;
+        (b, WalKind::Backup)
+    } else {
+        (name, WalKind::Segment)
+    };
+    if base.len() != 24 {
+        return None;
+    }
+    let timeline = hex8(&base[0..8])?;
+    if timeline == 0 {
+        return None;
+    }
+    Some(WalName {
+        kind,
+        timeline,
+        log: hex8(&base[8..16])?,
+        seg: hex8(&base[16..24])?,
+    })
+}
+
+/// Segments per "log" (4 GiB of WAL).
+fn segs_per_log(seg_size: u64) -> u64 {
+    0x1_0000_0000 / seg_size
+}
+
+impl WalName {
+    /// The absolute segment number (comparable across timelines).
+    pub fn segment_no(&self, seg_size: u64) -> u64 {
+        self.log as u64 * segs_per_log(seg_size) + self.seg as u64
+    }
+}
+
+/// `TTTTTTTTXXXXXXXXYYYYYYYY` for a timeline and segment number.
+pub fn segment_file_name(timeline: u32, segno: u64, seg_size: u64) -> String {
+    let per = segs_per_log(seg_size);
+    format!("{timeline:08X}{:08X}{:08X}", segno / per, segno % per)
+}
+
+/// Whether `size` is a possible WAL segment size.
+pub fn valid_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&size)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression
+// ---------------------------------------------------------------------------------------------
+
+/// How a file is stored in the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
+    /// Every form fetch looks for, preferred first.
+    pub const ALL: [Compression; 3] = [Compression::Zstd, Compression::Gzip, Compression::None];
+}
+
+impl FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Compression::None),
+            "gzip" | "gz" => Ok(Compression::Gzip),
+            "zstd" | "zst" => Ok(Compression::Zstd),
+            _ => Err(format!("unknown compression `{s}` (none, gzip, zstd)")),
+        }
+    }
+}
+
+/// Open an archived file and return a reader of its original content.
+pub fn open_decompressed(path: &Path, c: Compression) -> Result<Box<dyn Read>, FsError> {
+    let f = File::open(path).fs_ctx("open", path)?;
+    let r = BufReader::with_capacity(1 << 20, f);
+    Ok(match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(r).fs_ctx("start zstd decoding", path)?,
+        ),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The archive
+// ---------------------------------------------------------------------------------------------
+
+/// One file in the archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchivedFile {
+    /// The WAL name (without the compression suffix).
+    pub name: String,
+    pub wal: WalName,
+    pub compression: Compression,
+    pub path: PathBuf,
+    /// Bytes on disk.
+    pub size: u64,
+}
+
+/// What push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Stored: (bytes read, bytes written).
+    Stored { read: u64, written: u64 },
+    /// The same content was archived before.
+    AlreadyArchived,
+}
+
+/// What fetch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    Restored {
+        bytes: u64,
+    },
+    /// Not in the archive (normal at the end of recovery).
+    Missing,
+}
+
+/// Push settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    pub compression: Compression,
+    /// zstd level (1 is fast and compresses WAL well).
+    pub zstd_level: i32,
+    /// zstd worker threads (0 = compress on the calling thread). PostgreSQL waits for every
+    /// segment, so two workers halve the latency on a machine with a spare core.
+    pub zstd_workers: u32,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            compression: Compression::Zstd,
+            zstd_level: 1,
+            zstd_workers: 0,
+        }
+    }
+}
+
+/// The WAL archive directory.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    dir: PathBuf,
+}
+
+fn file_name_of(path: &Path) -> Result<&str, WalError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| WalError::NotWalName {
+            name: path.display().to_string(),
+        })
+}
+
+fn sha256_reader(mut r: impl Read, path: &Path) -> Result<(u64, [u8; 32]), WalError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n_total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(WalError::Corrupt {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        h.update(&buf[..n]);
+        n_total += n as u64;
+    }
+    Ok((n_total, h.finalize().into()))
+}
+
+impl Archive {
+    pub fn new(dir: impl Into<PathBuf>) -> Archive {
+        Archive { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The stored form of `name`, if any (zstd, then gzip, then plain).
+    pub fn find(&self, name: &str) -> Option<(PathBuf, Compression)> {
+        Compression::ALL.into_iter().find_map(|c| {
+            let p = self.dir.join(format!("{name}{}", c.suffix()));
+            p.is_file().then_some((p, c))
+        })
+    }
+
+    /// Every WAL file in the archive (hidden partial files and strangers ignored), sorted by name.
+    pub fn list(&self) -> Result<Vec<ArchivedFile>, WalError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).fs_ctx("read directory", &self.dir)? {
+            let entry = entry.fs_ctx("read directory", &self.dir)?;
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else { continue };
+            let (name, compression) = match (file.strip_suffix(".zst"), file.strip_suffix(".gz")) {
+                (Some(n), _) => (n, Compression::Zstd),
+                (_, Some(n)) => (n, Compression::Gzip),
+                _ => (file, Compression::None),
+            };
+            let Some(wal) = parse_name(name) else {
+                continue;
+            };
+            let meta = entry.metadata().fs_ctx("stat", &entry.path())?;
+            if !meta.is_file() {
+                continue;
+            }
+            out.push(ArchivedFile {
+                name: name.to_owned(),
+                wal,
+                compression,
+                path: entry.path(),
+                size: meta.len(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `archive_command`: store `src` (a file in pg_wal) in the archive.
+    pub fn push(&self, src: &Path, opts: PushOptions) -> Result<PushOutcome, WalError> {
+        let name = file_name_of(src)?;
+        let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
+            name: name.to_owned(),
+        })?;
+        if let Some((existing, c)) = self.find(name) {
+            return self.compare(src, &existing, c);
+        }
+        let compression = match wal.kind {
+            WalKind::History | WalKind::Backup => Compression::None,
+            WalKind::Segment | WalKind::Partial => opts.compression,
+        };
+        let input = File::open(src).fs_ctx("open", src)?;
+        let size = input.metadata().fs_ctx("stat", src)?.len();
+        if wal.kind == WalKind::Segment && !valid_segment_size(size) {
+            return Err(WalError::BadSegmentSize {
+                path: src.to_owned(),
+                size,
+            });
+        }
+        let target = format!("{name}{}", compression.suffix());
+        let mut out = AtomicFile::create(&self.dir, &target, 0o600)?;
+        let partial = out.partial_path().to_owned();
+        let mut reader = BufReader::with_capacity(1 << 20, input);
+        let read = match compression {
+            Compression::None => io::copy(&mut reader, out.file()).fs_ctx("write", &partial)?,
+            Compression::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(
+                    io::BufWriter::with_capacity(1 << 20, out.file()),
+                    flate2::Compression::fast(),
+                );
+                let n = io::copy(&mut reader, &mut enc).fs_ctx("write", &partial)?;
+                enc.finish()
+                    .and_then(|mut w| w.flush())
+                    .fs_ctx("write", &partial)?;
+                n
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(
+                    io::BufWriter::with_capacity(1 << 20, out.file()),
+                    opts.zstd_level,
+                )
+                .fs_ctx("start zstd", &partial)?;
+                enc.include_checksum(true).fs_ctx("start zstd", &partial)?;
+                if opts.zstd_workers > 0 {
+                    enc.multithread(opts.zstd_workers)
+                        .fs_ctx("start zstd", &partial)?;
+                }
+                enc.set_pledged_src_size(Some(size))
+                    .fs_ctx("start zstd", &partial)?;
+                let n = io::copy(&mut reader, &mut enc).fs_ctx("write", &partial)?;
+                enc.finish()
+                    .and_then(|mut w| w.flush())
+                    .fs_ctx("write", &partial)?;
+                n
+            }
+        };
+        if read != size {
+            return Err(WalError::Fs(FsError::new(
+                "read",
+                src,
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("expected {size} bytes, read {read} (did it change while archiving?)"),
+                ),
+            )));
+        }
+        let written = out.file().metadata().fs_ctx("stat", &partial)?.len();
+        match out.commit() {
+            Ok(_) => Ok(PushOutcome::Stored { read, written }),
+            // Someone archived the same name meanwhile: judge it like any existing file.
+            Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => {
+                let (existing, c) = self.find(name).ok_or(WalError::Fs(e))?;
+                self.compare(src, &existing, c)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn compare(
+        &self,
+        src: &Path,
+        existing: &Path,
+        c: Compression,
+    ) -> Result<PushOutcome, WalError> {
+        let (src_len, src_hash) = sha256_reader(
+            BufReader::with_capacity(1 << 20, File::open(src).fs_ctx("open", src)?),
+            src,
+        )?;
+        let old = open_decompressed(existing, c)?;
+        let (old_len, old_hash) = match sha256_reader(old, existing) {
+            Ok(v) => v,
+            // A damaged archived copy is not the same content either.
+            Err(WalError::Corrupt { .. }) => (u64::MAX, [0; 32]),
+            Err(e) => return Err(e),
+        };
+        if src_len == old_len && src_hash == old_hash {
+            Ok(PushOutcome::AlreadyArchived)
+        } else {
+            Err(WalError::Conflict {
+                existing: existing.to_owned(),
+                source_path: src.to_owned(),
+            })
+        }
+    }
+
+    /// `restore_command`: write `name` from the archive to `dest` (through a temporary name).
+    pub fn fetch(&self, name: &str, dest: &Path) -> Result<FetchOutcome, WalError> {
+        let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
+            name: name.to_owned(),
+        })?;
+        let Some((src, c)) = self.find(name) else {
+            return Ok(FetchOutcome::Missing);
+        };
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dest_name = file_name_of(dest)?;
+        let tmp = dir.join(format!(".{dest_name}.pgkeep-fetch"));
+        let _ = std::fs::remove_file(&tmp);
+        let result = (|| {
+            let mut r = open_decompressed(&src, c)?;
+            let out = File::create(&tmp).fs_ctx("create", &tmp)?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, out);
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(WalError::Corrupt {
+                            path: src.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                };
+                w.write_all(&buf[..n]).fs_ctx("write", &tmp)?;
+                total += n as u64;
+            }
+            w.flush().fs_ctx("write", &tmp)?;
+            if wal.kind == WalKind::Segment && !valid_segment_size(total) {
+                return Err(WalError::Corrupt {
+                    path: src.clone(),
+                    message: format!(
+                        "holds {total} bytes, not a whole WAL segment (truncated copy?)"
+                    ),
+                });
+            }
+            std::fs::rename(&tmp, dest).fs_ctx("rename", dest)?;
+            Ok(total)
+        })();
+        match result {
+            Ok(bytes) => Ok(FetchOutcome::Restored { bytes }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// The system identifier in an archived segment's first page header, when readable.
+    pub fn system_identifier(&self, file: &ArchivedFile) -> Option<u64> {
+        if !matches!(file.wal.kind, WalKind::Segment | WalKind::Partial) {
+            return None;
+        }
+        let mut r = open_decompressed(&file.path, file.compression).ok()?;
+        let mut head = [0u8; 40];
+        r.read_exact(&mut head).ok()?;
+        page_header_sysid(&head)
+    }
+}
+
+impl Archive {
+    /// The WAL segment size in an archived segment's first page header, when readable.
+    pub fn segment_size(&self, file: &ArchivedFile) -> Option<u64> {
+        if file.wal.kind != WalKind::Segment {
+            return None;
+        }
+        let mut r = open_decompressed(&file.path, file.compression).ok()?;
+        let mut head = [0u8; 40];
+        r.read_exact(&mut head).ok()?;
+        page_header_sysid(&head)?;
+        let size = u32::from_le_bytes(head[32..36].try_into().ok()?) as u64;
+        valid_segment_size(size).then_some(size)
+    }
+}
+
+/// The system identifier from a WAL segment's first (long) page header.
+pub fn page_header_sysid(head: &[u8]) -> Option<u64> {
+    const XLP_LONG_HEADER: u16 = 0x0002;
+    if head.len() < 40 {
+        return None;
+    }
+    let info = u16::from_le_bytes([head[2], head[3]]);
+    if info & XLP_LONG_HEADER == 0 {
+        return None;
+    }
+    Some(u64::from_le_bytes(head[24..32].try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wal_names() {
+        use WalKind::*;
+        type Want = Option<(WalKind, u32, u32, u32)>;
+        let cases: &[(&str, Want)] = &[
+            ("000000010000000000000003", Some((Segment, 1, 0, 3))),
+            ("0000000A00000002000000FF", Some((Segment, 10, 2, 255))),
+            ("000000010000000000000003.partial", Some((Partial, 1, 0, 3))),
+            (
+                "000000010000000000000003.00000028.backup",
+                Some((Backup, 1, 0, 3)),
+            ),
+            ("00000002.history", Some((History, 2, 0, 0))),
+            ("0000000200000000000000", None),
+            ("000000010000000000000003.zst", None),
+            ("00000000000000000000000A", None),
+            ("00000001000000000000000G", None),
+            ("0000002.history", None),
+            ("000000010000000000000003.0028.backup", None),
+            ("RECOVERYXLOG", None),
+            ("", None),
+            ("archive_status", None),
+        ];
+        for (name, want) in cases {
+            let got = parse_name(name).map(|w| (w.kind, w.timeline, w.log, w.seg));
+            assert_eq!(got, *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn segment_numbers_and_names_round_trip() {
+        let seg = DEFAULT_SEGMENT_SIZE;
+        let cases: &[(&str, u64)] = &[
+            ("000000010000000000000001", 1),
+            ("0000000100000000000000FF", 255),
+            ("000000010000000100000000", 256),
+            ("000000030000000200000010", 2 * 256 + 16),
+        ];
+        for (name, no) in cases {
+            let w = parse_name(name).unwrap();
+            assert_eq!(w.segment_no(seg), *no, "{name}");
+            assert_eq!(segment_file_name(w.timeline, *no, seg), *name);
+        }
+        // 64 MiB segments: 64 per log.
+        let w = parse_name("000000010000000100000003").unwrap();
+        assert_eq!(w.segment_no(64 << 20), 67);
+        assert_eq!(
+            segment_file_name(1, 67, 64 << 20),
+            "000000010000000100000003"
+        );
+    }
+
+    #[test]
+    fn lsns_parse_format_and_map_to_segments() {
+        let cases: &[(&str, u64, u64)] = &[
+            ("0/3000028", 0x3000028, 3),
+            ("0/0", 0, 0),
+            ("1/A0", 0x1_0000_00A0, 256),
+            ("16/B374D848", 0x16_B374_D848, 0x16 * 256 + 0xB3),
+        ];
+        for (text, value, seg) in cases {
+            let l: Lsn = text.parse().unwrap();
+            assert_eq!(l.0, *value, "{text}");
+            assert_eq!(l.to_string(), *text);
+            assert_eq!(l.segment(DEFAULT_SEGMENT_SIZE), *seg, "{text}");
+        }
+        for bad in ["", "0", "0/", "/1", "x/1", "123456789/0", "0/3000028/1"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad}");
+        }
+        assert!("0/3000028".parse::<Lsn>().unwrap() < "1/0".parse().unwrap());
+    }
+
+    #[test]
+    fn segment_sizes() {
+        assert!(valid_segment_size(16 << 20));
+        assert!(valid_segment_size(1 << 20));
+        assert!(valid_segment_size(1 << 30));
+        assert!(!valid_segment_size(0));
+        assert!(!valid_segment_size(3 << 20));
+        assert!(!valid_segment_size(2 << 30));
+        assert!(!valid_segment_size(8 << 20 | 1));
+    }
+
+    fn segment(dir: &Path, name: &str, fill: u8) -> PathBuf {
+        let p = dir.join(name);
+        let mut data = vec![0u8; 1 << 20];
+        data[..40].copy_from_slice(&{
+            let mut h = [0u8; 40];
+            h[2] = 0x02;
+            h[24..32].copy_from_slice(&7_123_456_789u64.to_le_bytes());
+            h
+        });
+        for (i, b) in data.iter_mut().enumerate().skip(40).take(100_000) {
+            *b = fill.wrapping_add((i % 7) as u8);
+        }
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn push_fetch_round_trip_in_every_form() {
+        let t = tempfile::tempdir().unwrap();
+        let pg_wal = t.path().join("pg_wal");
+        std::fs::create_dir(&pg_wal).unwrap();
+        for (i, c) in Compression::ALL.into_iter().enumerate() {
+            let arch_dir = t.path().join(format!("arch{i}"));
+            std::fs::create_dir(&arch_dir).unwrap();
+            let a = Archive::new(&arch_dir);
+            let src = segment(&pg_wal, "000000010000000000000003", i as u8);
+            let out = a
+                .push(
+                    &src,
+                    PushOptions {
+                        compression: c,
+                        zstd_level: 1,
+                        zstd_workers: if c == Compression::Zstd { 2 } else { 0 },
+                    },
+                )
+                .unwrap();
+            assert!(matches!(out, PushOutcome::Stored { .. }), "{out:?}");
+            assert_eq!(
+                names(&arch_dir),
+                vec![format!("000000010000000000000003{}", c.suffix())]
+            );
+            let dest = pg_wal.join("RECOVERYXLOG");
+            let got = a.fetch("000000010000000000000003", &dest).unwrap();
+            assert_eq!(got, FetchOutcome::Restored { bytes: 1 << 20 });
+            assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&src).unwrap());
+            let listed = a.list().unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(a.system_identifier(&listed[0]), Some(7_123_456_789));
+            // Same content again: accepted, nothing changes.
+            assert_eq!(
+                a.push(&src, PushOptions::default()).unwrap(),
+                PushOutcome::AlreadyArchived
+            );
+            assert_eq!(listed.len(), a.list().unwrap().len());
+        }
+    }
+
+    #[test]
+    fn different_content_is_refused_and_archive_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let arch_dir = t.path().join("arch");
+        std::fs::create_dir(&arch_dir).unwrap();
+        let a = Archive::new(&arch_dir);
+        let src = segment(t.path(), "000000010000000000000004", 1);
+        a.push(&src, PushOptions::default()).unwrap();
+        let before = std::fs::read(arch_dir.join("000000010000000000000004.zst")).unwrap();
+        segment(t.path(), "000000010000000000000004", 2);
+        let err = a.push(&src, PushOptions::default()).unwrap_err();
+        assert!(matches!(err, WalError::Conflict { .. }), "{err}");
+        assert!(
+            err.to_string().contains("000000010000000000000004.zst"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(arch_dir.join("000000010000000000000004.zst")).unwrap(),
+            before
+        );
+        assert_eq!(names(&arch_dir), vec!["000000010000000000000004.zst"]);
+    }
+
+    #[test]
+    fn history_and_backup_files_are_kept_plain_and_partials_compressed() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::new(t.path().join("arch"));
+        std::fs::create_dir(a.dir()).unwrap();
+        std::fs::write(
+            t.path().join("00000002.history"),
+            "1\t0/5000000\tno recovery target specified\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("000000010000000000000002.00000028.backup"),
+            "START WAL LOCATION: 0/2000028\n",
+        )
+        .unwrap();
+        segment(t.path(), "000000010000000000000005.partial", 3);
+        for n in [
+            "00000002.history",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000005.partial",
+        ] {
+            a.push(&t.path().join(n), PushOptions::default()).unwrap();
+        }
+        assert_eq!(
+            names(a.dir()),
+            vec![
+                "000000010000000000000002.00000028.backup",
+                "000000010000000000000005.partial.zst",
+                "00000002.history",
+            ]
+        );
+        let dest = t.path().join("RECOVERYHISTORY");
+        a.fetch("00000002.history", &dest).unwrap();
+        assert!(
+            std::fs::read_to_string(&dest)
+                .unwrap()
+                .starts_with("1\t0/5")
+        );
+    }
+
+    #[test]
+    fn missing_and_bad_names() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::new(t.path());
+        assert_eq!(
+            a.fetch("000000010000000000000009", &t.path().join("x"))
+                .unwrap(),
+            FetchOutcome::Missing
+        );
+        assert!(!t.path().join("x").exists());
+        assert!(matches!(
+            a.fetch("../etc/passwd", &t.path().join("x")),
+            Err(WalError::NotWalName { .. })
+        ));
+        std::fs::write(t.path().join("notes.txt"), "x").unwrap();
+        assert!(matches!(
+            a.push(&t.path().join("notes.txt"), PushOptions::default()),
+            Err(WalError::NotWalName { .. })
+        ));
+    }
+
+    #[test]
+    fn stale_partial_from_a_killed_push_is_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let arch_dir = t.path().join("arch");
+        std::fs::create_dir(&arch_dir).unwrap();
+        std::fs::write(
+            arch_dir.join(".000000010000000000000006.zst.partial"),
+            b"half a segm",
+        )
+        .unwrap();
+        let a = Archive::new(&arch_dir);
+        assert!(a.list().unwrap().is_empty(), "partials are not WAL");
+        let src = segment(t.path(), "000000010000000000000006", 9);
+        a.push(&src, PushOptions::default()).unwrap();
+        assert_eq!(names(&arch_dir), vec!["000000010000000000000006.zst"]);
+    }
+
+    #[test]
+    fn truncated_archived_segments_are_corrupt_not_missing() {
+        let t = tempfile::tempdir().unwrap();
+        let arch_dir = t.path().join("arch");
+        std::fs::create_dir(&arch_dir).unwrap();
+        let a = Archive::new(&arch_dir);
+        // A plain `cp` copy cut short, and a zstd file cut short.
+        let src = segment(t.path(), "000000010000000000000007", 1);
+        let data = std::fs::read(&src).unwrap();
+        std::fs::write(arch_dir.join("000000010000000000000007"), &data[..1000]).unwrap();
+        let err = a
+            .fetch("000000010000000000000007", &t.path().join("out"))
+            .unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert!(!t.path().join("out").exists());
+        let src = segment(t.path(), "000000010000000000000008", 1);
+        a.push(&src, PushOptions::default()).unwrap();
+        let z = arch_dir.join("000000010000000000000008.zst");
+        let bytes = std::fs::read(&z).unwrap();
+        std::fs::write(&z, &bytes[..bytes.len() / 2]).unwrap();
+        let err = a
+            .fetch("000000010000000000000008", &t.path().join("out"))
+            .unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+        assert!(!t.path().join("out").exists());
+        assert_eq!(
+            names(t.path())
+                .iter()
+                .filter(|n| n.contains("pgkeep-fetch"))
+                .count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,568 @@
+//! `pgkeep backup physical`, `bootstrap basebackup` (with PITR) and `backups prune` against a
+//! real PostgreSQL archiving through `pgkeep wal push`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use pgkeep_engine::bundle::{self, BundleKind, BundleWriter};
+use pgkeep_testkit::TempCluster;
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("pgkeep")
+}
+
+fn archiving_cluster() -> TempCluster {
+    TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .start()
+}
+
+fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .envs(c.env())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "pgkeep failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
+fn pgbench(c: &TempCluster, args: &[&str]) {
+    let out = c
+        .server_cmd("pgbench")
+        .args(args)
+        .arg("postgres")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Switch segments and wait until the finished one is archived.
+fn switch_and_wait(c: &TempCluster) {
+    c.psql(
+        "postgres",
+        "create table if not exists filler(x int); insert into filler values (1)",
+    );
+    let name = c.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.psql(
+        "postgres",
+        &format!("select coalesce(last_archived_wal, '') >= '{name}' from pg_stat_archiver"),
+    ) != "t"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{name} not archived:\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A checksum of everything pgbench writes.
+fn checksum(c: &TempCluster) -> String {
+    c.psql(
+        "postgres",
+        "select md5(string_agg(aid || ':' || abalance, ',' order by aid)) \
+         || '/' || (select count(*) from pgbench_history) from pgbench_accounts",
+    )
+}
+
+fn backup(c: &TempCluster) -> String {
+    let out = ok(pgkeep(c, &["backup", "physical", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["name"].as_str().unwrap().to_owned()
+}
+
+/// Paths, sizes and modification times of everything in PGDATA (the cluster is stopped).
+fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (u64, i64)> {
+    let mut out = BTreeMap::new();
+    fn walk(d: &Path, out: &mut BTreeMap<PathBuf, (u64, i64)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            out.insert(
+                e.path(),
+                (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+            );
+            if m.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out
+}
+
+#[test]
+fn point_in_time_recovery_to_a_target_time() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    let bundle = c.backups().join(&name);
+    assert_eq!(
+        std::fs::metadata(&bundle).unwrap().mode() & 0o777,
+        0o600,
+        "bundles are 0600"
+    );
+    let m = bundle::verify(&bundle).unwrap().manifest.unwrap();
+    assert_eq!(m.kind, BundleKind::Physical);
+    for key in [
+        "start_lsn",
+        "stop_lsn",
+        "system_identifier",
+        "server_version",
+    ] {
+        assert!(m.info_str(key).is_some(), "{key} in MANIFEST.json");
+    }
+    assert!(m.members.iter().any(|x| x.path == "backup_manifest"));
+    assert!(
+        m.members
+            .iter()
+            .any(|x| x.path.starts_with("data/pg_wal/0000"))
+    );
+
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let at_t = checksum(&c);
+    let t = c.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    c.psql("postgres", "create table written_after_t(x int)");
+    assert_ne!(checksum(&c), at_t);
+    switch_and_wait(&c);
+    c.stop();
+
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
+    ));
+    assert!(out.contains("recovery ended at"), "{out}");
+    assert!(out.contains("timeline 2"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_t, "the data is exactly as it was at {t}");
+    assert!(
+        c.try_psql("postgres", "select 1 from written_after_t")
+            .is_err(),
+        "later writes are absent"
+    );
+    assert_eq!(c.psql("postgres", "select pg_is_in_recovery()"), "f");
+    let owner = std::fs::metadata(c.pgdata()).unwrap();
+    assert_eq!((owner.uid(), owner.mode() & 0o777), (c.uid(), 0o700));
+    assert!(
+        !std::fs::read_to_string(c.pgdata().join("postgresql.auto.conf"))
+            .unwrap()
+            .contains("restore_command"),
+        "recovery settings are removed after recovery"
+    );
+}
+
+#[test]
+fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_switch() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    pgbench(&c, &["-n", "-t", "300", "-c", "2"]);
+    let all = checksum(&c);
+    switch_and_wait(&c);
+    c.stop();
+
+    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    c.restart();
+    assert_eq!(checksum(&c), all, "every committed write is there");
+
+    // Writes on the new timeline, then restore the same (timeline 1) bundle again.
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    c.psql(
+        "postgres",
+        "create table on_timeline_2(x int); insert into on_timeline_2 values (2)",
+    );
+    let all2 = checksum(&c);
+    switch_and_wait(&c);
+    c.stop();
+    let out = ok(pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--yes",
+            "--keep-old",
+            "--json",
+        ],
+    ));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["timeline"], 3, "{out}");
+    let old = PathBuf::from(report["old_contents_at"].as_str().unwrap());
+    assert!(old.join("PG_VERSION").is_file(), "old contents moved aside");
+    c.restart();
+    assert_eq!(checksum(&c), all2);
+    assert_eq!(c.psql("postgres", "select x from on_timeline_2"), "2");
+
+    // A target that is never reached is an error, not a promotion at the end of the WAL; a
+    // bootstrap without that target afterwards still works.
+    c.stop();
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--target-name",
+                "no_such_point",
+                "--yes",
+            ],
+        ),
+        1,
+    );
+    assert!(
+        err.contains("before the target restore point `no_such_point` was reached"),
+        "{err}"
+    );
+    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    c.restart();
+    assert_eq!(checksum(&c), all2);
+}
+
+/// Re-pack a bundle without its WAL (same manifest facts, valid checksums).
+fn without_wal(src: &Path, dir: &Path, name: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("x");
+    let contents = bundle::extract(src, &out).unwrap();
+    let m = contents.manifest.unwrap();
+    let mut w = BundleWriter::create(dir, name).unwrap();
+    for member in &m.members {
+        if member.path.starts_with("data/pg_wal/0000") {
+            continue;
+        }
+        w.append_file(&member.path, &out.join(&member.path), None)
+            .unwrap();
+    }
+    w.finish(BundleKind::Physical, m.info.clone()).unwrap();
+}
+
+#[test]
+fn bad_input_destroys_nothing() {
+    let c = archiving_cluster();
+    c.psql(
+        "postgres",
+        "create table precious(x int); insert into precious values (42)",
+    );
+    let name = backup(&c);
+    let bundle = c.backups().join(&name);
+    switch_and_wait(&c);
+
+    // A running postmaster is refused.
+    let err = failed(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]), 3);
+    assert!(err.contains("postmaster"), "{err}");
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+
+    // Without a terminal and without --yes: refused.
+    failed(pgkeep(&c, &["bootstrap", "basebackup"]), 3);
+
+    // A flipped byte and a truncated copy.
+    let bytes = std::fs::read(&bundle).unwrap();
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    std::fs::write(
+        c.backups().join("basebackup-20200101-0000.bundle.tar.gz"),
+        &flipped,
+    )
+    .unwrap();
+    std::fs::write(
+        c.backups().join("basebackup-20200102-0000.bundle.tar.gz"),
+        &bytes[..bytes.len() / 3],
+    )
+    .unwrap();
+    for bad in [
+        "basebackup-20200101-0000.bundle.tar.gz",
+        "basebackup-20200102-0000.bundle.tar.gz",
+    ] {
+        let err = failed(
+            pgkeep(&c, &["bootstrap", "basebackup", "--from", bad, "--yes"]),
+            3,
+        );
+        assert!(err.contains(bad), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+
+    // A target before the backup ended.
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--target-time",
+                "2001-01-01 00:00:00",
+                "--yes",
+            ],
+        ),
+        3,
+    );
+    assert!(err.contains("before the end of backup"), "{err}");
+    let err = failed(
+        pgkeep(
+            &c,
+            &["bootstrap", "basebackup", "--target-lsn", "0/1", "--yes"],
+        ),
+        3,
+    );
+    assert!(err.contains("before the end of backup"), "{err}");
+
+    // A bundle of another cluster.
+    let other = TempCluster::start();
+    let foreign = ok(Command::cargo_bin("pgkeep")
+        .unwrap()
+        .envs(other.env())
+        .args(["backup", "physical", "--json"])
+        .output()
+        .unwrap());
+    let foreign: serde_json::Value = serde_json::from_str(&foreign).unwrap();
+    std::fs::copy(
+        other.backups().join(foreign["name"].as_str().unwrap()),
+        c.backups().join("basebackup-20200103-0000.bundle.tar.gz"),
+    )
+    .unwrap();
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--from",
+                "basebackup-20200103-0000.bundle.tar.gz",
+                "--yes",
+            ],
+        ),
+        3,
+    );
+    assert!(err.contains("another cluster"), "{err}");
+    assert!(
+        err.contains(foreign["facts"]["system_identifier"].as_str().unwrap()),
+        "{err}"
+    );
+
+    // A gap in the archive after the backup: replay would silently stop there.
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched so far");
+    let start = foreign_free_start(&bundle);
+    c.restart();
+    for _ in 0..3 {
+        switch_and_wait(&c);
+    }
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+    let start_no = u64::from_str_radix(&start[16..], 16).unwrap();
+    let gap = format!("{}{:08X}", &start[..16], start_no + 1);
+    let gap_file = c.wal_archive().join(format!("{gap}.zst"));
+    let kept = c.root().join("gap.zst");
+    std::fs::rename(&gap_file, &kept).unwrap();
+    let err = failed(
+        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        3,
+    );
+    assert!(err.contains(&format!("lacks segment {gap}")), "{err}");
+    std::fs::rename(&kept, &gap_file).unwrap();
+
+    // Missing WAL needed for consistency: not in the bundle, not in the archive.
+    without_wal(
+        &bundle,
+        &c.backups(),
+        "basebackup-20200104-0000.bundle.tar.gz",
+    );
+    let hidden = c.root().join("hidden-wal");
+    std::fs::create_dir(&hidden).unwrap();
+    for e in std::fs::read_dir(c.wal_archive()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with(&start) {
+            std::fs::rename(e.path(), hidden.join(e.file_name())).unwrap();
+        }
+    }
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--from",
+                "basebackup-20200104-0000.bundle.tar.gz",
+                "--yes",
+            ],
+        ),
+        3,
+    );
+    assert!(err.contains(&format!("WAL segment {start}")), "{err}");
+
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    c.restart();
+    assert_eq!(c.psql("postgres", "select x from precious"), "42");
+}
+
+/// The backup's start WAL file, from its MANIFEST.json.
+fn foreign_free_start(bundle: &Path) -> String {
+    let m = bundle::verify(bundle).unwrap().manifest.unwrap();
+    m.info_str("start_wal_file").unwrap().to_owned()
+}
+
+#[test]
+fn prune_keeps_what_the_oldest_kept_backup_needs() {
+    let c = archiving_cluster();
+    let config = c.root().join("pgkeep.toml");
+    std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::cargo_bin("pgkeep")
+            .unwrap()
+            .envs(c.env())
+            .env("PGKEEP_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(backup(&c));
+        pgbench(&c, &["-n", "-t", "100"]);
+        switch_and_wait(&c);
+    }
+    let archived = |c: &TempCluster| {
+        let mut v: Vec<String> = std::fs::read_dir(c.wal_archive())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = archived(&c);
+    let out = ok(run(&["backups", "prune", "--dry-run"]));
+    assert!(out.contains(&format!("would remove {}", names[0])), "{out}");
+    assert_eq!(archived(&c), before, "dry run removes nothing");
+    assert!(c.backups().join(&names[0]).exists());
+
+    ok(run(&["backups", "prune"]));
+    assert!(!c.backups().join(&names[0]).exists());
+    assert!(c.backups().join(&names[1]).exists() && c.backups().join(&names[2]).exists());
+    let after = archived(&c);
+    assert!(
+        after.len() < before.len(),
+        "old WAL removed: {before:?} -> {after:?}"
+    );
+    let kept_start = foreign_free_start(&c.backups().join(&names[1]));
+    assert!(
+        after.iter().any(|n| n.starts_with(&kept_start)),
+        "{kept_start} kept: {after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|n| n.as_str() >= kept_start.as_str() || n.ends_with(".history"))
+    );
+
+    let all = checksum(&c);
+    c.stop();
+    ok(run(&[
+        "bootstrap",
+        "basebackup",
+        "--from",
+        &names[1],
+        "--yes",
+        "--leave-running",
+    ]));
+    // Left running by pgkeep (as the data owner), out of recovery, recovery settings gone.
+    assert_eq!(c.psql("postgres", "select pg_is_in_recovery()"), "f");
+    assert_eq!(checksum(&c), all);
+    assert_eq!(c.psql("postgres", "show restore_command"), "");
+    let pid = std::fs::read_to_string(c.pgdata().join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().to_owned();
+    let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
+    assert_eq!(
+        owner,
+        c.uid(),
+        "the server runs as the data owner, never root"
+    );
+}
+
+#[test]
+fn space_and_status_report_the_site() {
+    let c = archiving_cluster();
+    c.psql("postgres", "create database records");
+    c.psql(
+        "records",
+        "create table big(x text); insert into big select repeat('x', 5000) from generate_series(1, 200)",
+    );
+    let name = backup(&c);
+    switch_and_wait(&c);
+
+    let space: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep(&c, &["space", "--json"]))).unwrap();
+    let vols: Vec<&str> = space["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vols, ["data", "wal-archive", "backups"]);
+    assert!(space["volumes"][0]["percent"].as_f64().unwrap() > 0.0);
+    assert!(space["pg_wal_bytes"].as_u64().unwrap() >= 16 << 20);
+    assert!(space["wal_archive"]["segments"].as_u64().unwrap() >= 1);
+    assert!(
+        space["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "records")
+    );
+    let big = &space["largest_tables"][0];
+    assert_eq!(big["table"], "big");
+    assert!(big["toast_bytes"].as_u64().unwrap() > 0 || big["table_bytes"].as_u64().unwrap() > 0);
+    let text = ok(pgkeep(&c, &["space"]));
+    assert!(text.contains("Largest tables in records"), "{text}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep(&c, &["status", "--json"]))).unwrap();
+    assert_eq!(status["server"]["up"], true);
+    assert_eq!(status["server"]["in_recovery"], false);
+    assert_eq!(status["archiver"]["verdict"], "ok", "{status}");
+    assert_eq!(status["newest_physical"]["name"], name.as_str());
+    assert!(status["newest_logical"].is_null());
+
+    c.stop();
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep(&c, &["status", "--json"]))).unwrap();
+    assert_eq!(status["server"]["up"], false);
+    assert!(status["wal_archive"]["files"].as_u64().unwrap() >= 1);
+    let text = ok(pgkeep(&c, &["status"]));
+    assert!(text.contains("DOWN"), "{text}");
+}

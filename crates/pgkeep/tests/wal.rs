@@ -1,0 +1,249 @@
+//! `pgkeep wal push` / `wal fetch` against a real PostgreSQL whose archive_command is pgkeep.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use pgkeep_testkit::TempCluster;
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("pgkeep")
+}
+
+/// A cluster archiving with `pgkeep wal push` into its site's WAL archive (the archive path is
+/// relative to PGDATA, where PostgreSQL runs archive_command).
+fn archiving_cluster() -> TempCluster {
+    TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .start()
+}
+
+fn pgkeep(c: &TempCluster) -> Command {
+    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+    cmd.envs(c.env());
+    cmd
+}
+
+/// Write something, switch segments, wait until the finished segment is archived; its name.
+fn switch_and_wait(c: &TempCluster) -> String {
+    c.psql(
+        "postgres",
+        "create table if not exists filler(x int); insert into filler select generate_series(1, 1000)",
+    );
+    let name = c.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = c.psql(
+            "postgres",
+            &format!("select coalesce(last_archived_wal, '') >= '{name}' from pg_stat_archiver"),
+        );
+        if done == "t" {
+            return name;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segment {name} was not archived in time:\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
+    let c = archiving_cluster();
+    let name = switch_and_wait(&c);
+    let archived = c.wal_archive().join(format!("{name}.zst"));
+    assert!(archived.is_file(), "compressed with zstd by default");
+    assert!(
+        std::fs::metadata(&archived).unwrap().len() < 16 << 20,
+        "and smaller than the segment"
+    );
+    assert_eq!(
+        c.psql("postgres", "select failed_count from pg_stat_archiver"),
+        "0"
+    );
+
+    // fetch gives back the whole segment.
+    let work = tempfile::tempdir().unwrap();
+    let fetched = work.path().join("RECOVERYXLOG");
+    pgkeep(&c)
+        .args(["wal", "fetch", &name])
+        .arg(&fetched)
+        .assert()
+        .success();
+    assert_eq!(std::fs::metadata(&fetched).unwrap().len(), 16 << 20);
+
+    // Pushing the same content again (PostgreSQL retrying after a crash) succeeds, changes nothing.
+    let again = work.path().join(&name);
+    std::fs::copy(&fetched, &again).unwrap();
+    let before = listing(&c.wal_archive());
+    pgkeep(&c)
+        .args(["wal", "push"])
+        .arg(&again)
+        .assert()
+        .success();
+    assert_eq!(listing(&c.wal_archive()), before);
+
+    // Different content under the same name: refused loudly, archive unchanged.
+    let mut bytes = std::fs::read(&again).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&again, &bytes).unwrap();
+    let out = pgkeep(&c)
+        .args(["wal", "push"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{name}.zst")), "{stderr}");
+    assert!(stderr.contains("DIFFERENT"), "{stderr}");
+    assert_eq!(listing(&c.wal_archive()), before);
+}
+
+/// Deterministic, poorly compressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let pg_wal = t.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).unwrap();
+    let name = "000000010000000000000042";
+    let seg = pg_wal.join(name);
+    std::fs::write(&seg, noise(64 << 20, 7)).unwrap();
+
+    // zstd level 19 on 64 MiB of noise takes many seconds: kill it half-way.
+    let mut child = std::process::Command::new(bin())
+        .args(["wal", "push", "--zstd-level", "19", "--archive"])
+        .arg(&archive)
+        .arg(&seg)
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !archive.join(format!(".{name}.zst.partial")).exists() {
+        assert!(Instant::now() < deadline, "push never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed before it finished");
+    let names: Vec<String> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with('.')),
+        "only a hidden partial file may remain: {names:?}"
+    );
+
+    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+    cmd.env("PGKEEP_CONFIG", "/dev/null")
+        .args(["wal", "push", "--archive"])
+        .arg(&archive)
+        .arg(&seg)
+        .assert()
+        .success();
+    let names: Vec<String> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec![format!("{name}.zst")]);
+    let out = t.path().join("out");
+    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+    cmd.env("PGKEEP_CONFIG", "/dev/null")
+        .args(["wal", "fetch", "--archive"])
+        .arg(&archive)
+        .arg(name)
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&seg).unwrap());
+}
+
+#[test]
+fn fetch_reads_plain_cp_copies_misses_quietly_and_refuses_damaged_files() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    // What the seed's `cp %p /wal-archive/%f` archive_command leaves behind.
+    let plain = noise(16 << 20, 3);
+    std::fs::write(archive.join("000000010000000000000005"), &plain).unwrap();
+    std::fs::write(
+        archive.join("00000002.history"),
+        "1\t0/5000000\tbefore 2026\n",
+    )
+    .unwrap();
+    let fetch = |name: &str, dest: &Path| {
+        let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+        cmd.env("PGKEEP_CONFIG", "/dev/null")
+            .args(["wal", "fetch", "--archive"])
+            .arg(&archive)
+            .arg(name)
+            .arg(dest)
+            .output()
+            .unwrap()
+    };
+    let dest = t.path().join("RECOVERYXLOG");
+    let out = fetch("000000010000000000000005", &dest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&dest).unwrap() == plain);
+    let out = fetch("00000002.history", &t.path().join("RECOVERYHISTORY"));
+    assert!(out.status.success());
+
+    // Missing: exit 1, nothing on stderr, quickly (it happens at the end of every recovery).
+    let started = Instant::now();
+    let out = fetch("000000010000000000000006", &t.path().join("nothing"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(!t.path().join("nothing").exists());
+
+    // A truncated copy must stop recovery (exit > 125), never look like the end of the WAL.
+    std::fs::write(archive.join("000000010000000000000007"), &plain[..4096]).unwrap();
+    let out = fetch("000000010000000000000007", &t.path().join("bad"));
+    assert_eq!(out.status.code(), Some(126));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("000000010000000000000007"), "{stderr}");
+    assert!(!t.path().join("bad").exists());
+}
