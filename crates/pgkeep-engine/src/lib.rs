@@ -9,6 +9,7 @@ pub mod datadir;
 pub mod db;
 pub mod fsutil;
 pub mod mountinfo;
+pub mod postmaster;
 pub mod server;
 pub mod settings;
 pub mod tools;
