@@ -108,3 +108,9 @@ pub fn lint_paths(paths: &[PathBuf]) -> Result<Report, LintError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The major version in an official postgres image reference (`postgres:18-bookworm` → 18).
+pub fn workload_image_major(image: &str) -> Option<u32> {
+    let i = workload::ImageInfo::parse(image);
+    i.official_postgres.then_some(i.major).flatten()
+}

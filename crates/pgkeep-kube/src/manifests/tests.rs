@@ -246,3 +246,145 @@ fn committed_deploy_tree_matches_render() {
         );
     }
 }
+
+#[test]
+fn every_value_comes_from_settings() {
+    // Change every setting the manifests use; no default value may survive anywhere.
+    let d = Settings::default();
+    let mut s = Settings::default();
+    s.kube.namespace = "ns-x".into();
+    s.kube.app = "db-x".into();
+    s.kube.deployment = "dep-x".into();
+    s.kube.container = "ctr-x".into();
+    s.kube.service = "svc-x".into();
+    s.kube.secret = "sec-x".into();
+    s.kube.image = "reg.example/img-x:1".into();
+    s.kube.image_pull_policy = "Always".into();
+    s.kube.storage_class = "class-x".into();
+    s.kube.cpu_request = "7m".into();
+    s.kube.memory_request = "7Mi".into();
+    s.kube.memory_limit = "77Mi".into();
+    s.pvc.data.name = "pvc-data-x".into();
+    s.pvc.data.size = "1Ti".into();
+    s.pvc.wal_archive.name = "pvc-wal-x".into();
+    s.pvc.wal_archive.size = "2Ti".into();
+    s.pvc.backups.name = "pvc-bk-x".into();
+    s.pvc.backups.size = "3Ti".into();
+    s.paths.pgroot = "/srv/pg".into();
+    s.paths.pgdata = "/srv/pg/main".into();
+    s.paths.wal_archive = "/srv/wal".into();
+    s.paths.backups = "/srv/bk".into();
+    s.paths.run_dir = "/srv/sock".into();
+    s.postgres.uid = 1234;
+    s.postgres.gid = 4321;
+    s.postgres.port = 6543;
+    s.postgres.database = "db-name-x".into();
+    s.postgres.user = "su-x".into();
+    s.schedule.logical = "1 2 * * *".into();
+    s.schedule.physical = "3 4 * * 5".into();
+    s.schedule.timezone = "Europe/Berlin".into();
+    let texts = render(&s).texts().unwrap();
+    let defaults = [
+        d.kube.namespace.as_str(),
+        &d.kube.secret,
+        &d.kube.image,
+        &d.kube.image_pull_policy,
+        &d.kube.cpu_request,
+        &d.kube.memory_request,
+        &d.kube.memory_limit,
+        &d.pvc.data.name,
+        &d.pvc.data.size,
+        &d.pvc.wal_archive.name,
+        &d.pvc.wal_archive.size,
+        &d.pvc.backups.name,
+        &d.pvc.backups.size,
+        "/var/lib/postgresql",
+        "/wal-archive",
+        "/backups",
+        "/var/run/postgresql",
+        "999",
+        "5432",
+        &d.postgres.database,
+        &d.schedule.logical,
+        &d.schedule.physical,
+        &d.schedule.timezone,
+        "name: db\n",
+        "app: postgres\n",
+        // (`name: postgres` stays: it is the fixed name of the container port.)
+        "postgres-",
+    ];
+    for (path, text) in &texts {
+        for v in defaults {
+            assert!(
+                !text.contains(v),
+                "{path} still contains the default {v:?}:\n{text}"
+            );
+        }
+    }
+    let all: String = texts.iter().map(|(_, t)| t.as_str()).collect();
+    for v in [
+        "ns-x",
+        "db-x",
+        "dep-x",
+        "ctr-x",
+        "svc-x",
+        "sec-x",
+        "reg.example/img-x:1",
+        "Always",
+        "class-x",
+        "7m",
+        "7Mi",
+        "77Mi",
+        "pvc-data-x",
+        "1Ti",
+        "pvc-wal-x",
+        "2Ti",
+        "pvc-bk-x",
+        "3Ti",
+        "/srv/pg/main",
+        "/srv/wal",
+        "/srv/bk",
+        "/srv/sock",
+        "1234",
+        "4321",
+        "6543",
+        "db-name-x",
+        "su-x",
+        "1 2 * * *",
+        "3 4 * * 5",
+        "Europe/Berlin",
+    ] {
+        assert!(all.contains(v), "{v} does not reach the manifests");
+    }
+}
+
+#[test]
+fn dockerfile_base_matches_the_image_settings() {
+    let dockerfile =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Dockerfile"))
+            .unwrap();
+    let base = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG POSTGRES_IMAGE="))
+        .expect("Dockerfile has ARG POSTGRES_IMAGE=");
+    let major = |image: &str| crate::lint::workload_image_major(image);
+    let d = Settings::default();
+    assert!(
+        major(base).is_some_and(|m| m >= 18),
+        "{base}: must be 18+ (VOLUME shadowing)"
+    );
+    assert_eq!(
+        major(base),
+        major(&d.kube.postgres_image),
+        "Dockerfile base vs kube.postgres_image"
+    );
+    assert!(
+        d.kube
+            .image
+            .ends_with(&format!("-pg{}", major(base).unwrap())),
+        "kube.image {} is not built from {base}",
+        d.kube.image
+    );
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    assert!(dockerfile.contains("COPY --from=build"));
+}
