@@ -391,3 +391,26 @@ fn a_failing_init_script_leaves_pgdata_empty_for_the_next_start() {
         "PGDATA was reset"
     );
 }
+
+#[test]
+fn postgres_dying_ends_serve_with_its_status() {
+    let site = Site::new();
+    let mut child = site.spawn(1, &[("POSTGRES_PASSWORD", PASSWORD)]);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    let pid: i32 = std::fs::read_to_string(site.pgdata().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_exit(g.0, Duration::from_secs(60)).expect("serve exits when postgres dies");
+    assert_eq!(st.code(), Some(128 + 9), "{}", site.read_log(1));
+}

@@ -1,10 +1,10 @@
 //! The backup CronJobs (batch/v1): nightly `pgkeep backup logical` and weekly
 //! `pgkeep backup physical`, on the settings' schedules in the settings' time zone.
 //!
-//! Kubernetes 1.20 (the e2e cluster) has no `timeZone` and serves CronJob as batch/v1beta1:
-//! the API layer converts these objects when the server is older than 1.25 (`to_v1beta1`-style:
-//! same spec, apiVersion batch/v1beta1, no timeZone, schedule shifted to UTC or the controller's
-//! zone). Rendering stays batch/v1.
+//! Kubernetes 1.20 (the e2e cluster) serves CronJob only as batch/v1beta1 and has no
+//! `timeZone` (1.25+). The API layer, not this module, adapts: on a server older than 1.21 it
+//! submits the same spec as batch/v1beta1 without `timeZone` and with the schedule shifted to
+//! the controller manager's zone (UTC), logging that it did. Rendering stays batch/v1.
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
