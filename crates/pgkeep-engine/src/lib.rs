@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod repo;
 pub mod sanity;
 pub mod retention;
+pub mod postmaster;
 pub mod server;
 pub mod settings;
 pub mod sqlgz;

@@ -1,12 +1,89 @@
-//! `pgkeep serve`: run PostgreSQL in the db container.
-//!
-//! Not implemented yet: exits with code 2 and says so.
+//! `pgkeep serve`: the db container's command. Mount guard and directories, initdb on an empty
+//! PGDATA (data checksums; superuser password from `POSTGRES_PASSWORD` or
+//! `POSTGRES_PASSWORD_FILE`, never argv; then the init scripts once), pgkeep's managed settings
+//! and pg_hba block, then PostgreSQL as a child: SIGTERM becomes a fast shutdown, and pgkeep
+//! exits with PostgreSQL's status. Works with any image that has the server binaries and pgkeep.
+
+use std::path::PathBuf;
+
+use pgkeep_engine::postmaster::{self, Postmaster, ServeConfig, Signals};
+use pgkeep_engine::tools::PgBin;
 
 use crate::cli::Ctx;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// listen_addresses for PostgreSQL (`*` in a pod; e.g. 127.0.0.1 on a workstation).
+    #[arg(long, default_value = "*", value_name = "ADDRESSES")]
+    pub listen: String,
+    /// Directory of one-time init scripts (*.sql, *.sql.gz, *.sh), run after the first initdb.
+    #[arg(
+        long,
+        default_value = "/docker-entrypoint-initdb.d",
+        value_name = "DIR"
+    )]
+    pub initdb_dir: PathBuf,
+}
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("serve"))
+/// `archive_command`: this very binary, so PostgreSQL archives with the same pgkeep.
+fn archive_command() -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "pgkeep".to_owned());
+    let quoted = if exe
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        exe
+    } else {
+        format!("'{}'", exe.replace('\'', r"'\''"))
+    };
+    format!("{quoted} wal push %p")
+}
+
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let s = ctx.settings();
+    let cfg = ServeConfig {
+        pgroot: s.paths.pgroot.clone(),
+        pgdata: s.paths.pgdata.clone(),
+        run_dir: s.paths.run_dir.clone(),
+        uid: s.postgres.uid,
+        gid: s.postgres.gid,
+        port: s.postgres.port,
+        listen: args.listen,
+        superuser: s.postgres.user.clone(),
+        database: s.postgres.database.clone(),
+        initdb_dir: args.initdb_dir,
+        archive_command: archive_command(),
+    };
+    // Before anything else, so a SIGTERM during initialization is not lost.
+    let mut signals = Signals::install()?;
+    let pg = PgBin::locate()?;
+    let password = postmaster::password_from(|k| std::env::var(k).ok())?;
+    let prepared = postmaster::prepare(&pg, &cfg, password.as_deref()).map_err(|e| match e {
+        // Keep the data-directory error itself in the chain: a guard refusal exits with 3.
+        postmaster::PostmasterError::Datadir(d) => anyhow::Error::from(d),
+        other => anyhow::Error::from(other),
+    })?;
+    drop(password);
+    if prepared.initialized {
+        tracing::info!(database = %cfg.database, "initialized a new cluster");
+    }
+    if signals.stop_requested().await {
+        tracing::info!("stop requested during preparation; not starting postgres");
+        return Ok(());
+    }
+    // Spawned here, on the main thread, never on a blocking-pool thread: a parent-death signal
+    // (when the runner sets one) follows the spawning thread, not the process.
+    let pm = Postmaster::spawn(&pg, &cfg.pgdata, prepared.run_as)?;
+    let status = pm.supervise(&mut signals).await?;
+    let code = postmaster::exit_code(status);
+    if code == 0 {
+        tracing::info!("postgres stopped cleanly");
+        Ok(())
+    } else {
+        tracing::error!(code, "postgres exited with {status}");
+        std::process::exit(code);
+    }
 }

@@ -1,0 +1,295 @@
+//! The on-demand Jobs of `infra/k8s/overlays/dev/jobs/` and the bootstrap RBAC: restore from a
+//! dump, bootstrap from a base backup, wipe PGDATA (`pgdata-wipe-full`), restore an uploaded
+//! dump, and the `backups-loader` pod. None of them is in a kustomization: applying one runs it.
+//!
+//! Jobs that touch the data volume mount it ONLY at the volume root, run as the data owner,
+//! and are not retried (`backoffLimit: 0`): a destructive step is never repeated blindly.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use pgkeep_engine::settings::Settings;
+
+use super::backup::{client_pod, job_spec};
+use super::common::*;
+
+pub const RESTORE_FROM_DUMP: &str = "restore-from-dump";
+pub const BOOTSTRAP_FROM_BASEBACKUP: &str = "bootstrap-from-basebackup";
+pub const WIPE: &str = "pgdata-wipe-full";
+pub const RESTORE_FROM_UPLOAD: &str = "restore-from-upload";
+pub const LOADER: &str = "backups-loader";
+
+/// The env var naming the uploaded file in the restore-from-upload Job; `pgkeep restore upload
+/// --kube` sets it to the file it uploaded. The args refer to it as `$(PGKEEP_UPLOAD_FILE)`,
+/// which the kubelet expands.
+pub const UPLOAD_FILE_ENV: &str = "PGKEEP_UPLOAD_FILE";
+
+/// Seconds the loader pod gets to stop (it only sleeps).
+pub const LOADER_GRACE_SECONDS: i64 = 5;
+
+fn job(s: &Settings, name: &str, c: Component, pod: PodSpec) -> Job {
+    Job {
+        metadata: meta(s, name, c),
+        spec: Some(job_spec(s, c, pod, 0)),
+        status: None,
+    }
+}
+
+/// The seed's `pg.restore.dump`: newest nightly bundle into the running database.
+pub fn restore_from_dump(s: &Settings) -> Job {
+    let pod = client_pod(
+        s,
+        "restore",
+        &["restore", "dump"],
+        vec![backups_mount(s)],
+        vec![backups_volume(s)],
+    );
+    job(s, RESTORE_FROM_DUMP, Component::Restore, pod)
+}
+
+/// The seed's `pg.restore.upload`: restore a dump file uploaded to the backups volume.
+pub fn restore_from_upload(s: &Settings) -> Job {
+    let file_arg = format!("$({UPLOAD_FILE_ENV})");
+    let mut pod = client_pod(
+        s,
+        "restore",
+        &["restore", "upload", &file_arg],
+        vec![backups_mount(s)],
+        vec![backups_volume(s)],
+    );
+    let env = pod.containers[0].env.get_or_insert_with(Vec::new);
+    env.push(EnvVar {
+        name: UPLOAD_FILE_ENV.to_owned(),
+        value: Some(format!("{}/upload.tar.gz", s.paths.backups.display())),
+        value_from: None,
+    });
+    job(s, RESTORE_FROM_UPLOAD, Component::Restore, pod)
+}
+
+/// The seed's `pgdata-wipe-full`: empties the data volume (mounted at the root only) and
+/// recreates PGDATA 0700, as the data owner. Needs the Deployment scaled to 0 first.
+pub fn wipe(s: &Settings) -> Job {
+    let pod = client_pod(
+        s,
+        "wipe",
+        &["wipe", "--yes"],
+        vec![data_mount(s)],
+        vec![data_volume(s)],
+    );
+    job(s, WIPE, Component::Wipe, pod)
+}
+
+/// The seed's `pg.bootstrap.basebackup`: scale down, replace PGDATA with the newest base backup,
+/// configure recovery from the WAL archive, scale up and wait. The only pod with an API token.
+pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
+    let mut pod = client_pod(
+        s,
+        "bootstrap",
+        &["bootstrap", "basebackup", "--yes"],
+        vec![data_mount(s), wal_mount(s), backups_mount(s)],
+        vec![data_volume(s), wal_volume(s), backups_volume(s)],
+    );
+    pod.service_account_name = Some(BOOTSTRAP_FROM_BASEBACKUP.to_owned());
+    pod.automount_service_account_token = Some(true);
+    job(s, BOOTSTRAP_FROM_BASEBACKUP, Component::Bootstrap, pod)
+}
+
+/// The bootstrap Job's identity: a ServiceAccount, a Role with only what it needs (get/patch the
+/// Deployment and its scale, watch the pods), and the RoleBinding.
+pub fn bootstrap_rbac(s: &Settings) -> (ServiceAccount, Role, RoleBinding) {
+    let name = BOOTSTRAP_FROM_BASEBACKUP;
+    let sa = ServiceAccount {
+        metadata: meta(s, name, Component::Bootstrap),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    };
+    let strs = |v: &[&str]| Some(v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>());
+    let role = Role {
+        metadata: meta(s, name, Component::Bootstrap),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: strs(&["apps"]),
+                resources: strs(&["deployments", "deployments/scale"]),
+                resource_names: strs(&[&s.kube.deployment]),
+                verbs: vec!["get".to_owned(), "patch".to_owned()],
+                ..Default::default()
+            },
+            PolicyRule {
+                api_groups: strs(&[""]),
+                resources: strs(&["pods"]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..Default::default()
+            },
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(s, name, Component::Bootstrap),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: name.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: name.to_owned(),
+            namespace: Some(s.kube.namespace.clone()),
+            api_group: None,
+        }]),
+    };
+    (sa, role, binding)
+}
+
+/// The seed's `backups-loader`: a pod with the backups volume that stays up for uploads
+/// (`kubectl cp`, `pgkeep restore upload`).
+pub fn backups_loader(s: &Settings) -> Pod {
+    let mut c = pgkeep_container(
+        s,
+        "loader",
+        &[],
+        settings_env(s),
+        vec![backups_mount(s), tmp_mount()],
+    );
+    c.command = Some(vec!["sleep".to_owned(), "infinity".to_owned()]);
+    c.args = None;
+    Pod {
+        metadata: meta(s, LOADER, Component::Loader),
+        spec: Some(PodSpec {
+            restart_policy: Some("Always".to_owned()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(pod_security(s)),
+            termination_grace_period_seconds: Some(LOADER_GRACE_SECONDS),
+            containers: vec![c],
+            volumes: Some(vec![backups_volume(s), tmp_volume()]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_of(j: &Job) -> PodSpec {
+        j.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    fn args(p: &PodSpec) -> Vec<String> {
+        p.containers[0].args.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn jobs_run_the_matching_commands() {
+        let s = Settings::default();
+        assert_eq!(args(&pod_of(&restore_from_dump(&s))), ["restore", "dump"]);
+        assert_eq!(
+            args(&pod_of(&bootstrap_from_basebackup(&s))),
+            ["bootstrap", "basebackup", "--yes"]
+        );
+        assert_eq!(args(&pod_of(&wipe(&s))), ["wipe", "--yes"]);
+        assert_eq!(
+            args(&pod_of(&restore_from_upload(&s))),
+            ["restore", "upload", "$(PGKEEP_UPLOAD_FILE)"]
+        );
+        for j in [
+            restore_from_dump(&s),
+            bootstrap_from_basebackup(&s),
+            wipe(&s),
+            restore_from_upload(&s),
+        ] {
+            assert_eq!(j.spec.as_ref().unwrap().backoff_limit, Some(0));
+            let p = pod_of(&j);
+            assert_eq!(p.restart_policy.as_deref(), Some("Never"));
+            let sc = p.containers[0].security_context.as_ref().unwrap();
+            assert_eq!(sc.run_as_user, Some(999));
+            let pw = p.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "PGPASSWORD")
+                .unwrap();
+            assert!(pw.value.is_none());
+        }
+    }
+
+    #[test]
+    fn only_bootstrap_gets_an_api_token() {
+        let s = Settings::default();
+        for j in [restore_from_dump(&s), wipe(&s), restore_from_upload(&s)] {
+            assert_eq!(pod_of(&j).automount_service_account_token, Some(false));
+            assert_eq!(pod_of(&j).service_account_name, None);
+        }
+        let b = pod_of(&bootstrap_from_basebackup(&s));
+        assert_eq!(b.automount_service_account_token, Some(true));
+        assert_eq!(
+            b.service_account_name.as_deref(),
+            Some(BOOTSTRAP_FROM_BASEBACKUP)
+        );
+        assert_eq!(
+            backups_loader(&s)
+                .spec
+                .unwrap()
+                .automount_service_account_token,
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn wipe_and_bootstrap_mount_the_data_volume_only_at_the_root() {
+        let s = Settings::default();
+        for j in [wipe(&s), bootstrap_from_basebackup(&s)] {
+            let p = pod_of(&j);
+            let data: Vec<_> = p.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == VOL_DATA)
+                .map(|m| m.mount_path.as_str())
+                .collect();
+            assert_eq!(data, ["/var/lib/postgresql"]);
+        }
+    }
+
+    #[test]
+    fn rbac_is_limited_to_the_deployment_and_pods() {
+        let s = Settings::default();
+        let (sa, role, rb) = bootstrap_rbac(&s);
+        assert_eq!(sa.metadata.name.as_deref(), Some(BOOTSTRAP_FROM_BASEBACKUP));
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[0].resources.as_deref().unwrap(),
+            ["deployments", "deployments/scale"]
+        );
+        assert_eq!(rules[0].resource_names.as_deref().unwrap(), ["postgres"]);
+        assert_eq!(rules[0].verbs, ["get", "patch"]);
+        assert_eq!(rules[1].resources.as_deref().unwrap(), ["pods"]);
+        assert_eq!(rules[1].verbs, ["get", "list", "watch"]);
+        for r in &rules {
+            assert!(
+                !r.verbs
+                    .iter()
+                    .any(|v| v == "*" || v == "delete" || v == "create")
+            );
+        }
+        assert_eq!(rb.role_ref.name, BOOTSTRAP_FROM_BASEBACKUP);
+        let subj = &rb.subjects.unwrap()[0];
+        assert_eq!(subj.kind, "ServiceAccount");
+        assert_eq!(subj.namespace.as_deref(), Some("record-platform"));
+    }
+
+    #[test]
+    fn loader_mounts_backups() {
+        let s = Settings::default();
+        let p = backups_loader(&s);
+        assert_eq!(p.metadata.name.as_deref(), Some("backups-loader"));
+        let spec = p.spec.unwrap();
+        let m = spec.containers[0].volume_mounts.clone().unwrap();
+        assert!(m.iter().any(|m| m.mount_path == "/backups"));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(s.kube.image.as_str())
+        );
+    }
+}

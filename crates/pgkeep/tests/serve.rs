@@ -1,0 +1,416 @@
+//! `pgkeep serve` against a real PostgreSQL: first start initializes (password from the
+//! environment or a file, never argv; init scripts once), the second start reuses the data,
+//! SIGTERM stops cleanly with exit 0, a wrong password is refused over TCP on 127.0.0.1.
+//! When the tests run as root, the server runs as the testkit's non-root account.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use std::io::Write;
+
+const PASSWORD: &str = "pw-Serve-7f3a9c";
+
+struct Site {
+    dir: tempfile::TempDir,
+    port: u16,
+    uid: u32,
+    gid: u32,
+    bin: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Site {
+    fn new() -> Site {
+        let (_, uid, gid) = pgkeep_testkit::server_account();
+        let dir = tempfile::Builder::new()
+            .prefix("pgkeep-serve-")
+            .tempdir()
+            .unwrap();
+        let site = Site {
+            dir,
+            port: free_port(),
+            uid,
+            gid,
+            bin: pgkeep_testkit::pg_bin(),
+        };
+        for d in [
+            site.root().to_owned(),
+            site.pgroot(),
+            site.path("run"),
+            site.path("wal"),
+            site.path("backups"),
+            site.initdb_dir(),
+        ] {
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // The data volume belongs to the data owner, as fsGroup/prep-dirs make it in a pod.
+        std::os::unix::fs::chown(site.pgroot(), Some(uid), Some(gid)).unwrap();
+        site
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.root().join(p)
+    }
+    fn pgroot(&self) -> PathBuf {
+        self.path("volume")
+    }
+    fn pgdata(&self) -> PathBuf {
+        self.pgroot().join("data")
+    }
+    fn initdb_dir(&self) -> PathBuf {
+        self.path("initdb.d")
+    }
+    fn log(&self, n: usize) -> PathBuf {
+        self.path(&format!("serve-{n}.log"))
+    }
+
+    fn write_script(&self, name: &str, body: &[u8]) {
+        let p = self.initdb_dir().join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("pgkeep"));
+        c.args(["serve", "--listen", "127.0.0.1", "--initdb-dir"])
+            .arg(self.initdb_dir());
+        for k in [
+            "PGHOST",
+            "PGDATABASE",
+            "PGPASSWORD",
+            "PGPASSFILE",
+            "POSTGRES_PASSWORD",
+            "POSTGRES_PASSWORD_FILE",
+            "PGKEEP_TARGET",
+            "PGKEEP_NAMESPACE",
+        ] {
+            c.env_remove(k);
+        }
+        c.env("PGKEEP_CONFIG", "/dev/null")
+            .env("PGKEEP_PGROOT", self.pgroot())
+            .env("PGDATA", self.pgdata())
+            .env("PGKEEP_RUN_DIR", self.path("run"))
+            .env("PGKEEP_WAL_ARCHIVE", self.path("wal"))
+            .env("PGKEEP_BACKUPS", self.path("backups"))
+            .env("PGKEEP_UID", self.uid.to_string())
+            .env("PGKEEP_GID", self.gid.to_string())
+            .env("PGKEEP_DATABASE", "records")
+            .env("PGUSER", "postgres")
+            .env("PGPORT", self.port.to_string())
+            .env("PGKEEP_PG_BIN", &self.bin)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Start serve with its output in serve-N.log.
+    fn spawn(&self, n: usize, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::File::create(self.log(n)).unwrap();
+        let mut c = self.command();
+        c.envs(env.iter().copied())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        c.spawn().expect("start pgkeep serve")
+    }
+
+    fn read_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.log(n)).unwrap_or_default()
+    }
+
+    /// psql over TCP to 127.0.0.1 with a password.
+    fn psql_tcp(&self, password: Option<&str>, sql: &str) -> Output {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "records",
+        ])
+        .args(["-p", &self.port.to_string(), "-c", sql])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGPASSFILE")
+        .env("PGPASSFILE", "/nonexistent")
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdin(Stdio::null());
+        if let Some(p) = password {
+            c.env("PGPASSWORD", p);
+        }
+        c.output().unwrap()
+    }
+
+    fn query(&self, sql: &str) -> String {
+        let out = self.psql_tcp(Some(PASSWORD), sql);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn wait_ready(&self, child: &mut Child, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("pgkeep serve exited early ({st}):\n{}", self.read_log(n));
+            }
+            if self.psql_tcp(Some(PASSWORD), "select 1").status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready:\n{}",
+                self.read_log(n)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn stop(&self, child: &mut Child, n: usize) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        wait_exit(child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("serve did not stop:\n{}", self.read_log(n)))
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// Kills the serve process (and so its postgres, through the parent-death signal) if a test
+/// fails half-way.
+struct Guard<'a>(&'a mut Child);
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+            let _ = wait_exit(self.0, Duration::from_secs(30));
+        }
+    }
+}
+
+fn gz(text: &str) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    e.write_all(text.as_bytes()).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn first_start_initializes_second_reuses_and_sigterm_stops_cleanly() {
+    let site = Site::new();
+    site.write_script(
+        "01-schema.sql",
+        b"create table seeded(n int primary key);\ninsert into seeded values (1);\n",
+    );
+    site.write_script("02-more.sql.gz", &gz("insert into seeded values (2);\n"));
+    site.write_script(
+        "03-shell.sh",
+        b"set -e\npsql -X -v ON_ERROR_STOP=1 -q -c 'insert into seeded values (3)'\n",
+    );
+    site.write_script("04-readme.txt", b"not a script\n");
+    let pwfile = site.path("superuser-password");
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let pwfile_s = pwfile.display().to_string();
+
+    // First start: password from a file.
+    let mut child = site.spawn(1, &[("POSTGRES_PASSWORD_FILE", &pwfile_s)]);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    assert_eq!(
+        site.query("select string_agg(n::text, ',' order by n) from seeded"),
+        "1,2,3"
+    );
+    assert_eq!(site.query("show data_checksums"), "on");
+    assert_eq!(site.query("show archive_mode"), "on");
+    assert_eq!(site.query("show wal_level"), "replica");
+    assert_eq!(site.query("show listen_addresses"), "127.0.0.1");
+    assert!(site.query("show archive_command").ends_with(" wal push %p"));
+    assert_eq!(site.query("select current_database()"), "records");
+    // The server runs as the data owner, never root.
+    assert_eq!(
+        site.query("select pg_read_file('PG_VERSION')").trim(),
+        std::fs::read_to_string(site.pgdata().join("PG_VERSION"))
+            .unwrap()
+            .trim()
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(site.pgdata()).unwrap().uid(), site.uid);
+    assert_eq!(
+        std::fs::metadata(site.pgdata()).unwrap().mode() & 0o777,
+        0o700
+    );
+
+    // Wrong or no password over TCP: refused.
+    let bad = site.psql_tcp(Some("not-the-password"), "select 1");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!site.psql_tcp(None, "select 1").status.success());
+
+    site.query("insert into seeded values (4)");
+    let st = site.stop(g.0, 1);
+    let log1 = site.read_log(1);
+    assert_eq!(st.code(), Some(0), "exit status {st}:\n{log1}");
+    assert!(log1.contains("fast shutdown"), "{log1}");
+    assert!(log1.contains("database system is shut down"), "{log1}");
+    assert!(!log1.contains(PASSWORD), "the password leaked into the log");
+    assert!(!site.pgdata().join("postmaster.pid").exists());
+    drop(g);
+
+    // Second start: no password needed, data reused, init scripts not run again.
+    let mut child = site.spawn(2, &[]);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 2);
+    assert_eq!(
+        site.query("select string_agg(n::text, ',' order by n) from seeded"),
+        "1,2,3,4"
+    );
+    let log2 = site.read_log(2);
+    assert!(log2.contains("using the existing data directory"), "{log2}");
+    assert!(!log2.contains("running init script"), "{log2}");
+    let hba = std::fs::read_to_string(site.pgdata().join("pg_hba.conf")).unwrap();
+    assert_eq!(
+        hba.matches("BEGIN pgkeep managed block").count(),
+        1,
+        "{hba}"
+    );
+    let st = site.stop(g.0, 2);
+    assert_eq!(st.code(), Some(0), "{}", site.read_log(2));
+}
+
+#[test]
+fn password_from_the_environment_works_and_never_reaches_argv() {
+    let site = Site::new();
+    let mut child = site.spawn(1, &[("POSTGRES_PASSWORD", PASSWORD)]);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    // No process of ours carries the password on its command line.
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(PASSWORD),
+                "password on the command line of pid {:?}",
+                entry.file_name()
+            );
+        }
+    }
+    // Nor in postgres's environment.
+    let pid: u32 = std::fs::read_to_string(site.pgdata().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(PASSWORD));
+    let st = site.stop(g.0, 1);
+    assert_eq!(st.code(), Some(0), "{}", site.read_log(1));
+}
+
+#[test]
+fn empty_pgdata_without_a_password_is_refused_and_nothing_is_initialized() {
+    let site = Site::new();
+    let out = site.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("POSTGRES_PASSWORD"), "{err}");
+    assert!(!site.pgdata().join("PG_VERSION").exists());
+}
+
+#[test]
+fn foreign_content_in_pgdata_is_refused_with_exit_3() {
+    let site = Site::new();
+    std::fs::create_dir_all(site.pgdata().join("lost+found")).unwrap();
+    let out = site
+        .command()
+        .env("POSTGRES_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lost+found"), "{err}");
+    assert!(!site.pgdata().join("PG_VERSION").exists());
+}
+
+#[test]
+fn a_failing_init_script_leaves_pgdata_empty_for_the_next_start() {
+    let site = Site::new();
+    site.write_script("01-bad.sql", b"select * from no_such_table;\n");
+    let out = site
+        .command()
+        .env("POSTGRES_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("01-bad.sql"), "{err}");
+    assert!(err.contains("no_such_table"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(site.pgdata()).unwrap().count(),
+        0,
+        "PGDATA was reset"
+    );
+}
+
+#[test]
+fn postgres_dying_ends_serve_with_its_status() {
+    let site = Site::new();
+    let mut child = site.spawn(1, &[("POSTGRES_PASSWORD", PASSWORD)]);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    let pid: i32 = std::fs::read_to_string(site.pgdata().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_exit(g.0, Duration::from_secs(60)).expect("serve exits when postgres dies");
+    assert_eq!(st.code(), Some(128 + 9), "{}", site.read_log(1));
+}
