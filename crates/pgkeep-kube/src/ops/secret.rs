@@ -54,9 +54,8 @@ pub async fn ensure_secret_with_password(
             hint: "render it from the settings (kube.secret)".into(),
         })?;
     let api = cluster.api::<Secret>();
-    // `get_metadata` would avoid transferring the data at all, but metadata-only GETs need
-    // the `application/json;as=PartialObjectMetadata` content type, which is fine on 1.20 too;
-    // it is used so the password of an existing Secret never reaches this process.
+    // A metadata-only GET (`as=PartialObjectMetadata`, served since 1.15): the data of an
+    // existing Secret never reaches this process.
     match api.get_metadata(&name).await {
         Ok(_) => return Ok(SecretOutcome::Exists { name }),
         Err(e) if api_code(&e) == Some(404) => {}
