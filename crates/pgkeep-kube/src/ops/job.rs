@@ -109,9 +109,9 @@ pub fn unique_name(prefix: &str) -> String {
         secs /= 36;
     }
     t.reverse();
-    let mut rnd = [0u8; 3];
+    let mut rnd = [0u8; 4];
     if getrandom::fill(&mut rnd).is_err() {
-        rnd = [0, 1, 2];
+        rnd = [0, 1, 2, 3];
     }
     let suffix: String = t
         .iter()
