@@ -306,6 +306,13 @@ pub(crate) fn classify_in(
             message: format!("UnreadableResponse: {e}"),
             hint: "the server's answer did not have the expected shape; is this a Kubernetes API server?".into(),
         },
+        kube::Error::UpgradeConnection(e) => OpsError::Api {
+            request: op.request(),
+            namespace: namespace.into(),
+            code: 0,
+            message: format!("the websocket upgrade failed: {}", error_chain(&e)),
+            hint: "exec and logs need websockets: a proxy between pgkeep and the API server may not pass them".into(),
+        },
         other => OpsError::NoCluster {
             via: cluster.via.clone(),
             message: error_chain(&other),

@@ -154,6 +154,12 @@ pub async fn loader_up(cluster: &Cluster, pod: &Pod, wait: Wait) -> Result<Loade
         })?;
     let api = cluster.api::<Pod>();
     let created = match api.get(&name).await {
+        Ok(existing) if pod_phase(&existing) == "Running" => {
+            return Ok(LoaderUp {
+                pod: name,
+                created: false,
+            });
+        }
         Ok(_) => false,
         Err(e) if api_code(&e) == Some(404) => {
             match api.create(&PostParams::default(), pod).await {

@@ -52,6 +52,8 @@ pub struct Exchange {
     pub method: String,
     pub path: String,
     pub query: BTreeMap<String, String>,
+    /// The query string as sent (repeated keys such as exec's `command=` in order).
+    pub raw_query: String,
     pub headers: http::HeaderMap,
     pub body: Value,
     send: Send,
@@ -173,6 +175,7 @@ pub async fn next(handle: &mut Handle) -> Exchange {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
         query: parse_query(parts.uri.query().unwrap_or("")),
+        raw_query: parts.uri.query().unwrap_or("").to_string(),
         headers: parts.headers,
         body,
         send,
