@@ -421,3 +421,43 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<'_, R> {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
+
+    use super::exec_output;
+
+    #[test]
+    fn exit_codes_from_the_final_status() {
+        let ok = Status {
+            status: Some("Success".into()),
+            ..Status::default()
+        };
+        assert_eq!(exec_output(vec![], vec![], &ok).exit_code, Some(0));
+        let failed = Status {
+            status: Some("Failure".into()),
+            message: Some("command terminated with non-zero exit code: exit status 3".into()),
+            reason: Some("NonZeroExitCode".into()),
+            details: Some(StatusDetails {
+                causes: Some(vec![StatusCause {
+                    reason: Some("ExitCode".into()),
+                    message: Some("3".into()),
+                    field: None,
+                }]),
+                ..StatusDetails::default()
+            }),
+            ..Status::default()
+        };
+        let out = exec_output(vec![], b"boom".to_vec(), &failed);
+        assert_eq!(out.exit_code, Some(3));
+        assert!(!out.success());
+        assert!(out.message.contains("exit status 3"));
+        let killed = Status {
+            status: Some("Failure".into()),
+            message: Some("error executing command".into()),
+            ..Status::default()
+        };
+        assert_eq!(exec_output(vec![], vec![], &killed).exit_code, None);
+    }
+}

@@ -76,6 +76,24 @@ impl Exchange {
         self.send.send_response(resp);
     }
 
+    /// Fail at the transport level (no HTTP answer at all, like a refused connection).
+    pub fn transport_error(self, message: &str) {
+        self.send.send_error(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            message.to_string(),
+        ));
+    }
+
+    /// Answer 200 with a plain-text body (pod logs).
+    pub fn send_text(self, text: &str) {
+        let resp = Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(Body::from(text.as_bytes().to_vec()))
+            .unwrap();
+        self.send.send_response(resp);
+    }
+
     pub fn ok(self, body: Value) {
         self.reply(200, body)
     }
