@@ -8,6 +8,7 @@ use ops_support::*;
 use pgkeep_kube::ops::OpsError;
 use pgkeep_kube::ops::apply::{
     ApplyAction, ApplyOptions, ServerVersion, adapt_cronjob, adapt_for_server, apply_objects,
+    apply_typed,
 };
 use serde_json::{Value, json};
 
@@ -419,4 +420,28 @@ fn server_version_reads_provider_minor_versions() {
     assert_eq!((sv.major, sv.minor), (1, 20));
     assert!(sv.at_least(1, 20) && !sv.at_least(1, 21));
     assert_eq!(sv.to_string(), "Kubernetes v1.20.2-gke.1");
+}
+
+#[tokio::test]
+async fn typed_objects_are_applied_with_their_api_version_and_kind() {
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(service()).unwrap();
+    let applied = run(
+        |c| async move { apply_typed(&c, &[svc], ApplyOptions::default()).await },
+        |mut h| async move {
+            expect(&mut h, "GET", "/api/v1")
+                .await
+                .ok(resources("v1", &[("services", "Service", true)]));
+            expect(&mut h, "GET", SVC)
+                .await
+                .ok(served(&service(), "10"));
+            let x = expect(&mut h, "PATCH", SVC).await;
+            assert_eq!(x.body["apiVersion"], "v1");
+            assert_eq!(x.body["kind"], "Service");
+            x.ok(served(&service(), "10"));
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied[0].to_string(), "service/postgres unchanged");
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use ops_support::*;
 use pgkeep_kube::ops::Wait;
-use pgkeep_kube::ops::pods::{LoaderDown, LoaderUp, loader_down, loader_up, ready_pod};
+use pgkeep_kube::ops::pods::{
+    LoaderDown, LoaderUp, MountVerdict, loader_down, loader_up, mount_check, ready_pod,
+};
 use serde_json::json;
 
 const PODS: &str = "/api/v1/namespaces/record-platform/pods";
@@ -259,5 +261,53 @@ async fn ready_pod_finds_the_ready_one_or_says_to_scale_up() {
     assert_eq!(
         err.to_string(),
         "ready pod app=postgres not found in namespace record-platform\nhint: no pod runs: `pgkeep scale 1` starts PostgreSQL"
+    );
+}
+
+fn db_pod(mounts: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "postgres-abc" },
+        "spec": { "containers": [ { "name": "db", "image": "pgkeep:test", "volumeMounts": mounts } ] }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn mount_check_flags_the_double_mount() {
+    let (root, data) = ("/var/lib/postgresql", "/var/lib/postgresql/data");
+    let good = db_pod(
+        json!([{ "name": "data", "mountPath": "/var/lib/postgresql" }, { "name": "wal-archive", "mountPath": "/wal-archive" }]),
+    );
+    let (mounts, verdict) = mount_check(&good, "db", root, data);
+    assert_eq!(
+        mounts,
+        [
+            ("data".to_string(), root.to_string()),
+            ("wal-archive".to_string(), "/wal-archive".to_string())
+        ]
+    );
+    assert_eq!(verdict, MountVerdict::Ok);
+    let double = db_pod(
+        json!([{ "name": "data", "mountPath": "/var/lib/postgresql" }, { "name": "data", "mountPath": "/var/lib/postgresql/data/" }]),
+    );
+    assert_eq!(
+        mount_check(&double, "db", root, data).1,
+        MountVerdict::PgdataIsAMount {
+            volumes: vec!["data".into()]
+        }
+    );
+    let only_data = db_pod(json!([{ "name": "data", "mountPath": "/var/lib/postgresql/data" }]));
+    assert!(matches!(
+        mount_check(&only_data, "db", root, data).1,
+        MountVerdict::PgdataIsAMount { .. }
+    ));
+    let none = db_pod(json!([]));
+    assert_eq!(
+        mount_check(&none, "db", root, data).1,
+        MountVerdict::RootNotMounted
+    );
+    assert_eq!(
+        mount_check(&good, "nope", root, data).1,
+        MountVerdict::NoSuchContainer
     );
 }

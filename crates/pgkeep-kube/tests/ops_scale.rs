@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ops_support::*;
 use pgkeep_kube::ops::Wait;
-use pgkeep_kube::ops::scale::scale;
+use pgkeep_kube::ops::scale::{scale, wait_rollout};
 use serde_json::json;
 
 const SCALE: &str = "/apis/apps/v1/namespaces/record-platform/deployments/postgres/scale";
@@ -241,6 +241,108 @@ async fn without_wait_only_the_patch_is_sent_and_two_replicas_are_refused() {
     assert!(
         err.to_string()
             .starts_with("refusing to scale postgres to 2"),
+        "{err}"
+    );
+}
+
+const DEPLOY: &str = "/apis/apps/v1/namespaces/record-platform/deployments/postgres";
+
+fn deploy_status(
+    generation: i64,
+    observed: i64,
+    updated: i32,
+    total: i32,
+    available: i32,
+) -> serde_json::Value {
+    json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "postgres", "namespace": NS, "generation": generation },
+            "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "postgres" } },
+                      "template": { "spec": { "containers": [ { "name": "db", "image": "pgkeep:2" } ] } } },
+            "status": { "observedGeneration": observed, "updatedReplicas": updated, "replicas": total,
+                        "availableReplicas": available } })
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollout_waits_for_the_new_template_to_be_available() {
+    let done_ = run(
+        |c| async move {
+            wait_rollout(
+                &c,
+                "postgres",
+                "postgres",
+                Wait::new(Duration::from_secs(60), Duration::from_secs(2)),
+            )
+            .await
+        },
+        |mut h| async move {
+            // Not observed yet; old pod still there; new one not available; done.
+            expect(&mut h, "GET", DEPLOY)
+                .await
+                .ok(deploy_status(2, 1, 0, 1, 1));
+            expect(&mut h, "GET", DEPLOY)
+                .await
+                .ok(deploy_status(2, 2, 1, 2, 1));
+            expect(&mut h, "GET", DEPLOY)
+                .await
+                .ok(deploy_status(2, 2, 1, 1, 0));
+            expect(&mut h, "GET", DEPLOY)
+                .await
+                .ok(deploy_status(2, 2, 1, 1, 1));
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(done_.replicas, 1);
+    assert_eq!(done_.waited, Duration::from_secs(6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollout_timeout_reports_progress_pods_and_events() {
+    let err = run(
+        |c| async move { wait_rollout(&c, "postgres", "postgres", Wait::new(Duration::from_secs(2), Duration::from_secs(2))).await },
+        |mut h| async move {
+            expect(&mut h, "GET", DEPLOY).await.ok(deploy_status(2, 2, 1, 1, 0));
+            expect(&mut h, "GET", DEPLOY).await.ok(deploy_status(2, 2, 1, 1, 0));
+            let mut crashing = pod("postgres-new", json!({"app": "postgres"}), "Running", false);
+            crashing["status"]["initContainerStatuses"] = json!([{ "name": "prep-dirs", "ready": false, "restartCount": 4,
+                "image": "pgkeep:2", "imageID": "", "state": { "waiting": { "reason": "CrashLoopBackOff" } } }]);
+            expect_pods(&mut h).await.ok(list("PodList", vec![crashing]));
+            expect_events(&mut h, "Pod", "postgres-new", vec![event("Pod", "postgres-new", "Warning", "BackOff", "Back-off restarting failed container")]).await;
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("timed out after 2s waiting for deployment postgres to roll out\ndeployment postgres: 0 of 1 updated replicas available\n"), "{text}");
+    assert!(
+        text.contains("init prep-dirs waiting: CrashLoopBackOff"),
+        "{text}"
+    );
+    assert!(text.contains("init prep-dirs restarts: 4"), "{text}");
+    assert!(text.contains("Warning BackOff pod/postgres-new"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollout_stops_at_the_progress_deadline() {
+    let err = run(
+        |c| async move { wait_rollout(&c, "postgres", "postgres", Wait::new(Duration::from_secs(600), Duration::from_secs(2))).await },
+        |mut h| async move {
+            let mut d = deploy_status(2, 2, 1, 1, 0);
+            d["status"]["conditions"] = json!([{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": "ReplicaSet \"postgres-7d9\" has timed out progressing." }]);
+            expect(&mut h, "GET", DEPLOY).await.ok(d);
+            expect_pods(&mut h).await.ok(list("PodList", vec![]));
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "its progress deadline passed: ReplicaSet \"postgres-7d9\" has timed out progressing."
+        ),
         "{err}"
     );
 }

@@ -387,6 +387,24 @@ pub async fn apply_objects(
     Ok(out)
 }
 
+/// [`apply_objects`] for typed objects: anything that serialises with `apiVersion` and `kind`
+/// (k8s-openapi types, `DynamicObject`s with their `types` set).
+pub async fn apply_typed<T: serde::Serialize>(
+    cluster: &Cluster,
+    objects: &[T],
+    opts: ApplyOptions,
+) -> Result<Vec<Applied>, OpsError> {
+    let values = objects
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| OpsError::InvalidObject {
+            message: format!("an object does not serialise to JSON: {e}"),
+            hint: "report this as a bug".into(),
+        })?;
+    apply_objects(cluster, &values, opts).await
+}
+
 fn identity(obj: &Value) -> Result<(String, String, String), OpsError> {
     let field = |p: &str| {
         obj.pointer(p)

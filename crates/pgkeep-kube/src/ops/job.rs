@@ -64,11 +64,13 @@ impl Default for JobRunOptions {
 /// How a followed Job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
-    /// The Job completed; `pods` are the pods whose logs were streamed.
+    /// The Job completed; `pods` are the pods whose logs were streamed, `last_lines` the last
+    /// [`JobRunOptions::tail_lines`] of them (for "show the last 50 lines" without streaming).
     Succeeded {
         job: String,
         namespace: String,
         pods: Vec<String>,
+        last_lines: Vec<String>,
     },
     /// Following was stopped (Ctrl-C); the Job keeps running.
     Detached { job: String, namespace: String },
@@ -210,6 +212,7 @@ where
                 job: name,
                 namespace: cluster.namespace.clone(),
                 pods: followed,
+                last_lines: ring.into_iter().collect(),
             });
         }
         if has_condition(&current, "Failed") {

@@ -4,6 +4,8 @@
 //! `loader_up` creates the pod when it is missing and waits until it is Running (the seed's
 //! loader mounts the `pgbackups` claim and sleeps, so uploads can be exec'd into it);
 //! `loader_down` deletes it and does not wait (deleting a pod takes 10+ s on 1.20).
+//! [`mount_check`] is the seed's jsonpath check of the db container's volume mounts, with a
+//! verdict on the double-mount pitfall (for `pgkeep debug perms`).
 //! Waiting polls with GET requests, so every request can be asserted in tests; a timeout
 //! reports the pod's phase, its container states and its events (e.g. an unbound claim).
 
@@ -257,4 +259,53 @@ pub async fn ready_pod(cluster: &Cluster, app: &str) -> Result<Pod, OpsError> {
                 )
             },
         })
+}
+
+/// The verdict on the db container's mounts of the data volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountVerdict {
+    /// Mounted only at the root (`/var/lib/postgresql`), PGDATA is a subdirectory.
+    Ok,
+    /// Something is mounted at PGDATA itself (the double-mount pitfall).
+    PgdataIsAMount { volumes: Vec<String> },
+    /// Nothing is mounted at the root: PGDATA lives in the container's filesystem (or an image VOLUME).
+    RootNotMounted,
+    /// The container is not in the pod.
+    NoSuchContainer,
+}
+
+/// The mounts of `container` (`volume -> path`, in order) and the verdict for `pgroot`/`pgdata`.
+pub fn mount_check(
+    pod: &Pod,
+    container: &str,
+    pgroot: &str,
+    pgdata: &str,
+) -> (Vec<(String, String)>, MountVerdict) {
+    let Some(c) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+    else {
+        return (Vec::new(), MountVerdict::NoSuchContainer);
+    };
+    let norm = |p: &str| p.trim_end_matches('/').to_string();
+    let mounts: Vec<(String, String)> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.clone(), m.mount_path.clone()))
+        .collect();
+    let at_pgdata: Vec<String> = mounts
+        .iter()
+        .filter(|(_, p)| norm(p) == norm(pgdata))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let verdict = if !at_pgdata.is_empty() {
+        MountVerdict::PgdataIsAMount { volumes: at_pgdata }
+    } else if !mounts.iter().any(|(_, p)| norm(p) == norm(pgroot)) {
+        MountVerdict::RootNotMounted
+    } else {
+        MountVerdict::Ok
+    };
+    (mounts, verdict)
 }

@@ -6,6 +6,11 @@
 //! every `wait.interval`. On timeout the error lists each pod's state and recent events, which
 //! is where an unbound PersistentVolumeClaim or a crash-looping init container shows up.
 //! A 403 names the subresource: "forbidden: cannot patch deployments/scale in namespace NS".
+//!
+//! [`wait_rollout`] is `kubectl rollout status` for `pgkeep deploy --wait`: it polls
+//! `GET .../deployments/NAME` until the new template is rolled out and available, fails early
+//! when the Deployment reports `ProgressDeadlineExceeded`, and on timeout reports the pods and
+//! their events.
 
 use std::time::Duration;
 
@@ -108,5 +113,110 @@ pub async fn scale(
             });
         }
         tokio::time::sleep(wait.interval).await;
+    }
+}
+
+/// What [`wait_rollout`] saw at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledOut {
+    pub deployment: String,
+    pub replicas: i32,
+    pub waited: Duration,
+}
+
+/// Wait until `deployment`'s latest template is rolled out and available (like
+/// `kubectl rollout status`). The pods labelled `app=<app>` are reported on timeout.
+pub async fn wait_rollout(
+    cluster: &Cluster,
+    deployment: &str,
+    app: &str,
+    wait: Wait,
+) -> Result<RolledOut, OpsError> {
+    let api = cluster.api::<Deployment>();
+    let start = Instant::now();
+    loop {
+        let d = api.get(deployment).await.map_err(|e| {
+            classify(
+                e,
+                cluster,
+                Op::new("get", "deployments", deployment)
+                    .hint_404("deploy it first with `pgkeep deploy`"),
+            )
+        })?;
+        let state = rollout_state(&d);
+        match state {
+            Rollout::Done(replicas) => {
+                return Ok(RolledOut {
+                    deployment: deployment.into(),
+                    replicas,
+                    waited: start.elapsed(),
+                });
+            }
+            Rollout::Failed(message) => {
+                let pods = pods_with_labels(cluster, &format!("app={app}")).await?;
+                return Err(OpsError::Timeout {
+                    what: format!("deployment {deployment} to roll out (its progress deadline passed: {message})"),
+                    after: start.elapsed(),
+                    details: pod_details(cluster, &pods).await,
+                    hint: "see the pods' events above; `pgkeep debug perms` shows the init containers' logs".into(),
+                });
+            }
+            Rollout::Waiting(_) => {}
+        }
+        if start.elapsed() >= wait.timeout {
+            let Rollout::Waiting(progress) = state else {
+                unreachable!()
+            };
+            let pods = pods_with_labels(cluster, &format!("app={app}")).await?;
+            let mut details = format!("deployment {deployment}: {progress}\n");
+            details.push_str(&pod_details(cluster, &pods).await);
+            return Err(OpsError::Timeout {
+                what: format!("deployment {deployment} to roll out"),
+                after: wait.timeout,
+                details,
+                hint: "see the pods' events above (an unbound PersistentVolumeClaim keeps a pod Pending); `pgkeep debug perms` shows the init containers' logs".into(),
+            });
+        }
+        tokio::time::sleep(wait.interval).await;
+    }
+}
+
+enum Rollout {
+    Done(i32),
+    Waiting(String),
+    Failed(String),
+}
+
+/// The logic of `kubectl rollout status` for Deployments.
+fn rollout_state(d: &Deployment) -> Rollout {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &d.status else {
+        return Rollout::Waiting("no status yet".into());
+    };
+    if st.observed_generation.unwrap_or(0) < generation {
+        return Rollout::Waiting("waiting for the controller to see the new spec".into());
+    }
+    if let Some(c) = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Rollout::Failed(c.message.clone().unwrap_or_default());
+    }
+    let updated = st.updated_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    if updated < want {
+        Rollout::Waiting(format!("{updated} of {want} replicas updated"))
+    } else if total > updated {
+        Rollout::Waiting(format!(
+            "{} old replicas pending termination",
+            total - updated
+        ))
+    } else if available < updated {
+        Rollout::Waiting(format!(
+            "{available} of {updated} updated replicas available"
+        ))
+    } else {
+        Rollout::Done(want)
     }
 }
