@@ -344,6 +344,53 @@ async fn stop_detaches_and_leaves_the_job_running() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_running_pod_whose_log_stream_ended_does_not_time_out() {
+    // The stream ends at once although the pod keeps running (a proxy cut it).
+    let logs = FakeLogStream::new().with_lines("restore-1", ["step 1"]);
+    let outcome = run(
+        |c| async move {
+            let mut sink = Vec::new();
+            run_job(
+                &c,
+                job("pgkeep-restore-dump"),
+                &logs,
+                &mut sink,
+                std::future::pending(),
+                &opts(),
+            )
+            .await
+        },
+        |mut h| async move {
+            let name = expect_create(&mut h, "pgkeep-restore-dump").await;
+            let running = pod("restore-1", json!({ "job-name": name }), "Running", true);
+            // t = 0 .. 10 s: longer than the 6 s wait, but the pod is running.
+            for _ in 0..6 {
+                expect_pods(&mut h, &name, vec![running.clone()]).await;
+                expect_job(&mut h, &name, None).await;
+            }
+            expect_pods(
+                &mut h,
+                &name,
+                vec![pod(
+                    "restore-1",
+                    json!({ "job-name": name }),
+                    "Succeeded",
+                    false,
+                )],
+            )
+            .await;
+            expect_job(&mut h, &name, Some(("Complete", "", ""))).await;
+            done(&mut h).await;
+        },
+    )
+    .await;
+    assert!(
+        matches!(outcome, Ok(JobOutcome::Succeeded { .. })),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn forbidden_job_creation_is_named() {
     let logs = FakeLogStream::new();
     let err = run(

@@ -203,6 +203,12 @@ where
             since = Instant::now();
         }
 
+        // A pod still running (e.g. its log stream was cut by a proxy) means the Job is
+        // progressing: only a Job without a running pod can time out.
+        if pods.iter().any(|p| pod_phase(p) == "Running") {
+            since = Instant::now();
+        }
+
         let current = tokio::select! {
             r = jobs.get(&name) => r.map_err(|e| classify(e, cluster, Op::new("get", "jobs", &name)))?,
             _ = &mut stop => return Ok(detached()),
