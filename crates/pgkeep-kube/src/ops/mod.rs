@@ -19,6 +19,7 @@
 //! - [`events`]: the events of an object, for error reports.
 //! - [`exec`]: the [`exec::Exec`] and [`exec::LogStream`] traits, their kube implementations,
 //!   and the upload protocol (`pgkeep receive --size N --sha256 H DEST`).
+//! - [`flows`]: the seed's multi-step flows (deploy, scale down + Job, restore upload).
 //! - [`fake`]: recording fakes of those traits, for tests of the flows without a kubelet.
 
 pub mod apply;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod fake;
+pub mod flows;
 pub mod job;
 pub mod pods;
 pub mod pvc;
