@@ -10,12 +10,13 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use ops_support::*;
 use pgkeep_kube::ops::Wait;
-use pgkeep_kube::ops::exec::UploadRequest;
+use pgkeep_kube::ops::exec::{ExecOutput, UploadRequest};
 use pgkeep_kube::ops::fake::{FakeExec, FakeLogStream};
 use pgkeep_kube::ops::flows::{
-    DeployInput, DeployOptions, deploy, restore_upload, scale_down_and_run,
+    DeployInput, DeployOptions, debug_perms, deploy, exec_in_db, restore_upload, scale_down_and_run,
 };
 use pgkeep_kube::ops::job::{JobOutcome, JobRunOptions};
+use pgkeep_kube::ops::pods::MountVerdict;
 use pgkeep_kube::ops::pvc::PvcState;
 use pgkeep_kube::ops::secret::SecretOutcome;
 use serde_json::{Value, json};
@@ -349,4 +350,139 @@ async fn a_failed_upload_runs_no_restore_job() {
             .starts_with("could not read /nonexistent/dump.tar.gz"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn debug_perms_on_a_double_mounted_crash_looping_pod() {
+    let exec = FakeExec::new();
+    exec.answer(ExecOutput {
+        stdout: b"uid=999 gid=999\n".to_vec(),
+        exit_code: Some(0),
+        ..ExecOutput::default()
+    });
+    let logs = FakeLogStream::new()
+        .with_lines(
+            "postgres-abc/fix-run",
+            ["chown 999:999 /var/run/postgresql"],
+        )
+        .with_lines(
+            "postgres-abc/prep-dirs",
+            ["mkdir: /var/lib/postgresql/data: exists"],
+        );
+    let (report, exec) = run(
+        |c| async move {
+            let r = debug_perms(
+                &c,
+                "postgres",
+                "db",
+                &["fix-run", "prep-dirs"],
+                "/var/lib/postgresql",
+                "/var/lib/postgresql/data",
+                vec![
+                    "pgkeep".into(),
+                    "debug".into(),
+                    "perms".into(),
+                    "--local".into(),
+                ],
+                &exec,
+                &logs,
+            )
+            .await
+            .unwrap();
+            (r, exec)
+        },
+        |mut h| async move {
+            let x = expect(&mut h, "GET", "/api/v1/namespaces/record-platform/pods").await;
+            x.assert_query("labelSelector", "app=postgres");
+            let mut p = pod(
+                "postgres-abc",
+                json!({ "app": "postgres" }),
+                "Running",
+                false,
+            );
+            p["spec"]["containers"][0]["volumeMounts"] = json!([
+                { "name": "data", "mountPath": "/var/lib/postgresql" },
+                { "name": "data", "mountPath": "/var/lib/postgresql/data" } ]);
+            x.ok(list("PodList", vec![p]));
+            expect_events(
+                &mut h,
+                "Pod",
+                "postgres-abc",
+                vec![event(
+                    "Pod",
+                    "postgres-abc",
+                    "Warning",
+                    "BackOff",
+                    "Back-off restarting failed container",
+                )],
+            )
+            .await;
+            done(&mut h).await;
+        },
+    )
+    .await;
+    assert_eq!(report.pod, "postgres-abc");
+    assert_eq!(
+        report.verdict,
+        MountVerdict::PgdataIsAMount {
+            volumes: vec!["data".into()]
+        }
+    );
+    assert_eq!(report.local.as_ref().unwrap().stdout, b"uid=999 gid=999\n");
+    assert_eq!(exec.calls()[0].request.container.as_deref(), Some("db"));
+    assert_eq!(
+        exec.calls()[0].request.command,
+        ["pgkeep", "debug", "perms", "--local"]
+    );
+    assert_eq!(
+        report.init_logs[0],
+        (
+            "fix-run".to_string(),
+            Ok(vec!["chown 999:999 /var/run/postgresql".to_string()])
+        )
+    );
+    assert_eq!(
+        report.init_logs[1].1.as_ref().unwrap()[0],
+        "mkdir: /var/lib/postgresql/data: exists"
+    );
+    assert_eq!(report.events.len(), 1);
+}
+
+#[tokio::test]
+async fn exec_in_db_runs_in_the_ready_pod_and_passes_the_exit_code() {
+    let exec = FakeExec::new();
+    exec.answer(ExecOutput {
+        stdout: b"{}".to_vec(),
+        exit_code: Some(1),
+        ..ExecOutput::default()
+    });
+    let (out, exec) = run(
+        |c| async move {
+            let r = exec_in_db(
+                &c,
+                "postgres",
+                "db",
+                &exec,
+                vec!["pgkeep".into(), "sanity".into(), "--json".into()],
+            )
+            .await
+            .unwrap();
+            (r, exec)
+        },
+        |mut h| async move {
+            expect(&mut h, "GET", "/api/v1/namespaces/record-platform/pods")
+                .await
+                .ok(list(
+                    "PodList",
+                    vec![
+                        pod("postgres-old", json!({"app": "postgres"}), "Running", false),
+                        pod("postgres-abc", json!({"app": "postgres"}), "Running", true),
+                    ],
+                ));
+            done(&mut h).await;
+        },
+    )
+    .await;
+    assert_eq!(out.exit_code, Some(1));
+    assert_eq!(exec.calls()[0].request.pod, "postgres-abc");
 }

@@ -93,6 +93,30 @@ async fn loader_up_with_a_running_pod_changes_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn loader_up_waits_for_readiness_not_just_running() {
+    let up = run(
+        |c| async move { loader_up(&c, &loader(), wait()).await },
+        |mut h| async move {
+            let crashing = pod(
+                "backups-loader",
+                json!({ "app": "backups-loader" }),
+                "Running",
+                false,
+            );
+            expect(&mut h, "GET", LOADER).await.ok(crashing.clone());
+            expect(&mut h, "GET", LOADER).await.ok(crashing);
+            expect(&mut h, "GET", LOADER)
+                .await
+                .ok(loader_pod("Running"));
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!up.created);
+}
+
+#[tokio::test(start_paused = true)]
 async fn loader_up_timeout_shows_the_unbound_claim() {
     let err = run(
         |c| async move { loader_up(&c, &loader(), wait()).await },
@@ -125,7 +149,9 @@ async fn loader_up_timeout_shows_the_unbound_claim() {
     .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.starts_with("timed out after 4s waiting for pod backups-loader to be Running\n"),
+        text.starts_with(
+            "timed out after 4s waiting for pod backups-loader to be Running and Ready\n"
+        ),
         "{text}"
     );
     assert!(

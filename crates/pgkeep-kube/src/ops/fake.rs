@@ -159,7 +159,7 @@ impl Exec for FakeExec {
 /// A replaying [`LogStream`].
 #[derive(Debug, Default)]
 pub struct FakeLogStream {
-    /// pod → lines.
+    /// `pod/container` or `pod` → lines (the container-specific key wins).
     pub lines: Mutex<BTreeMap<String, Vec<String>>>,
     /// Pods that never end after their lines (a long-running Job).
     pub hang: Mutex<Vec<String>>,
@@ -193,6 +193,15 @@ impl FakeLogStream {
     pub fn followed(&self) -> Vec<(String, Option<String>)> {
         self.followed.lock().unwrap().clone()
     }
+
+    fn lines_of(&self, pod: &str, container: Option<&str>) -> Vec<String> {
+        let map = self.lines.lock().unwrap();
+        container
+            .and_then(|c| map.get(&format!("{pod}/{c}")))
+            .or_else(|| map.get(pod))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl LogStream for FakeLogStream {
@@ -206,13 +215,7 @@ impl LogStream for FakeLogStream {
             .lock()
             .unwrap()
             .push((pod.into(), container.map(Into::into)));
-        let lines = self
-            .lines
-            .lock()
-            .unwrap()
-            .get(pod)
-            .cloned()
-            .unwrap_or_default();
+        let lines = self.lines_of(pod, container);
         for l in &lines {
             on_line(l);
             tokio::task::yield_now().await;
@@ -226,16 +229,10 @@ impl LogStream for FakeLogStream {
     async fn tail(
         &self,
         pod: &str,
-        _container: Option<&str>,
+        container: Option<&str>,
         lines: i64,
     ) -> Result<Vec<String>, OpsError> {
-        let all = self
-            .lines
-            .lock()
-            .unwrap()
-            .get(pod)
-            .cloned()
-            .unwrap_or_default();
+        let all = self.lines_of(pod, container);
         let skip = all
             .len()
             .saturating_sub(usize::try_from(lines).unwrap_or(0));

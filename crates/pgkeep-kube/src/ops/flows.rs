@@ -9,6 +9,11 @@
 //! - [`restore_upload`] (`pg.restore.upload`): loader up → upload with checksum → run the
 //!   restore Job.
 //!
+//! - [`debug_perms`] (`pg.debug.perms`): the db container's mounts with the double-mount
+//!   verdict, `pgkeep debug perms --local` run in it, the init containers' last 100 lines, and
+//!   the pod's events; works on a crash-looping pod (each part reports its own failure).
+//! - [`exec_in_db`] (`pg.sanity`, `pg.space`, status): a command in the Ready db pod.
+//!
 //! Confirmation prompts (`--yes`) belong to the commands, before these are called.
 
 use std::future::Future;
@@ -22,9 +27,15 @@ use serde_json::Value;
 use super::apply::{
     Applied, ApplyOptions, ServerVersion, adapt_for_server, apply_objects, server_version,
 };
-use super::exec::{Exec, LogStream, UploadProgress, UploadRequest, Uploaded, upload_file};
+use super::events::events_or_note;
+use super::exec::{
+    Exec, ExecOutput, ExecRequest, LogStream, UploadProgress, UploadRequest, Uploaded, upload_file,
+};
 use super::job::{JobOutcome, JobRunOptions, run_job};
-use super::pods::{LoaderUp, loader_up};
+use super::pods::{
+    LoaderUp, MountVerdict, loader_up, mount_check, pod_name, pod_phase, pods_with_labels,
+    ready_pod,
+};
 use super::pvc::{PvcReport, ensure_pvcs};
 use super::scale::{RolledOut, Scaled, scale, wait_rollout};
 use super::secret::{SecretOutcome, ensure_secret_with_password};
@@ -174,5 +185,95 @@ where
         loader,
         uploaded,
         job,
+    })
+}
+
+/// A command in the Ready db pod (`app=<app>`, container `container`). A command that ran and
+/// failed is `Ok` with its exit code (the caller passes `--json` output and the code through).
+pub async fn exec_in_db<E: Exec>(
+    cluster: &Cluster,
+    app: &str,
+    container: &str,
+    exec: &E,
+    command: Vec<String>,
+) -> Result<ExecOutput, OpsError> {
+    let pod = ready_pod(cluster, app).await?;
+    let req = ExecRequest {
+        pod: pod_name(&pod).to_string(),
+        container: Some(container.to_string()),
+        command,
+    };
+    exec.exec(&req, None).await
+}
+
+/// Everything `debug perms` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugPermsReport {
+    pub pod: String,
+    pub phase: String,
+    /// The db container's mounts, `volume -> path`.
+    pub mounts: Vec<(String, String)>,
+    pub verdict: MountVerdict,
+    /// `pgkeep debug perms --local` in the db container, or why it could not run.
+    pub local: Result<ExecOutput, String>,
+    /// Per init container: its last lines, or why they could not be read.
+    pub init_logs: Vec<(String, Result<Vec<String>, String>)>,
+    pub events: Vec<String>,
+}
+
+/// `pg.debug.perms` for the newest pod labelled `app=<app>`, Ready or not.
+#[allow(clippy::too_many_arguments)]
+pub async fn debug_perms<E: Exec, L: LogStream>(
+    cluster: &Cluster,
+    app: &str,
+    container: &str,
+    init_containers: &[&str],
+    pgroot: &str,
+    pgdata: &str,
+    local_command: Vec<String>,
+    exec: &E,
+    logs: &L,
+) -> Result<DebugPermsReport, OpsError> {
+    let pods = pods_with_labels(cluster, &format!("app={app}")).await?;
+    let Some(pod) = pods.last() else {
+        return Err(OpsError::NotFound {
+            resource: "pod".into(),
+            name: format!("app={app}"),
+            namespace: cluster.namespace.clone(),
+            hint:
+                "no pod runs: `pgkeep scale 1` starts PostgreSQL (and `pgkeep deploy` creates it)"
+                    .into(),
+        });
+    };
+    let name = pod_name(pod).to_string();
+    let (mounts, verdict) = mount_check(pod, container, pgroot, pgdata);
+    let first_line = |e: OpsError| e.to_string().lines().next().unwrap_or_default().to_string();
+    let local = if pod_phase(pod) == "Running" {
+        let req = ExecRequest {
+            pod: name.clone(),
+            container: Some(container.to_string()),
+            command: local_command,
+        };
+        exec.exec(&req, None).await.map_err(first_line)
+    } else {
+        Err(format!(
+            "the pod is {}, so nothing can run in it",
+            pod_phase(pod)
+        ))
+    };
+    let mut init_logs = Vec::new();
+    for c in init_containers {
+        let r = logs.tail(&name, Some(c), 100).await.map_err(first_line);
+        init_logs.push((c.to_string(), r));
+    }
+    let events = events_or_note(cluster, "Pod", &name).await;
+    Ok(DebugPermsReport {
+        pod: name,
+        phase: pod_phase(pod).to_string(),
+        mounts,
+        verdict,
+        local,
+        init_logs,
+        events,
     })
 }

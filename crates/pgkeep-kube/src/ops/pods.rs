@@ -1,7 +1,7 @@
 //! Pods: lookups by label, readiness, one-line summaries for reports, and the backups-loader
 //! helper pod of the seed (`make pg.backups.loader` / `pg.backups.loader.rm`).
 //!
-//! `loader_up` creates the pod when it is missing and waits until it is Running (the seed's
+//! `loader_up` creates the pod when it is missing and waits until it is Running and Ready (the seed's
 //! loader mounts the `pgbackups` claim and sleeps, so uploads can be exec'd into it);
 //! `loader_down` deletes it and does not wait (deleting a pod takes 10+ s on 1.20).
 //! [`mount_check`] is the seed's jsonpath check of the db container's volume mounts, with a
@@ -156,7 +156,7 @@ pub async fn loader_up(cluster: &Cluster, pod: &Pod, wait: Wait) -> Result<Loade
         })?;
     let api = cluster.api::<Pod>();
     let created = match api.get(&name).await {
-        Ok(existing) if pod_phase(&existing) == "Running" => {
+        Ok(existing) if is_ready(&existing) => {
             return Ok(LoaderUp {
                 pod: name,
                 created: false,
@@ -176,7 +176,8 @@ pub async fn loader_up(cluster: &Cluster, pod: &Pod, wait: Wait) -> Result<Loade
     Ok(LoaderUp { pod: name, created })
 }
 
-/// Wait until pod `name` is Running (all containers started).
+/// Wait until pod `name` is Running and Ready (its containers started and, with a readiness
+/// probe, passing it; a crash-looping container keeps it not Ready).
 pub async fn wait_running(cluster: &Cluster, name: &str, wait: Wait) -> Result<Pod, OpsError> {
     let api = cluster.api::<Pod>();
     let start = Instant::now();
@@ -186,7 +187,7 @@ pub async fn wait_running(cluster: &Cluster, name: &str, wait: Wait) -> Result<P
             .await
             .map_err(|e| classify(e, cluster, Op::new("get", "pods", name)))?;
         match pod_phase(&pod) {
-            "Running" => return Ok(pod),
+            "Running" if is_ready(&pod) => return Ok(pod),
             phase @ ("Succeeded" | "Failed") => {
                 return Err(OpsError::Refused {
                     action: format!("use pod {name}"),
@@ -201,7 +202,7 @@ pub async fn wait_running(cluster: &Cluster, name: &str, wait: Wait) -> Result<P
         }
         if start.elapsed() >= wait.timeout {
             return Err(OpsError::Timeout {
-                what: format!("pod {name} to be Running"),
+                what: format!("pod {name} to be Running and Ready"),
                 after: wait.timeout,
                 details: pod_details(cluster, std::slice::from_ref(&pod)).await,
                 hint: "a Pending pod usually waits for its PersistentVolumeClaim to bind or for an image; see the events above".into(),
