@@ -1,7 +1,7 @@
 //! The error type of every operation, and the mapping from a raw `kube::Error` to it.
 //!
 //! A raw API error ("ApiError: ... (Status { ... })") does not tell an operator what to do.
-//! [`classify`] turns it into an [`OpsError`] naming the verb, the resource, the namespace and
+//! `classify` turns it into an [`OpsError`] naming the verb, the resource, the namespace and
 //! the cluster, with a `hint:` line: 403 → [`OpsError::Forbidden`], 404 on the namespace →
 //! [`OpsError::NamespaceNotFound`], other 404 → [`OpsError::NotFound`], 409 →
 //! [`OpsError::AlreadyExists`], 401 → [`OpsError::Unauthorized`], transport failures →

@@ -98,7 +98,7 @@ impl fmt::Display for JobOutcome {
 }
 
 /// `PREFIX-SUFFIX`: the suffix is the time (base 36 seconds, so names sort by creation) plus
-/// three random characters; the whole name stays within 63 characters (a label value).
+/// four random characters; the whole name stays within 63 characters (a label value).
 pub fn unique_name(prefix: &str) -> String {
     const B36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut secs = SystemTime::now()

@@ -13,13 +13,15 @@
 //! - [`pvc`]: create missing PersistentVolumeClaims, report existing ones, never change them.
 //! - [`secret`]: the superuser Secret, created with a random password only when missing.
 //! - [`apply`]: server-side apply (field manager `pgkeep`) and adaptation to old servers.
-//! - [`scale`]: the Deployment's scale subresource, waiting for pods to go or become Ready.
+//! - [`scale`]: the Deployment's scale subresource, waiting for pods to go or become Ready;
+//!   waiting for a rollout.
 //! - [`job`]: run a Job, stream its logs, return its result; Jobs from CronJob templates.
 //! - [`pods`]: pod lookups, readiness, the backups-loader pod.
 //! - [`events`]: the events of an object, for error reports.
 //! - [`exec`]: the [`exec::Exec`] and [`exec::LogStream`] traits, their kube implementations,
 //!   and the upload protocol (`pgkeep receive --size N --sha256 H DEST`).
-//! - [`flows`]: the seed's multi-step flows (deploy, scale down + Job, restore upload).
+//! - [`flows`]: the seed's multi-step flows (deploy, scale down + Job, restore upload, debug
+//!   perms, a command in the db pod).
 //! - [`fake`]: recording fakes of those traits, for tests of the flows without a kubelet.
 
 pub mod apply;
