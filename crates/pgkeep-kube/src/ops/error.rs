@@ -139,7 +139,7 @@ pub enum OpsError {
         hint: String,
     },
 
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}: {source}\nhint: check the path and that this user may read it")]
     Io {
         path: String,
         #[source]
