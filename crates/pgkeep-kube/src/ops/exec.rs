@@ -10,6 +10,13 @@
 //! hashes the file first and runs `pgkeep receive --size N --sha256 H DEST` in the pod: the
 //! receiver reads exactly N bytes, checks the checksum, renames the file into place and exits;
 //! [`KubeExec`] keeps stdin open until the exit status has arrived.
+//!
+//! The receiver's contract (what `pgkeep receive` in the pod must do; [`super::fake::FakeExec`]
+//! checks the sender against the same rules): read exactly N bytes from stdin, never waiting
+//! for EOF; write them to `DEST.partial` (0600) while hashing; on a short read or a checksum
+//! mismatch remove the partial file, print the reason on stderr and exit 1; otherwise fsync,
+//! rename to DEST, fsync the directory, print `received N bytes, sha256 H, saved as DEST` and
+//! exit 0. The restore Job only runs after that exit 0.
 
 use std::future::Future;
 use std::path::Path;
