@@ -1,0 +1,279 @@
+//! The seed's multi-step Makefile flows composed from the operations, each as one function that
+//! reads as a script of named steps (pgBackRest style). The commands call these and print the
+//! reports; the steps stay individually callable for commands that need a different order.
+//!
+//! - [`deploy`] (`pg.deploy`): server version → adapt objects to it → ensure PVCs → ensure the
+//!   superuser Secret → server-side apply → optionally wait for the rollout.
+//! - [`scale_down_and_run`] (`pg.wipe`, `pg.bootstrap.basebackup`): scale to 0 and wait (a RWO
+//!   volume cannot attach to the Job's pod while PostgreSQL holds it), then run the Job.
+//! - [`restore_upload`] (`pg.restore.upload`): loader up → upload with checksum → run the
+//!   restore Job.
+//!
+//! - [`debug_perms`] (`pg.debug.perms`): the db container's mounts with the double-mount
+//!   verdict, `pgkeep debug perms --local` run in it, the init containers' last 100 lines, and
+//!   the pod's events; works on a crash-looping pod (each part reports its own failure).
+//! - [`exec_in_db`] (`pg.sanity`, `pg.space`, status): a command in the Ready db pod.
+//!
+//! Confirmation prompts (`--yes`) belong to the commands, before these are called.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use serde_json::Value;
+
+use super::apply::{
+    Applied, ApplyOptions, ServerVersion, adapt_for_server, apply_objects, server_version,
+};
+use super::events::events_or_note;
+use super::exec::{
+    Exec, ExecOutput, ExecRequest, LogStream, UploadProgress, UploadRequest, Uploaded, upload_file,
+};
+use super::job::{JobOutcome, JobRunOptions, run_job};
+use super::pods::{
+    LoaderUp, MountVerdict, loader_up, mount_check, pod_name, pod_phase, pods_with_labels,
+    ready_pod,
+};
+use super::pvc::{PvcReport, ensure_pvcs};
+use super::scale::{RolledOut, Scaled, scale, wait_rollout};
+use super::secret::{SecretOutcome, ensure_secret_with_password};
+use super::{Cluster, OpsError, Wait};
+
+/// What [`deploy`] deploys (rendered by the manifests).
+#[derive(Debug, Clone)]
+pub struct DeployInput {
+    /// Claims: created when missing, never changed.
+    pub pvcs: Vec<PersistentVolumeClaim>,
+    /// The superuser Secret without its password: created when missing, never overwritten.
+    pub secret: Secret,
+    /// The key the random password goes under (e.g. `POSTGRES_PASSWORD`).
+    pub password_key: String,
+    /// Everything else, server-side applied in order.
+    pub objects: Vec<Value>,
+}
+
+/// Options of [`deploy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// Server dry run for every write.
+    pub dry_run: bool,
+    /// Wait for the Deployment's rollout (ignored in a dry run).
+    pub wait: Option<Wait>,
+    /// Adapt objects to an older server ([`adapt_for_server`]); without it, an object the
+    /// server cannot take is an error.
+    pub adapt: bool,
+    /// The Deployment and its `app` label, for the rollout wait.
+    pub deployment: String,
+    pub app: String,
+}
+
+/// Everything [`deploy`] did, to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployReport {
+    pub server: ServerVersion,
+    /// Adaptations made for the server (print them: a CronJob's schedule zone may have changed).
+    pub notes: Vec<String>,
+    pub pvcs: Vec<PvcReport>,
+    pub secret: SecretOutcome,
+    pub applied: Vec<Applied>,
+    pub rollout: Option<RolledOut>,
+}
+
+/// `pg.deploy`; see the module docs.
+pub async fn deploy(
+    cluster: &Cluster,
+    input: &DeployInput,
+    opts: &DeployOptions,
+) -> Result<DeployReport, OpsError> {
+    let server = server_version(cluster).await?;
+    let (objects, notes) = if opts.adapt {
+        let a = adapt_for_server(input.objects.clone(), &server);
+        (a.objects, a.notes)
+    } else {
+        (input.objects.clone(), Vec::new())
+    };
+    let pvcs = ensure_pvcs(cluster, &input.pvcs, opts.dry_run).await?;
+    let secret =
+        ensure_secret_with_password(cluster, &input.secret, &input.password_key, opts.dry_run)
+            .await?;
+    let applied = apply_objects(
+        cluster,
+        &objects,
+        ApplyOptions {
+            dry_run: opts.dry_run,
+            force: true,
+        },
+    )
+    .await?;
+    let rollout = match opts.wait {
+        Some(w) if !opts.dry_run => {
+            Some(wait_rollout(cluster, &opts.deployment, &opts.app, w).await?)
+        }
+        _ => None,
+    };
+    Ok(DeployReport {
+        server,
+        notes,
+        pvcs,
+        secret,
+        applied,
+        rollout,
+    })
+}
+
+/// `pg.wipe` / `pg.bootstrap.basebackup`: scale `deployment` to 0, wait until its pods
+/// (`app=<app>`) are gone, then [`run_job`]. Returns the scale report and the Job's outcome.
+#[allow(clippy::too_many_arguments)]
+pub async fn scale_down_and_run<L, W, S>(
+    cluster: &Cluster,
+    deployment: &str,
+    app: &str,
+    scale_wait: Wait,
+    job: Job,
+    logs: &L,
+    sink: &mut W,
+    stop: S,
+    opts: &JobRunOptions,
+) -> Result<(Scaled, JobOutcome), OpsError>
+where
+    L: LogStream,
+    W: Write + Send,
+    S: Future<Output = ()>,
+{
+    let scaled = scale(cluster, deployment, app, 0, Some(scale_wait)).await?;
+    let outcome = run_job(cluster, job, logs, sink, stop, opts).await?;
+    Ok((scaled, outcome))
+}
+
+/// Reports of [`restore_upload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreUploadReport {
+    pub loader: LoaderUp,
+    pub uploaded: Uploaded,
+    pub job: JobOutcome,
+}
+
+/// `pg.restore.upload FILE`: loader pod up, `local` uploaded to `upload.dest` (checksum
+/// verified in the pod before anything is restored), then the restore Job, followed.
+#[allow(clippy::too_many_arguments)]
+pub async fn restore_upload<E, L, W, S>(
+    cluster: &Cluster,
+    loader: &Pod,
+    loader_wait: Wait,
+    exec: &E,
+    local: &Path,
+    upload: &UploadRequest,
+    progress: &mut (dyn FnMut(UploadProgress) + Send),
+    job: Job,
+    logs: &L,
+    sink: &mut W,
+    stop: S,
+    opts: &JobRunOptions,
+) -> Result<RestoreUploadReport, OpsError>
+where
+    E: Exec,
+    L: LogStream,
+    W: Write + Send,
+    S: Future<Output = ()>,
+{
+    let loader = loader_up(cluster, loader, loader_wait).await?;
+    let uploaded = upload_file(exec, local, upload, progress).await?;
+    let job = run_job(cluster, job, logs, sink, stop, opts).await?;
+    Ok(RestoreUploadReport {
+        loader,
+        uploaded,
+        job,
+    })
+}
+
+/// A command in the Ready db pod (`app=<app>`, container `container`). A command that ran and
+/// failed is `Ok` with its exit code (the caller passes `--json` output and the code through).
+pub async fn exec_in_db<E: Exec>(
+    cluster: &Cluster,
+    app: &str,
+    container: &str,
+    exec: &E,
+    command: Vec<String>,
+) -> Result<ExecOutput, OpsError> {
+    let pod = ready_pod(cluster, app).await?;
+    let req = ExecRequest {
+        pod: pod_name(&pod).to_string(),
+        container: Some(container.to_string()),
+        command,
+    };
+    exec.exec(&req, None).await
+}
+
+/// Everything `debug perms` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugPermsReport {
+    pub pod: String,
+    pub phase: String,
+    /// The db container's mounts, `volume -> path`.
+    pub mounts: Vec<(String, String)>,
+    pub verdict: MountVerdict,
+    /// `pgkeep debug perms --local` in the db container, or why it could not run.
+    pub local: Result<ExecOutput, String>,
+    /// Per init container: its last lines, or why they could not be read.
+    pub init_logs: Vec<(String, Result<Vec<String>, String>)>,
+    pub events: Vec<String>,
+}
+
+/// `pg.debug.perms` for the newest pod labelled `app=<app>`, Ready or not.
+#[allow(clippy::too_many_arguments)]
+pub async fn debug_perms<E: Exec, L: LogStream>(
+    cluster: &Cluster,
+    app: &str,
+    container: &str,
+    init_containers: &[&str],
+    pgroot: &str,
+    pgdata: &str,
+    local_command: Vec<String>,
+    exec: &E,
+    logs: &L,
+) -> Result<DebugPermsReport, OpsError> {
+    let pods = pods_with_labels(cluster, &format!("app={app}")).await?;
+    let Some(pod) = pods.last() else {
+        return Err(OpsError::NotFound {
+            resource: "pod".into(),
+            name: format!("app={app}"),
+            namespace: cluster.namespace.clone(),
+            hint:
+                "no pod runs: `pgkeep scale 1` starts PostgreSQL (and `pgkeep deploy` creates it)"
+                    .into(),
+        });
+    };
+    let name = pod_name(pod).to_string();
+    let (mounts, verdict) = mount_check(pod, container, pgroot, pgdata);
+    let first_line = |e: OpsError| e.to_string().lines().next().unwrap_or_default().to_string();
+    let local = if pod_phase(pod) == "Running" {
+        let req = ExecRequest {
+            pod: name.clone(),
+            container: Some(container.to_string()),
+            command: local_command,
+        };
+        exec.exec(&req, None).await.map_err(first_line)
+    } else {
+        Err(format!(
+            "the pod is {}, so nothing can run in it",
+            pod_phase(pod)
+        ))
+    };
+    let mut init_logs = Vec::new();
+    for c in init_containers {
+        let r = logs.tail(&name, Some(c), 100).await.map_err(first_line);
+        init_logs.push((c.to_string(), r));
+    }
+    let events = events_or_note(cluster, "Pod", &name).await;
+    Ok(DebugPermsReport {
+        pod: name,
+        phase: pod_phase(pod).to_string(),
+        mounts,
+        verdict,
+        local,
+        init_logs,
+        events,
+    })
+}
