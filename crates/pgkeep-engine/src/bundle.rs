@@ -521,6 +521,12 @@ fn scan(archive: &Path, dest: Option<&Path>) -> Result<Contents, BundleError> {
     for entry in tar.entries().map_err(|e| corrupt(archive, e))? {
         let mut entry = entry.map_err(|e| corrupt(archive, e))?;
         let raw = entry.path().map_err(|e| corrupt(archive, e))?.into_owned();
+        // `tar czf X -C dir .` starts with a `./` directory entry: harmless, skip it.
+        if entry.header().entry_type() == tar::EntryType::Directory
+            && raw.components().all(|c| matches!(c, Component::CurDir))
+        {
+            continue;
+        }
         let rel = safe_relative(archive, shown_dest, &raw)?;
         let name = rel.to_string_lossy().into_owned();
         let kind = entry.header().entry_type();
@@ -867,6 +873,27 @@ mod tests {
         let c = extract(&path, &t.path().join("out")).unwrap();
         assert!(c.manifest.is_none());
         assert_eq!(c.members[0].path, "dump/records.sql");
+    }
+
+    #[test]
+    fn a_leading_dot_slash_directory_entry_is_accepted() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("records.dir")).unwrap();
+        std::fs::write(src.join("records.dir/toc.dat"), b"toc").unwrap();
+        let path = t.path().join("records_dump_20251102.tar.gz");
+        let st = std::process::Command::new("tar")
+            .arg("czf")
+            .arg(&path)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let c = extract(&path, &t.path().join("out")).unwrap();
+        assert!(c.members.iter().any(|m| m.path == "records.dir/toc.dat"), "{c:?}");
+        assert!(t.path().join("out/records.dir/toc.dat").is_file());
     }
 
     #[test]

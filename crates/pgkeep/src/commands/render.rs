@@ -69,33 +69,13 @@ mod tests {
         out
     }
 
-    /// Flags the manifests already pass but the CLI does not accept yet (the command is another
-    /// issue's): (subcommand words, flag). Each entry is checked both ways below, so it must be
-    /// removed the moment the CLI gains the flag, and nothing else may fail to parse.
-    const PENDING_FLAGS: &[(&str, &str)] = &[("bootstrap basebackup", "--yes")];
-
-    fn pending(argv: &[String]) -> Option<&'static (&'static str, &'static str)> {
-        let words = argv[1..].join(" ");
-        PENDING_FLAGS
-            .iter()
-            .find(|(cmd, flag)| words.starts_with(cmd) && argv.iter().any(|a| a == flag))
-    }
-
     #[test]
     fn every_container_command_parses_with_the_cli() {
         let all = pgkeep_invocations();
         // db, fix-run, prep-dirs, 2 CronJobs, 4 Jobs.
         assert!(all.len() >= 9, "{all:?}");
         for (file, container, argv) in &all {
-            let parsed = match pending(argv) {
-                // Until the CLI has the flag: everything else on the line must parse.
-                Some((_, flag)) => {
-                    let without: Vec<&String> = argv.iter().filter(|a| a != flag).collect();
-                    Cli::try_parse_from(without)
-                }
-                None => Cli::try_parse_from(argv),
-            };
-            if let Err(e) = parsed {
+            if let Err(e) = Cli::try_parse_from(argv) {
                 panic!(
                     "{file} container {container}: `{}` does not parse:\n{e}",
                     argv.join(" ")
@@ -117,19 +97,6 @@ mod tests {
             assert!(
                 commands.iter().any(|c| c == want),
                 "no container runs `pgkeep {want}`: {commands:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn pending_flags_are_still_pending() {
-        for (cmd, flag) in PENDING_FLAGS {
-            let mut argv = vec!["pgkeep"];
-            argv.extend(cmd.split(' '));
-            argv.push(flag);
-            assert!(
-                Cli::try_parse_from(&argv).is_err(),
-                "`pgkeep {cmd}` accepts {flag} now: remove it from PENDING_FLAGS"
             );
         }
     }
