@@ -892,7 +892,10 @@ mod tests {
             .unwrap();
         assert!(st.success());
         let c = extract(&path, &t.path().join("out")).unwrap();
-        assert!(c.members.iter().any(|m| m.path == "records.dir/toc.dat"), "{c:?}");
+        assert!(
+            c.members.iter().any(|m| m.path == "records.dir/toc.dat"),
+            "{c:?}"
+        );
         assert!(t.path().join("out/records.dir/toc.dat").is_file());
     }
 

@@ -69,7 +69,6 @@ pub fn report_error(err: &anyhow::Error) {
     }
 }
 
-#[allow(dead_code)] // used by the backup and restore commands as they land
 /// A progress bar for `len` units (bytes when `bytes`), drawn only on a terminal.
 pub fn progress(len: u64, message: &str, bytes: bool) -> ProgressBar {
     if !std::io::stderr().is_terminal() {

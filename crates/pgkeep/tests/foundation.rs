@@ -417,6 +417,14 @@ fn check_demo_output(stdout: &str) {
         .find(|l| l.contains("records") && l.contains(" record "))
         .unwrap_or_else(|| panic!("no records.record row count in:\n{stdout}"));
     assert!(line.trim_end().ends_with("5000"), "{line}");
+    assert!(
+        stdout.contains("identical: tables, row counts"),
+        "logical round trip: {stdout}"
+    );
+    assert!(
+        stdout.contains("1234 rows written after the base backup are back"),
+        "bootstrap with WAL replay: {stdout}"
+    );
     assert!(stdout.contains("demo finished"), "{stdout}");
 }
 

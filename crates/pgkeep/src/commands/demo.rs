@@ -1,18 +1,25 @@
 //! `pgkeep demo`: the main job on a throwaway local site. It lays out a site like the pod's
 //! (data volume root with PGDATA below it, WAL archive, backups and socket directories), runs
 //! prep-dirs behind the mount guard, initdb and PostgreSQL as a non-root account, loads a small
-//! sample database, prints the sanity summary, and stops cleanly. Each stage is one function
-//! below, run in order by [`run`].
+//! sample database (with WAL archiving through `pgkeep wal push`), prints the sanity summary,
+//! takes a logical bundle, drops the database and restores it (and compares), takes a physical
+//! base backup, writes more, wipes the data volume, bootstraps from the base backup with WAL
+//! replay, checks the later writes are back, and stops cleanly. Each stage is one function below,
+//! run in order by [`run`].
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
+use pgkeep_engine::bundle::Level;
 use pgkeep_engine::datadir::{self, PrepMode};
 use pgkeep_engine::db::{ConnParams, Db};
 use pgkeep_engine::server::{self, InitDb, ManagedConf, RunAs};
 use pgkeep_engine::settings::Settings;
 use pgkeep_engine::tools::PgBin;
+use pgkeep_engine::{logical, physical, recovery};
 
 use crate::cli::Ctx;
 
@@ -34,6 +41,8 @@ pub struct Args {
 /// The demo's throwaway site and the settings pointing at it.
 struct Site {
     root: PathBuf,
+    /// A copy of this program the data owner can execute (archive and restore commands).
+    exe: PathBuf,
     settings: Settings,
     run_as: Option<RunAs>,
     pg: PgBin,
@@ -80,12 +89,33 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         let t = stage(5, "sanity summary");
         summary(&site).await?;
         done(t);
+
+        let t = stage(6, "logical backup, drop the database, restore it, compare");
+        logical_round_trip(&site).await?;
+        done(t);
+
+        let t = stage(7, "physical base backup, then more writes (archived WAL)");
+        let later = physical_backup_then_write(&site).await?;
+        done(t);
+
+        let t = stage(8, "stop PostgreSQL and wipe the data volume");
+        server::pg_ctl_stop(&site.pg, &site.settings.paths.pgdata, site.run_as)?;
+        wipe(&site)?;
+        done(t);
+
+        let t = stage(9, "bootstrap from the base backup with WAL replay");
+        bootstrap(&site, later).await?;
+        done(t);
         anyhow::Ok(())
     }
     .await;
 
-    let t = stage(6, "stop PostgreSQL");
-    let stopped = server::pg_ctl_stop(&site.pg, &site.settings.paths.pgdata, site.run_as);
+    let t = stage(10, "stop PostgreSQL");
+    let stopped = if datadir::running_postmaster(&site.settings.paths.pgdata).is_some() {
+        server::pg_ctl_stop(&site.pg, &site.settings.paths.pgdata, site.run_as)
+    } else {
+        Ok(())
+    };
     done(t);
     result?;
     stopped?;
@@ -163,7 +193,13 @@ fn lay_out(args: &Args, base: &Settings) -> anyhow::Result<Site> {
         }
     }
     let run_as = RunAs::data_owner(uid, gid)?;
+    // The checkout may be private to root: PostgreSQL runs archive_command as the data owner.
+    let exe = root.join("bin/pgkeep");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy(std::env::current_exe()?, &exe).context("copy pgkeep into the site")?;
+    pgkeep_engine::fsutil::set_mode(&exe, 0o755)?;
     Ok(Site {
+        exe,
         log_file: root.join("log/postgresql.log"),
         root,
         settings: s,
@@ -211,7 +247,18 @@ fn start(site: &Site) -> anyhow::Result<()> {
         .set("port", s.postgres.port)
         .set("unix_socket_directories", s.paths.run_dir.display())
         .set("listen_addresses", "")
-        .set("wal_level", "replica");
+        .set("wal_level", "replica")
+        .set("max_wal_senders", 4)
+        .set("max_replication_slots", 4)
+        .set("archive_mode", "on")
+        .set(
+            "archive_command",
+            format!(
+                "{} wal push --archive {} %p",
+                site.exe.display(),
+                s.paths.wal_archive.display()
+            ),
+        );
     server::write_managed_conf(&s.paths.pgdata, &conf, site.run_as)?;
     server::pg_ctl_start(
         &site.pg,
@@ -269,5 +316,166 @@ fn print_counts(counts: &[pgkeep_engine::db::TableCount]) {
     println!("   {:<14} {:<20} {:>10}", "schema", "table", "rows");
     for c in counts {
         println!("   {:<14} {:<20} {:>10}", c.schema, c.table, c.rows);
+    }
+}
+
+async fn logical_round_trip(site: &Site) -> anyhow::Result<()> {
+    let rt = logical::round_trip(
+        site.pg.clone(),
+        site.params(),
+        site.settings.paths.backups.clone(),
+        logical::default_jobs(),
+        Arc::new(logical::NoProgress),
+    )
+    .await?;
+    println!(
+        "   backup {} ({} bytes), restored {} tables with {} rows",
+        rt.backup.name, rt.backup.size, rt.restore.tables, rt.restore.rows
+    );
+    if !rt.identical() {
+        bail!(
+            "the restored database differs from the original:\n  {}",
+            rt.differences.join("\n  ")
+        );
+    }
+    println!("   identical: tables, row counts, materialized views and extensions");
+    Ok(())
+}
+
+/// Take a base backup, then write rows that only WAL replay can bring back; returns their count.
+async fn physical_backup_then_write(site: &Site) -> anyhow::Result<i64> {
+    let report = physical::take(physical::BackupRequest {
+        pg: &site.pg,
+        conn: &site.params(),
+        backups_dir: &site.settings.paths.backups,
+        level: Level::Fast,
+        on_progress: None,
+        on_estimate: None,
+    })
+    .await?;
+    println!(
+        "   {} ({} bytes, start LSN {}, timeline {})",
+        report.name, report.size, report.facts.start_lsn, report.facts.timeline
+    );
+    let db = Db::connect(&site.params()).await?;
+    let later = db.demo_write_after_backup().await?;
+    let segment = db.demo_switch_wal().await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while db.demo_last_archived().await?.as_deref() < Some(segment.as_str()) {
+        if Instant::now() > deadline {
+            bail!(
+                "WAL segment {segment} was not archived within 2 minutes\nhint: see {}",
+                site.log_file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("   wrote {later} rows after the backup; WAL archived up to {segment}");
+    Ok(later)
+}
+
+fn wipe(site: &Site) -> anyhow::Result<()> {
+    let s = &site.settings;
+    let report = datadir::wipe(
+        &s.paths.pgroot,
+        &s.paths.pgdata,
+        s.postgres.uid,
+        s.postgres.gid,
+        &datadir::Protected {
+            wal_archive: &s.paths.wal_archive,
+            backups: &s.paths.backups,
+        },
+    )?;
+    println!(
+        "   removed {} entries; {}",
+        report.removed,
+        datadir::format_listing(&s.paths.pgroot, &report.after).trim_end()
+    );
+    Ok(())
+}
+
+async fn bootstrap(site: &Site, later: i64) -> anyhow::Result<()> {
+    let s = &site.settings;
+    let report = recovery::bootstrap(
+        &site.pg,
+        &site.params(),
+        &recovery::BootstrapRequest {
+            pgroot: s.paths.pgroot.clone(),
+            pgdata: s.paths.pgdata.clone(),
+            wal_archive: s.paths.wal_archive.clone(),
+            backups: s.paths.backups.clone(),
+            uid: s.postgres.uid,
+            gid: s.postgres.gid,
+            from: None,
+            target: None,
+            keep_old: false,
+            leave_running: true,
+            pgkeep_exe: site.exe.clone(),
+            timeout: Duration::from_secs(300),
+        },
+    )
+    .await?;
+    println!(
+        "   recovered from {}: end LSN {}, timeline {}, last replayed transaction {}",
+        report.bundle,
+        report.end_lsn.as_deref().unwrap_or("?"),
+        report
+            .timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
+        report.last_replayed_xact_time.as_deref().unwrap_or("?")
+    );
+    let db = Db::connect(&site.params()).await?;
+    let found = db.demo_count_after_backup().await?;
+    if found != later {
+        bail!(
+            "after WAL replay the table written after the backup has {found} rows, expected {later}"
+        );
+    }
+    println!("   the {later} rows written after the base backup are back");
+    summary(site).await
+}
+
+/// The demo's own typed queries.
+trait DemoQueries {
+    async fn demo_write_after_backup(&self) -> anyhow::Result<i64>;
+    async fn demo_switch_wal(&self) -> anyhow::Result<String>;
+    async fn demo_last_archived(&self) -> anyhow::Result<Option<String>>;
+    async fn demo_count_after_backup(&self) -> anyhow::Result<i64>;
+}
+
+impl DemoQueries for Db {
+    async fn demo_write_after_backup(&self) -> anyhow::Result<i64> {
+        self.client()
+            .batch_execute(
+                "create table audit.after_backup as \
+                 select g as id, md5(g::text) as payload from generate_series(1, 1234) g",
+            )
+            .await?;
+        self.demo_count_after_backup().await
+    }
+
+    async fn demo_switch_wal(&self) -> anyhow::Result<String> {
+        Ok(self
+            .client()
+            .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+            .await?
+            .get(0))
+    }
+
+    async fn demo_last_archived(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .client()
+            .query_one("select last_archived_wal from pg_stat_archiver", &[])
+            .await?
+            .get(0))
+    }
+
+    async fn demo_count_after_backup(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .client()
+            .query_one("select count(*) from audit.after_backup", &[])
+            .await?
+            .get(0))
     }
 }
