@@ -39,6 +39,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Settings file (default: ./pgkeep.toml when it exists).
     #[arg(long, global = true, env = "PGKEEP_CONFIG", value_name = "PATH")]
