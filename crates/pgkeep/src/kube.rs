@@ -1,0 +1,107 @@
+//! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings, a
+//! Ctrl-C stop future for followed Jobs, and stdout as the log sink. Nothing here is used by the
+//! local code paths.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pgkeep_kube::manifests::{self, BASE_DIR, Object};
+use pgkeep_kube::ops::apply::ServerVersion;
+use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
+use pgkeep_kube::ops::{Cluster, Wait};
+use serde_json::Value;
+
+use crate::cli::Ctx;
+
+/// The context and API server a kubeconfig points at, best effort, for messages.
+struct Where {
+    context: Option<String>,
+    server: Option<String>,
+}
+
+fn kubeconfig_where(wanted: Option<&str>) -> Where {
+    let Ok(kc) = ::kube::config::Kubeconfig::read() else {
+        return Where {
+            context: None,
+            server: None,
+        };
+    };
+    let context = wanted
+        .map(str::to_owned)
+        .or_else(|| kc.current_context.clone());
+    let server = context.as_ref().and_then(|name| {
+        let ctx = kc.contexts.iter().find(|c| &c.name == name)?;
+        let cluster_name = &ctx.context.as_ref()?.cluster;
+        let cluster = kc.clusters.iter().find(|c| &c.name == cluster_name)?;
+        cluster.cluster.as_ref()?.server.clone()
+    });
+    Where { context, server }
+}
+
+/// Connect to the cluster of the settings (`kube.context`, else the kubeconfig's current
+/// context, else the in-cluster service account) and probe it.
+pub async fn connect(ctx: &Ctx) -> anyhow::Result<(Cluster, ServerVersion)> {
+    let mut opts = ConnectOptions::from_settings(&ctx.settings().kube);
+    let at = kubeconfig_where(opts.context.as_deref());
+    if opts.context.is_none() {
+        // Name the current context so that messages say which one was used.
+        opts.context = at.context.clone();
+    }
+    let describe = match (&at.context, &at.server) {
+        (Some(c), Some(s)) => format!(" (context \"{c}\", cluster {s})"),
+        (Some(c), None) => format!(" (context \"{c}\")"),
+        _ => String::new(),
+    };
+    ops_connect(&opts).await.with_context(|| {
+        format!(
+            "connecting to Kubernetes{describe}, namespace {}",
+            opts.namespace
+        )
+    })
+}
+
+#[allow(dead_code)] // used by the Job-running commands next
+/// Resolves when Ctrl-C is pressed (never, if the handler cannot be installed).
+pub async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[allow(dead_code)] // used by the Job-running commands next
+/// Where streamed Job logs go.
+pub fn stdout_sink() -> std::io::Stdout {
+    std::io::stdout()
+}
+
+/// A wait of `secs` seconds, polling every two seconds.
+pub fn wait_secs(secs: u64) -> Wait {
+    Wait::new(Duration::from_secs(secs), Duration::from_secs(2))
+}
+
+/// The base objects `deploy` applies: everything in the rendered base except the PVCs and the
+/// Secret template (ensured separately) and the kustomization.
+pub fn base_objects(ctx: &Ctx) -> Vec<Value> {
+    let tree = manifests::render(ctx.settings());
+    tree.objects()
+        .filter(|(f, _)| f.path.starts_with(&format!("{BASE_DIR}/")))
+        .filter(|(_, o)| {
+            !matches!(
+                o,
+                Object::Pvc(_) | Object::Secret(_) | Object::Kustomization(_)
+            )
+        })
+        .map(|(_, o)| o.to_value())
+        .collect()
+}
+
+/// The PVCs of the rendered base, in order.
+pub fn base_pvcs(ctx: &Ctx) -> Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim> {
+    let tree = manifests::render(ctx.settings());
+    tree.objects()
+        .filter_map(|(_, o)| match o {
+            Object::Pvc(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! The `--kube` commands without a cluster: each must fail fast and clearly (exit 1, naming
+//! the kubeconfig context and cluster, with a hint) when the API server is unreachable.
+//! Only a loopback address that refuses connections (https://127.0.0.1:1) is used.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn dead_kubeconfig(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: deadcluster
+  cluster:
+    server: https://127.0.0.1:1
+contexts:
+- name: deadctx
+  context:
+    cluster: deadcluster
+    user: nobody
+current-context: deadctx
+users:
+- name: nobody
+  user:
+    token: not-a-real-token
+",
+    )
+    .unwrap();
+    path
+}
+
+fn assert_unreachable(args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .arg("--kube")
+        .args(args)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("deadctx"))
+        .stderr(predicate::str::contains("https://127.0.0.1:1"))
+        .stderr(predicate::str::contains("no cluster reachable"))
+        .stderr(predicate::str::contains("hint:"))
+        .stderr(predicate::str::contains("not-a-real-token").not());
+}
+
+#[test]
+fn pvc_ensure_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["pvc", "ensure"]);
+    assert_unreachable(&["pvc", "ensure", "--dry-run"]);
+}
+
+#[test]
+fn deploy_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["deploy", "--dry-run", "--wait"]);
+}
+
+#[test]
+fn scale_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["scale", "0", "--timeout", "5"]);
+    assert_unreachable(&["scale", "1"]);
+}
+
+#[test]
+fn loader_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["loader", "up"]);
+    assert_unreachable(&["loader", "down"]);
+}
