@@ -5,9 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::batch::v1::Job;
 use pgkeep_kube::manifests::{self, BASE_DIR, Object};
 use pgkeep_kube::ops::apply::ServerVersion;
 use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
+use pgkeep_kube::ops::exec::KubeLogs;
+use pgkeep_kube::ops::flows;
+use pgkeep_kube::ops::job::{self as ops_job, JobRunOptions};
 use pgkeep_kube::ops::{Cluster, Wait};
 use serde_json::Value;
 
@@ -60,7 +64,6 @@ pub async fn connect(ctx: &Ctx) -> anyhow::Result<(Cluster, ServerVersion)> {
     })
 }
 
-#[allow(dead_code)] // used by the Job-running commands next
 /// Resolves when Ctrl-C is pressed (never, if the handler cannot be installed).
 pub async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
@@ -68,7 +71,6 @@ pub async fn ctrl_c() {
     }
 }
 
-#[allow(dead_code)] // used by the Job-running commands next
 /// Where streamed Job logs go.
 pub fn stdout_sink() -> std::io::Stdout {
     std::io::stdout()
@@ -104,4 +106,63 @@ pub fn base_pvcs(ctx: &Ctx) -> Vec<k8s_openapi::api::core::v1::PersistentVolumeC
             _ => None,
         })
         .collect()
+}
+
+/// Run `job` (its name is a prefix made unique), streaming its logs to stdout; Ctrl-C stops
+/// following (the Job keeps running). Prints the outcome.
+pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+    let logs = KubeLogs {
+        cluster: cluster.clone(),
+    };
+    let mut sink = stdout_sink();
+    let outcome = ops_job::run_job(
+        cluster,
+        job,
+        &logs,
+        &mut sink,
+        ctrl_c(),
+        &JobRunOptions::default(),
+    )
+    .await?;
+    println!("{outcome}");
+    Ok(())
+}
+
+/// `kubectl create job --from=cronjob/NAME`: a Job from the CronJob as it is on the server,
+/// run as [`run_job`].
+pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
+    let (cluster, _server) = connect(ctx).await?;
+    let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
+    let job = ops_job::job_from_cronjob(&cron, &format!("{cronjob}-manual"))?;
+    run_job(&cluster, job).await
+}
+
+/// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`].
+pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+    let k = &ctx.settings().kube;
+    let logs = KubeLogs {
+        cluster: cluster.clone(),
+    };
+    let mut sink = stdout_sink();
+    let (scaled, outcome) = flows::scale_down_and_run(
+        cluster,
+        &k.deployment,
+        &k.app,
+        Wait::default(),
+        job,
+        &logs,
+        &mut sink,
+        ctrl_c(),
+        &JobRunOptions::default(),
+    )
+    .await?;
+    println!(
+        "deployment/{} scaled to {} (pods gone after {}s)",
+        scaled.deployment,
+        scaled.replicas,
+        scaled.waited.as_secs()
+    );
+    println!("{outcome}");
+    println!("hint: scale the database up again with `pgkeep --kube scale 1` when you are done");
+    Ok(())
 }

@@ -77,3 +77,39 @@ fn loader_without_cluster_fails_with_context_and_hint() {
     assert_unreachable(&["loader", "up"]);
     assert_unreachable(&["loader", "down"]);
 }
+
+#[test]
+fn backup_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["backup", "logical"]);
+    assert_unreachable(&["backup", "physical"]);
+}
+
+#[test]
+fn restore_dump_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["restore", "dump"]);
+    assert_unreachable(&["restore", "dump", "--clean", "--yes"]);
+}
+
+#[test]
+fn wipe_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["wipe", "--yes"]);
+}
+
+#[test]
+fn wipe_without_yes_refuses_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .arg("--kube")
+        .args(["wipe"])
+        .write_stdin("")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("--yes"))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+}
