@@ -113,3 +113,37 @@ fn wipe_without_yes_refuses_before_connecting() {
         .stderr(predicate::str::contains("--yes"))
         .stderr(predicate::str::contains("no cluster reachable").not());
 }
+
+#[test]
+fn unknown_context_fails_naming_it_with_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args(["--kube", "--context", "nosuchctx", "pvc", "ensure"])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nosuchctx"))
+        .stderr(predicate::str::contains("hint:"));
+}
+
+#[test]
+fn namespace_flag_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args(["--kube", "--namespace", "elsewhere", "scale", "1"])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("namespace elsewhere"))
+        .stderr(predicate::str::contains("deadctx"));
+}
