@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::Job;
+use pgkeep_engine::settings::Settings;
 use pgkeep_kube::manifests::{self, BASE_DIR, Object};
 use pgkeep_kube::ops::apply::ServerVersion;
 use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
@@ -83,8 +84,8 @@ pub fn wait_secs(secs: u64) -> Wait {
 
 /// The base objects `deploy` applies: everything in the rendered base except the PVCs and the
 /// Secret template (ensured separately) and the kustomization.
-pub fn base_objects(ctx: &Ctx) -> Vec<Value> {
-    let tree = manifests::render(ctx.settings());
+pub fn base_objects(s: &Settings) -> Vec<Value> {
+    let tree = manifests::render(s);
     tree.objects()
         .filter(|(f, _)| f.path.starts_with(&format!("{BASE_DIR}/")))
         .filter(|(_, o)| {
@@ -98,8 +99,8 @@ pub fn base_objects(ctx: &Ctx) -> Vec<Value> {
 }
 
 /// The PVCs of the rendered base, in order.
-pub fn base_pvcs(ctx: &Ctx) -> Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim> {
-    let tree = manifests::render(ctx.settings());
+pub fn base_pvcs(s: &Settings) -> Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim> {
+    let tree = manifests::render(s);
     tree.objects()
         .filter_map(|(_, o)| match o {
             Object::Pvc(p) => Some(p.clone()),
@@ -165,4 +166,24 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
     println!("{outcome}");
     println!("hint: scale the database up again with `pgkeep --kube scale 1` when you are done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_applies_the_base_without_pvcs_secret_or_kustomization() {
+        let s = Settings::default();
+        let kinds: Vec<String> = base_objects(&s)
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(kinds, ["Deployment", "Service", "CronJob", "CronJob"]);
+        let pvcs: Vec<String> = base_pvcs(&s)
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(pvcs.len(), 3, "{pvcs:?}");
+    }
 }

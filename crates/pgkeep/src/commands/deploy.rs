@@ -32,10 +32,10 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let (cluster, _server) = crate::kube::connect(&ctx).await?;
     let s = ctx.settings();
     let input = DeployInput {
-        pvcs: crate::kube::base_pvcs(&ctx),
+        pvcs: crate::kube::base_pvcs(ctx.settings()),
         secret: superuser_secret_template(s),
         password_key: SECRET_PASSWORD_KEY.to_owned(),
-        objects: crate::kube::base_objects(&ctx),
+        objects: crate::kube::base_objects(s),
     };
     let opts = DeployOptions {
         dry_run: args.dry_run,
