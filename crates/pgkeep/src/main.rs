@@ -7,6 +7,7 @@
 mod cli;
 mod commands;
 mod exit;
+mod kube;
 mod output;
 
 use std::process::ExitCode;

@@ -62,7 +62,8 @@ impl Progress for BarProgress {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("backup logical --kube"));
+        let cron = pgkeep_kube::manifests::backup::logical_name(ctx.settings());
+        return crate::kube::run_cronjob(&ctx, &cron).await;
     }
     let s = ctx.settings();
     let backup = LogicalBackup {

@@ -33,7 +33,8 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("backup physical --kube"));
+        let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
+        return crate::kube::run_cronjob(&ctx, &cron).await;
     }
     let s = ctx.settings();
     let pg = PgBin::locate()?;

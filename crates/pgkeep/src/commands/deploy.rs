@@ -1,12 +1,73 @@
 //! `pgkeep deploy`: apply the whole stack through the Kubernetes API.
 //!
-//! Not implemented yet: exits with code 2 and says so.
+//! Kubernetes only (`--kube`), the seed's `pg.deploy`: PVCs ensured (never changed), the
+//! superuser Secret created with a random password when missing (never printed), then the
+//! rendered base (Deployment, Service, CronJobs) server-side applied, adapted to the server's
+//! version (e.g. 1.20: CronJobs as batch/v1beta1 without `timeZone`; the notes say so).
+
+use pgkeep_engine::settings::Target;
+use pgkeep_kube::manifests::common::SECRET_PASSWORD_KEY;
+use pgkeep_kube::manifests::storage::superuser_secret_template;
+use pgkeep_kube::ops::flows::{DeployInput, DeployOptions, deploy};
 
 use crate::cli::Ctx;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Ask the API server for a dry run of every write: nothing is changed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for the Deployment's rollout (ignored with --dry-run).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("deploy"))
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.target() != Target::Kube {
+        return Err(crate::exit::not_implemented("deploy (without --kube)"));
+    }
+    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let s = ctx.settings();
+    let input = DeployInput {
+        pvcs: crate::kube::base_pvcs(ctx.settings()),
+        secret: superuser_secret_template(s),
+        password_key: SECRET_PASSWORD_KEY.to_owned(),
+        objects: crate::kube::base_objects(s),
+    };
+    let opts = DeployOptions {
+        dry_run: args.dry_run,
+        wait: args.wait.then(|| crate::kube::wait_secs(args.timeout)),
+        adapt: true,
+        deployment: s.kube.deployment.clone(),
+        app: s.kube.app.clone(),
+    };
+    let report = deploy(&cluster, &input, &opts).await?;
+    println!("server: {}", report.server);
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    for p in &report.pvcs {
+        println!("{p}");
+    }
+    println!("{}", report.secret);
+    for a in &report.applied {
+        println!("{a}");
+    }
+    if let Some(r) = &report.rollout {
+        println!(
+            "deployment/{} rolled out: {} replica(s) ready after {}s",
+            r.deployment,
+            r.replicas,
+            r.waited.as_secs()
+        );
+    }
+    if report.pvcs.iter().any(|p| p.differs()) {
+        println!(
+            "warning: an existing claim differs from the settings (see above); it was left unchanged"
+        );
+    }
+    Ok(())
 }

@@ -47,7 +47,7 @@ pub struct RestoreArgs {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("restore dump --kube"));
+        return restore_kube(args, ctx).await;
     }
     let source = match args.from {
         Some(n) => RestoreSource::Named(n),
@@ -157,4 +157,50 @@ fn render(s: &RestoreSummary) -> String {
         out.push_str(&format!("  error: {e}\n"));
     }
     out
+}
+
+/// `--kube`: run the restore-from-dump Job (the options passed on to `pgkeep restore dump` in
+/// its pod) and follow it. With `--clean`, confirm here first.
+async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let r = &args.restore;
+    let mut yes = r.yes;
+    if r.clean {
+        let k = &ctx.settings().kube;
+        crate::output::confirm(
+            &format!(
+                "This restores a dump with --clean into the database of deployment/{} in namespace {}, dropping and recreating the dump's objects.",
+                k.deployment, k.namespace
+            ),
+            r.yes,
+        )?;
+        yes = true;
+    }
+    let mut extra: Vec<String> = Vec::new();
+    if let Some(from) = &args.from {
+        extra.extend(["--from".to_owned(), from.clone()]);
+    }
+    if let Some(j) = r.jobs {
+        extra.extend(["--jobs".to_owned(), j.to_string()]);
+    }
+    for (on, flag) in [
+        (r.clean, "--clean"),
+        (yes, "--yes"),
+        (r.keep_going, "--keep-going"),
+        (r.json, "--json"),
+    ] {
+        if on {
+            extra.push(flag.to_owned());
+        }
+    }
+    let mut job = pgkeep_kube::manifests::jobs::restore_from_dump(ctx.settings());
+    if let Some(c) = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        c.args.get_or_insert_with(Vec::new).extend(extra);
+    }
+    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    crate::kube::run_job(&cluster, job).await
 }

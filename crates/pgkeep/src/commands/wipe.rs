@@ -16,7 +16,7 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("wipe --kube"));
+        return wipe_kube(args, ctx).await;
     }
     let s = ctx.settings();
     let protected = Protected {
@@ -55,4 +55,19 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         datadir::format_listing(&s.paths.pgroot, &report.after)
     );
     Ok(())
+}
+
+/// `--kube`: confirm, scale the Deployment to 0, run the wipe Job and follow it.
+async fn wipe_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let k = &ctx.settings().kube;
+    crate::output::confirm(
+        &format!(
+            "This scales deployment/{} in namespace {} to 0 and deletes everything on its data volume.",
+            k.deployment, k.namespace
+        ),
+        args.yes,
+    )?;
+    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let job = pgkeep_kube::manifests::jobs::wipe(ctx.settings());
+    crate::kube::scale_down_and_run(&ctx, &cluster, job).await
 }

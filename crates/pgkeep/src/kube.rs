@@ -1,0 +1,189 @@
+//! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings, a
+//! Ctrl-C stop future for followed Jobs, and stdout as the log sink. Nothing here is used by the
+//! local code paths.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::batch::v1::Job;
+use pgkeep_engine::settings::Settings;
+use pgkeep_kube::manifests::{self, BASE_DIR, Object};
+use pgkeep_kube::ops::apply::ServerVersion;
+use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
+use pgkeep_kube::ops::exec::KubeLogs;
+use pgkeep_kube::ops::flows;
+use pgkeep_kube::ops::job::{self as ops_job, JobRunOptions};
+use pgkeep_kube::ops::{Cluster, Wait};
+use serde_json::Value;
+
+use crate::cli::Ctx;
+
+/// The context and API server a kubeconfig points at, best effort, for messages.
+struct Where {
+    context: Option<String>,
+    server: Option<String>,
+}
+
+fn kubeconfig_where(wanted: Option<&str>) -> Where {
+    let Ok(kc) = ::kube::config::Kubeconfig::read() else {
+        return Where {
+            context: None,
+            server: None,
+        };
+    };
+    let context = wanted
+        .map(str::to_owned)
+        .or_else(|| kc.current_context.clone());
+    let server = context.as_ref().and_then(|name| {
+        let ctx = kc.contexts.iter().find(|c| &c.name == name)?;
+        let cluster_name = &ctx.context.as_ref()?.cluster;
+        let cluster = kc.clusters.iter().find(|c| &c.name == cluster_name)?;
+        cluster.cluster.as_ref()?.server.clone()
+    });
+    Where { context, server }
+}
+
+/// Connect to the cluster of the settings (`kube.context`, else the kubeconfig's current
+/// context, else the in-cluster service account) and probe it.
+pub async fn connect(ctx: &Ctx) -> anyhow::Result<(Cluster, ServerVersion)> {
+    let mut opts = ConnectOptions::from_settings(&ctx.settings().kube);
+    let at = kubeconfig_where(opts.context.as_deref());
+    if opts.context.is_none() {
+        // Name the current context so that messages say which one was used.
+        opts.context = at.context.clone();
+    }
+    let describe = match (&at.context, &at.server) {
+        (Some(c), Some(s)) => format!(" (context \"{c}\", cluster {s})"),
+        (Some(c), None) => format!(" (context \"{c}\")"),
+        _ => String::new(),
+    };
+    ops_connect(&opts).await.with_context(|| {
+        format!(
+            "connecting to Kubernetes{describe}, namespace {}",
+            opts.namespace
+        )
+    })
+}
+
+/// Resolves when Ctrl-C is pressed (never, if the handler cannot be installed).
+pub async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Where streamed Job logs go.
+pub fn stdout_sink() -> std::io::Stdout {
+    std::io::stdout()
+}
+
+/// A wait of `secs` seconds, polling every two seconds.
+pub fn wait_secs(secs: u64) -> Wait {
+    Wait::new(Duration::from_secs(secs), Duration::from_secs(2))
+}
+
+/// The base objects `deploy` applies: everything in the rendered base except the PVCs and the
+/// Secret template (ensured separately) and the kustomization.
+pub fn base_objects(s: &Settings) -> Vec<Value> {
+    let tree = manifests::render(s);
+    tree.objects()
+        .filter(|(f, _)| f.path.starts_with(&format!("{BASE_DIR}/")))
+        .filter(|(_, o)| {
+            !matches!(
+                o,
+                Object::Pvc(_) | Object::Secret(_) | Object::Kustomization(_)
+            )
+        })
+        .map(|(_, o)| o.to_value())
+        .collect()
+}
+
+/// The PVCs of the rendered base, in order.
+pub fn base_pvcs(s: &Settings) -> Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim> {
+    let tree = manifests::render(s);
+    tree.objects()
+        .filter_map(|(_, o)| match o {
+            Object::Pvc(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Run `job` (its name is a prefix made unique), streaming its logs to stdout; Ctrl-C stops
+/// following (the Job keeps running). Prints the outcome.
+pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+    let logs = KubeLogs {
+        cluster: cluster.clone(),
+    };
+    let mut sink = stdout_sink();
+    let outcome = ops_job::run_job(
+        cluster,
+        job,
+        &logs,
+        &mut sink,
+        ctrl_c(),
+        &JobRunOptions::default(),
+    )
+    .await?;
+    println!("{outcome}");
+    Ok(())
+}
+
+/// `kubectl create job --from=cronjob/NAME`: a Job from the CronJob as it is on the server,
+/// run as [`run_job`].
+pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
+    let (cluster, _server) = connect(ctx).await?;
+    let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
+    let job = ops_job::job_from_cronjob(&cron, &format!("{cronjob}-manual"))?;
+    run_job(&cluster, job).await
+}
+
+/// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`].
+pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+    let k = &ctx.settings().kube;
+    let logs = KubeLogs {
+        cluster: cluster.clone(),
+    };
+    let mut sink = stdout_sink();
+    let (scaled, outcome) = flows::scale_down_and_run(
+        cluster,
+        &k.deployment,
+        &k.app,
+        Wait::default(),
+        job,
+        &logs,
+        &mut sink,
+        ctrl_c(),
+        &JobRunOptions::default(),
+    )
+    .await?;
+    println!(
+        "deployment/{} scaled to {} (pods gone after {}s)",
+        scaled.deployment,
+        scaled.replicas,
+        scaled.waited.as_secs()
+    );
+    println!("{outcome}");
+    println!("hint: scale the database up again with `pgkeep --kube scale 1` when you are done");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_applies_the_base_without_pvcs_secret_or_kustomization() {
+        let s = Settings::default();
+        let kinds: Vec<String> = base_objects(&s)
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(kinds, ["Deployment", "Service", "CronJob", "CronJob"]);
+        let pvcs: Vec<String> = base_pvcs(&s)
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(pvcs.len(), 3, "{pvcs:?}");
+    }
+}

@@ -1,0 +1,149 @@
+//! The `--kube` commands without a cluster: each must fail fast and clearly (exit 1, naming
+//! the kubeconfig context and cluster, with a hint) when the API server is unreachable.
+//! Only a loopback address that refuses connections (https://127.0.0.1:1) is used.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn dead_kubeconfig(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: deadcluster
+  cluster:
+    server: https://127.0.0.1:1
+contexts:
+- name: deadctx
+  context:
+    cluster: deadcluster
+    user: nobody
+current-context: deadctx
+users:
+- name: nobody
+  user:
+    token: not-a-real-token
+",
+    )
+    .unwrap();
+    path
+}
+
+fn assert_unreachable(args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .arg("--kube")
+        .args(args)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("deadctx"))
+        .stderr(predicate::str::contains("https://127.0.0.1:1"))
+        .stderr(predicate::str::contains("no cluster reachable"))
+        .stderr(predicate::str::contains("hint:"))
+        .stderr(predicate::str::contains("not-a-real-token").not());
+}
+
+#[test]
+fn pvc_ensure_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["pvc", "ensure"]);
+    assert_unreachable(&["pvc", "ensure", "--dry-run"]);
+}
+
+#[test]
+fn deploy_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["deploy", "--dry-run", "--wait"]);
+}
+
+#[test]
+fn scale_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["scale", "0", "--timeout", "5"]);
+    assert_unreachable(&["scale", "1"]);
+}
+
+#[test]
+fn loader_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["loader", "up"]);
+    assert_unreachable(&["loader", "down"]);
+}
+
+#[test]
+fn backup_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["backup", "logical"]);
+    assert_unreachable(&["backup", "physical"]);
+}
+
+#[test]
+fn restore_dump_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["restore", "dump"]);
+    assert_unreachable(&["restore", "dump", "--clean", "--yes"]);
+}
+
+#[test]
+fn wipe_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["wipe", "--yes"]);
+}
+
+#[test]
+fn wipe_without_yes_refuses_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .arg("--kube")
+        .args(["wipe"])
+        .write_stdin("")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("--yes"))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+}
+
+#[test]
+fn unknown_context_fails_naming_it_with_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args(["--kube", "--context", "nosuchctx", "pvc", "ensure"])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("nosuchctx"))
+        .stderr(predicate::str::contains("hint:"));
+}
+
+#[test]
+fn namespace_flag_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dead_kubeconfig(&dir);
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args(["--kube", "--namespace", "elsewhere", "scale", "1"])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("namespace elsewhere"))
+        .stderr(predicate::str::contains("deadctx"));
+}
