@@ -22,6 +22,13 @@ pub fn init_logging(ctx: &Ctx) {
         (false, 1) => "debug",
         _ => "trace",
     };
+    // kube's client logs a connection failure itself; pgkeep's own error says it with a hint,
+    // so its lines show only with -v.
+    let default = if ctx.verbose == 0 {
+        format!("{default},kube_client=off")
+    } else {
+        default.to_owned()
+    };
     let filter = EnvFilter::try_from_env("PGKEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let registry = tracing_subscriber::registry().with(filter);
     match ctx.log_format {
