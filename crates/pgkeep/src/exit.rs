@@ -40,6 +40,17 @@ impl std::fmt::Display for Refused {
 }
 impl std::error::Error for Refused {}
 
+/// The same command, run in a pod, exited with this code; pgkeep exits with it too.
+#[derive(Debug)]
+pub struct RemoteExit(pub i32);
+
+impl std::fmt::Display for RemoteExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command in the pod exited with code {}", self.0)
+    }
+}
+impl std::error::Error for RemoteExit {}
+
 fn class(c: ExitClass) -> u8 {
     match c {
         ExitClass::Failed => FAILED,
@@ -55,6 +66,12 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<Refused>() {
             return REFUSED;
+        }
+        if let Some(RemoteExit(code)) = cause.downcast_ref::<RemoteExit>() {
+            return u8::try_from(*code)
+                .ok()
+                .filter(|c| *c != 0)
+                .unwrap_or(FAILED);
         }
         if let Some(e) = cause.downcast_ref::<pgkeep_engine::datadir::DatadirError>() {
             return class(e.exit_class());

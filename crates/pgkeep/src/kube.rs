@@ -168,6 +168,41 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
     Ok(())
 }
 
+/// Run `pgkeep ARGS --local` in the db container of the ready PostgreSQL pod (the local meaning
+/// of a read-only command, executed where the data is), copy its stdout and stderr through, and
+/// end with its exit code.
+pub async fn run_local_in_db(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
+    let (cluster, _) = connect(ctx).await?;
+    let s = ctx.settings();
+    let mut command = vec!["pgkeep".to_owned()];
+    command.extend(args.iter().map(|a| a.to_string()));
+    command.push("--local".into());
+    let exec = pgkeep_kube::ops::exec::KubeExec {
+        cluster: cluster.clone(),
+    };
+    let out = pgkeep_kube::ops::flows::exec_in_db(
+        &cluster,
+        &s.kube.app,
+        &s.kube.container,
+        &exec,
+        command,
+    )
+    .await
+    .with_context(|| format!("running `pgkeep {}` in the db pod", args.join(" ")))?;
+    use std::io::Write;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    match out.exit_code {
+        Some(0) => Ok(()),
+        Some(code) => Err(crate::exit::RemoteExit(code).into()),
+        None => anyhow::bail!(
+            "`pgkeep {}` in the db pod did not report an exit status: {}",
+            args.join(" "),
+            out.message
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

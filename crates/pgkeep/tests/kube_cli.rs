@@ -147,3 +147,11 @@ fn namespace_flag_is_named_in_the_error() {
         .stderr(predicate::str::contains("namespace elsewhere"))
         .stderr(predicate::str::contains("deadctx"));
 }
+
+#[test]
+fn read_only_commands_in_the_db_pod_fail_with_context_and_hint() {
+    assert_unreachable(&["sanity"]);
+    assert_unreachable(&["sanity", "--json", "--estimate"]);
+    assert_unreachable(&["space", "--json"]);
+    assert_unreachable(&["status"]);
+}

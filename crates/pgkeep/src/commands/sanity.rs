@@ -19,7 +19,14 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("sanity --kube"));
+        let mut a = vec!["sanity"];
+        if args.estimate {
+            a.push("--estimate");
+        }
+        if args.json {
+            a.push("--json");
+        }
+        return crate::kube::run_local_in_db(&ctx, &a).await;
     }
     let db = Db::connect(&ConnParams::from_settings(ctx.settings())).await?;
     let report = db.sanity(args.estimate).await?;

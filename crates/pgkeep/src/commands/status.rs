@@ -16,7 +16,11 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("status --kube"));
+        let mut a = vec!["status"];
+        if args.json {
+            a.push("--json");
+        }
+        return crate::kube::run_local_in_db(&ctx, &a).await;
     }
     let s = ctx.settings();
     let r = inspect::status(
