@@ -101,6 +101,25 @@ pub struct PhysicalFacts {
 }
 
 impl PhysicalFacts {
+    /// Facts with only the timeline and LSNs set (unit tests of WAL arithmetic).
+    #[cfg(test)]
+    pub(crate) fn for_test(timeline: u32, start_lsn: &str, stop_lsn: &str) -> PhysicalFacts {
+        PhysicalFacts {
+            system_identifier: "1".into(),
+            server_version: "15".into(),
+            server_version_num: 150000,
+            timeline,
+            start_lsn: start_lsn.parse().expect("valid LSN"),
+            stop_lsn: stop_lsn.parse().expect("valid LSN"),
+            start_wal_file: String::new(),
+            stop_wal_file: String::new(),
+            wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
+            start_time: String::new(),
+            stop_time: String::new(),
+            label: String::new(),
+        }
+    }
+
     fn to_info(&self, data_bytes: u64) -> BTreeMap<String, serde_json::Value> {
         let mut info = match serde_json::to_value(self).expect("facts serialise") {
             serde_json::Value::Object(m) => m.into_iter().collect::<BTreeMap<_, _>>(),
@@ -669,20 +688,7 @@ mod tests {
 
     #[test]
     fn needed_segments_span_start_to_stop() {
-        let f = PhysicalFacts {
-            system_identifier: "1".into(),
-            server_version: "15".into(),
-            server_version_num: 150000,
-            timeline: 2,
-            start_lsn: "0/2000028".parse().unwrap(),
-            stop_lsn: "0/4000100".parse().unwrap(),
-            start_wal_file: String::new(),
-            stop_wal_file: String::new(),
-            wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
-            start_time: String::new(),
-            stop_time: String::new(),
-            label: String::new(),
-        };
+        let f = PhysicalFacts::for_test(2, "0/2000028", "0/4000100");
         assert_eq!(
             f.needed_segments(),
             vec![

@@ -1282,20 +1282,7 @@ mod tests {
 
     #[test]
     fn next_needed_segment_follows_the_last_restored() {
-        let facts = PhysicalFacts {
-            system_identifier: "1".into(),
-            server_version: "15".into(),
-            server_version_num: 150000,
-            timeline: 1,
-            start_lsn: "0/2000028".parse().unwrap(),
-            stop_lsn: "0/3000100".parse().unwrap(),
-            start_wal_file: String::new(),
-            stop_wal_file: String::new(),
-            wal_segment_size: wal::DEFAULT_SEGMENT_SIZE,
-            start_time: String::new(),
-            stop_time: String::new(),
-            label: String::new(),
-        };
+        let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
         let log = "LOG:  restored log file \"000000010000000000000002\" from archive\n";
         assert_eq!(
             next_needed_segment(log, &facts).unwrap(),

@@ -34,14 +34,19 @@ users:
     path
 }
 
+/// pgkeep pointed at a kubeconfig whose only cluster (https://127.0.0.1:1) refuses connections.
+fn against_dead_cluster(dir: &tempfile::TempDir) -> Command {
+    let kc = dead_kubeconfig(dir);
+    let mut c = Command::cargo_bin("pgkeep").unwrap();
+    c.env("PGKEEP_CONFIG", "/dev/null")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path());
+    c
+}
+
 fn assert_unreachable(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dead_kubeconfig(&dir);
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .env("PGKEEP_CONFIG", "/dev/null")
-        .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+    against_dead_cluster(&dir)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .arg("--kube")
         .args(args)
@@ -98,12 +103,7 @@ fn wipe_without_cluster_fails_with_context_and_hint() {
 #[test]
 fn wipe_without_yes_refuses_before_connecting() {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dead_kubeconfig(&dir);
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .env("PGKEEP_CONFIG", "/dev/null")
-        .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+    against_dead_cluster(&dir)
         .arg("--kube")
         .args(["wipe"])
         .write_stdin("")
@@ -117,12 +117,7 @@ fn wipe_without_yes_refuses_before_connecting() {
 #[test]
 fn unknown_context_fails_naming_it_with_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dead_kubeconfig(&dir);
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .env("PGKEEP_CONFIG", "/dev/null")
-        .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+    against_dead_cluster(&dir)
         .args(["--kube", "--context", "nosuchctx", "pvc", "ensure"])
         .timeout(Duration::from_secs(30))
         .assert()
@@ -134,12 +129,7 @@ fn unknown_context_fails_naming_it_with_hint() {
 #[test]
 fn namespace_flag_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dead_kubeconfig(&dir);
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .env("PGKEEP_CONFIG", "/dev/null")
-        .env("KUBECONFIG", &kc)
-        .env("HOME", dir.path())
+    against_dead_cluster(&dir)
         .args(["--kube", "--namespace", "elsewhere", "scale", "1"])
         .timeout(Duration::from_secs(30))
         .assert()
