@@ -1,0 +1,642 @@
+//! End-to-end on a real Kubernetes cluster: the seed's flows, driven through the pgkeep binary as
+//! a user would drive them, against real pods running real PostgreSQL.
+//!
+//! Built only with `--features e2e` (`cargo test -p pgkeep --features e2e --test e2e`). It needs
+//! (and fails saying which is missing):
+//! - `KUBECONFIG`: a reachable cluster (kubebox, or kind/k3d);
+//! - `PGKEEP_E2E_IMAGE`: an image with pgkeep and PostgreSQL already present on the node
+//!   (`e2e/kubebox-image.sh` builds and imports one for kubebox);
+//! - `PGKEEP_E2E_PV_ROOT`: a directory the node's hostPath volumes see and this process can
+//!   read, under which the suite creates the static PersistentVolumes (kubebox:
+//!   `$KUBEBOX_STATE/pv`); the suite checks ownership and modes there;
+//! - `kubectl` on PATH (the suite uses it only to look, to create its PVs and namespaces, and
+//!   to patch a deployment into the double-mount shape).
+//!
+//! Each test works in its own namespace (`pgkeep-e2e-<random>`), with PVs pre-bound to its
+//! claims, and deletes both at the end. Each flow's wall time is printed (`--nocapture`).
+
+#![cfg(feature = "e2e")]
+
+use std::fmt::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgkeep_testkit::TempCluster;
+
+/// The three claims of the rendered base, as the settings name them.
+const CLAIMS: [&str; 3] = ["pgdata-big", "pg-wal-archive", "pgbackups"];
+
+fn required_env(name: &str, what: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: the e2e suite needs {what}.\n\
+             With kubebox: `kubebox up && eval \"$(kubebox env)\" && \
+             export PGKEEP_E2E_IMAGE=$(e2e/kubebox-image.sh) PGKEEP_E2E_PV_ROOT=$KUBEBOX_STATE/pv`"
+        ),
+    }
+}
+
+/// A namespace with its own PVs and settings file; deleted (without waiting) on drop.
+struct Site {
+    ns: String,
+    pv_root: PathBuf,
+    config_dir: tempfile::TempDir,
+    /// Flow name and wall time, printed at the end.
+    timings: std::cell::RefCell<Vec<(String, Duration)>>,
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 4];
+    getrandom(&mut b);
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("reading /dev/urandom");
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn kubectl() -> Command {
+    Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+}
+
+/// Run kubectl, panic with its output when it fails, return stdout.
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = run(kubectl().args(args));
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}{}",
+        args.join(" "),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn kubectl_apply(yaml: &str) {
+    let mut child = kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning kubectl apply");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}{}\n{yaml}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+impl Site {
+    /// A fresh namespace, three hostPath PVs pre-bound to its claims, and a pgkeep.toml that
+    /// points pgkeep at them with the e2e image.
+    fn new(tag: &str) -> Site {
+        required_env("KUBECONFIG", "a kubeconfig for the cluster to test against");
+        let image = required_env(
+            "PGKEEP_E2E_IMAGE",
+            "the image to deploy (pgkeep + PostgreSQL, present on the node)",
+        );
+        let pv_root = PathBuf::from(required_env(
+            "PGKEEP_E2E_PV_ROOT",
+            "a host directory for the hostPath PersistentVolumes",
+        ));
+        let ns = format!("pgkeep-e2e-{tag}-{}", random_suffix());
+        kubectl_ok(&["create", "namespace", &ns]);
+        let class = format!("pgkeep-e2e-{ns}");
+        for claim in CLAIMS {
+            let dir = pv_root.join(&ns).join(claim);
+            std::fs::create_dir_all(&dir).unwrap();
+            // hostPath directories are created root-owned and fsGroup does not apply to them;
+            // a provisioned volume would be group-writable through fsGroup. Give the volume
+            // root to the data owner, as a provisioner with fsGroup support effectively does.
+            std::os::unix::fs::chown(&dir, Some(999), Some(999)).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            kubectl_apply(&format!(
+                "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {ns}-{claim}\n  \
+                 labels: {{pgkeep-e2e: \"{ns}\"}}\nspec:\n  capacity: {{storage: 2Gi}}\n  \
+                 accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  \
+                 storageClassName: {class}\n  hostPath: {{path: {}, type: Directory}}\n  \
+                 claimRef: {{namespace: {ns}, name: {claim}}}\n",
+                dir.display()
+            ));
+        }
+        let config_dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            config_dir.path().join("pgkeep.toml"),
+            format!(
+                "[kube]\nnamespace = \"{ns}\"\nimage = \"{image}\"\nimage_pull_policy = \
+                 \"IfNotPresent\"\nstorage_class = \"{class}\"\nmemory_request = \"128Mi\"\n\
+                 cpu_request = \"50m\"\n\n[pvc.data]\nsize = \"1Gi\"\n\n[pvc.wal_archive]\n\
+                 size = \"1Gi\"\n\n[pvc.backups]\nsize = \"1Gi\"\n"
+            ),
+        )
+        .unwrap();
+        println!(
+            "e2e site: namespace {ns}, volumes under {}",
+            pv_root.join(&ns).display()
+        );
+        Site {
+            ns,
+            pv_root,
+            config_dir,
+            timings: Default::default(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.config_dir.path().join("pgkeep.toml")
+    }
+
+    /// The host directory behind a claim.
+    fn volume(&self, claim: &str) -> PathBuf {
+        self.pv_root.join(&self.ns).join(claim)
+    }
+
+    /// `pgkeep --kube ARGS` with this site's settings; output is printed, returned, and timed.
+    fn pgkeep(&self, flow: &str, args: &[&str]) -> Output {
+        self.pgkeep_env(flow, args, &[])
+    }
+
+    fn pgkeep_env(&self, flow: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        println!("\n=== {flow}: pgkeep --kube {}", args.join(" "));
+        let started = Instant::now();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
+        cmd.arg("--kube")
+            .args(args)
+            .env("PGKEEP_CONFIG", self.config())
+            .env_remove("PGKEEP_TARGET")
+            .env_remove("PGPASSWORD")
+            .current_dir(self.config_dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = run(&mut cmd);
+        let took = started.elapsed();
+        print!("{}", text(&out.stdout));
+        eprint!("{}", text(&out.stderr));
+        println!(
+            "=== {flow}: exit {:?} after {:.1}s",
+            out.status.code(),
+            took.as_secs_f64()
+        );
+        self.timings.borrow_mut().push((flow.to_owned(), took));
+        out
+    }
+
+    /// [`Self::pgkeep`], asserting success; returns stdout + stderr.
+    fn pgkeep_ok(&self, flow: &str, args: &[&str]) -> String {
+        let out = self.pgkeep(flow, args);
+        assert!(
+            out.status.success(),
+            "`pgkeep --kube {}` failed with {:?}",
+            args.join(" "),
+            out.status.code()
+        );
+        text(&out.stdout) + &text(&out.stderr)
+    }
+
+    /// SQL in the running db container (psql over the socket as the postgres account).
+    fn sql(&self, sql: &str) -> String {
+        let out = run(kubectl().args([
+            "-n",
+            &self.ns,
+            "exec",
+            "deploy/postgres",
+            "-c",
+            "db",
+            "--",
+            "psql",
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "records",
+            "-c",
+            sql,
+        ]));
+        assert!(
+            out.status.success(),
+            "psql -c {sql:?} in the db pod failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_owned()
+    }
+
+    fn db_pod(&self) -> String {
+        kubectl_ok(&[
+            "-n",
+            &self.ns,
+            "get",
+            "pods",
+            "-l",
+            "app=postgres",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+    }
+
+    /// Wait until `check` holds, polling every second, or panic with `what` after `secs`.
+    fn wait_for(&self, what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while !check() {
+            assert!(
+                Instant::now() < until,
+                "timed out after {secs}s waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn print_timings(&self) {
+        println!("\nflow wall times on namespace {}:", self.ns);
+        for (flow, took) in self.timings.borrow().iter() {
+            println!("  {flow:<40} {:>7.1}s", took.as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Leave a trail for the failure: what the namespace looked like.
+            let out = run(kubectl().args(["-n", &self.ns, "get", "all,pvc,events", "-o", "wide"]));
+            eprintln!(
+                "--- namespace {} at failure:\n{}{}",
+                self.ns,
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        let _ = run(kubectl().args(["delete", "namespace", &self.ns, "--wait=false"]));
+        let _ = run(kubectl().args([
+            "delete",
+            "pv",
+            "-l",
+            &format!("pgkeep-e2e={}", self.ns),
+            "--wait=false",
+        ]));
+    }
+}
+
+fn mode_and_owner(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.permissions().mode() & 0o7777, m.uid(), m.gid())
+}
+
+/// Names in the backups volume ending with `suffix`.
+fn bundles(site: &Site, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(site.volume("pgbackups"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `pgkeep --local backups verify` on this host, against the backups volume the cluster wrote.
+fn verify_on_host(site: &Site) -> String {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_pgkeep"))
+        .args(["--local", "backups", "verify"])
+        .env("PGKEEP_BACKUPS", site.volume("pgbackups"))
+        .env_remove("PGKEEP_CONFIG")
+        .current_dir(site.config_dir.path()));
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "backups verify on the host failed:\n{all}"
+    );
+    all
+}
+
+#[test]
+fn seed_flows_in_order() {
+    let site = Site::new("flows");
+
+    // --- pg.deploy: PVCs bound, Secret, Deployment Ready; init containers as the seed says.
+    let out = site.pgkeep_ok("deploy", &["deploy", "--wait"]);
+    assert!(
+        out.contains("CronJob"),
+        "deploy reports the CronJobs: {out}"
+    );
+    let pod = site.db_pod();
+    let users = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={range .spec.initContainers[*]}{.name}={.securityContext.runAsUser} {end}",
+    ]);
+    assert_eq!(
+        users.trim(),
+        "fix-run=0 prep-dirs=999",
+        "init containers' users"
+    );
+    let exits = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={range .status.initContainerStatuses[*]}{.name}={.state.terminated.exitCode} {end}",
+    ]);
+    assert_eq!(
+        exits.trim(),
+        "fix-run=0 prep-dirs=0",
+        "init containers' exit codes"
+    );
+    let pgdata = site.volume("pgdata-big").join("data");
+    assert_eq!(
+        mode_and_owner(&pgdata),
+        (0o700, 999, 999),
+        "PGDATA on the PV"
+    );
+    assert!(pgdata.join("PG_VERSION").is_file(), "initdb ran on the PV");
+
+    // --- pg.sanity, then a fixture.
+    let out = site.pgkeep_ok("sanity", &["sanity"]);
+    assert!(out.contains("records"), "sanity names the database: {out}");
+    site.sql(
+        "CREATE TABLE fixture(id int PRIMARY KEY, note text);
+         INSERT INTO fixture SELECT g, 'row ' || g FROM generate_series(1, 1000) g;",
+    );
+
+    // --- pg.backup.logical / pg.backup.physical as Jobs from the CronJobs' templates.
+    site.pgkeep_ok("backup logical", &["backup", "logical"]);
+    site.pgkeep_ok("backup physical", &["backup", "physical"]);
+    let verified = verify_on_host(&site);
+    println!("{verified}");
+    assert!(
+        !bundles(&site, ".tar.gz").is_empty(),
+        "bundles on the backups volume: {:?}",
+        bundles(&site, "")
+    );
+
+    // --- writes after the base backup; T; later writes; PITR to T.
+    site.sql("INSERT INTO fixture SELECT g, 'before T' FROM generate_series(1001, 1100) g;");
+    std::thread::sleep(Duration::from_millis(1500));
+    let t =
+        site.sql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1500));
+    site.sql("INSERT INTO fixture SELECT g, 'after T' FROM generate_series(1101, 1200) g;");
+    site.sql("SELECT pg_switch_wal()");
+    // The segment holding the later writes must be in the archive before recovery can pass T.
+    site.wait_for("the switched segment to be archived", 60, || {
+        site.sql("SELECT last_archived_wal IS NOT NULL AND last_archived_wal >= pg_walfile_name(pg_current_wal_lsn() - 1) FROM pg_stat_archiver") == "t"
+    });
+    site.pgkeep_ok(
+        "bootstrap basebackup --target-time T",
+        &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
+    );
+    site.wait_for("the db pod to be Ready after bootstrap", 180, || {
+        run(kubectl().args([
+            "-n",
+            &site.ns,
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=postgres",
+            "--timeout=5s",
+        ]))
+        .status
+        .success()
+    });
+    assert_eq!(
+        site.sql("SELECT pg_is_in_recovery()"),
+        "f",
+        "promoted after PITR"
+    );
+    assert_eq!(
+        site.sql("SELECT count(*) FROM fixture"),
+        "1100",
+        "T's data, not later writes"
+    );
+    assert_eq!(
+        site.sql("SELECT count(*) FROM fixture WHERE note = 'after T'"),
+        "0"
+    );
+
+    // --- pg.wipe, then pg.restore.dump from the nightly bundle.
+    let out = site.pgkeep_ok("wipe", &["wipe", "--yes"]);
+    assert!(
+        out.contains("BEFORE") && out.contains("AFTER"),
+        "wipe shows its listings: {out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&pgdata).map(|d| d.count()).unwrap_or(0),
+        0,
+        "PGDATA empty after wipe"
+    );
+    site.pgkeep_ok("scale 1 (after wipe)", &["scale", "1"]);
+    site.pgkeep_ok("restore dump", &["restore", "dump", "--yes"]);
+    assert_eq!(
+        site.sql("SELECT count(*) FROM fixture"),
+        "1000",
+        "the nightly's rows are back"
+    );
+
+    // --- pg.restore.upload with a dump made on this host.
+    let host = TempCluster::start();
+    host.psql_script("postgres", "CREATE DATABASE records;");
+    host.psql_script(
+        "records",
+        "CREATE TABLE from_host(id int); INSERT INTO from_host SELECT generate_series(1, 77);",
+    );
+    let dump_dir = tempfile::tempdir().unwrap();
+    let dump = dump_dir.path().join("records.dump");
+    std::os::unix::fs::chown(dump_dir.path(), Some(host.uid()), Some(host.gid())).unwrap();
+    let out = run(host.server_cmd("pg_dump").args([
+        "-Fc",
+        "-d",
+        "records",
+        "-f",
+        dump.to_str().unwrap(),
+    ]));
+    assert!(
+        out.status.success(),
+        "pg_dump on the host: {}",
+        text(&out.stderr)
+    );
+    site.pgkeep_ok(
+        "restore upload FILE",
+        &["restore", "upload", dump.to_str().unwrap(), "--yes"],
+    );
+    assert_eq!(
+        site.sql("SELECT count(*) FROM from_host"),
+        "77",
+        "the host's dump is restored"
+    );
+
+    // --- pg.debug.perms, pg.space, status.
+    let out = site.pgkeep_ok("debug perms", &["debug", "perms"]);
+    assert!(
+        out.contains("/var/lib/postgresql"),
+        "debug perms shows the mounts: {out}"
+    );
+    let out = site.pgkeep_ok("space", &["space"]);
+    for want in [
+        "/var/lib/postgresql",
+        "/wal-archive",
+        "public.fixture",
+        "records",
+    ] {
+        assert!(out.contains(want), "space shows {want}: {out}");
+    }
+    let out = site.pgkeep_ok("status", &["status"]);
+    assert!(
+        out.contains("server:      up") && out.contains("primary"),
+        "status: {out}"
+    );
+
+    // --- pvc ensure against bound claims whose desired size differs: reported, not patched.
+    let cfg = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        cfg.replace("[pvc.data]\nsize = \"1Gi\"", "[pvc.data]\nsize = \"2Gi\""),
+    )
+    .unwrap();
+    // A drift the user must act on: reported with the migration path, exit 1, nothing patched.
+    let out = site.pgkeep("pvc ensure (size differs)", &["pvc", "ensure"]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "pvc ensure reports the drift as a failure: {all}"
+    );
+    assert!(
+        all.contains("wanted 2Gi, the claim has 1Gi") && all.contains("immutable"),
+        "pvc ensure explains: {all}"
+    );
+    let size = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "pvc",
+        "pgdata-big",
+        "-o",
+        "jsonpath={.spec.resources.requests.storage}",
+    ]);
+    assert_eq!(size, "1Gi", "the bound claim was not patched");
+
+    site.print_timings();
+}
+
+#[test]
+fn double_mount_never_starts_postgres() {
+    let site = Site::new("double");
+    // Claims, Secret and objects as `deploy` makes them, but scaled to 0 first so that no pod
+    // touches the volume before the deployment has the bad shape.
+    site.pgkeep_ok("pvc ensure", &["pvc", "ensure"]);
+    let out_dir = tempfile::tempdir().unwrap();
+    let rendered = run(Command::new(env!("CARGO_BIN_EXE_pgkeep"))
+        .args(["render", "--out", out_dir.path().to_str().unwrap()])
+        .env("PGKEEP_CONFIG", site.config()));
+    assert!(
+        rendered.status.success(),
+        "render: {}",
+        text(&rendered.stderr)
+    );
+    // The seed's pitfall: the data volume mounted at the volume root AND at PGDATA.
+    let kz = out_dir.path().join("infra/k8s/overlays/doublemount");
+    std::fs::create_dir_all(&kz).unwrap();
+    std::fs::write(
+        kz.join("kustomization.yaml"),
+        "resources:\n- ../../base/postgres\npatchesJson6902:\n- target: {group: apps, version: v1, kind: Deployment, name: postgres}\n  path: double.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        kz.join("double.yaml"),
+        "- op: add\n  path: /spec/template/spec/initContainers/1/volumeMounts/-\n  value: {name: data, mountPath: /var/lib/postgresql/data}\n\
+         - op: add\n  path: /spec/template/spec/containers/0/volumeMounts/-\n  value: {name: data, mountPath: /var/lib/postgresql/data}\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    kubectl_ok(&["apply", "-k", kz.to_str().unwrap()]);
+    // prep-dirs must fail on the guard: wait for its terminated state.
+    let mut log = String::new();
+    site.wait_for("prep-dirs to fail", 120, || {
+        let code = kubectl_ok(&[
+            "-n", &site.ns, "get", "pods", "-l", "app=postgres", "-o",
+            "jsonpath={.items[0].status.initContainerStatuses[1].lastState.terminated.exitCode}{.items[0].status.initContainerStatuses[1].state.terminated.exitCode}",
+        ]);
+        if code.trim().is_empty() {
+            return false;
+        }
+        log = kubectl_ok(&["-n", &site.ns, "logs", &site.db_pod(), "-c", "prep-dirs"]);
+        true
+    });
+    site.timings
+        .borrow_mut()
+        .push(("double mount: prep-dirs refused".into(), started.elapsed()));
+    println!("prep-dirs log:\n{log}");
+    assert!(
+        log.contains("/var/lib/postgresql/data") && log.to_lowercase().contains("mount"),
+        "the guard's message names PGDATA and the mount: {log}"
+    );
+    let running = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "pods",
+        "-l",
+        "app=postgres",
+        "-o",
+        "jsonpath={.items[0].status.containerStatuses[0].state.running}",
+    ]);
+    assert!(
+        running.trim().is_empty(),
+        "the db container never ran: {running}"
+    );
+    // The only entry is the runtime's mount point for the second mount (`data`, empty):
+    // PGDATA, which is the volume root seen through that mount, got nothing.
+    let data = site.volume("pgdata-big");
+    let entries: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries.iter().all(|e| e == "data"),
+        "nothing but the mount point in the data volume: {entries:?}"
+    );
+    if entries.len() == 1 {
+        let inner = std::fs::read_dir(data.join("data")).unwrap().count();
+        assert_eq!(inner, 0, "the mount point is empty");
+    }
+    site.print_timings();
+}
