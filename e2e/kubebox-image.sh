@@ -16,10 +16,10 @@ ref="kubebox.local/pgkeep:$(sha256sum "$bin" | cut -c1-12)-pg15"
 
 work=$(mktemp -d /tmp/pgkeep-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-"$KUBEBOX" pg-rootfs "$work/fs" >&2
+bash "$KUBEBOX" pg-rootfs "$work/fs" >&2
 install -m 755 "$bin" "$work/fs/usr/local/bin/pgkeep"
-"$KUBEBOX" mkimage "$work/fs" "$ref" "$work/pgkeep.tar" --user 999:999 \
+bash "$KUBEBOX" mkimage "$work/fs" "$ref" "$work/pgkeep.tar" --user 999:999 \
   --env PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env LANG=C.UTF-8 --cmd '["pgkeep","--help"]' >&2
-"$KUBEBOX" image-import "$work/pgkeep.tar" >&2
+bash "$KUBEBOX" image-import "$work/pgkeep.tar" >&2
 echo "$ref"

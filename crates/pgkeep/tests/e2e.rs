@@ -571,12 +571,19 @@ fn double_mount_never_starts_postgres() {
         "render: {}",
         text(&rendered.stderr)
     );
-    // The seed's pitfall: the data volume mounted at the volume root AND at PGDATA.
+    // The seed's pitfall: the data volume mounted at the volume root AND at PGDATA, as a user's
+    // kustomize patch of the rendered Deployment (alone: kubectl 1.20 knows CronJob only as
+    // batch/v1beta1, which `pgkeep deploy` adapts to and plain kubectl does not).
     let kz = out_dir.path().join("infra/k8s/overlays/doublemount");
     std::fs::create_dir_all(&kz).unwrap();
+    std::fs::copy(
+        out_dir.path().join("infra/k8s/base/postgres/deploy.yaml"),
+        kz.join("deploy.yaml"),
+    )
+    .unwrap();
     std::fs::write(
         kz.join("kustomization.yaml"),
-        "resources:\n- ../../base/postgres\npatchesJson6902:\n- target: {group: apps, version: v1, kind: Deployment, name: postgres}\n  path: double.yaml\n",
+        "resources:\n- deploy.yaml\npatchesJson6902:\n- target: {group: apps, version: v1, kind: Deployment, name: postgres}\n  path: double.yaml\n",
     )
     .unwrap();
     std::fs::write(
@@ -605,7 +612,8 @@ fn double_mount_never_starts_postgres() {
         .push(("double mount: prep-dirs refused".into(), started.elapsed()));
     println!("prep-dirs log:\n{log}");
     assert!(
-        log.contains("/var/lib/postgresql/data") && log.to_lowercase().contains("mount"),
+        log.contains("refused: PGDATA /var/lib/postgresql/data is a mount point of its own")
+            && log.contains("Nothing was written"),
         "the guard's message names PGDATA and the mount: {log}"
     );
     let running = kubectl_ok(&[

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The end-to-end suite on a throwaway kubebox cluster (a real single-node Kubernetes 1.20 on
+# this machine, loopback only): install (cached), start, build and import the e2e image, run the
+# suite, and always stop the cluster again, also when the tests fail. Needs root on Debian
+# bookworm, like kubebox itself.
+#
+# Usage: e2e/kubebox.sh [extra args for the test binary, e.g. a test name]
+# Env:   KUBEBOX  path of the kubebox script (default: ../shared/kubebox/kubebox beside the checkout)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KUBEBOX=${KUBEBOX:-$(cd .. && pwd)/shared/kubebox/kubebox}
+export KUBEBOX
+kubebox() { bash "$KUBEBOX" "$@"; }
+
+kubebox install
+# Leftover state from an interrupted run makes `up` refuse; `down` is idempotent.
+kubebox down
+trap 'kubebox down' EXIT
+kubebox up
+eval "$(kubebox env)"
+
+PGKEEP_E2E_IMAGE=$(e2e/kubebox-image.sh)
+PGKEEP_E2E_PV_ROOT=$KUBEBOX_STATE/pv
+export PGKEEP_E2E_IMAGE PGKEEP_E2E_PV_ROOT
+echo "e2e image: $PGKEEP_E2E_IMAGE" >&2
+
+cargo test -p pgkeep --features e2e --test e2e --locked -- --test-threads=1 --nocapture "$@"
