@@ -5,6 +5,7 @@
 //! PostgreSQL. Each module owns one concern and has its own error type whose messages say what to
 //! do; [`ExitClass`] tells the binary which exit code an error maps to.
 
+pub mod archive_owner;
 pub mod bundle;
 pub mod catalog;
 pub mod datadir;

@@ -35,6 +35,8 @@ pub enum PostmasterError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
     #[error(
         "PGDATA {pgdata} is empty and no superuser password was given\nhint: set POSTGRES_PASSWORD, or POSTGRES_PASSWORD_FILE to a file holding it (in Kubernetes: from the Secret); it is never read from the command line"
     )]
@@ -79,6 +81,9 @@ pub struct ServeConfig {
     pub initdb_dir: PathBuf,
     /// `archive_command`, e.g. `pgkeep wal push %p`.
     pub archive_command: String,
+    /// The WAL archive archive_command writes to: a new system (initdb) takes its root over
+    /// ([`crate::archive_owner::supersede`]).
+    pub wal_archive: PathBuf,
 }
 
 /// The superuser password from `POSTGRES_PASSWORD` or the file named by
@@ -216,6 +221,17 @@ pub fn prepare(
             pgdata: cfg.pgdata.clone(),
         });
     };
+    // A new database system is about to be born: WAL of an earlier one in the archive root would
+    // clash with its segment names (see archive_owner). Moved aside, never deleted.
+    if cfg.wal_archive.is_dir() {
+        let archive = crate::wal::Archive::new(&cfg.wal_archive);
+        if let Some(moved) = crate::archive_owner::supersede(&archive, jiff::Timestamp::now())? {
+            tracing::warn!(
+                "the WAL archive held an earlier database system's WAL and a new system is being \
+                 initialized: {moved} (kept for bootstraps from that system's base backups)"
+            );
+        }
+    }
     tracing::info!(pgdata = %cfg.pgdata.display(), "PGDATA is empty: initializing (initdb with data checksums)");
     server::initdb(
         pg,
@@ -565,6 +581,7 @@ mod tests {
             database: "records".into(),
             initdb_dir: "/docker-entrypoint-initdb.d".into(),
             archive_command: "pgkeep wal push %p".into(),
+            wal_archive: "/wal-archive".into(),
         };
         let text = managed_conf(&cfg).render();
         for want in [

@@ -40,6 +40,8 @@ pub enum RecoveryError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Repo(#[from] RepoError),
@@ -259,6 +261,10 @@ pub struct Plan {
     pub keep_old_at: Option<PathBuf>,
     /// What PGDATA holds now (entries), shown before confirmation.
     pub pgdata_entries: usize,
+    /// When the archive root belongs to another system and the bundle's system's WAL was moved
+    /// aside (a fresh initdb took the archive over): the directory to move back into the root,
+    /// after moving the root's WAL aside. See [`crate::archive_owner`].
+    pub archive_handover: Option<PathBuf>,
 }
 
 /// Where recovery ended.
@@ -308,7 +314,10 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
             bundle: bundle.path.clone(),
             reason,
         })?;
-    let archive = Archive::new(&req.wal_archive);
+    let root = Archive::new(&req.wal_archive);
+    let archive_handover = plan_handover(&root, &facts)?;
+    // The checks look where the WAL will be: the root, or the directory moved back into it.
+    let archive = Archive::new(archive_handover.as_deref().unwrap_or(&req.wal_archive));
     check_same_system(&bundle, &facts, &archive)?;
     if let Some(t) = &req.target {
         check_target(t, &facts, &bundle.name)?;
@@ -341,7 +350,47 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         data_bytes,
         keep_old_at,
         pgdata_entries,
+        archive_handover,
     })
+}
+
+/// When the archive root does not hold the bundle's system's WAL but a superseded directory of
+/// that system exists (a fresh initdb took the archive over since the backup), that directory.
+fn plan_handover(root: &Archive, facts: &PhysicalFacts) -> Result<Option<PathBuf>, RecoveryError> {
+    let Ok(system) = facts.system_identifier.parse::<u64>() else {
+        return Ok(None);
+    };
+    if !root.dir().is_dir() {
+        return Ok(None);
+    }
+    let root_system = crate::archive_owner::root_wal(root)?.system;
+    if root_system == Some(system) {
+        return Ok(None);
+    }
+    let found = crate::archive_owner::find_superseded(root, system)?;
+    if let Some(dir) = &found {
+        tracing::info!(
+            aside = %dir.display(),
+            root_system = ?root_system,
+            "the WAL archive's root belongs to another system; this bundle's WAL was moved aside \
+             and will be moved back (the root's WAL goes aside in turn, nothing is deleted)"
+        );
+    }
+    Ok(found)
+}
+
+/// Carry out [`Plan::archive_handover`]: the root's WAL aside, the bundle's system's back.
+fn hand_over_archive(req: &BootstrapRequest, plan: &Plan) -> Result<(), RecoveryError> {
+    let Some(dir) = &plan.archive_handover else {
+        return Ok(());
+    };
+    let root = Archive::new(&req.wal_archive);
+    if let Some(moved) = crate::archive_owner::supersede(&root, jiff::Timestamp::now())? {
+        tracing::warn!("{moved}");
+    }
+    let back = crate::archive_owner::reinstate(&root, dir)?;
+    tracing::info!("{back}");
+    Ok(())
 }
 
 /// Whether a name can be part of a PostgreSQL data directory (or of a half-done bootstrap).
@@ -612,6 +661,7 @@ pub async fn execute(
     let old_at = clear_pgdata(req, plan)?;
     extract_into_pgdata(req, plan)?;
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
+    hand_over_archive(req, plan)?;
     let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
     write_recovery_settings(req, plan, &overrides)?;
     let log_file = open_log_file(req, run_as)?;

@@ -469,6 +469,17 @@ fn seed_flows_in_order() {
         "1000",
         "the nightly's rows are back"
     );
+    // The fresh system (initdb after the wipe) archives into the root without clashing with the
+    // earlier system's segments, which `serve` moved aside.
+    site.sql("SELECT pg_switch_wal()");
+    site.wait_for("the fresh system to archive a segment", 60, || {
+        site.sql("SELECT archived_count > 0 FROM pg_stat_archiver") == "t"
+    });
+    assert_eq!(site.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    assert!(
+        site.volume("pg-wal-archive").join("superseded").is_dir(),
+        "the earlier system's WAL is kept aside"
+    );
 
     // --- pg.restore.upload with a dump made on this host.
     let host = TempCluster::start();

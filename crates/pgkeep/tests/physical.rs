@@ -254,6 +254,74 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     assert_eq!(checksum(&c), all2);
 }
 
+/// The seed's wipe → fresh initdb → bootstrap-from-an-older-base-backup path: the fresh system
+/// took the archive's root over (its WAL there, the old system's moved aside by `serve`), and a
+/// bootstrap from the old system's bundle hands the root back: the fresh system's WAL aside, the
+/// old one's back, every committed write of the old system replayed.
+#[test]
+fn bootstrap_hands_the_archive_back_from_a_newer_system() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let all = checksum(&c);
+    switch_and_wait(&c);
+    let old_system = c.psql(
+        "postgres",
+        "select system_identifier::text from pg_control_system()",
+    );
+    c.stop();
+
+    // A new system over the same archive, as `serve` starts one after a wipe.
+    let archive = pgkeep_engine::wal::Archive::new(c.wal_archive());
+    let aside = pgkeep_engine::archive_owner::supersede(&archive, jiff::Timestamp::now())
+        .unwrap()
+        .expect("the old system's WAL was in the root");
+    let fresh = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive {} %p",
+            bin().display(),
+            c.wal_archive().display()
+        ))
+        .start();
+    switch_and_wait(&fresh);
+    let fresh_system = fresh.psql(
+        "postgres",
+        "select system_identifier::text from pg_control_system()",
+    );
+    drop(fresh);
+    let root = pgkeep_engine::archive_owner::root_wal(&archive).unwrap();
+    assert_eq!(
+        root.system.map(|s| s.to_string()),
+        Some(fresh_system.clone())
+    );
+
+    let out = pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(
+        stderr.contains(&format!("from {}", aside.to.display())),
+        "the hand-over is logged: {stderr}"
+    );
+    c.restart();
+    assert_eq!(
+        checksum(&c),
+        all,
+        "every committed write of the old system is there"
+    );
+    let root = pgkeep_engine::archive_owner::root_wal(&archive).unwrap();
+    assert_eq!(root.system.map(|s| s.to_string()), Some(old_system));
+    assert!(
+        !aside.to.exists(),
+        "the old system's directory was emptied back into the root"
+    );
+    let fresh_aside =
+        pgkeep_engine::archive_owner::find_superseded(&archive, fresh_system.parse().unwrap())
+            .unwrap()
+            .expect("the fresh system's WAL is kept aside");
+    assert!(std::fs::read_dir(fresh_aside).unwrap().count() > 0);
+}
+
 /// Re-pack a bundle without its WAL (same manifest facts, valid checksums).
 fn without_wal(src: &Path, dir: &Path, name: &str) {
     let work = tempfile::tempdir().unwrap();

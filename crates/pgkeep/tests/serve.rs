@@ -342,6 +342,81 @@ fn password_from_the_environment_works_and_never_reaches_argv() {
     assert_eq!(st.code(), Some(0), "{}", site.read_log(1));
 }
 
+/// A fresh initdb is a new database system: an earlier system's WAL in the archive (here
+/// segment ...01, the first name the new system archives too) is moved aside first, and the new
+/// system archives into the root without a clash.
+#[test]
+fn a_new_system_moves_an_earlier_systems_wal_aside_and_archives() {
+    let site = Site::new();
+    let wal = site.path("wal");
+    std::os::unix::fs::chown(&wal, Some(site.uid), Some(site.gid)).unwrap();
+    let mut old = vec![0u8; 16 << 20];
+    old[2] = 0x02; // long page header
+    old[24..32].copy_from_slice(&4_242_424_242u64.to_le_bytes());
+    old[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    std::fs::write(wal.join("000000010000000000000001"), &old).unwrap();
+    std::fs::write(
+        wal.join("00000002.history"),
+        "1\t0/3000000\tno recovery target\n",
+    )
+    .unwrap();
+
+    let mut child = site.spawn(1, &[("POSTGRES_PASSWORD", PASSWORD)]);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    let log = site.read_log(1);
+    assert!(log.contains("earlier database system"), "{log}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(wal.join("superseded"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        aside[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("4242424242-"),
+        "{aside:?}"
+    );
+    assert_eq!(
+        std::fs::read(aside[0].join("000000010000000000000001")).unwrap(),
+        old,
+        "the earlier system's segment is kept, byte for byte"
+    );
+    assert!(aside[0].join("00000002.history").is_file());
+
+    // The new system archives its first segments into the root without a clash.
+    site.query("create table t as select generate_series(1, 1000) n");
+    site.query("select pg_switch_wal()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = site.query(
+            "select archived_count::text || '/' || failed_count::text from pg_stat_archiver",
+        );
+        if st != "0/0" {
+            assert!(
+                st.ends_with("/0"),
+                "archiving failed: {st}\n{}",
+                site.read_log(1)
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing archived in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sysid = site.query("select system_identifier::text from pg_control_system()");
+    let a = pgkeep_engine::wal::Archive::new(&wal);
+    let root = pgkeep_engine::archive_owner::root_wal(&a).unwrap();
+    assert_eq!(root.system.map(|s| s.to_string()), Some(sysid));
+    let st = site.stop(g.0, 1);
+    assert_eq!(st.code(), Some(0), "{}", site.read_log(1));
+}
+
 #[test]
 fn empty_pgdata_without_a_password_is_refused_and_nothing_is_initialized() {
     let site = Site::new();

@@ -56,6 +56,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         database: s.postgres.database.clone(),
         initdb_dir: args.initdb_dir,
         archive_command: archive_command(),
+        wal_archive: s.paths.wal_archive.clone(),
     };
     // Before anything else, so a SIGTERM during initialization is not lost.
     let mut signals = Signals::install()?;
