@@ -171,7 +171,9 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let logs = KubeLogs {
         cluster: cluster.clone(),
     };
-    eprintln!("the restore Job's last 50 log lines are shown when it ends");
+    tracing::info!(
+        "uploading {name}, then the restore-from-upload Job runs (its last 50 log lines are shown when it ends)"
+    );
     let report = flows::restore_upload(
         &cluster,
         &loader,
