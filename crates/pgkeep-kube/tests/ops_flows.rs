@@ -235,6 +235,7 @@ async fn restore_upload_uploads_with_checksum_before_the_restore_job() {
     )
     .unwrap();
     let exec = FakeExec::new();
+    exec.answer(no_such_file("/backups/dump.tar.gz"));
     let logs = FakeLogStream::new().with_lines("restore-1", ["restored"]);
     let job: Job = serde_json::from_value(json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "restore-from-upload" },
         "spec": { "template": { "spec": { "restartPolicy": "Never", "containers": [] } } } })).unwrap();
@@ -280,7 +281,16 @@ async fn restore_upload_uploads_with_checksum_before_the_restore_job() {
     )
     .await;
     assert!(!report.loader.created);
+    assert!(!report.reused);
     assert_eq!(report.uploaded.size, 17);
+    // First a look for the file in the pod (nothing there), then the upload.
+    let calls = exec.calls();
+    assert_eq!(
+        calls[0].request.command,
+        ["sha256sum", "--", "/backups/dump.tar.gz"]
+    );
+    assert_eq!(calls[1].request.command[1], "receive");
+    assert_eq!(calls.len(), 2);
     assert_eq!(
         exec.files
             .lock()
@@ -303,6 +313,7 @@ async fn a_failed_upload_runs_no_restore_job() {
     )
     .unwrap();
     let exec = FakeExec::new();
+    exec.answer(no_such_file("/backups/dump.tar.gz"));
     let logs = FakeLogStream::new();
     let job: Job = serde_json::from_value(json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "restore-from-upload" },
         "spec": { "template": { "spec": { "containers": [] } } } })).unwrap();
@@ -350,6 +361,155 @@ async fn a_failed_upload_runs_no_restore_job() {
             .starts_with("could not read /nonexistent/dump.tar.gz"),
         "{err}"
     );
+}
+
+fn no_such_file(path: &str) -> ExecOutput {
+    ExecOutput {
+        stderr: format!("sha256sum: {path}: No such file or directory\n").into_bytes(),
+        exit_code: Some(1),
+        message: "command terminated with non-zero exit code: exit status 1".into(),
+        ..ExecOutput::default()
+    }
+}
+
+fn sha256sum_says(digest: &str, path: &str) -> ExecOutput {
+    ExecOutput {
+        stdout: format!("{digest}  {path}\n").into_bytes(),
+        exit_code: Some(0),
+        ..ExecOutput::default()
+    }
+}
+
+/// The digest of some other file (not of the local one).
+const OTHER_SHA256: &str = "0c8e3a4fbd1d6a0d7fb7d1ac1cbd4bb1d8ddfc2b2e0b0ffb8ea2d3c0bd2c1c48";
+
+fn loader_pod() -> Pod {
+    serde_json::from_value(
+        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "backups-loader" },
+        "spec": { "containers": [ { "name": "loader", "image": "pgkeep:test" } ] } }),
+    )
+    .unwrap()
+}
+
+fn upload_to(dest: &str) -> UploadRequest {
+    UploadRequest {
+        pod: "backups-loader".into(),
+        container: Some("loader".into()),
+        program: "pgkeep".into(),
+        dest: dest.into(),
+    }
+}
+
+fn upload_job() -> Job {
+    serde_json::from_value(json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "restore-from-upload" },
+        "spec": { "template": { "spec": { "restartPolicy": "Never", "containers": [] } } } })).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn restore_upload_reuses_an_identical_file_already_in_the_pod() {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"not really a dump").unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(b"not really a dump"));
+    let exec = FakeExec::new();
+    exec.answer(sha256sum_says(&digest, "/backups/dump.tar.gz"));
+    let logs = FakeLogStream::new().with_lines("restore-1", ["restored"]);
+    let path = file.path().to_path_buf();
+    let (report, exec) = run(
+        |c| async move {
+            let r = restore_upload(
+                &c,
+                &loader_pod(),
+                Wait::default(),
+                &exec,
+                &path,
+                &upload_to("/backups/dump.tar.gz"),
+                &mut |_| {},
+                upload_job(),
+                &logs,
+                &mut Vec::new(),
+                std::future::pending(),
+                &JobRunOptions::default(),
+            )
+            .await
+            .unwrap();
+            (r, exec)
+        },
+        |mut h| async move {
+            expect(
+                &mut h,
+                "GET",
+                "/api/v1/namespaces/record-platform/pods/backups-loader",
+            )
+            .await
+            .ok(pod("backups-loader", json!({}), "Running", true));
+            job_succeeds(&mut h, "restore-from-upload-", "restore-1").await;
+            done(&mut h).await;
+        },
+    )
+    .await;
+    assert!(report.reused);
+    assert_eq!(report.uploaded.sha256, digest);
+    assert_eq!(report.uploaded.size, 17);
+    // Nothing was sent: only the look, in the loader container.
+    let calls = exec.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].request.container.as_deref(), Some("loader"));
+    assert!(exec.files.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn restore_upload_never_overwrites_a_different_file_and_restores_nothing() {
+    use std::io::Write as _;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"not really a dump").unwrap();
+    let exec = FakeExec::new();
+    exec.answer(sha256sum_says(OTHER_SHA256, "/backups/dump.tar.gz"));
+    let logs = FakeLogStream::new();
+    let path = file.path().to_path_buf();
+    let (err, exec) = run(
+        |c| async move {
+            let r = restore_upload(
+                &c,
+                &loader_pod(),
+                Wait::default(),
+                &exec,
+                &path,
+                &upload_to("/backups/dump.tar.gz"),
+                &mut |_| {},
+                upload_job(),
+                &logs,
+                &mut Vec::new(),
+                std::future::pending(),
+                &JobRunOptions::default(),
+            )
+            .await
+            .unwrap_err();
+            (r, exec)
+        },
+        |mut h| async move {
+            expect(
+                &mut h,
+                "GET",
+                "/api/v1/namespaces/record-platform/pods/backups-loader",
+            )
+            .await
+            .ok(pod("backups-loader", json!({}), "Running", true));
+            // No Job is created.
+            done(&mut h).await;
+        },
+    )
+    .await;
+    let msg = err.to_string();
+    assert!(msg.contains("a different file is already there"), "{msg}");
+    assert!(msg.contains(OTHER_SHA256), "{msg}");
+    assert!(
+        msg.contains("hint: nothing was uploaded or restored"),
+        "{msg}"
+    );
+    assert_eq!(exec.calls().len(), 1);
+    assert!(exec.files.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

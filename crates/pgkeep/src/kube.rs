@@ -1,13 +1,14 @@
 //! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings, a
-//! Ctrl-C stop future for followed Jobs, and stdout as the log sink. Nothing here is used by the
-//! local code paths.
+//! Ctrl-C stop future for followed Jobs, and stdout as the log sink. The local code paths use
+//! nothing here except [`scale_up_in_job`], the last step of `bootstrap basebackup --scale-up`
+//! in the bootstrap Job's pod (in-cluster service account).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::Job;
 use pgkeep_engine::settings::Settings;
-use pgkeep_kube::manifests::{self, BASE_DIR, Object};
+use pgkeep_kube::manifests::{self, BASE_DIR, JOBS_DIR, Object};
 use pgkeep_kube::ops::apply::ServerVersion;
 use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
 use pgkeep_kube::ops::exec::KubeLogs;
@@ -138,6 +139,82 @@ pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
     run_job(&cluster, job).await
 }
 
+/// The objects of one rendered file of the overlay's jobs directory (e.g. `bootstrap-rbac.yaml`),
+/// as applied: exactly what `pgkeep render` writes there.
+pub fn overlay_job_objects(s: &Settings, file: &str) -> Vec<Value> {
+    let tree = manifests::render(s);
+    let path = format!("{JOBS_DIR}/{file}");
+    tree.objects()
+        .filter(|(f, _)| f.path == path)
+        .map(|(_, o)| o.to_value())
+        .collect()
+}
+
+/// `bootstrap basebackup --kube`: apply the rendered bootstrap RBAC, scale the Deployment to 0
+/// (waiting for its pods to go), run the bootstrap Job and follow it. The Job scales the
+/// Deployment up itself when recovery has ended, so no "scale up again" hint here.
+pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+    let k = &ctx.settings().kube;
+    let rbac = overlay_job_objects(ctx.settings(), manifests::files::BOOTSTRAP_RBAC);
+    let logs = KubeLogs {
+        cluster: cluster.clone(),
+    };
+    let mut sink = stdout_sink();
+    let report = flows::bootstrap_basebackup(
+        cluster,
+        &rbac,
+        &k.deployment,
+        &k.app,
+        Wait::default(),
+        job,
+        &logs,
+        &mut sink,
+        ctrl_c(),
+        &JobRunOptions::default(),
+    )
+    .await?;
+    println!(
+        "deployment/{} scaled to {} (pods gone after {}s)",
+        report.scaled.deployment,
+        report.scaled.replicas,
+        report.scaled.waited.as_secs()
+    );
+    println!("{}", report.job);
+    match &report.job {
+        ops_job::JobOutcome::Succeeded { .. } => println!(
+            "deployment/{} was scaled up again by the Job, which waited for a Ready pod",
+            k.deployment
+        ),
+        ops_job::JobOutcome::Detached { .. } => println!(
+            "the Job scales deployment/{} up itself once recovery has ended",
+            k.deployment
+        ),
+    }
+    Ok(())
+}
+
+/// In the bootstrap Job's pod (`bootstrap basebackup --scale-up`): connect with the in-cluster
+/// service account (namespace from the downward API), scale `deployment` to 1 and wait until a
+/// pod labelled `app=<app>` is Ready.
+pub async fn scale_up_in_job(
+    ctx: &Ctx,
+    deployment: &str,
+    app: &str,
+    wait: Wait,
+) -> anyhow::Result<()> {
+    let (cluster, _server) = connect(ctx).await?;
+    tracing::info!("scaling deployment/{deployment} to 1");
+    let scaled = flows::scale_up_in_job(&cluster, deployment, app, wait).await?;
+    println!(
+        "deployment/{} scaled to {}: pod {} Ready after {}s",
+        scaled.deployment,
+        scaled.replicas,
+        scaled.ready_pod.as_deref().unwrap_or("?"),
+        scaled.waited.as_secs()
+    );
+    Ok(())
+}
+
 /// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`].
 pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
@@ -220,5 +297,17 @@ mod tests {
             .map(|p| p.metadata.name.clone().unwrap_or_default())
             .collect();
         assert_eq!(pvcs.len(), 3, "{pvcs:?}");
+    }
+
+    #[test]
+    fn bootstrap_applies_the_rendered_rbac_file() {
+        let s = Settings::default();
+        let objs = overlay_job_objects(&s, manifests::files::BOOTSTRAP_RBAC);
+        let kinds: Vec<&str> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["ServiceAccount", "Role", "RoleBinding"]);
+        for o in &objs {
+            assert_eq!(o["metadata"]["name"], "bootstrap-from-basebackup");
+            assert_eq!(o["metadata"]["namespace"], "record-platform");
+        }
     }
 }

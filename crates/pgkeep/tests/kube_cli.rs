@@ -145,3 +145,105 @@ fn read_only_commands_in_the_db_pod_fail_with_context_and_hint() {
     assert_unreachable(&["space", "--json"]);
     assert_unreachable(&["status"]);
 }
+
+#[test]
+fn restore_upload_without_cluster_fails_with_context_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("records_dump_20251102.sql");
+    std::fs::write(&dump, "create table t (x int);\n").unwrap();
+    let dump = dump.to_str().unwrap();
+    assert_unreachable(&["restore", "upload", dump]);
+    assert_unreachable(&["restore", "upload", dump, "--clean", "--yes"]);
+}
+
+#[test]
+fn restore_upload_refuses_an_unrecognisable_file_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("photo.tar.gz");
+    std::fs::write(&junk, [0u8, 1, 2, 3, 4, 5]).unwrap();
+    against_dead_cluster(&dir)
+        .args(["--kube", "restore", "upload"])
+        .arg(&junk)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("photo.tar.gz"))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+    against_dead_cluster(&dir)
+        .args(["--kube", "restore", "upload"])
+        .arg(dir.path().join("missing.sql"))
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("missing.sql"))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+}
+
+#[test]
+fn restore_upload_clean_without_yes_refuses_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("records.sql");
+    std::fs::write(&dump, "create table t (x int);\n").unwrap();
+    against_dead_cluster(&dir)
+        .args(["--kube", "restore", "upload", "--clean"])
+        .arg(&dump)
+        .write_stdin("")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("--yes"))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+}
+
+#[test]
+fn bootstrap_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["bootstrap", "basebackup", "--yes"]);
+    assert_unreachable(&[
+        "bootstrap",
+        "basebackup",
+        "--yes",
+        "--target-time",
+        "2026-11-25T19:30:00Z",
+    ]);
+}
+
+#[test]
+fn bootstrap_refuses_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], says: &str| {
+        against_dead_cluster(&dir)
+            .args(["--kube", "bootstrap", "basebackup"])
+            .args(args)
+            .write_stdin("")
+            .timeout(Duration::from_secs(30))
+            .assert()
+            .code(3)
+            .stderr(predicate::str::contains(says.to_owned()))
+            .stderr(predicate::str::contains("no cluster reachable").not());
+    };
+    // No confirmation.
+    refused(&[], "--yes");
+    // The Job stops its own PostgreSQL and scales the Deployment up itself.
+    refused(&["--yes", "--leave-running"], "not for --kube");
+    // A target that cannot be parsed is refused before anything is scaled down.
+    against_dead_cluster(&dir)
+        .args([
+            "--kube",
+            "bootstrap",
+            "basebackup",
+            "--yes",
+            "--target-time",
+            "soonish",
+        ])
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("soonish"))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+}
+
+#[test]
+fn debug_perms_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["debug", "perms"]);
+    assert_unreachable(&["debug", "perms", "--json"]);
+}

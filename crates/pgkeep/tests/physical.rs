@@ -634,3 +634,51 @@ fn space_and_status_report_the_site() {
     let text = ok(pgkeep(&c, &["status"]));
     assert!(text.contains("DOWN"), "{text}");
 }
+
+/// What the bootstrap Job runs: `--scale-up` comes only after recovery has ended and the
+/// Job's PostgreSQL has stopped; when the scale-up cannot be done (here: no cluster), the
+/// restore stands, and the error says so and what to run.
+#[test]
+fn scale_up_comes_after_recovery_and_a_failed_one_keeps_the_restore() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let all = checksum(&c);
+    switch_and_wait(&c);
+    c.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: deadctx\n\
+         clusters: [{name: dead, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         contexts: [{name: deadctx, context: {cluster: dead, user: nobody}}]\n\
+         users: [{name: nobody, user: {token: not-a-real-token}}]\n",
+    )
+    .unwrap();
+    let out = Command::cargo_bin("pgkeep")
+        .unwrap()
+        .envs(c.env())
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .args(["bootstrap", "basebackup", "--yes", "--scale-up", "postgres"])
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = failed(out, 1);
+    assert!(stdout.contains("recovery ended at"), "{stdout}");
+    assert!(stdout.contains("was stopped"), "{stdout}");
+    assert!(
+        stderr.contains("recovery has ended, but deployment/postgres could not be scaled up"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pgkeep --kube scale 1"), "{stderr}");
+    assert!(stderr.contains("no cluster reachable"), "{stderr}");
+    assert!(!c.pgdata().join("postmaster.pid").exists());
+    c.restart();
+    assert_eq!(checksum(&c), all, "the restore stands");
+}

@@ -6,7 +6,9 @@
 //! and are not retried (`backoffLimit: 0`): a destructive step is never repeated blindly.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use pgkeep_engine::settings::Settings;
 
@@ -23,6 +25,10 @@ pub const LOADER: &str = "backups-loader";
 /// --kube` sets it to the file it uploaded. The args refer to it as `$(PGKEEP_UPLOAD_FILE)`,
 /// which the kubelet expands.
 pub const UPLOAD_FILE_ENV: &str = "PGKEEP_UPLOAD_FILE";
+
+/// The settings variable of `kube.namespace` (see `settings::ENV_KEYS`): the bootstrap Job gets
+/// its own namespace there from the downward API, for the scale-up.
+pub const NAMESPACE_ENV: &str = "PGKEEP_NAMESPACE";
 
 /// Seconds the loader pod gets to stop (it only sleeps).
 pub const LOADER_GRACE_SECONDS: i64 = 5;
@@ -79,16 +85,51 @@ pub fn wipe(s: &Settings) -> Job {
     job(s, WIPE, Component::Wipe, pod)
 }
 
-/// The seed's `pg.bootstrap.basebackup`: scale down, replace PGDATA with the newest base backup,
-/// configure recovery from the WAL archive, scale up and wait. The only pod with an API token.
+/// The seed's `pg.bootstrap.basebackup`: replace PGDATA with the newest base backup, replay WAL
+/// from the archive with a PostgreSQL of its own, stop it, then scale the Deployment up and wait
+/// for a Ready pod (`--scale-up`), so the flow completes without the laptop that started it.
+/// `pgkeep bootstrap basebackup --kube` scales the Deployment to 0 before creating it and
+/// appends its --from / --target-* options to the args.
+///
+/// The only pod with an API token (the ServiceAccount of [`bootstrap_rbac`]). Its PostgreSQL is
+/// reached over the socket directory, an emptyDir (the root filesystem is read-only), not
+/// through the Service; the namespace it scales in comes from the downward API.
 pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
     let mut pod = client_pod(
         s,
         "bootstrap",
-        &["bootstrap", "basebackup", "--yes"],
-        vec![data_mount(s), wal_mount(s), backups_mount(s)],
-        vec![data_volume(s), wal_volume(s), backups_volume(s)],
+        &[
+            "bootstrap",
+            "basebackup",
+            "--yes",
+            "--scale-up",
+            &s.kube.deployment,
+            "--scale-up-app",
+            &s.kube.app,
+        ],
+        vec![data_mount(s), wal_mount(s), backups_mount(s), run_mount(s)],
+        vec![
+            data_volume(s),
+            wal_volume(s),
+            backups_volume(s),
+            run_volume(),
+        ],
     );
+    let env = pod.containers[0].env.get_or_insert_with(Vec::new);
+    for e in env.iter_mut().filter(|e| e.name == "PGHOST") {
+        e.value = Some(s.paths.run_dir.display().to_string());
+    }
+    env.push(EnvVar {
+        name: NAMESPACE_ENV.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: "metadata.namespace".to_owned(),
+            }),
+            ..Default::default()
+        }),
+    });
     pod.service_account_name = Some(BOOTSTRAP_FROM_BASEBACKUP.to_owned());
     pod.automount_service_account_token = Some(true);
     job(s, BOOTSTRAP_FROM_BASEBACKUP, Component::Bootstrap, pod)
@@ -96,6 +137,11 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
 
 /// The bootstrap Job's identity: a ServiceAccount, a Role with only what it needs (get/patch the
 /// Deployment and its scale, watch the pods), and the RoleBinding.
+///
+/// What its `--scale-up` sends (`ops::scale`): `PATCH deployments/NAME/scale`, then
+/// `GET pods?labelSelector=app=APP` (list) until a pod is Ready. Connecting first asks
+/// `GET /version` (allowed to every authenticated account) and `GET namespaces/NS`, whose 403
+/// is accepted.
 pub fn bootstrap_rbac(s: &Settings) -> (ServiceAccount, Role, RoleBinding) {
     let name = BOOTSTRAP_FROM_BASEBACKUP;
     let sa = ServiceAccount {
@@ -185,7 +231,15 @@ mod tests {
         assert_eq!(args(&pod_of(&restore_from_dump(&s))), ["restore", "dump"]);
         assert_eq!(
             args(&pod_of(&bootstrap_from_basebackup(&s))),
-            ["bootstrap", "basebackup", "--yes"]
+            [
+                "bootstrap",
+                "basebackup",
+                "--yes",
+                "--scale-up",
+                "postgres",
+                "--scale-up-app",
+                "postgres"
+            ]
         );
         assert_eq!(args(&pod_of(&wipe(&s))), ["wipe", "--yes"]);
         assert_eq!(
@@ -249,6 +303,73 @@ mod tests {
                 .collect();
             assert_eq!(data, ["/var/lib/postgresql"]);
         }
+    }
+
+    #[test]
+    fn bootstrap_scales_up_its_own_deployment_in_its_own_namespace() {
+        let mut s = Settings::default();
+        s.kube.deployment = "pg-main".into();
+        s.kube.app = "pg".into();
+        let p = pod_of(&bootstrap_from_basebackup(&s));
+        let a = args(&p);
+        let after = |flag: &str| {
+            let i = a.iter().position(|x| x == flag).unwrap();
+            a[i + 1].clone()
+        };
+        assert_eq!(after("--scale-up"), "pg-main");
+        assert_eq!(after("--scale-up-app"), "pg");
+        let env = p.containers[0].env.clone().unwrap();
+        let ns = env.iter().find(|e| e.name == NAMESPACE_ENV).unwrap();
+        assert!(ns.value.is_none());
+        let field = ns.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+        assert_eq!(field.field_path, "metadata.namespace");
+        assert!(
+            pgkeep_engine::settings::ENV_KEYS
+                .iter()
+                .any(|(n, key)| *n == NAMESPACE_ENV && *key == "kube.namespace")
+        );
+        // Its own PostgreSQL, over the socket directory, not the (scaled-down) Service.
+        let host: Vec<_> = env.iter().filter(|e| e.name == "PGHOST").collect();
+        assert_eq!(host.len(), 1);
+        assert_eq!(host[0].value.as_deref(), Some("/var/run/postgresql"));
+    }
+
+    #[test]
+    fn bootstrap_has_every_path_recovery_writes_on_a_volume() {
+        // The root filesystem is read-only: PGDATA and the server log beside it (data volume),
+        // pushed WAL after promotion (archive), the socket and its lock file (emptyDir), /tmp.
+        let s = Settings::default();
+        let p = pod_of(&bootstrap_from_basebackup(&s));
+        let c = &p.containers[0];
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        let mounts: Vec<(&str, &str)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
+        for want in [
+            (VOL_DATA, "/var/lib/postgresql"),
+            (VOL_WAL, "/wal-archive"),
+            (VOL_BACKUPS, "/backups"),
+            (VOL_RUN, "/var/run/postgresql"),
+            (VOL_TMP, "/tmp"),
+        ] {
+            assert!(mounts.contains(&want), "{want:?} not in {mounts:?}");
+        }
+        let run = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == VOL_RUN)
+            .unwrap();
+        assert!(run.empty_dir.is_some());
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //!   superuser Secret → server-side apply → optionally wait for the rollout.
 //! - [`scale_down_and_run`] (`pg.wipe`, `pg.bootstrap.basebackup`): scale to 0 and wait (a RWO
 //!   volume cannot attach to the Job's pod while PostgreSQL holds it), then run the Job.
-//! - [`restore_upload`] (`pg.restore.upload`): loader up → upload with checksum → run the
-//!   restore Job.
+//! - [`bootstrap_basebackup`] (`pg.bootstrap.basebackup`): server-side apply the bootstrap
+//!   RBAC → scale to 0 and wait → run the bootstrap Job, which scales the Deployment up again
+//!   itself ([`scale_up_in_job`], with its ServiceAccount), so the flow completes even when the
+//!   laptop that started it goes away.
+//! - [`restore_upload`] (`pg.restore.upload`): loader up → is the file already there? (an
+//!   identical one is reused, a different one refused, never overwritten) → upload with
+//!   checksum → run the restore Job.
 //!
 //! - [`debug_perms`] (`pg.debug.perms`): the db container's mounts with the double-mount
 //!   verdict, `pgkeep debug perms --local` run in it, the init containers' last 100 lines, and
@@ -29,7 +34,8 @@ use super::apply::{
 };
 use super::events::events_or_note;
 use super::exec::{
-    Exec, ExecOutput, ExecRequest, LogStream, UploadProgress, UploadRequest, Uploaded, upload_file,
+    Exec, ExecOutput, ExecRequest, LogStream, UploadProgress, UploadRequest, Uploaded, hash_file,
+    upload_file,
 };
 use super::job::{JobOutcome, JobRunOptions, run_job};
 use super::pods::{
@@ -147,16 +153,75 @@ where
     Ok((scaled, outcome))
 }
 
+/// Reports of [`bootstrap_basebackup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapReport {
+    /// The ServiceAccount, Role and RoleBinding, as applied.
+    pub rbac: Vec<Applied>,
+    pub scaled: Scaled,
+    pub job: JobOutcome,
+}
+
+/// `pg.bootstrap.basebackup`: server-side apply `rbac` (the rendered bootstrap-rbac.yaml, field
+/// manager `pgkeep`), then [`scale_down_and_run`] the bootstrap `job`. The Job's own
+/// `--scale-up` brings the Deployment back ([`scale_up_in_job`]); this flow does not.
+#[allow(clippy::too_many_arguments)]
+pub async fn bootstrap_basebackup<L, W, S>(
+    cluster: &Cluster,
+    rbac: &[Value],
+    deployment: &str,
+    app: &str,
+    scale_wait: Wait,
+    job: Job,
+    logs: &L,
+    sink: &mut W,
+    stop: S,
+    opts: &JobRunOptions,
+) -> Result<BootstrapReport, OpsError>
+where
+    L: LogStream,
+    W: Write + Send,
+    S: Future<Output = ()>,
+{
+    let rbac = apply_objects(cluster, rbac, ApplyOptions::default()).await?;
+    for a in &rbac {
+        tracing::info!("{a}");
+    }
+    tracing::info!("scaling deployment/{deployment} to 0 before the bootstrap Job");
+    let (scaled, job) = scale_down_and_run(
+        cluster, deployment, app, scale_wait, job, logs, sink, stop, opts,
+    )
+    .await?;
+    Ok(BootstrapReport { rbac, scaled, job })
+}
+
+/// The last step of the bootstrap Job, run in its pod with the in-cluster ServiceAccount once
+/// recovery has ended and its PostgreSQL has stopped: scale `deployment` to 1 and wait for a
+/// Ready pod labelled `app=<app>`. Every request it sends is one the rendered bootstrap Role
+/// allows (`PATCH deployments/NAME/scale`, `GET pods?labelSelector=app=APP`).
+pub async fn scale_up_in_job(
+    cluster: &Cluster,
+    deployment: &str,
+    app: &str,
+    wait: Wait,
+) -> Result<Scaled, OpsError> {
+    scale(cluster, deployment, app, 1, Some(wait)).await
+}
+
 /// Reports of [`restore_upload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreUploadReport {
     pub loader: LoaderUp,
     pub uploaded: Uploaded,
+    /// An identical file (same SHA-256) was already at the destination: nothing was sent.
+    pub reused: bool,
     pub job: JobOutcome,
 }
 
-/// `pg.restore.upload FILE`: loader pod up, `local` uploaded to `upload.dest` (checksum
-/// verified in the pod before anything is restored), then the restore Job, followed.
+/// `pg.restore.upload FILE`: loader pod up; when `upload.dest` already exists in the pod
+/// (`sha256sum DEST`, run in the loader), an identical file is reused and a different one
+/// refused (an upload never overwrites); otherwise `local` is uploaded to `upload.dest`
+/// (checksum verified in the pod before anything is restored). Then the restore Job, followed.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_upload<E, L, W, S>(
     cluster: &Cluster,
@@ -179,13 +244,66 @@ where
     S: Future<Output = ()>,
 {
     let loader = loader_up(cluster, loader, loader_wait).await?;
-    let uploaded = upload_file(exec, local, upload, progress).await?;
+    let (uploaded, reused) = match remote_sha256(exec, upload).await? {
+        None => (upload_file(exec, local, upload, progress).await?, false),
+        Some(theirs) => {
+            let (size, ours) = hash_file(local, progress).await?;
+            if theirs != ours {
+                return Err(OpsError::Upload {
+                    path: local.display().to_string(),
+                    pod: upload.pod.clone(),
+                    dest: upload.dest.clone(),
+                    message: format!(
+                        "a different file is already there (sha256 {theirs}; this one is {ours})"
+                    ),
+                    hint: "nothing was uploaded or restored; rename the local file, or remove the one in the pod (`kubectl exec` into it) if it is not needed".into(),
+                });
+            }
+            let uploaded = Uploaded {
+                dest: upload.dest.clone(),
+                size,
+                sha256: ours,
+                receiver_output: String::new(),
+            };
+            (uploaded, true)
+        }
+    };
     let job = run_job(cluster, job, logs, sink, stop, opts).await?;
     Ok(RestoreUploadReport {
         loader,
         uploaded,
+        reused,
         job,
     })
+}
+
+/// The SHA-256 of `upload.dest` in the pod (`sha256sum -- DEST`), or `None` when there is no
+/// such file (the command fails).
+async fn remote_sha256<E: Exec>(
+    exec: &E,
+    upload: &UploadRequest,
+) -> Result<Option<String>, OpsError> {
+    let req = ExecRequest {
+        pod: upload.pod.clone(),
+        container: upload.container.clone(),
+        command: vec!["sha256sum".into(), "--".into(), upload.dest.clone()],
+    };
+    let out = exec.exec(&req, None).await?;
+    if !out.success() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let digest = text.split_whitespace().next().unwrap_or("");
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(Some(digest.to_ascii_lowercase()))
+    } else {
+        Err(OpsError::Exec {
+            pod: upload.pod.clone(),
+            command: req.command.join(" "),
+            message: format!("unexpected output: {}", text.trim()),
+            hint: "the loader pod runs the pgkeep image, which has coreutils; check the kube.image setting".into(),
+        })
+    }
 }
 
 /// A command in the Ready db pod (`app=<app>`, container `container`). A command that ran and

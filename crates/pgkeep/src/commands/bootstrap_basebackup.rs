@@ -3,7 +3,13 @@
 //!
 //! Everything that can be checked is checked before anything is destroyed (`recovery::prepare`:
 //! checksums, system identifier, target, WAL for consistency, no running postmaster); then a
-//! confirmation (or `--yes`), then `recovery::execute`.
+//! confirmation (or `--yes`), then `recovery::execute`. With `--scale-up DEPLOYMENT` (what the
+//! bootstrap Job runs), once recovery has ended and PostgreSQL has stopped, the Deployment is
+//! scaled to 1 with the in-cluster service account and a Ready pod waited for.
+//!
+//! `--kube`: confirmation, then the bootstrap RBAC applied, the Deployment scaled to 0 and the
+//! bootstrap Job (this command, locally, in a pod) run and followed; the Job scales the
+//! Deployment up again itself, so the flow completes even if this process goes away.
 
 use std::time::Duration;
 
@@ -44,25 +50,25 @@ pub struct Args {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// After recovery, scale this Deployment to 1 and wait for a Ready pod, with the in-cluster
+    /// service account (the last step of the bootstrap Job).
+    #[arg(long, value_name = "DEPLOYMENT", conflicts_with = "leave_running")]
+    pub scale_up: Option<String>,
+    /// The `app` label of the pods of the --scale-up Deployment (default: the kube.app setting).
+    #[arg(long, value_name = "APP", requires = "scale_up")]
+    pub scale_up_app: Option<String>,
 }
+
+/// How long `--scale-up` waits for a Ready pod (a clean start after recovery; the startup probe
+/// allows longer, but a pod that is not Ready by then needs a person's look).
+const SCALE_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("bootstrap basebackup --kube"));
+        return bootstrap_kube(args, ctx).await;
     }
     let s = ctx.settings();
-    let target = if let Some(t) = &args.target_time {
-        Some(RecoveryTarget::Time(recovery::parse_target_time(t)?))
-    } else if let Some(l) = &args.target_lsn {
-        Some(RecoveryTarget::Lsn(l.parse().map_err(|message| {
-            recovery::RecoveryError::BadTarget {
-                value: l.clone(),
-                message,
-            }
-        })?))
-    } else {
-        args.target_name.clone().map(RecoveryTarget::Name)
-    };
+    let target = recovery_target(&args)?;
     let req = BootstrapRequest {
         pgroot: s.paths.pgroot.clone(),
         pgdata: s.paths.pgdata.clone(),
@@ -138,12 +144,209 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             report.log_file.display()
         );
     }
+    if let Some(deployment) = &args.scale_up {
+        let app = args.scale_up_app.as_deref().unwrap_or(&s.kube.app);
+        let wait = pgkeep_kube::ops::Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2));
+        crate::kube::scale_up_in_job(&ctx, deployment, app, wait)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} was restored and recovery has ended, but deployment/{deployment} could not be scaled up; \
+                     run `pgkeep --kube scale 1` to start it",
+                    report.bundle
+                )
+            })?;
+    }
     Ok(())
+}
+
+fn recovery_target(args: &Args) -> anyhow::Result<Option<RecoveryTarget>> {
+    Ok(if let Some(t) = &args.target_time {
+        Some(RecoveryTarget::Time(recovery::parse_target_time(t)?))
+    } else if let Some(l) = &args.target_lsn {
+        Some(RecoveryTarget::Lsn(l.parse().map_err(|message| {
+            recovery::RecoveryError::BadTarget {
+                value: l.clone(),
+                message,
+            }
+        })?))
+    } else {
+        args.target_name.clone().map(RecoveryTarget::Name)
+    })
+}
+
+/// The options the bootstrap Job's `pgkeep bootstrap basebackup` gets from this one. The target
+/// time is passed as parsed here (RFC 3339, UTC), so the pod reads the same instant.
+fn job_args(args: &Args, target: &Option<RecoveryTarget>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Some(from) = &args.from {
+        out.extend(["--from".to_owned(), from.clone()]);
+    }
+    match target {
+        Some(RecoveryTarget::Time(t)) => out.extend(["--target-time".to_owned(), t.to_string()]),
+        Some(RecoveryTarget::Lsn(l)) => out.extend(["--target-lsn".to_owned(), l.to_string()]),
+        Some(RecoveryTarget::Name(n)) => out.extend(["--target-name".to_owned(), n.clone()]),
+        None => {}
+    }
+    if args.keep_old {
+        out.push("--keep-old".to_owned());
+    }
+    out.extend(["--timeout".to_owned(), args.timeout.to_string()]);
+    if args.json {
+        out.push("--json".to_owned());
+    }
+    out
+}
+
+/// `--kube`: check the options, confirm, then apply the RBAC, scale to 0 and run the bootstrap
+/// Job with these options (see the module docs).
+async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if args.leave_running || args.scale_up.is_some() {
+        return Err(crate::exit::Refused(format!(
+            "--leave-running and --scale-up are not for --kube: the bootstrap Job stops its PostgreSQL and scales deployment/{} up itself; nothing was changed\nhint: run without them",
+            ctx.settings().kube.deployment
+        ))
+        .into());
+    }
+    let target = recovery_target(&args)?;
+    let k = &ctx.settings().kube;
+    crate::output::confirm(
+        &format!(
+            "This scales deployment/{} in namespace {} to 0, {} its data directory with {}{}, then scales it up again.",
+            k.deployment,
+            k.namespace,
+            if args.keep_old {
+                "moves aside and replaces"
+            } else {
+                "REMOVES and replaces"
+            },
+            args.from.as_deref().unwrap_or("the newest base backup"),
+            target_text(&target)
+        ),
+        args.yes,
+    )?;
+    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let mut job = pgkeep_kube::manifests::jobs::bootstrap_from_basebackup(ctx.settings());
+    if let Some(c) = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        c.args
+            .get_or_insert_with(Vec::new)
+            .extend(job_args(&args, &target));
+    }
+    crate::kube::bootstrap(&ctx, &cluster, job).await
 }
 
 fn target_text(t: &Option<RecoveryTarget>) -> String {
     match t {
         Some(t) => format!(" and replays WAL up to {t}"),
         None => " and replays all archived WAL".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{BootstrapCommand, Cli, Command};
+
+    fn parse(argv: &[&str]) -> Args {
+        let mut full = vec!["pgkeep", "bootstrap", "basebackup"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Bootstrap(BootstrapCommand::Basebackup(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn passed(argv: &[&str]) -> Vec<String> {
+        let a = parse(argv);
+        job_args(&a, &recovery_target(&a).unwrap())
+    }
+
+    #[test]
+    fn the_job_gets_the_bundle_and_the_target_as_parsed_here() {
+        assert_eq!(
+            passed(&[
+                "--from",
+                "basebackup-20261125-0620.bundle.tar.gz",
+                "--target-time",
+                "2026-11-25 19:30:00"
+            ]),
+            [
+                "--from",
+                "basebackup-20261125-0620.bundle.tar.gz",
+                "--target-time",
+                "2026-11-25T19:30:00Z",
+                "--timeout",
+                "3600"
+            ]
+        );
+        // An offset is resolved here, so the pod (whatever its zone) reads the same instant.
+        assert_eq!(
+            passed(&["--target-time", "2026-11-25T20:30:00+01:00"])[1],
+            "2026-11-25T19:30:00Z"
+        );
+        assert_eq!(
+            passed(&[
+                "--target-lsn",
+                "0/5000060",
+                "--keep-old",
+                "--json",
+                "--timeout",
+                "60"
+            ]),
+            [
+                "--target-lsn",
+                "0/5000060",
+                "--keep-old",
+                "--timeout",
+                "60",
+                "--json"
+            ]
+        );
+        assert_eq!(
+            passed(&["--target-name", "before-migration"]),
+            ["--target-name", "before-migration", "--timeout", "3600"]
+        );
+    }
+
+    #[test]
+    fn a_bad_target_is_refused_before_anything_happens() {
+        let a = parse(&["--target-time", "yesterday-ish"]);
+        let e = recovery_target(&a).unwrap_err();
+        assert!(e.to_string().contains("yesterday-ish"), "{e}");
+        let a = parse(&["--target-lsn", "5000060"]);
+        assert!(recovery_target(&a).is_err());
+    }
+
+    #[test]
+    fn scale_up_is_the_jobs_option_only() {
+        let a = parse(&["--scale-up", "postgres", "--scale-up-app", "pg"]);
+        assert_eq!(a.scale_up.as_deref(), Some("postgres"));
+        assert_eq!(a.scale_up_app.as_deref(), Some("pg"));
+        // It never reaches the Job's args twice (the rendered Job has it already).
+        assert!(
+            !job_args(&a, &None)
+                .iter()
+                .any(|x| x.starts_with("--scale-up"))
+        );
+        // Leaving the Job's PostgreSQL running and starting the Deployment's would put two
+        // postmasters on one data directory.
+        let both = [
+            "pgkeep",
+            "bootstrap",
+            "basebackup",
+            "--scale-up",
+            "postgres",
+            "--leave-running",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        let app_alone = ["pgkeep", "bootstrap", "basebackup", "--scale-up-app", "pg"];
+        assert!(Cli::try_parse_from(app_alone).is_err());
     }
 }

@@ -90,7 +90,7 @@ mod tests {
             "backup logical",
             "backup physical",
             "restore dump",
-            "bootstrap basebackup --yes",
+            "bootstrap basebackup --yes --scale-up postgres --scale-up-app postgres",
             "wipe --yes",
             "restore upload $(PGKEEP_UPLOAD_FILE)",
         ] {

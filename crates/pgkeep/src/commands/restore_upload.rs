@@ -2,10 +2,23 @@
 //! into the backups directory atomically with a checksum check, then restore it. Accepted: a
 //! pgkeep bundle, any .tar.gz with a *.dir directory dump or *.sql / *.sql.gz files, a bare
 //! .sql, .sql.gz or custom-format .dump; anything else is refused with what was found.
+//!
+//! `--kube`: the same refusal and the same confirmation before anything is sent; then the
+//! backups-loader pod up, FILE streamed into it under its own name with a progress bar (the
+//! checksum verified in the pod by `pgkeep receive` before it becomes visible; an identical
+//! file already there is reused, a different one refused), then the restore-from-upload Job,
+//! pointed at that file and given these options, and its outcome with its last 50 log lines.
 
+use std::path::Path;
+
+use k8s_openapi::api::batch::v1::Job;
 use pgkeep_engine::logical::{LogicalError, RestoreSource};
-use pgkeep_engine::settings::Target;
+use pgkeep_engine::settings::{Settings, Target};
 use pgkeep_engine::upload::{self, FileKind};
+use pgkeep_kube::manifests::jobs;
+use pgkeep_kube::ops::exec::{KubeExec, KubeLogs, UploadPhase, UploadProgress, UploadRequest};
+use pgkeep_kube::ops::flows;
+use pgkeep_kube::ops::job::{JobOutcome, JobRunOptions};
 
 use crate::cli::Ctx;
 use crate::commands::restore_dump::{RestoreArgs, restore};
@@ -20,7 +33,7 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("restore upload --kube"));
+        return upload_kube(args, ctx).await;
     }
     if !args.file.is_file() {
         return Err(LogicalError::NoSuchFile { path: args.file }.into());
@@ -45,4 +58,229 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         remove_on_refusal.as_deref(),
     )
     .await
+}
+
+/// The file name FILE keeps in the backups directory (refused like the local copy refuses it).
+fn upload_name(file: &Path) -> Result<String, LogicalError> {
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.starts_with('.'))
+        .map(str::to_owned)
+        .ok_or_else(|| LogicalError::Unrecognised {
+            path: file.to_owned(),
+            found: "a file name pgkeep cannot use (hidden or not UTF-8)".into(),
+        })
+}
+
+/// The restore-from-upload Job for the file at `dest` in the pod, with the restore options.
+fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
+    let mut job = jobs::restore_from_upload(s);
+    if let Some(c) = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload.
+        for e in c.env.iter_mut().flatten() {
+            if e.name == jobs::UPLOAD_FILE_ENV {
+                e.value = Some(dest.to_owned());
+            }
+        }
+        c.args.get_or_insert_with(Vec::new).extend(restore_flags(r));
+    }
+    job
+}
+
+/// `restore upload` options for the Job's command (`--yes` only when confirmed here).
+fn restore_flags(r: &RestoreArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(j) = r.jobs {
+        out.extend(["--jobs".to_owned(), j.to_string()]);
+    }
+    for (on, flag) in [
+        (r.clean, "--clean"),
+        (r.yes, "--yes"),
+        (r.keep_going, "--keep-going"),
+        (r.json, "--json"),
+    ] {
+        if on {
+            out.push(flag.to_owned());
+        }
+    }
+    out
+}
+
+/// `--kube`; see the module docs.
+async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if !args.file.is_file() {
+        return Err(LogicalError::NoSuchFile { path: args.file }.into());
+    }
+    if let FileKind::Other(found) = upload::sniff(&args.file)? {
+        return Err(LogicalError::Unrecognised {
+            path: args.file,
+            found,
+        }
+        .into());
+    }
+    let name = upload_name(&args.file)?;
+    let s = ctx.settings();
+    if args.restore.clean {
+        // As the local restore asks before --clean drops anything; the Job then has --yes.
+        crate::output::confirm(
+            &format!(
+                "This restores {} with --clean into the database of deployment/{} in namespace {}, dropping and recreating the dump's objects.",
+                args.file.display(),
+                s.kube.deployment,
+                s.kube.namespace
+            ),
+            args.restore.yes,
+        )?;
+        args.restore.yes = true;
+    }
+    let dest = format!("{}/{name}", s.paths.backups.display());
+    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let loader = jobs::backups_loader(s);
+    let upload = UploadRequest {
+        pod: loader
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| jobs::LOADER.into()),
+        container: loader
+            .spec
+            .as_ref()
+            .and_then(|p| p.containers.first())
+            .map(|c| c.name.clone()),
+        program: "pgkeep".into(),
+        dest: dest.clone(),
+    };
+    let size = std::fs::metadata(&args.file)?.len();
+    let bar = crate::output::progress(size, &format!("checksumming {name}"), true);
+    let mut sending = false;
+    let mut on_progress = |p: UploadProgress| {
+        if p.phase == UploadPhase::Sending && !sending {
+            sending = true;
+            bar.set_message(format!("uploading {name}"));
+        }
+        bar.set_position(p.done);
+    };
+    let exec = KubeExec {
+        cluster: cluster.clone(),
+    };
+    let logs = KubeLogs {
+        cluster: cluster.clone(),
+    };
+    tracing::info!(
+        "uploading {name}, then the restore-from-upload Job runs (its last 50 log lines are shown when it ends)"
+    );
+    let report = flows::restore_upload(
+        &cluster,
+        &loader,
+        crate::kube::wait_secs(300),
+        &exec,
+        &args.file,
+        &upload,
+        &mut on_progress,
+        upload_job(s, &dest, &args.restore),
+        &logs,
+        &mut std::io::sink(),
+        crate::kube::ctrl_c(),
+        &JobRunOptions::default(),
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    if report.loader.created {
+        println!("pod/{} created", report.loader.pod);
+    }
+    if report.reused {
+        println!(
+            "{} is already in pod/{} (same sha256 {}); not sent again",
+            report.uploaded.dest, report.loader.pod, report.uploaded.sha256
+        );
+    } else {
+        println!(
+            "uploaded {} to pod/{}:{} ({} bytes, sha256 {} verified in the pod)",
+            args.file.display(),
+            report.loader.pod,
+            report.uploaded.dest,
+            report.uploaded.size,
+            report.uploaded.sha256
+        );
+    }
+    if let JobOutcome::Succeeded { last_lines, .. } = &report.job {
+        for l in last_lines {
+            println!("{l}");
+        }
+    }
+    println!("{}", report.job);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restore_args(clean: bool, yes: bool) -> RestoreArgs {
+        RestoreArgs {
+            jobs: Some(4),
+            clean,
+            yes,
+            keep_going: false,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn the_job_restores_the_uploaded_file_with_the_options() {
+        let s = Settings::default();
+        let job = upload_job(
+            &s,
+            "/backups/records_dump_20251102.tar.gz",
+            &restore_args(true, true),
+        );
+        let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        let args = c.args.clone().unwrap();
+        assert_eq!(
+            args,
+            [
+                "restore",
+                "upload",
+                "$(PGKEEP_UPLOAD_FILE)",
+                "--jobs",
+                "4",
+                "--clean",
+                "--yes"
+            ]
+        );
+        // The kubelet expands $(PGKEEP_UPLOAD_FILE) from the container's env: it must name the
+        // uploaded file, not the rendered placeholder.
+        let file: Vec<_> = c
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == jobs::UPLOAD_FILE_ENV)
+            .collect();
+        assert_eq!(file.len(), 1);
+        assert_eq!(
+            file[0].value.as_deref(),
+            Some("/backups/records_dump_20251102.tar.gz")
+        );
+    }
+
+    #[test]
+    fn without_clean_the_job_is_not_told_yes() {
+        assert_eq!(restore_flags(&restore_args(false, false)), ["--jobs", "4"]);
+    }
+
+    #[test]
+    fn the_upload_keeps_the_file_name_but_never_a_hidden_one() {
+        assert_eq!(
+            upload_name(Path::new("./dumps/records_dump_20251102.tar.gz")).unwrap(),
+            "records_dump_20251102.tar.gz"
+        );
+        assert!(upload_name(Path::new("/tmp/.hidden.tar.gz")).is_err());
+        assert!(upload_name(Path::new("/")).is_err());
+    }
 }
