@@ -268,7 +268,7 @@ async fn the_jobs_scale_up_needs_only_what_the_rendered_role_allows() {
         |c| async move {
             // What `bootstrap basebackup --scale-up` does in the pod: connect (probe), scale up.
             pgkeep_kube::ops::connect::probe(&c).await.unwrap();
-            scale_up_in_job(&c, "postgres", "postgres", Wait::new(Duration::from_secs(600), Duration::from_secs(2)))
+            scale_up_in_job(&c, "postgres", "postgres", Some(Wait::new(Duration::from_secs(600), Duration::from_secs(2))))
                 .await
                 .unwrap()
         },

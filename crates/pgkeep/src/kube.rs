@@ -78,6 +78,10 @@ pub fn stdout_sink() -> std::io::Stdout {
     std::io::stdout()
 }
 
+/// How long the CLI waits for the db pod after a bootstrap (a clean start after recovery; the
+/// startup probe allows longer, but a pod that is not Ready by then needs a person's look).
+const SCALE_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A wait of `secs` seconds, polling every two seconds.
 pub fn wait_secs(secs: u64) -> Wait {
     Wait::new(Duration::from_secs(secs), Duration::from_secs(2))
@@ -181,10 +185,27 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
     );
     println!("{}", report.job);
     match &report.job {
-        ops_job::JobOutcome::Succeeded { .. } => println!(
-            "deployment/{} was scaled up again by the Job, which waited for a Ready pod",
-            k.deployment
-        ),
+        ops_job::JobOutcome::Succeeded { .. } => {
+            let rolled = pgkeep_kube::ops::scale::wait_rollout(
+                cluster,
+                &k.deployment,
+                &k.app,
+                Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "the bootstrap Job succeeded and scaled deployment/{} up, but no pod became Ready",
+                    k.deployment
+                )
+            })?;
+            println!(
+                "deployment/{} scaled up again by the Job: {} replica(s) ready after {}s",
+                rolled.deployment,
+                rolled.replicas,
+                rolled.waited.as_secs()
+            );
+        }
         ops_job::JobOutcome::Detached { .. } => println!(
             "the Job scales deployment/{} up itself once recovery has ended",
             k.deployment
@@ -194,23 +215,16 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
 }
 
 /// In the bootstrap Job's pod (`bootstrap basebackup --scale-up`): connect with the in-cluster
-/// service account (namespace from the downward API), scale `deployment` to 1 and wait until a
-/// pod labelled `app=<app>` is Ready.
-pub async fn scale_up_in_job(
-    ctx: &Ctx,
-    deployment: &str,
-    app: &str,
-    wait: Wait,
-) -> anyhow::Result<()> {
+/// service account (namespace from the downward API) and scale `deployment` to 1. It does not
+/// wait for the pod: this Job's pod holds the ReadWriteOnce data volume until it ends (see
+/// [`flows::scale_up_in_job`]); the CLI that follows the Job waits for the rollout.
+pub async fn scale_up_in_job(ctx: &Ctx, deployment: &str, app: &str) -> anyhow::Result<()> {
     let (cluster, _server) = connect(ctx).await?;
     tracing::info!("scaling deployment/{deployment} to 1");
-    let scaled = flows::scale_up_in_job(&cluster, deployment, app, wait).await?;
+    let scaled = flows::scale_up_in_job(&cluster, deployment, app, None).await?;
     println!(
-        "deployment/{} scaled to {}: pod {} Ready after {}s",
-        scaled.deployment,
-        scaled.replicas,
-        scaled.ready_pod.as_deref().unwrap_or("?"),
-        scaled.waited.as_secs()
+        "deployment/{} scaled to {}; its pod starts once this Job's pod has released the data volume",
+        scaled.deployment, scaled.replicas,
     );
     Ok(())
 }

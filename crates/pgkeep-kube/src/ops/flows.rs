@@ -196,16 +196,19 @@ where
 }
 
 /// The last step of the bootstrap Job, run in its pod with the in-cluster ServiceAccount once
-/// recovery has ended and its PostgreSQL has stopped: scale `deployment` to 1 and wait for a
-/// Ready pod labelled `app=<app>`. Every request it sends is one the rendered bootstrap Role
-/// allows (`PATCH deployments/NAME/scale`, `GET pods?labelSelector=app=APP`).
+/// recovery has ended and its PostgreSQL has stopped: scale `deployment` to 1, and with `wait`
+/// wait for a Ready pod labelled `app=<app>`. The Job itself passes no wait: its pod still holds
+/// the ReadWriteOnce data volume, which on a multi-node cluster the new db pod can attach only
+/// once the Job's pod has ended (the CLI waits for the rollout instead). Every request it sends
+/// is one the rendered bootstrap Role allows (`PATCH deployments/NAME/scale`,
+/// `GET pods?labelSelector=app=APP`).
 pub async fn scale_up_in_job(
     cluster: &Cluster,
     deployment: &str,
     app: &str,
-    wait: Wait,
+    wait: Option<Wait>,
 ) -> Result<Scaled, OpsError> {
-    scale(cluster, deployment, app, 1, Some(wait)).await
+    scale(cluster, deployment, app, 1, wait).await
 }
 
 /// Reports of [`restore_upload`].

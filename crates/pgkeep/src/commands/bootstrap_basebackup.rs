@@ -59,10 +59,6 @@ pub struct Args {
     pub scale_up_app: Option<String>,
 }
 
-/// How long `--scale-up` waits for a Ready pod (a clean start after recovery; the startup probe
-/// allows longer, but a pod that is not Ready by then needs a person's look).
-const SCALE_UP_TIMEOUT: Duration = Duration::from_secs(600);
-
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         return bootstrap_kube(args, ctx).await;
@@ -146,8 +142,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     if let Some(deployment) = &args.scale_up {
         let app = args.scale_up_app.as_deref().unwrap_or(&s.kube.app);
-        let wait = pgkeep_kube::ops::Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2));
-        crate::kube::scale_up_in_job(&ctx, deployment, app, wait)
+        crate::kube::scale_up_in_job(&ctx, deployment, app)
             .await
             .with_context(|| {
                 format!(
