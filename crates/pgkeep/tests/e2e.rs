@@ -503,9 +503,28 @@ fn seed_flows_in_order() {
         "pg_dump on the host: {}",
         text(&out.stderr)
     );
-    site.pgkeep_ok(
-        "restore upload FILE",
+    // Into a database that is not empty: refused by the restore Job, nothing changed ...
+    let refused = site.pgkeep(
+        "restore upload FILE (not empty: refused)",
         &["restore", "upload", dump.to_str().unwrap(), "--yes"],
+    );
+    let all = text(&refused.stdout) + &text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("is not empty"),
+        "the Job's last lines say why: {all}"
+    );
+    assert_eq!(site.sql("SELECT count(*) FROM fixture"), "1000");
+    // ... then with --clean, reusing the identical file already uploaded.
+    site.pgkeep_ok(
+        "restore upload FILE --clean",
+        &[
+            "restore",
+            "upload",
+            dump.to_str().unwrap(),
+            "--clean",
+            "--yes",
+        ],
     );
     assert_eq!(
         site.sql("SELECT count(*) FROM from_host"),
