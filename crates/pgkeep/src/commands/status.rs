@@ -91,6 +91,10 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 human_bytes(b.size),
                 human_age(b.age_seconds)
             ),
+            None if !ctx.settings().paths.backups.is_dir() => println!(
+                "{label} - (the backups volume is not mounted here; in Kubernetes the backup Jobs \
+                 and the loader pod mount it: `pgkeep --kube backups list`)"
+            ),
             None => println!("{label} none"),
         }
     }
