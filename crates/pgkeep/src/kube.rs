@@ -265,9 +265,6 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
 pub async fn run_local_in_db(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
     let (cluster, _) = connect(ctx).await?;
     let s = ctx.settings();
-    let mut command = vec!["pgkeep".to_owned()];
-    command.extend(args.iter().map(|a| a.to_string()));
-    command.push("--local".into());
     let exec = pgkeep_kube::ops::exec::KubeExec {
         cluster: cluster.clone(),
     };
@@ -276,10 +273,59 @@ pub async fn run_local_in_db(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
         &s.kube.app,
         &s.kube.container,
         &exec,
-        command,
+        local_command(args),
     )
     .await
     .with_context(|| format!("running `pgkeep {}` in the db pod", args.join(" ")))?;
+    pass_through(out, args, "the db pod")
+}
+
+/// Like [`run_local_in_db`], in the backups-loader pod (the one long-running pod that mounts
+/// the backups volume), which is created first when missing and left running.
+pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
+    use pgkeep_kube::ops::exec::{Exec as _, ExecRequest};
+    let (cluster, _) = connect(ctx).await?;
+    let pod = manifests::jobs::backups_loader(ctx.settings());
+    let up = pgkeep_kube::ops::pods::loader_up(&cluster, &pod, Wait::default()).await?;
+    if up.created {
+        eprintln!(
+            "pod/{} created: it mounts the backups volume (`pgkeep --kube loader down` removes it)",
+            up.pod
+        );
+    }
+    let container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone());
+    let exec = pgkeep_kube::ops::exec::KubeExec {
+        cluster: cluster.clone(),
+    };
+    let req = ExecRequest {
+        pod: up.pod.clone(),
+        container,
+        command: local_command(args),
+    };
+    let out = exec
+        .exec(&req, None)
+        .await
+        .with_context(|| format!("running `pgkeep {}` in pod/{}", args.join(" "), up.pod))?;
+    pass_through(out, args, &format!("pod/{}", up.pod))
+}
+
+fn local_command(args: &[&str]) -> Vec<String> {
+    let mut command = vec!["pgkeep".to_owned()];
+    command.extend(args.iter().map(|a| a.to_string()));
+    command.push("--local".into());
+    command
+}
+
+/// Copy a remote pgkeep's output through and end with its exit code.
+fn pass_through(
+    out: pgkeep_kube::ops::exec::ExecOutput,
+    args: &[&str],
+    place: &str,
+) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
@@ -287,7 +333,7 @@ pub async fn run_local_in_db(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
         Some(0) => Ok(()),
         Some(code) => Err(crate::exit::RemoteExit(code).into()),
         None => anyhow::bail!(
-            "`pgkeep {}` in the db pod did not report an exit status: {}",
+            "`pgkeep {}` in {place} did not report an exit status: {}",
             args.join(" "),
             out.message
         ),

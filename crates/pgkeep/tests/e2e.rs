@@ -398,12 +398,34 @@ fn seed_flows_in_order() {
     // --- pg.backup.logical / pg.backup.physical as Jobs from the CronJobs' templates.
     site.pgkeep_ok("backup logical", &["backup", "logical"]);
     site.pgkeep_ok("backup physical", &["backup", "physical"]);
-    let verified = verify_on_host(&site);
-    println!("{verified}");
-    assert!(
-        !bundles(&site, ".tar.gz").is_empty(),
-        "bundles on the backups volume: {:?}",
+    // Complete bundles: verified by this host's pgkeep reading the volume directly, and by
+    // `backups verify --kube` in the loader pod.
+    let nightly = bundles(&site, ".tar.gz")
+        .into_iter()
+        .filter(|n| n.starts_with("nightly-"))
+        .collect::<Vec<_>>();
+    let base = bundles(&site, ".bundle.tar.gz");
+    assert_eq!(
+        (nightly.len(), base.len()),
+        (1, 1),
+        "{:?}",
         bundles(&site, "")
+    );
+    let verified = verify_on_host(&site);
+    assert!(
+        verified.contains(&format!("ok      {}", nightly[0]))
+            && verified.contains(&format!("ok      {}", base[0])),
+        "{verified}"
+    );
+    let listed = site.pgkeep_ok("backups list (loader pod)", &["backups", "list"]);
+    assert!(
+        listed.contains(&nightly[0]) && listed.contains(&base[0]),
+        "{listed}"
+    );
+    let verified = site.pgkeep_ok("backups verify (loader pod)", &["backups", "verify"]);
+    assert!(
+        verified.contains(&format!("ok      {}", base[0])),
+        "{verified}"
     );
 
     // --- writes after the base backup; T; later writes; PITR to T.

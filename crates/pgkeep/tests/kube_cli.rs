@@ -84,6 +84,12 @@ fn loader_without_cluster_fails_with_context_and_hint() {
 }
 
 #[test]
+fn backups_list_and_verify_without_cluster_fail_with_context_and_hint() {
+    assert_unreachable(&["backups", "list"]);
+    assert_unreachable(&["backups", "verify", "--json"]);
+}
+
+#[test]
 fn backup_without_cluster_fails_with_context_and_hint() {
     assert_unreachable(&["backup", "logical"]);
     assert_unreachable(&["backup", "physical"]);

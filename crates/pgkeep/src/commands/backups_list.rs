@@ -15,7 +15,11 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("backups list --kube"));
+        let mut a = vec!["backups", "list"];
+        if args.json {
+            a.push("--json");
+        }
+        return crate::kube::run_local_in_loader(&ctx, &a).await;
     }
     let dir = &ctx.settings().paths.backups;
     let entries = catalog::list(dir)?;

@@ -19,7 +19,14 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return Err(crate::exit::not_implemented("backups verify --kube"));
+        let mut a = vec!["backups", "verify"];
+        if let Some(n) = &args.name {
+            a.push(n);
+        }
+        if args.json {
+            a.push("--json");
+        }
+        return crate::kube::run_local_in_loader(&ctx, &a).await;
     }
     let dir = ctx.settings().paths.backups.clone();
     let backups = match &args.name {
