@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KUBEBOX=${KUBEBOX:-$(cd .. && pwd)/shared/kubebox/kubebox}
+[ -f "$KUBEBOX" ] || { echo "kubebox not found at $KUBEBOX: set KUBEBOX to the kubebox script" >&2; exit 1; }
 
 cargo build --release --locked -p pgkeep >&2
 bin=target/release/pgkeep
