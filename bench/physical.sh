@@ -2,11 +2,12 @@
 # Benchmark of pgkeep's physical backups and WAL archiving against the bare PostgreSQL tools,
 # measured in the same run on the same machine. Not part of the test suite.
 #
-#   bench/physical.sh [PGBENCH_SCALE=20] [PGBENCH_SECONDS=60] [PUSH_SEGMENTS=16]
+#   [PUSH_ROUNDS=5] bench/physical.sh [PGBENCH_SCALE=20] [PGBENCH_SECONDS=60] [PUSH_SEGMENTS=16]
 #
 # Prints:
 #   1. backup: `pgkeep backup physical` vs `pg_basebackup -Ft -X stream -z -c fast` (target <= 1.0x)
 #   2. wal push per 16 MiB segment vs `cp` + `sync FILE`                          (target <= 1.5x)
+#      for the default and the alternatives (one thread, a fast level, none), best of PUSH_ROUNDS
 #   3. archive lag (archive_status/*.ready) while pgbench runs with archive_command = pgkeep
 #   4. replay time of N segments: restore_command = `pgkeep wal fetch` vs `cp`
 #
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 SCALE=${1:-20}
 SECONDS_RUN=${2:-60}
 PUSH_N=${3:-16}
+PUSH_ROUNDS=${PUSH_ROUNDS:-5}
 
 cargo build --release -q -p pgkeep
 PGKEEP=$PWD/target/release/pgkeep
@@ -106,34 +108,43 @@ printf '3. archive lag:      max %d, mean %s segments waiting (.ready) during %s
   "$((after - before))" "$failed"
 
 # 2. wal push per segment: real WAL from the pgbench run above (the newest segments), uncompressed.
+# Every variant and the bare `cp` + `sync FILE` run in the same interleaved rounds (fsync latency on
+# a shared machine drifts), each round into an empty directory; best / median / worst per variant.
 mapfile -t segs < <(ls "$SITE/wal" | grep -E '^[0-9A-F]{24}\.zst$' | tail -n "$PUSH_N")
 for s in "${segs[@]}"; do
   "$PGKEEP" wal fetch --archive "$SITE/wal" "${s%.zst}" "$SITE/pushsrc/${s%.zst}"
 done
 n=${#segs[@]}
-sync
-t0=$(now)
-for f in "$SITE"/pushsrc/*; do "$PGKEEP" wal push --archive "$SITE/pushdst" "$f"; done
-t1=$(now)
-push=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
-t0=$(now)
-for f in "$SITE"/pushsrc/*; do cp "$f" "$SITE/cpdst/" && sync "$SITE/cpdst/$(basename "$f")"; done
-t1=$(now)
-cpsync=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
 in_bytes=$(du -cb "$SITE"/pushsrc/* | tail -1 | cut -f1)
-out_bytes=$(du -cb "$SITE"/pushdst/* | tail -1 | cut -f1)
-printf '2. wal push:         %s ms/segment  vs  cp + sync %s ms/segment  ratio %sx  (%d segments, stored %s%% of the size)\n' \
-  "$(ms "$push")" "$(ms "$cpsync")" "$(ratio "$push" "$cpsync")" "$n" "$(awk -v a="$out_bytes" -v b="$in_bytes" 'BEGIN { printf "%.0f", 100 * a / b }')"
-for opts in "--zstd-level=-3" "--compress none"; do
-  rm -rf "$SITE/pushdst"; mkdir "$SITE/pushdst"
-  t0=$(now)
-  # shellcheck disable=SC2086
-  for f in "$SITE"/pushsrc/*; do "$PGKEEP" wal push $opts --archive "$SITE/pushdst" "$f"; done
-  t1=$(now)
-  alt=$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }')
-  alt_bytes=$(du -cb "$SITE"/pushdst/* | tail -1 | cut -f1)
-  printf '   wal push %-16s %s ms/segment  ratio %sx  (stored %s%%)\n' "$opts:" "$(ms "$alt")" "$(ratio "$alt" "$cpsync")" \
-    "$(awk -v a="$alt_bytes" -v b="$in_bytes" 'BEGIN { printf "%.0f", 100 * a / b }')"
+variants=("cp + sync" "default" "--zstd-threads 1" "--zstd-level=-3" "--compress none")
+declare -A times sizes
+for round in $(seq 1 "$PUSH_ROUNDS"); do
+  for v in "${variants[@]}"; do
+    rm -rf "$SITE/pushdst"; mkdir "$SITE/pushdst"
+    read -ra opts <<<"$v"; [ "$v" = default ] && opts=()
+    sync
+    t0=$(now)
+    if [ "$v" = "cp + sync" ]; then
+      for f in "$SITE"/pushsrc/*; do cp "$f" "$SITE/pushdst/" && sync "$SITE/pushdst/$(basename "$f")"; done
+    else
+      for f in "$SITE"/pushsrc/*; do "$PGKEEP" wal push "${opts[@]}" --archive "$SITE/pushdst" "$f"; done
+    fi
+    t1=$(now)
+    times[$v]+="$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { print (b - a) / n }') "
+    sizes[$v]=$(du -cb "$SITE"/pushdst/* | tail -1 | cut -f1)
+  done
+done
+stats() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[1], v[int((NR + 1) / 2)], v[NR] }'; }
+read -r cp_best cp_med cp_worst < <(stats "${times[cp + sync]}")
+read -r d_best d_med d_worst < <(stats "${times[default]}")
+printf '2. wal push:         %s ms/segment  vs  cp + sync %s ms/segment  ratio %sx  (best of %d rounds; medians %s vs %s ms, ratio %sx; %d segments, stored %s%% of the size)\n' \
+  "$(ms "$d_best")" "$(ms "$cp_best")" "$(ratio "$d_best" "$cp_best")" "$PUSH_ROUNDS" "$(ms "$d_med")" "$(ms "$cp_med")" \
+  "$(ratio "$d_med" "$cp_med")" "$n" "$(awk -v a="${sizes[default]}" -v b="$in_bytes" 'BEGIN { printf "%.1f", 100 * a / b }')"
+echo "   per variant, ms/segment best / median / worst, ratio to cp + sync (best, median), stored bytes (default = zstd level 1, threads = min(CPUs, 4)):"
+for v in "${variants[@]}"; do
+  read -r b m w < <(stats "${times[$v]}")
+  printf '   %-20s %6s / %6s / %6s   %5sx %5sx   %11s bytes (%5.1f%%)\n' "$v" "$(ms "$b")" "$(ms "$m")" "$(ms "$w")" \
+    "$(ratio "$b" "$cp_best")" "$(ratio "$m" "$cp_med")" "${sizes[$v]}" "$(awk -v a="${sizes[$v]}" -v b="$in_bytes" 'BEGIN { print 100 * a / b }')"
 done
 
 # 4. Replay: restore the bare base backup (taken before the pgbench run), replay all archived WAL.

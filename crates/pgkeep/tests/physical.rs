@@ -682,3 +682,90 @@ fn scale_up_comes_after_recovery_and_a_failed_one_keeps_the_restore() {
     c.restart();
     assert_eq!(checksum(&c), all, "the restore stands");
 }
+
+/// A real recovery replays archived segments in every form pgkeep writes or reads: zstd split
+/// into frames compressed in parallel (`--zstd-threads 4`), one-thread zstd, gzip, and the
+/// seed's plain `cp` copies.
+#[test]
+fn recovery_replays_segments_archived_in_every_form() {
+    let c = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --zstd-threads 4 --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .start();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    backup(&c);
+    let before: Vec<String> = zst_segments(&c.wal_archive());
+    for _ in 0..4 {
+        pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+        switch_and_wait(&c);
+    }
+    let all = checksum(&c);
+    c.stop();
+
+    let archive = c.wal_archive();
+    // The segments the four switches finished (the backup's own last segment may have been
+    // archived after `before` was listed).
+    let mut after: Vec<String> = zst_segments(&archive)
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    assert!(after.len() >= 4, "{after:?}");
+    after.drain(..after.len() - 4);
+    for s in &after {
+        let z = std::fs::read(archive.join(format!("{s}.zst"))).unwrap();
+        let magics = z
+            .windows(4)
+            .filter(|w| w == &[0x28, 0xB5, 0x2F, 0xFD])
+            .count();
+        assert!(magics >= 2, "{s}: written as several zstd frames");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let plain = |s: &str| {
+        let dest = work.path().join(s);
+        ok(pgkeep(&c, &["wal", "fetch", s, dest.to_str().unwrap()]));
+        std::fs::remove_file(archive.join(format!("{s}.zst"))).unwrap();
+        dest
+    };
+    let give_to_server =
+        |p: &Path| std::os::unix::fs::chown(p, Some(c.uid()), Some(c.gid())).unwrap();
+    // gzip
+    let seg = plain(&after[0]);
+    let gz = archive.join(format!("{}.gz", after[0]));
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut enc, &std::fs::read(&seg).unwrap()).unwrap();
+    enc.finish().unwrap();
+    give_to_server(&gz);
+    // plain `cp`
+    let seg = plain(&after[1]);
+    std::fs::copy(&seg, archive.join(&after[1])).unwrap();
+    give_to_server(&archive.join(&after[1]));
+    // zstd on one thread (one frame, as every earlier pgkeep wrote)
+    let seg = plain(&after[2]);
+    ok(pgkeep(
+        &c,
+        &["wal", "push", "--zstd-threads", "1", seg.to_str().unwrap()],
+    ));
+    give_to_server(&archive.join(format!("{}.zst", after[2])));
+
+    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    c.restart();
+    assert_eq!(checksum(&c), all, "every write in every form was replayed");
+}
+
+fn zst_segments(archive: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(archive)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            let s = n.strip_suffix(".zst")?.to_owned();
+            (s.len() == 24).then_some(s)
+        })
+        .collect();
+    v.sort();
+    v
+}

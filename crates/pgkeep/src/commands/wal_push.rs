@@ -23,9 +23,10 @@ pub struct Args {
     /// zstd level: 1..=19, or -7..=-1 for zstd's fast modes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19), allow_hyphen_values = true)]
     pub zstd_level: i32,
-    /// zstd worker threads (0 = compress on the calling thread; more only helps with idle cores).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
-    pub zstd_workers: u32,
+    /// Threads compressing pieces of a segment in parallel (1 = on the calling thread only).
+    /// Default: one per CPU this process may use, at most 4. Any count writes plain zstd.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub zstd_threads: Option<u32>,
     /// The WAL archive directory (default: paths.wal_archive / PGKEEP_WAL_ARCHIVE).
     #[arg(long, value_name = "DIR")]
     pub archive: Option<PathBuf>,
@@ -45,7 +46,9 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         PushOptions {
             compression,
             zstd_level: args.zstd_level,
-            zstd_workers: args.zstd_workers,
+            zstd_threads: args
+                .zstd_threads
+                .unwrap_or_else(pgkeep_engine::wal::default_zstd_threads),
         },
     )?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
