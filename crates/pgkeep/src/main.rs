@@ -24,11 +24,17 @@ fn main() -> ExitCode {
         }
     };
     output::init_logging(&ctx);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // `wal push` / `wal fetch` run once per WAL segment as archive_command / restore_command
+    // and do their work on their own threads: a current-thread runtime spares them starting
+    // worker threads (about 2 ms a segment).
+    let builder = if matches!(cli.command, cli::Command::Wal(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let runtime = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: could not start the async runtime: {err}");
