@@ -82,6 +82,15 @@ pub fn stdout_sink() -> std::io::Stdout {
 /// startup probe allows longer, but a pod that is not Ready by then needs a person's look).
 const SCALE_UP_TIMEOUT: Duration = Duration::from_secs(600);
 
+fn print_scaled_down(scaled: &pgkeep_kube::ops::scale::Scaled) {
+    println!(
+        "deployment/{} scaled to {} (pods gone after {}s)",
+        scaled.deployment,
+        scaled.replicas,
+        scaled.waited.as_secs()
+    );
+}
+
 /// A wait of `secs` seconds, polling every two seconds.
 pub fn wait_secs(secs: u64) -> Wait {
     Wait::new(Duration::from_secs(secs), Duration::from_secs(2))
@@ -177,12 +186,7 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
         &JobRunOptions::default(),
     )
     .await?;
-    println!(
-        "deployment/{} scaled to {} (pods gone after {}s)",
-        report.scaled.deployment,
-        report.scaled.replicas,
-        report.scaled.waited.as_secs()
-    );
+    print_scaled_down(&report.scaled);
     println!("{}", report.job);
     match &report.job {
         ops_job::JobOutcome::Succeeded { .. } => {
@@ -248,12 +252,7 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
         &JobRunOptions::default(),
     )
     .await?;
-    println!(
-        "deployment/{} scaled to {} (pods gone after {}s)",
-        scaled.deployment,
-        scaled.replicas,
-        scaled.waited.as_secs()
-    );
+    print_scaled_down(&scaled);
     println!("{outcome}");
     println!("hint: scale the database up again with `pgkeep --kube scale 1` when you are done");
     Ok(())

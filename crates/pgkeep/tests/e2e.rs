@@ -252,6 +252,19 @@ impl Site {
         text(&out.stdout).trim().to_owned()
     }
 
+    /// `kubectl get pod POD -o jsonpath=PATH` in this namespace.
+    fn pod_jsonpath(&self, pod: &str, path: &str) -> String {
+        kubectl_ok(&[
+            "-n",
+            &self.ns,
+            "get",
+            "pod",
+            pod,
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    }
+
     fn db_pod(&self) -> String {
         kubectl_ok(&[
             "-n",
@@ -351,29 +364,19 @@ fn seed_flows_in_order() {
         "deploy reports the CronJobs: {out}"
     );
     let pod = site.db_pod();
-    let users = kubectl_ok(&[
-        "-n",
-        &site.ns,
-        "get",
-        "pod",
+    let users = site.pod_jsonpath(
         &pod,
-        "-o",
-        "jsonpath={range .spec.initContainers[*]}{.name}={.securityContext.runAsUser} {end}",
-    ]);
+        "{range .spec.initContainers[*]}{.name}={.securityContext.runAsUser} {end}",
+    );
     assert_eq!(
         users.trim(),
         "fix-run=0 prep-dirs=999",
         "init containers' users"
     );
-    let exits = kubectl_ok(&[
-        "-n",
-        &site.ns,
-        "get",
-        "pod",
+    let exits = site.pod_jsonpath(
         &pod,
-        "-o",
-        "jsonpath={range .status.initContainerStatuses[*]}{.name}={.state.terminated.exitCode} {end}",
-    ]);
+        "{range .status.initContainerStatuses[*]}{.name}={.state.terminated.exitCode} {end}",
+    );
     assert_eq!(
         exits.trim(),
         "fix-run=0 prep-dirs=0",
