@@ -56,6 +56,8 @@ async fn expect_create(h: &mut Handle, prefix: &str) -> String {
         x.body["spec"]["template"]["spec"]["containers"][0]["args"],
         json!(["restore", "dump"])
     );
+    // Finished one-off Jobs are removed by the TTL controller after a week.
+    assert_eq!(x.body["spec"]["ttlSecondsAfterFinished"], 604_800);
     let body = x.body.clone();
     x.created(body);
     name

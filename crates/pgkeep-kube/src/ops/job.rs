@@ -128,6 +128,9 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{suffix}")
 }
 
+/// How long a finished Job that pgkeep ran stays for inspection: a week.
+pub const JOB_TTL_SECONDS: i32 = 7 * 24 * 3600;
+
 /// Create `job` under a unique name derived from its `metadata.name` (or `generateName`), follow
 /// its pod's log into `sink`, and return how it ended; see the module docs. `stop` resolving
 /// (e.g. `tokio::signal::ctrl_c()`) stops following and leaves the Job running.
@@ -154,6 +157,14 @@ where
     job.metadata.name = Some(name.clone());
     job.metadata.generate_name = None;
     job.metadata.namespace = Some(cluster.namespace.clone());
+    // One-off Jobs would otherwise pile up (CronJobs have history limits, these do not): the
+    // TTL controller removes each a week after it finished, leaving time to inspect a failure.
+    // Servers before 1.21 (TTL alpha, off) drop the field; the Job then stays until deleted.
+    if let Some(spec) = job.spec.as_mut()
+        && spec.ttl_seconds_after_finished.is_none()
+    {
+        spec.ttl_seconds_after_finished = Some(JOB_TTL_SECONDS);
+    }
     let jobs = cluster.api::<Job>();
     jobs.create(&PostParams::default(), &job)
         .await
