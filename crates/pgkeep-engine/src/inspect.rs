@@ -77,11 +77,7 @@ pub fn volume_usage(name: &'static str, path: &Path) -> VolumeUsage {
             percent: 0.0,
             level: "unavailable",
             error: Some(if e.kind() == std::io::ErrorKind::NotFound {
-                // In Kubernetes the db pod mounts data and WAL archive only; the backups volume
-                // is mounted by the backup Jobs and the loader pod.
-                "not mounted here (in Kubernetes: `pgkeep loader up`, then `kubectl exec \
-                 backups-loader -- df -h /backups`)"
-                    .to_owned()
+                "no such directory here (not mounted in this container?)".to_owned()
             } else {
                 e.to_string()
             }),

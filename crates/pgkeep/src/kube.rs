@@ -292,11 +292,7 @@ pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()>
             up.pod
         );
     }
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| c.name.clone());
+    let container = pod_container(&pod);
     let exec = pgkeep_kube::ops::exec::KubeExec {
         cluster: cluster.clone(),
     };
@@ -310,6 +306,22 @@ pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()>
         .await
         .with_context(|| format!("running `pgkeep {}` in pod/{}", args.join(" "), up.pod))?;
     pass_through(out, args, &format!("pod/{}", up.pod))
+}
+
+/// The container of a rendered Job's pod (they have one), to add args or env to.
+pub fn job_container(job: &mut Job) -> Option<&mut k8s_openapi::api::core::v1::Container> {
+    job.spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+}
+
+/// The name of a rendered pod's (only) container.
+pub fn pod_container(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
 }
 
 fn local_command(args: &[&str]) -> Vec<String> {

@@ -27,14 +27,14 @@ fn main() -> ExitCode {
     // `wal push` / `wal fetch` run once per WAL segment as archive_command / restore_command
     // and do their work on their own threads: a current-thread runtime spares them starting
     // worker threads (about 2 ms a segment).
-    let builder = if matches!(cli.command, cli::Command::Wal(_)) {
+    let mut builder = if matches!(cli.command, cli::Command::Wal(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(2);
         b
     };
-    let runtime = match { builder }.enable_all().build() {
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: could not start the async runtime: {err}");

@@ -86,8 +86,9 @@ pub fn wipe(s: &Settings) -> Job {
 }
 
 /// The seed's `pg.bootstrap.basebackup`: replace PGDATA with the newest base backup, replay WAL
-/// from the archive with a PostgreSQL of its own, stop it, then scale the Deployment up and wait
-/// for a Ready pod (`--scale-up`), so the flow completes without the laptop that started it.
+/// from the archive with a PostgreSQL of its own, stop it, then scale the Deployment up
+/// (`--scale-up`; without waiting, since this pod holds the data volume until it ends), so the
+/// flow completes without the laptop that started it.
 /// `pgkeep bootstrap basebackup --kube` scales the Deployment to 0 before creating it and
 /// appends its --from / --target-* options to the args.
 ///
@@ -138,8 +139,8 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
 /// The bootstrap Job's identity: a ServiceAccount, a Role with only what it needs (get/patch the
 /// Deployment and its scale, watch the pods), and the RoleBinding.
 ///
-/// What its `--scale-up` sends (`ops::scale`): `PATCH deployments/NAME/scale`, then
-/// `GET pods?labelSelector=app=APP` (list) until a pod is Ready. Connecting first asks
+/// What its `--scale-up` sends (`ops::scale`): `PATCH deployments/NAME/scale` (the pod list
+/// `GET pods?labelSelector=app=APP` is allowed too, for a scale-up that waits). Connecting first asks
 /// `GET /version` (allowed to every authenticated account) and `GET namespaces/NS`, whose 403
 /// is accepted.
 pub fn bootstrap_rbac(s: &Settings) -> (ServiceAccount, Role, RoleBinding) {

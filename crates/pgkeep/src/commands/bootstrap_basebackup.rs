@@ -5,7 +5,8 @@
 //! checksums, system identifier, target, WAL for consistency, no running postmaster); then a
 //! confirmation (or `--yes`), then `recovery::execute`. With `--scale-up DEPLOYMENT` (what the
 //! bootstrap Job runs), once recovery has ended and PostgreSQL has stopped, the Deployment is
-//! scaled to 1 with the in-cluster service account and a Ready pod waited for.
+//! scaled to 1 with the in-cluster service account (not waited for: this pod still holds the
+//! data volume; the CLI that follows the Job waits for the rollout).
 //!
 //! `--kube`: confirmation, then the bootstrap RBAC applied, the Deployment scaled to 0 and the
 //! bootstrap Job (this command, locally, in a pod) run and followed; the Job scales the
@@ -222,12 +223,7 @@ async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     )?;
     let (cluster, _server) = crate::kube::connect(&ctx).await?;
     let mut job = pgkeep_kube::manifests::jobs::bootstrap_from_basebackup(ctx.settings());
-    if let Some(c) = job
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .and_then(|p| p.containers.first_mut())
-    {
+    if let Some(c) = crate::kube::job_container(&mut job) {
         c.args
             .get_or_insert_with(Vec::new)
             .extend(job_args(&args, &target));

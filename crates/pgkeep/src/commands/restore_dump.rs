@@ -193,12 +193,7 @@ async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         }
     }
     let mut job = pgkeep_kube::manifests::jobs::restore_from_dump(ctx.settings());
-    if let Some(c) = job
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .and_then(|p| p.containers.first_mut())
-    {
+    if let Some(c) = crate::kube::job_container(&mut job) {
         c.args.get_or_insert_with(Vec::new).extend(extra);
     }
     let (cluster, _server) = crate::kube::connect(&ctx).await?;

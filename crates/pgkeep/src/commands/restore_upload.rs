@@ -75,12 +75,7 @@ fn upload_name(file: &Path) -> Result<String, LogicalError> {
 /// The restore-from-upload Job for the file at `dest` in the pod, with the restore options.
 fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
     let mut job = jobs::restore_from_upload(s);
-    if let Some(c) = job
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .and_then(|p| p.containers.first_mut())
-    {
+    if let Some(c) = crate::kube::job_container(&mut job) {
         // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload.
         for e in c.env.iter_mut().flatten() {
             if e.name == jobs::UPLOAD_FILE_ENV {
@@ -147,11 +142,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
             .name
             .clone()
             .unwrap_or_else(|| jobs::LOADER.into()),
-        container: loader
-            .spec
-            .as_ref()
-            .and_then(|p| p.containers.first())
-            .map(|c| c.name.clone()),
+        container: crate::kube::pod_container(&loader),
         program: "pgkeep".into(),
         dest: dest.clone(),
     };

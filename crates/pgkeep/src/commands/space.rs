@@ -41,7 +41,18 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     );
     for v in &r.volumes {
         match &v.error {
-            Some(e) => println!("{:<12} unavailable: {e}  {}", v.name, v.path.display()),
+            Some(e) => {
+                println!("{:<12} unavailable: {e}  {}", v.name, v.path.display());
+                if v.name == "backups" && !v.path.exists() {
+                    // The db pod mounts data and WAL archive only.
+                    println!(
+                        "             (in Kubernetes the backups volume is mounted by the backup \
+                         Jobs and the loader pod: `pgkeep --kube loader up`, then `kubectl exec \
+                         backups-loader -- df -h {}`)",
+                        v.path.display()
+                    );
+                }
+            }
             None => println!(
                 "{:<12} {:>10} {:>10} {:>10} {:>5.1}%  {}",
                 v.name,
