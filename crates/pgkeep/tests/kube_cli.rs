@@ -60,6 +60,25 @@ fn assert_unreachable(args: &[&str]) {
         .stderr(predicate::str::contains("not-a-real-token").not());
 }
 
+/// `pgkeep --kube ARGS` against the dead kubeconfig, stdin empty: it must end with `code` (any
+/// failure when `None`), say `says`, and never have tried to connect.
+fn assert_refused_before_connecting(args: &[&str], code: Option<i32>, says: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let assert = against_dead_cluster(&dir)
+        .arg("--kube")
+        .args(args)
+        .write_stdin("")
+        .timeout(Duration::from_secs(30))
+        .assert();
+    let assert = match code {
+        Some(c) => assert.code(c),
+        None => assert.failure(),
+    };
+    assert
+        .stderr(predicate::str::contains(says.to_owned()))
+        .stderr(predicate::str::contains("no cluster reachable").not());
+}
+
 #[test]
 fn pvc_ensure_without_cluster_fails_with_context_and_hint() {
     assert_unreachable(&["pvc", "ensure"]);
@@ -108,16 +127,7 @@ fn wipe_without_cluster_fails_with_context_and_hint() {
 
 #[test]
 fn wipe_without_yes_refuses_before_connecting() {
-    let dir = tempfile::tempdir().unwrap();
-    against_dead_cluster(&dir)
-        .arg("--kube")
-        .args(["wipe"])
-        .write_stdin("")
-        .timeout(Duration::from_secs(30))
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("--yes"))
-        .stderr(predicate::str::contains("no cluster reachable").not());
+    assert_refused_before_connecting(&["wipe"], Some(3), "--yes");
 }
 
 #[test]
@@ -167,22 +177,11 @@ fn restore_upload_refuses_an_unrecognisable_file_before_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("photo.tar.gz");
     std::fs::write(&junk, [0u8, 1, 2, 3, 4, 5]).unwrap();
-    against_dead_cluster(&dir)
-        .args(["--kube", "restore", "upload"])
-        .arg(&junk)
-        .timeout(Duration::from_secs(30))
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("photo.tar.gz"))
-        .stderr(predicate::str::contains("no cluster reachable").not());
-    against_dead_cluster(&dir)
-        .args(["--kube", "restore", "upload"])
-        .arg(dir.path().join("missing.sql"))
-        .timeout(Duration::from_secs(30))
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("missing.sql"))
-        .stderr(predicate::str::contains("no cluster reachable").not());
+    let junk = junk.to_str().unwrap();
+    assert_refused_before_connecting(&["restore", "upload", junk], Some(3), "photo.tar.gz");
+    let missing = dir.path().join("missing.sql");
+    let missing = missing.to_str().unwrap();
+    assert_refused_before_connecting(&["restore", "upload", missing], None, "missing.sql");
 }
 
 #[test]
@@ -190,15 +189,8 @@ fn restore_upload_clean_without_yes_refuses_before_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("records.sql");
     std::fs::write(&dump, "create table t (x int);\n").unwrap();
-    against_dead_cluster(&dir)
-        .args(["--kube", "restore", "upload", "--clean"])
-        .arg(&dump)
-        .write_stdin("")
-        .timeout(Duration::from_secs(30))
-        .assert()
-        .code(3)
-        .stderr(predicate::str::contains("--yes"))
-        .stderr(predicate::str::contains("no cluster reachable").not());
+    let dump = dump.to_str().unwrap();
+    assert_refused_before_connecting(&["restore", "upload", "--clean", dump], Some(3), "--yes");
 }
 
 #[test]
@@ -215,37 +207,17 @@ fn bootstrap_without_cluster_fails_with_context_and_hint() {
 
 #[test]
 fn bootstrap_refuses_before_connecting() {
-    let dir = tempfile::tempdir().unwrap();
-    let refused = |args: &[&str], says: &str| {
-        against_dead_cluster(&dir)
-            .args(["--kube", "bootstrap", "basebackup"])
-            .args(args)
-            .write_stdin("")
-            .timeout(Duration::from_secs(30))
-            .assert()
-            .code(3)
-            .stderr(predicate::str::contains(says.to_owned()))
-            .stderr(predicate::str::contains("no cluster reachable").not());
+    let bootstrap = |extra: &[&str], code: Option<i32>, says: &str| {
+        let mut args = vec!["bootstrap", "basebackup"];
+        args.extend_from_slice(extra);
+        assert_refused_before_connecting(&args, code, says);
     };
     // No confirmation.
-    refused(&[], "--yes");
+    bootstrap(&[], Some(3), "--yes");
     // The Job stops its own PostgreSQL and scales the Deployment up itself.
-    refused(&["--yes", "--leave-running"], "not for --kube");
+    bootstrap(&["--yes", "--leave-running"], Some(3), "not for --kube");
     // A target that cannot be parsed is refused before anything is scaled down.
-    against_dead_cluster(&dir)
-        .args([
-            "--kube",
-            "bootstrap",
-            "basebackup",
-            "--yes",
-            "--target-time",
-            "soonish",
-        ])
-        .timeout(Duration::from_secs(30))
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains("soonish"))
-        .stderr(predicate::str::contains("no cluster reachable").not());
+    bootstrap(&["--yes", "--target-time", "soonish"], None, "soonish");
 }
 
 #[test]
