@@ -116,7 +116,7 @@ for s in "${segs[@]}"; do
 done
 n=${#segs[@]}
 in_bytes=$(du -cb "$SITE"/pushsrc/* | tail -1 | cut -f1)
-variants=("cp + sync" "default" "--zstd-threads 1" "--zstd-level=-3" "--compress none")
+variants=("cp + sync" "default" "--zstd-level=1" "--zstd-level=-1" "--zstd-level=-2" "--zstd-level=-3" "--zstd-threads 1" "--compress none")
 declare -A times sizes
 for round in $(seq 1 "$PUSH_ROUNDS"); do
   for v in "${variants[@]}"; do
@@ -140,7 +140,7 @@ read -r d_best d_med d_worst < <(stats "${times[default]}")
 printf '2. wal push:         %s ms/segment  vs  cp + sync %s ms/segment  ratio %sx  (best of %d rounds; medians %s vs %s ms, ratio %sx; %d segments, stored %s%% of the size)\n' \
   "$(ms "$d_best")" "$(ms "$cp_best")" "$(ratio "$d_best" "$cp_best")" "$PUSH_ROUNDS" "$(ms "$d_med")" "$(ms "$cp_med")" \
   "$(ratio "$d_med" "$cp_med")" "$n" "$(awk -v a="${sizes[default]}" -v b="$in_bytes" 'BEGIN { printf "%.1f", 100 * a / b }')"
-echo "   per variant, ms/segment best / median / worst, ratio to cp + sync (best, median), stored bytes (default = zstd level 1, threads = min(CPUs, 4)):"
+echo "   per variant, ms/segment best / median / worst, ratio to cp + sync (best, median), stored bytes (default = zstd level -2, threads = min(CPUs, 4)):"
 for v in "${variants[@]}"; do
   read -r b m w < <(stats "${times[$v]}")
   printf '   %-20s %6s / %6s / %6s   %5sx %5sx   %11s bytes (%5.1f%%)\n' "$v" "$(ms "$b")" "$(ms "$m")" "$(ms "$w")" \

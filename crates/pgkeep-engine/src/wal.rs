@@ -283,42 +283,119 @@ impl Drop for Mapped {
     }
 }
 
-/// Compress `data` as zstd frames with content checksums: split into up to `threads` nearly
-/// equal pieces (at least 1 MiB each), each compressed in one shot as its own frame, in parallel
-/// (the first piece on the calling thread). Concatenated frames are one valid zstd stream
-/// (RFC 8878, section 3): the `zstd` tool and every pgkeep fetch read them back as the whole
-/// file. Independent pieces cost no more CPU than one frame and compress WAL as well (its
-/// matches are local); zstd's own multithreading copies the input into job buffers and cost
-/// ~40% more CPU for the same latency on 2 cores.
-fn zstd_frames(data: &[u8], level: i32, threads: u32) -> io::Result<Vec<Vec<u8>>> {
-    const MIN_PIECE: usize = 1 << 20;
-    let compress = move |piece: &[u8]| -> io::Result<Vec<u8>> {
+/// The size of the pieces [`write_zstd`] compresses as separate frames. WAL's matches are local:
+/// 2 MiB pieces store OLTP WAL within 0.01% of one frame per segment (zstd CLI, `-B2M`), and
+/// eight pieces per 16 MiB segment let writing overlap compressing.
+pub const ZSTD_PIECE: usize = 2 << 20;
+
+/// Compress `data` into `out` as zstd frames with content checksums, one per [`ZSTD_PIECE`]
+/// (an empty input is one empty frame). `threads` workers compress pieces in parallel while the
+/// calling thread writes finished frames in order and starts their writeback at once
+/// ([`start_writeback`]), so the caller's fsync finds most of the file already on its way to the
+/// disk. Returns the bytes written.
+///
+/// Concatenated frames are one valid zstd stream (RFC 8878, section 3): the `zstd` tool and
+/// every pgkeep fetch read them back as the whole file. zstd's own multithreading copies the
+/// input into job buffers and cost ~40% more CPU for the same latency on 2 cores.
+fn write_zstd(data: &[u8], level: i32, threads: u32, out: &File) -> io::Result<u64> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    // One compression context per thread and output buffers passed back for reuse: a fresh
+    // context and buffer per piece cost page faults worth ~5% of the CPU.
+    let compressor = || -> io::Result<zstd::bulk::Compressor<'static>> {
         let mut z = zstd::bulk::Compressor::new(level)?;
         z.include_checksum(true)?;
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(piece.len()));
-        z.compress_to_buffer(piece, &mut out)?;
-        Ok(out)
+        Ok(z)
     };
-    let pieces = (threads.max(1) as usize).min(data.len().div_ceil(MIN_PIECE));
-    if pieces <= 1 {
-        return Ok(vec![compress(data)?]);
-    }
-    let piece_len = data.len().div_ceil(pieces);
-    std::thread::scope(|s| {
-        let mut chunks = data.chunks(piece_len);
-        let first = chunks.next().unwrap_or_default();
-        let others = chunks
-            .map(|c| std::thread::Builder::new().spawn_scoped(s, move || compress(c)))
-            .collect::<io::Result<Vec<_>>>()?;
-        let mut frames = vec![compress(first)?];
-        for h in others {
-            frames.push(
-                h.join()
-                    .map_err(|_| io::Error::other("a zstd compression thread panicked"))??,
-            );
+    let compress = |z: &mut zstd::bulk::Compressor, piece: &[u8], mut buf: Vec<u8>| {
+        buf.clear();
+        buf.reserve(zstd::zstd_safe::compress_bound(piece.len()));
+        z.compress_to_buffer(piece, &mut buf).map(|_| buf)
+    };
+    let pieces: Vec<&[u8]> = if data.is_empty() {
+        vec![data]
+    } else {
+        data.chunks(ZSTD_PIECE).collect()
+    };
+    let written = std::cell::Cell::new(0u64);
+    let emit = |frame: &[u8]| -> io::Result<()> {
+        (&*out).write_all(frame)?;
+        start_writeback(out, written.get(), frame.len() as u64);
+        written.set(written.get() + frame.len() as u64);
+        Ok(())
+    };
+    let workers = (threads.max(1) as usize).min(pieces.len());
+    if workers == 1 {
+        let (mut z, mut buf) = (compressor()?, Vec::new());
+        for piece in &pieces {
+            buf = compress(&mut z, piece, buf)?;
+            emit(&buf)?;
         }
-        Ok(frames)
+        return Ok(written.get());
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let spare = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, failed, spare, pieces) = (&next, &failed, &spare, &pieces);
+            std::thread::Builder::new().spawn_scoped(s, move || {
+                let mut z = match compressor() {
+                    Ok(z) => z,
+                    Err(e) => return drop(tx.send((0, Err(e)))),
+                };
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(piece) = pieces.get(i) else { break };
+                    let buf = spare.lock().ok().and_then(|mut v| v.pop());
+                    let frame = compress(&mut z, piece, buf.unwrap_or_default());
+                    if tx.send((i, frame)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        }
+        drop(tx);
+        let result = (|| {
+            let mut done = std::collections::BTreeMap::new();
+            let mut want = 0;
+            for (i, frame) in &rx {
+                done.insert(i, frame?);
+                while let Some(frame) = done.remove(&want) {
+                    emit(&frame)?;
+                    if let Ok(mut v) = spare.lock() {
+                        v.push(frame);
+                    }
+                    want += 1;
+                }
+            }
+            if want == pieces.len() {
+                Ok(written.get())
+            } else {
+                Err(io::Error::other("a zstd compression thread stopped early"))
+            }
+        })();
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        result
     })
+}
+
+/// Ask the kernel to start writing `len` bytes at `offset` of `file` to the disk now, without
+/// waiting (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a head start for the fsync that
+/// must follow: it makes nothing durable, and where it is not supported nothing happens.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain syscall on an open descriptor we borrow for its duration; no memory is
+    // passed. Its result is deliberately ignored (see above).
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Open an archived file and return a reader of its original content.
@@ -369,16 +446,28 @@ pub enum FetchOutcome {
     Missing,
 }
 
+/// The zstd level push uses unless told otherwise: zstd's second fast mode (`zstd --fast=2`).
+///
+/// PostgreSQL waits for every segment and compressing is most of that wait: on OLTP WAL with
+/// full-page images (16 pgbench segments, `perf stat`, one process per segment) level 1 costs
+/// ~34 ms of CPU per segment, -2 ~28 ms, `cp` + `sync` ~11 ms. bench/physical.sh (same run,
+/// pgbench scale 20, see bench/physical.results.md): level 1 stores 21.1% of the size at 1.31x
+/// the time of `cp` + `sync`, -1 22.9% at 1.25x, -2 25.8% at 1.17x, -3 27.5% at 1.13x. -2 stays
+/// within 1.5x also when fsync is quick, and its lower CPU suits pods with a CPU limit.
+pub const DEFAULT_ZSTD_LEVEL: i32 = -2;
+
 /// Push settings.
 #[derive(Debug, Clone, Copy)]
 pub struct PushOptions {
     pub compression: Compression,
-    /// zstd level (1 is fast and compresses WAL well; -1..-7 are zstd's faster, larger modes).
+    /// zstd level: [`DEFAULT_ZSTD_LEVEL`], or 1..=19 for smaller and slower, -7..=-1 for zstd's
+    /// faster, larger modes.
     pub zstd_level: i32,
-    /// Threads compressing pieces of a segment in parallel, the calling one included (0 and 1
-    /// both mean the calling thread only). PostgreSQL waits for every segment, so threads on
-    /// idle cores cut its latency; see [`default_zstd_threads`]. Any count writes a plain zstd
-    /// stream (one frame per piece) that fetch, older pgkeep versions and `zstd -d` all read.
+    /// Threads compressing a segment's [`ZSTD_PIECE`]s in parallel (0 and 1 both mean the
+    /// calling thread compresses and writes them itself; with more, it writes frames while the
+    /// threads compress). PostgreSQL waits for every segment, so threads on idle cores cut its
+    /// latency; see [`default_zstd_threads`]. Any count writes the same plain zstd stream (one
+    /// frame per piece) that fetch, older pgkeep versions and `zstd -d` all read.
     pub zstd_threads: u32,
 }
 
@@ -386,7 +475,7 @@ impl Default for PushOptions {
     fn default() -> Self {
         PushOptions {
             compression: Compression::Zstd,
-            zstd_level: 1,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
             zstd_threads: default_zstd_threads(),
         }
     }
@@ -537,12 +626,14 @@ impl Archive {
             }
             Compression::Zstd => {
                 let mapped = Mapped::new(&input, size).fs_ctx("map", src)?;
-                let frames = zstd_frames(mapped.bytes(), opts.zstd_level, opts.zstd_threads)
-                    .fs_ctx("zstd", &partial)?;
+                write_zstd(
+                    mapped.bytes(),
+                    opts.zstd_level,
+                    opts.zstd_threads,
+                    out.file(),
+                )
+                .fs_ctx("zstd", &partial)?;
                 drop(mapped);
-                for frame in &frames {
-                    out.file().write_all(frame).fs_ctx("write", &partial)?;
-                }
                 // The mapping had `size` bytes; a file that changed meanwhile is caught below.
                 input.metadata().fs_ctx("stat", src)?.len()
             }
@@ -1002,11 +1093,12 @@ mod tests {
     }
 
     #[test]
-    fn threads_write_one_frame_per_piece_and_a_cut_between_frames_is_damage() {
+    fn any_thread_count_writes_one_frame_per_piece_and_a_cut_between_frames_is_damage() {
         let t = tempfile::tempdir().unwrap();
-        let src = sized_segment(t.path(), "000000010000000000000003", 4 << 20);
+        let src = sized_segment(t.path(), "000000010000000000000003", 8 << 20);
         let original = std::fs::read(&src).unwrap();
-        for (threads, frames) in [(0, 1), (1, 1), (2, 2), (3, 3), (8, 4)] {
+        // 8 MiB is four 2 MiB pieces, written in order whichever thread compressed them.
+        for threads in [0, 1, 2, 3, 8] {
             let arch_dir = t.path().join(format!("arch{threads}"));
             std::fs::create_dir(&arch_dir).unwrap();
             let a = Archive::new(&arch_dir);
@@ -1017,16 +1109,12 @@ mod tests {
             };
             assert!(matches!(
                 a.push(&src, opts).unwrap(),
-                PushOutcome::Stored { read, .. } if read == 4 << 20
+                PushOutcome::Stored { read, .. } if read == 8 << 20
             ));
             let z = arch_dir.join("000000010000000000000003.zst");
             let bytes = std::fs::read(&z).unwrap();
             let sizes = frame_sizes(&bytes);
-            assert_eq!(
-                sizes.len(),
-                frames,
-                "{threads} threads (pieces of >= 1 MiB)"
-            );
+            assert_eq!(sizes.len(), 4, "{threads} threads (2 MiB pieces)");
             let dest = t.path().join("RECOVERYXLOG");
             a.fetch("000000010000000000000003", &dest).unwrap();
             assert!(
@@ -1035,19 +1123,17 @@ mod tests {
             );
             assert_eq!(a.push(&src, opts).unwrap(), PushOutcome::AlreadyArchived);
             let listed = a.list().unwrap();
-            assert_eq!(a.segment_size(&listed[0]), Some(4 << 20));
-            // Cut exactly after a frame: every frame is intact and 1, 2 or 3 MiB are possible
-            // segment sizes, so only the declared size tells that the file is incomplete.
-            if frames > 1 {
-                std::fs::write(&z, &bytes[..sizes[0]]).unwrap();
-                let err = a.fetch("000000010000000000000003", &dest).unwrap_err();
-                assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
-                // And pushing the same segment again does not accept the damaged copy.
-                assert!(matches!(
-                    a.push(&src, opts).unwrap_err(),
-                    WalError::Conflict { .. }
-                ));
-            }
+            assert_eq!(a.segment_size(&listed[0]), Some(8 << 20));
+            // Cut exactly after a frame: every frame is intact and 2 MiB is a possible segment
+            // size, so only the declared size tells that the file is incomplete.
+            std::fs::write(&z, &bytes[..sizes[0]]).unwrap();
+            let err = a.fetch("000000010000000000000003", &dest).unwrap_err();
+            assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+            // And pushing the same segment again does not accept the damaged copy.
+            assert!(matches!(
+                a.push(&src, opts).unwrap_err(),
+                WalError::Conflict { .. }
+            ));
         }
     }
 

@@ -684,8 +684,8 @@ fn scale_up_comes_after_recovery_and_a_failed_one_keeps_the_restore() {
 }
 
 /// A real recovery replays archived segments in every form pgkeep writes or reads: zstd split
-/// into frames compressed in parallel (`--zstd-threads 4`), one-thread zstd, gzip, and the
-/// seed's plain `cp` copies.
+/// into 2 MiB frames compressed in parallel (`--zstd-threads 4`), one zstd frame per segment
+/// (as pgkeep wrote before it split segments), gzip, and the seed's plain `cp` copies.
 #[test]
 fn recovery_replays_segments_archived_in_every_form() {
     let c = TempCluster::options()
@@ -744,13 +744,15 @@ fn recovery_replays_segments_archived_in_every_form() {
     let seg = plain(&after[1]);
     std::fs::copy(&seg, archive.join(&after[1])).unwrap();
     give_to_server(&archive.join(&after[1]));
-    // zstd on one thread (one frame, as every earlier pgkeep wrote)
+    // one zstd frame for the whole segment, streamed (as pgkeep wrote before it split segments)
     let seg = plain(&after[2]);
-    ok(pgkeep(
-        &c,
-        &["wal", "push", "--zstd-threads", "1", seg.to_str().unwrap()],
-    ));
-    give_to_server(&archive.join(format!("{}.zst", after[2])));
+    let one = archive.join(format!("{}.zst", after[2]));
+    let mut enc =
+        zstd::stream::write::Encoder::new(std::fs::File::create(&one).unwrap(), 1).unwrap();
+    enc.include_checksum(true).unwrap();
+    std::io::Write::write_all(&mut enc, &std::fs::read(&seg).unwrap()).unwrap();
+    enc.finish().unwrap();
+    give_to_server(&one);
 
     ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
     c.restart();

@@ -20,8 +20,9 @@ pub struct Args {
     /// How to compress segments: none, gzip or zstd (history and backup files stay plain).
     #[arg(long, default_value = "zstd", value_parser = clap::value_parser!(String))]
     pub compress: String,
-    /// zstd level: 1..=19, or -7..=-1 for zstd's fast modes.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(-7..=19), allow_hyphen_values = true)]
+    /// zstd level: -7..=-1 are zstd's fast modes, 1..=19 store smaller and take longer
+    /// (PostgreSQL waits for each segment; 1 stores OLTP WAL ~18% smaller for ~20% more CPU).
+    #[arg(long, default_value_t = pgkeep_engine::wal::DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(-7..=19), allow_hyphen_values = true)]
     pub zstd_level: i32,
     /// Threads compressing pieces of a segment in parallel (1 = on the calling thread only).
     /// Default: one per CPU this process may use, at most 4. Any count writes plain zstd.
