@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::wal::Compression;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("could not read {path}: {source}\nhint: check --config / PGKEEP_CONFIG")]
@@ -69,6 +71,7 @@ pub struct Settings {
     pub pvc: Pvcs,
     pub schedule: Schedule,
     pub retention: Retention,
+    pub wal: Wal,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -154,6 +157,19 @@ pub struct Retention {
     pub basebackups: u32,
 }
 
+/// How `pgkeep wal push` (PostgreSQL's archive_command) stores segments; its flags override.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wal {
+    /// `zstd`, `gzip` or `none` (history and backup files always stay plain).
+    pub compress: Compression,
+    /// zstd level: -7..=-1 are zstd's fast modes, 1..=19 store smaller and take longer.
+    pub zstd_level: i32,
+}
+
+/// The zstd levels `wal.zstd_level` accepts.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
+
 impl Default for Settings {
     fn default() -> Self {
         let version = env!("CARGO_PKG_VERSION");
@@ -215,6 +231,10 @@ impl Default for Settings {
                 nightly: 7,
                 basebackups: 4,
             },
+            wal: Wal {
+                compress: Compression::Zstd,
+                zstd_level: crate::wal::DEFAULT_ZSTD_LEVEL,
+            },
         }
     }
 }
@@ -260,6 +280,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_IMAGE", "kube.image"),
     ("PGKEEP_IMAGE_PULL_POLICY", "kube.image_pull_policy"),
     ("PGKEEP_STORAGE_CLASS", "kube.storage_class"),
+    ("PGKEEP_WAL_COMPRESS", "wal.compress"),
+    ("PGKEEP_WAL_ZSTD_LEVEL", "wal.zstd_level"),
 ];
 
 /// Settings plus where each value came from.
@@ -373,6 +395,17 @@ pub fn resolve(inputs: &Inputs) -> Result<Resolved, SettingsError> {
                     .unwrap_or_else(|| "environment".into()),
                 message: e.to_string(),
             })?;
+    if !ZSTD_LEVELS.contains(&settings.wal.zstd_level) {
+        let key = "wal.zstd_level";
+        return Err(SettingsError::Invalid {
+            key: key.into(),
+            source_desc: sources.get(key).map(|s| s.to_string()).unwrap_or_default(),
+            message: format!(
+                "{} is not a zstd level (-7..=19; negative levels are zstd's fast modes)",
+                settings.wal.zstd_level
+            ),
+        });
+    }
     Ok(Resolved {
         settings,
         sources,
@@ -646,6 +679,40 @@ mod tests {
         assert!(err.to_string().contains("postgres.uid"), "{err}");
         let err = resolve(&env(&[("PGKEEP_TARGET", "mars")])).unwrap_err();
         assert!(err.to_string().contains("mars"), "{err}");
+    }
+
+    #[test]
+    fn wal_compression_comes_from_file_or_env_and_bad_levels_are_refused() {
+        let r = resolve(&Inputs::default()).unwrap();
+        assert_eq!(r.settings.wal.compress, Compression::Zstd);
+        assert_eq!(r.settings.wal.zstd_level, crate::wal::DEFAULT_ZSTD_LEVEL);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgkeep.toml");
+        std::fs::write(&file, "[wal]\ncompress = \"gzip\"\nzstd_level = 1\n").unwrap();
+        let r = resolve(&Inputs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.settings.wal.compress, Compression::Gzip);
+        assert_eq!(r.settings.wal.zstd_level, 1);
+        let mut inputs = env(&[
+            ("PGKEEP_WAL_COMPRESS", "none"),
+            ("PGKEEP_WAL_ZSTD_LEVEL", "-5"),
+        ]);
+        inputs.config = Some(file);
+        let r = resolve(&inputs).unwrap();
+        assert_eq!(r.settings.wal.compress, Compression::None);
+        assert_eq!(r.settings.wal.zstd_level, -5);
+
+        let err = resolve(&env(&[("PGKEEP_WAL_ZSTD_LEVEL", "25")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("wal.zstd_level") && msg.contains("PGKEEP_WAL_ZSTD_LEVEL"),
+            "{msg}"
+        );
+        let err = resolve(&env(&[("PGKEEP_WAL_COMPRESS", "lz4")])).unwrap_err();
+        assert!(err.to_string().contains("lz4"), "{err}");
     }
 
     #[test]

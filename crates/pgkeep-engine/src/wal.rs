@@ -193,7 +193,7 @@ pub fn valid_segment_size(size: u64) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// How a file is stored in the archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
@@ -213,6 +213,16 @@ impl Compression {
 
     /// Every form fetch looks for, preferred first.
     pub const ALL: [Compression; 3] = [Compression::Zstd, Compression::Gzip, Compression::None];
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        })
+    }
 }
 
 impl FromStr for Compression {

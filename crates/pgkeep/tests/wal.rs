@@ -247,3 +247,46 @@ fn fetch_reads_plain_cp_copies_misses_quietly_and_refuses_damaged_files() {
     assert!(stderr.contains("000000010000000000000007"), "{stderr}");
     assert!(!t.path().join("bad").exists());
 }
+
+#[test]
+fn push_stores_as_the_wal_settings_say_and_flags_win() {
+    let t = tempfile::tempdir().unwrap();
+    let seg = t.path().join("000000010000000000000007");
+    std::fs::write(&seg, noise(1 << 20, 3)).unwrap();
+    let push = |dir: &str, env: &[(&str, &str)], flags: &[&str]| {
+        let archive = t.path().join(dir);
+        std::fs::create_dir(&archive).unwrap();
+        let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+        cmd.env("PGKEEP_CONFIG", "/dev/null")
+            .envs(env.iter().copied())
+            .args(["wal", "push", "--archive"])
+            .arg(&archive)
+            .args(flags)
+            .arg(&seg);
+        let out = cmd.output().unwrap();
+        let names: Vec<String> = std::fs::read_dir(&archive)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        (out, names)
+    };
+    let (out, names) = push("gz", &[("PGKEEP_WAL_COMPRESS", "gzip")], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(names, ["000000010000000000000007.gz"]);
+    let (out, names) = push(
+        "flag",
+        &[("PGKEEP_WAL_COMPRESS", "gzip")],
+        &["--compress", "none"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(names, ["000000010000000000000007"]);
+    let (out, names) = push("bad", &[("PGKEEP_WAL_ZSTD_LEVEL", "42")], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wal.zstd_level"), "{stderr}");
+    assert!(names.is_empty(), "nothing archived: {names:?}");
+    let (out, names) = push("badflag", &[], &["--zstd-level", "-9"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-9"));
+    assert!(names.is_empty(), "nothing archived: {names:?}");
+}

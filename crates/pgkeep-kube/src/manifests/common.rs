@@ -191,6 +191,9 @@ pub fn settings_env(s: &Settings) -> Vec<EnvVar> {
 pub fn server_env(s: &Settings) -> Vec<EnvVar> {
     let mut e = settings_env(s);
     e.push(env("PGHOST", s.paths.run_dir.display()));
+    // For archive_command (`pgkeep wal push`), which PostgreSQL runs in this container.
+    e.push(env("PGKEEP_WAL_COMPRESS", s.wal.compress));
+    e.push(env("PGKEEP_WAL_ZSTD_LEVEL", s.wal.zstd_level));
     e.push(secret_env(s, "POSTGRES_PASSWORD"));
     e
 }
@@ -371,6 +374,27 @@ mod tests {
         };
         assert_eq!(host(&client_env(&s)), "postgres");
         assert_eq!(host(&server_env(&s)), "/var/run/postgresql");
+    }
+
+    #[test]
+    fn the_db_container_archives_as_the_wal_settings_say() {
+        let mut s = Settings::default();
+        s.wal.compress = pgkeep_engine::wal::Compression::Gzip;
+        s.wal.zstd_level = 3;
+        let e = server_env(&s);
+        let get = |n: &str| e.iter().find(|e| e.name == n).and_then(|e| e.value.clone());
+        assert_eq!(get("PGKEEP_WAL_COMPRESS").as_deref(), Some("gzip"));
+        assert_eq!(get("PGKEEP_WAL_ZSTD_LEVEL").as_deref(), Some("3"));
+        // And what is written there reads back as the same settings.
+        let r = pgkeep_engine::settings::resolve(&pgkeep_engine::settings::Inputs {
+            env: e
+                .iter()
+                .filter_map(|v| Some((v.name.clone(), v.value.clone()?)))
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.settings.wal, s.wal);
     }
 
     #[test]

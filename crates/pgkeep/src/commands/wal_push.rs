@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use pgkeep_engine::settings::ZSTD_LEVELS;
 use pgkeep_engine::wal::{Archive, Compression, PushOptions, PushOutcome};
 
 use crate::cli::Ctx;
@@ -18,12 +19,14 @@ pub struct Args {
     /// The WAL file to archive (%p, relative to PGDATA).
     pub path: PathBuf,
     /// How to compress segments: none, gzip or zstd (history and backup files stay plain).
-    #[arg(long, default_value = "zstd", value_parser = clap::value_parser!(String))]
-    pub compress: String,
+    /// Default: the `wal.compress` setting (zstd).
+    #[arg(long, value_parser = clap::value_parser!(String))]
+    pub compress: Option<String>,
     /// zstd level: -7..=-1 are zstd's fast modes, 1..=19 store smaller and take longer
     /// (PostgreSQL waits for each segment; 1 stores OLTP WAL ~18% smaller for ~20% more CPU).
-    #[arg(long, default_value_t = pgkeep_engine::wal::DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(-7..=19), allow_hyphen_values = true)]
-    pub zstd_level: i32,
+    /// Default: the `wal.zstd_level` setting (-2).
+    #[arg(long, allow_hyphen_values = true)]
+    pub zstd_level: Option<i32>,
     /// Threads compressing pieces of a segment in parallel (1 = on the calling thread only).
     /// Default: one per CPU this process may use, at most 4. Any count writes plain zstd.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
@@ -34,10 +37,16 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
-    let compression: Compression = args
-        .compress
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let wal = &ctx.settings().wal;
+    let compression: Compression = match &args.compress {
+        Some(c) => c.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        None => wal.compress,
+    };
+    let zstd_level = args.zstd_level.unwrap_or(wal.zstd_level);
+    anyhow::ensure!(
+        ZSTD_LEVELS.contains(&zstd_level),
+        "--zstd-level {zstd_level} is not a zstd level (-7..=19; negative levels are zstd's fast modes)"
+    );
     let dir = args
         .archive
         .unwrap_or_else(|| ctx.settings().paths.wal_archive.clone());
@@ -46,7 +55,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &args.path,
         PushOptions {
             compression,
-            zstd_level: args.zstd_level,
+            zstd_level,
             zstd_threads: args
                 .zstd_threads
                 .unwrap_or_else(pgkeep_engine::wal::default_zstd_threads),
