@@ -152,6 +152,32 @@ pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
     run_job(&cluster, job).await
 }
 
+/// A one-off Job made from a CronJob as it is on the server (its image, volumes and
+/// environment) that runs `pgkeep ARGS --local` instead of the CronJob's own command, run as
+/// [`run_job`]. For work that needs exactly the volumes a backup CronJob mounts.
+pub async fn run_local_from_cronjob(
+    ctx: &Ctx,
+    cronjob: &str,
+    job_name: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let (cluster, _server) = connect(ctx).await?;
+    let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
+    let mut job = ops_job::job_from_cronjob(&cron, job_name)?;
+    set_local_command(&mut job, args)
+        .with_context(|| format!("cronjob/{cronjob} has no container to run in"))?;
+    run_job(&cluster, job).await
+}
+
+/// Make a Job's (first) container run `pgkeep ARGS --local`; None when it has no container.
+fn set_local_command(job: &mut Job, args: &[&str]) -> Option<()> {
+    let c = job_container(job)?;
+    let mut command = local_command(args);
+    c.args = Some(command.split_off(1));
+    c.command = Some(command);
+    Some(())
+}
+
 /// The objects of one rendered file of the overlay's jobs directory (e.g. `bootstrap-rbac.yaml`),
 /// as applied: exactly what `pgkeep render` writes there.
 pub fn overlay_job_objects(s: &Settings, file: &str) -> Vec<Value> {
@@ -380,5 +406,33 @@ mod tests {
             assert_eq!(o["metadata"]["name"], "bootstrap-from-basebackup");
             assert_eq!(o["metadata"]["namespace"], "record-platform");
         }
+    }
+
+    #[test]
+    fn prune_runs_in_a_job_with_both_volumes_of_the_physical_cronjob() {
+        let s = Settings::default();
+        let cron_name = manifests::backup::physical_name(&s);
+        let cron = base_objects(&s)
+            .into_iter()
+            .find(|o| o["kind"] == "CronJob" && o["metadata"]["name"] == cron_name.as_str())
+            .unwrap();
+        let mut job = ops_job::job_from_cronjob(&cron, "backups-prune").unwrap();
+        set_local_command(&mut job, &["backups", "prune", "--dry-run"]).unwrap();
+        let c = job_container(&mut job).unwrap();
+        assert_eq!(c.command.as_deref(), Some(&["pgkeep".to_owned()][..]));
+        assert_eq!(
+            c.args.as_deref().unwrap(),
+            ["backups", "prune", "--dry-run", "--local"]
+        );
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.contains(&"/backups"), "{mounts:?}");
+        assert!(mounts.contains(&"/wal-archive"), "{mounts:?}");
+        let mut empty = Job::default();
+        assert!(set_local_command(&mut empty, &["backups", "prune"]).is_none());
     }
 }

@@ -430,6 +430,13 @@ fn seed_flows_in_order() {
         verified.contains(&format!("ok      {}", base[0])),
         "{verified}"
     );
+    // A real prune (a Job made from the physical CronJob, which mounts both volumes): both
+    // bundles are kept, and the bootstrap below proves it kept the WAL the base backup needs.
+    let pruned = site.pgkeep_ok("backups prune (Job)", &["backups", "prune"]);
+    assert!(
+        pruned.contains("keeping 2 backups") && pruned.contains("older than"),
+        "{pruned}"
+    );
 
     // --- writes after the base backup; T; later writes; PITR to T.
     site.sql("INSERT INTO fixture SELECT g, 'before T' FROM generate_series(1001, 1100) g;");

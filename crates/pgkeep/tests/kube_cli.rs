@@ -103,9 +103,10 @@ fn loader_without_cluster_fails_with_context_and_hint() {
 }
 
 #[test]
-fn backups_list_and_verify_without_cluster_fail_with_context_and_hint() {
+fn backups_list_verify_and_prune_without_cluster_fail_with_context_and_hint() {
     assert_unreachable(&["backups", "list"]);
     assert_unreachable(&["backups", "verify", "--json"]);
+    assert_unreachable(&["backups", "prune", "--dry-run"]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `pgkeep backups prune [--dry-run]`: keep the newest `retention.nightly` logical and
 //! `retention.basebackups` physical bundles, and remove archived WAL older than what the oldest
 //! kept base backup needs (history files are always kept). The engine's `retention` module
-//! decides; this command shows the plan and applies it.
+//! decides; this command shows the plan and applies it. With `--kube` it runs as a one-off Job
+//! made from the physical backup CronJob, which mounts both volumes.
 
 use pgkeep_engine::retention;
 
@@ -19,7 +20,17 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == pgkeep_engine::settings::Target::Kube {
-        return Err(crate::exit::not_implemented("backups prune --kube"));
+        // The physical backup CronJob mounts both the backups volume and the WAL archive (the
+        // loader pod has only the former), so the prune runs as a Job made from it.
+        let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
+        let mut a = vec!["backups", "prune"];
+        if args.dry_run {
+            a.push("--dry-run");
+        }
+        if args.json {
+            a.push("--json");
+        }
+        return crate::kube::run_local_from_cronjob(&ctx, &cron, "backups-prune", &a).await;
     }
     let s = ctx.settings();
     let plan = retention::plan(
