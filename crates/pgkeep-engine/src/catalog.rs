@@ -154,9 +154,9 @@ pub struct Verified {
 /// Verify one backup: every checksum; for a logical bundle also `pg_restore --list` on the
 /// extracted dump. The result is remembered for `backups list`.
 pub fn verify(pg: &PgBin, dir: &Path, backup: &Backup) -> Result<Verified, LogicalError> {
-    let outcome = verify_inner(pg, dir, backup);
+    let outcome = check(pg, dir, backup);
     let (ok, members, toc, message) = match &outcome {
-        Ok((m, t)) => (true, *m, *t, None),
+        Ok(c) => (true, c.members, c.toc_entries, None),
         Err(e) => (false, 0, None, Some(e.to_string())),
     };
     save_record(
@@ -180,11 +180,20 @@ pub fn verify(pg: &PgBin, dir: &Path, backup: &Backup) -> Result<Verified, Logic
     })
 }
 
-fn verify_inner(
-    pg: &PgBin,
-    dir: &Path,
-    backup: &Backup,
-) -> Result<(usize, Option<usize>), LogicalError> {
+/// What [`check`] found in a sound backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    pub members: usize,
+    /// Entries in the dump's table of contents (logical bundles).
+    pub toc_entries: Option<usize>,
+    /// `TABLE DATA` entries among them: the tables whose rows the dump holds.
+    pub table_data_entries: Option<usize>,
+}
+
+/// Verify one backup without recording the result (restore drills leave the backups directory
+/// as it is): every checksum; for a logical bundle also `pg_restore --list` on the dump, which is
+/// extracted into a hidden staging directory in `staging_in` (removed again).
+pub fn check(pg: &PgBin, staging_in: &Path, backup: &Backup) -> Result<Checked, LogicalError> {
     if backup.kind == BackupKind::Physical {
         let c = bundle::verify(&backup.path)?;
         if c.manifest.is_none() {
@@ -194,10 +203,14 @@ fn verify_inner(
             }
             .into());
         }
-        return Ok((c.members.len(), None));
+        return Ok(Checked {
+            members: c.members.len(),
+            toc_entries: None,
+            table_data_entries: None,
+        });
     }
     let staging_dir =
-        crate::logical::Staging::create(dir, &format!("verify-{}", std::process::id()))?;
+        crate::logical::Staging::create(staging_in, &format!("verify-{}", std::process::id()))?;
     let staging = staging_dir.path().join("x");
     let result = (|| {
         let c = bundle::extract(&backup.path, &staging)?;
@@ -222,14 +235,35 @@ fn verify_inner(
             .arg("--list")
             .arg(&dump)
             .output_string()?;
-        let entries = list
+        let entries: Vec<&str> = list
             .lines()
             .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .count();
-        Ok((c.members.len(), Some(entries)))
+            .collect();
+        Ok(Checked {
+            members: c.members.len(),
+            toc_entries: Some(entries.len()),
+            table_data_entries: Some(count_table_data(&entries)),
+        })
     })();
     drop(staging_dir);
     result
+}
+
+/// `TABLE DATA` entries of a `pg_restore --list` (`3385; 0 16390 TABLE DATA public t owner`).
+fn count_table_data(entries: &[&str]) -> usize {
+    entries
+        .iter()
+        .filter(|l| {
+            l.split_once(';')
+                .map(|(_, rest)| {
+                    rest.split_whitespace()
+                        .skip(2)
+                        .take(2)
+                        .eq(["TABLE", "DATA"])
+                })
+                .unwrap_or(false)
+        })
+        .count()
 }
 
 #[cfg(test)]
@@ -256,6 +290,18 @@ mod tests {
         let mut info = BTreeMap::new();
         info.insert("database".into(), serde_json::json!("shop"));
         w.finish(BundleKind::Logical, info).unwrap().0
+    }
+
+    #[test]
+    fn table_data_entries_are_counted() {
+        let toc = [
+            "215; 1259 16385 TABLE public t postgres",
+            "3385; 0 16385 TABLE DATA public t postgres",
+            "3386; 0 16390 TABLE DATA \"Mixed Case\" u postgres",
+            "3387; 0 16395 MATERIALIZED VIEW DATA public mv postgres",
+            "3388; 0 0 SEQUENCE SET public s postgres",
+        ];
+        assert_eq!(count_table_data(&toc), 2);
     }
 
     #[test]

@@ -98,6 +98,18 @@ impl ConnParams {
         }
     }
 
+    /// A Unix socket in `socket_dir`, without a password (a throwaway server that trusts its
+    /// private socket).
+    pub fn socket(socket_dir: &std::path::Path, port: u16, user: &str, dbname: &str) -> ConnParams {
+        ConnParams {
+            host: socket_dir.display().to_string(),
+            port,
+            user: user.to_owned(),
+            dbname: dbname.to_owned(),
+            password: None,
+        }
+    }
+
     /// The same parameters for another database.
     pub fn with_db(&self, dbname: &str) -> ConnParams {
         ConnParams {

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod datadir;
 pub mod db;
+pub mod drill;
 pub mod fsutil;
 pub mod inspect;
 pub mod logical;

@@ -770,6 +770,10 @@ pub struct LogicalRestore {
     pub source: RestoreSource,
     pub options: RestoreOptions,
     pub progress: Arc<dyn Progress>,
+    /// Where to extract the dump: `None` is the backups directory (after removing what
+    /// interrupted runs left there); a restore drill gives its scratch directory, so the backups
+    /// directory is only read.
+    pub staging_in: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -892,11 +896,14 @@ impl LogicalRestore {
                 p.clone()
             }
         };
-        clean_stale(&self.backups_dir)?;
-        let staging = Staging::create(
-            &self.backups_dir,
-            &format!("restore-{}", std::process::id()),
-        )?;
+        let staging_in = match &self.staging_in {
+            Some(dir) => dir.clone(),
+            None => {
+                clean_stale(&self.backups_dir)?;
+                self.backups_dir.clone()
+            }
+        };
+        let staging = Staging::create(&staging_in, &format!("restore-{}", std::process::id()))?;
 
         tracing::info!(step = "verify", archive = %archive.display(), "verifying checksums and extracting");
         let kind = upload::sniff(&archive)?;
@@ -1462,6 +1469,7 @@ pub async fn round_trip(
             keep_going: false,
         },
         progress,
+        staging_in: None,
     }
     .prepare()
     .await?

@@ -12,6 +12,12 @@
 //!
 //! PostgreSQL's own verdicts are turned into clear errors: a target never reached, a target
 //! before the consistent point, WAL missing before consistency, a damaged archived segment.
+//!
+//! With a [`Sandbox`] (restore drills, `crate::drill`) the same steps recover into a scratch
+//! PGDATA: the server listens only on a socket in a private directory, never archives (a promote
+//! writes a `.history` file that must not reach the archive), trusts only that socket, and the
+//! WAL archive is only read: a superseded directory is read where it lies instead of being moved
+//! back into the archive root.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -247,6 +253,51 @@ pub struct BootstrapRequest {
     pub pgkeep_exe: PathBuf,
     /// How long to wait for recovery to end.
     pub timeout: Duration,
+    /// Recover into a throwaway server instead of the live one (restore drills).
+    pub sandbox: Option<Sandbox>,
+}
+
+/// A throwaway recovery: PGDATA is a scratch directory and the server must not be reachable from
+/// outside, nor write anywhere but there. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The only place the server listens (a Unix socket; private, inside the scratch directory).
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
+impl Sandbox {
+    /// The settings that make a restored configuration safe to start beside the live server,
+    /// whatever it says: no TCP, no archiving, no synchronous standbys to wait for, no files
+    /// written outside PGDATA (logging collector, external pid file), and the restored pg_hba.conf
+    /// replaced by one that trusts the private socket only.
+    pub fn settings(&self, pgdata: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("listen_addresses", String::new()),
+            ("port", self.port.to_string()),
+            (
+                "unix_socket_directories",
+                self.socket_dir.display().to_string(),
+            ),
+            ("unix_socket_permissions", "0700".into()),
+            ("archive_mode", "off".into()),
+            ("archive_command", String::new()),
+            ("archive_library", String::new()),
+            ("archive_cleanup_command", String::new()),
+            ("recovery_end_command", String::new()),
+            ("primary_conninfo", String::new()),
+            ("primary_slot_name", String::new()),
+            ("synchronous_standby_names", String::new()),
+            ("external_pid_file", String::new()),
+            ("logging_collector", "off".into()),
+            ("ssl", "off".into()),
+            ("hba_file", pgdata.join("pg_hba.conf").display().to_string()),
+        ]
+    }
+
+    /// pg_hba.conf of a sandbox: the private socket only.
+    pub const HBA: &'static str =
+        "# pgkeep restore drill: only the private socket, nothing over TCP\nlocal all all trust\n";
 }
 
 /// Everything checked before anything is changed.
@@ -265,6 +316,9 @@ pub struct Plan {
     /// aside (a fresh initdb took the archive over): the directory to move back into the root,
     /// after moving the root's WAL aside. See [`crate::archive_owner`].
     pub archive_handover: Option<PathBuf>,
+    /// The directory restore_command reads: the archive root, or in a sandbox the superseded
+    /// directory holding the bundle's system's WAL (read where it lies).
+    pub restore_from: PathBuf,
 }
 
 /// Where recovery ended.
@@ -315,9 +369,15 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
             reason,
         })?;
     let root = Archive::new(&req.wal_archive);
-    let archive_handover = plan_handover(&root, &facts)?;
-    // The checks look where the WAL will be: the root, or the directory moved back into it.
-    let archive = Archive::new(archive_handover.as_deref().unwrap_or(&req.wal_archive));
+    let found = plan_handover(&root, &facts)?;
+    // The checks look where the WAL will be: the root, or the directory moved back into it (in
+    // a sandbox: read where it lies, the archive is never changed).
+    let restore_from = match (&found, &req.sandbox) {
+        (Some(dir), Some(_)) => dir.clone(),
+        _ => req.wal_archive.clone(),
+    };
+    let archive = Archive::new(found.as_deref().unwrap_or(&req.wal_archive));
+    let archive_handover = if req.sandbox.is_some() { None } else { found };
     check_same_system(&bundle, &facts, &archive)?;
     if let Some(t) = &req.target {
         check_target(t, &facts, &bundle.name)?;
@@ -351,6 +411,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         keep_old_at,
         pgdata_entries,
         archive_handover,
+        restore_from,
     })
 }
 
@@ -893,7 +954,7 @@ fn write_recovery_settings(
     let mut block = format!("{BLOCK_BEGIN}\n");
     block.push_str(&conf_line(
         "restore_command",
-        &restore_command(&req.pgkeep_exe, &req.wal_archive),
+        &restore_command(&req.pgkeep_exe, &plan.restore_from),
     ));
     block.push_str(&conf_line("recovery_target_action", "promote"));
     block.push_str(&conf_line("recovery_target_timeline", "latest"));
@@ -915,16 +976,33 @@ fn write_recovery_settings(
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
+    let mut written = vec![auto.clone()];
+    if let Some(sandbox) = &req.sandbox {
+        // Outside the recovery block: these stay for as long as the throwaway server runs.
+        text.push_str(SANDBOX_HEADER);
+        text.push('\n');
+        for (k, v) in sandbox.settings(&req.pgdata) {
+            text.push_str(&conf_line(k, &v));
+        }
+        let hba = req.pgdata.join("pg_hba.conf");
+        fsutil::write_atomic(&hba, Sandbox::HBA.as_bytes(), 0o600, true)?;
+        written.push(hba);
+    }
     text.push_str(&block);
     fsutil::write_atomic(&auto, text.as_bytes(), 0o600, true)?;
     let signal = req.pgdata.join("recovery.signal");
     fsutil::write_atomic(&signal, b"", 0o600, true)?;
+    written.push(signal);
     if fsutil::is_root() {
-        fsutil::chown(&auto, req.uid, req.gid)?;
-        fsutil::chown(&signal, req.uid, req.gid)?;
+        for p in &written {
+            fsutil::chown(p, req.uid, req.gid)?;
+        }
     }
     Ok(())
 }
+
+const SANDBOX_HEADER: &str =
+    "# pgkeep restore drill: a throwaway server (private socket only, never archives)";
 
 /// postgresql.auto.conf without pgkeep's recovery block.
 pub fn strip_block(text: &str) -> String {

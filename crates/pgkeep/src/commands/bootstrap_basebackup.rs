@@ -79,6 +79,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         leave_running: args.leave_running,
         pgkeep_exe: std::env::current_exe().context("locating the pgkeep program")?,
         timeout: Duration::from_secs(args.timeout),
+        sandbox: None,
     };
     let pg = PgBin::locate()?;
     let plan = recovery::prepare(&req)?;

@@ -412,6 +412,7 @@ async fn bootstrap(site: &Site, later: i64) -> anyhow::Result<()> {
             leave_running: true,
             pgkeep_exe: site.exe.clone(),
             timeout: Duration::from_secs(300),
+            sandbox: None,
         },
     )
     .await?;

@@ -1,12 +1,196 @@
-//! `pgkeep drill`: restore the newest backups into a scratch cluster and check them.
+//! `pgkeep drill`: restore the newest backups into throwaway servers in a scratch directory and
+//! check them, without touching the live cluster, the WAL archive or the backups (the engine's
+//! `drill` module does the work). Exits 0 when every drill that ran passed, 1 when one failed.
 //!
-//! Not implemented yet: exits with code 2 and says so.
+//! `--kube` runs the logical drill in the backups-loader pod (`pgkeep drill --skip-physical`
+//! there); that pod has no WAL archive, so the physical drill is refused under `--kube`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgkeep_engine::drill::{self, DrillOutcome, DrillReport, DrillRequest};
+use pgkeep_engine::logical;
+use pgkeep_engine::settings::Target;
+use pgkeep_engine::tools::PgBin;
 
 use crate::cli::Ctx;
+use crate::commands::backup_logical::BarProgress;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Do not drill the newest logical (nightly) bundle.
+    #[arg(long, conflicts_with = "skip_physical")]
+    pub skip_logical: bool,
+    /// Do not drill the newest base backup (with WAL replay from the archive).
+    #[arg(long)]
+    pub skip_physical: bool,
+    /// Keep the scratch directory (servers stopped) to look at it; it is printed at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds a throwaway server may take to start, and WAL replay to end.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+    /// Parallel pg_restore jobs for the logical drill (default: the number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub async fn run(_args: Args, _ctx: Ctx) -> anyhow::Result<()> {
-    Err(crate::exit::not_implemented("drill"))
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    if ctx.target() == Target::Kube {
+        return drill_kube(&args, &ctx).await;
+    }
+    let s = ctx.settings();
+    let req = DrillRequest {
+        pg: PgBin::locate()?,
+        backups: s.paths.backups.clone(),
+        wal_archive: s.paths.wal_archive.clone(),
+        database: s.postgres.database.clone(),
+        user: s.postgres.user.clone(),
+        uid: s.postgres.uid,
+        gid: s.postgres.gid,
+        pgkeep_exe: std::env::current_exe().context("locating the pgkeep program")?,
+        logical: !args.skip_logical,
+        physical: !args.skip_physical,
+        keep: args.keep,
+        timeout: Duration::from_secs(args.timeout),
+        jobs: args.jobs.unwrap_or_else(logical::default_jobs),
+        progress: Arc::new(BarProgress::default()),
+    };
+    let report = drill::run(&req).await?;
+    if args.json {
+        crate::output::print_json(&report)?;
+    } else {
+        print!("{}", render(&report));
+    }
+    let failures = report.failures();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::new();
+    for (which, why) in &failures {
+        msg.push_str(&format!("the {which} drill failed: {why}\n"));
+    }
+    msg.push_str("hint: ");
+    msg.push_str(&hint(&failures, report.kept));
+    anyhow::bail!(msg)
+}
+
+fn hint(failures: &[(&str, String)], kept: bool) -> String {
+    let mut h = Vec::new();
+    if failures.iter().any(|(w, _)| *w == "logical") {
+        h.push("take a fresh logical backup (`pgkeep backup logical`) and check it with `pgkeep backups verify`; restores from the failing bundle cannot be trusted");
+    }
+    if failures.iter().any(|(w, _)| *w == "physical") {
+        h.push("take a fresh base backup (`pgkeep backup physical`) and check that WAL archiving works (`pgkeep status`); a bootstrap from the failing bundle would end the same way");
+    }
+    let mut s = h.join("; ");
+    s.push_str(if kept {
+        "; the scratch directory above was kept, with each server's log"
+    } else {
+        "; run `pgkeep drill --keep` to keep the scratch directory and each server's log"
+    });
+    s
+}
+
+fn render(r: &DrillReport) -> String {
+    let mut out = String::new();
+    for o in r.outcomes() {
+        render_outcome(&mut out, o);
+    }
+    if r.kept {
+        out.push_str(&format!("scratch kept at {}\n", r.scratch.display()));
+    }
+    out.push_str(&format!(
+        "drill {} in {:.1}s\n",
+        if r.passed() { "passed" } else { "FAILED" },
+        r.seconds
+    ));
+    out
+}
+
+fn render_outcome(out: &mut String, o: &DrillOutcome) {
+    out.push_str(&format!(
+        "{:<9} drill  {:<6}  {}\n",
+        o.kind.label(),
+        if o.passed { "passed" } else { "FAILED" },
+        o.bundle.as_deref().unwrap_or("(no bundle)")
+    ));
+    let secs = |s: Option<f64>| s.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into());
+    out.push_str(&format!(
+        "  verified   {}{}\n",
+        if o.verified { "yes" } else { "no" },
+        match o.members {
+            Some(m) => format!(" ({m} members, {})", secs(o.verify_secs)),
+            None if o.verified => format!(" ({})", secs(o.verify_secs)),
+            None => String::new(),
+        }
+    ));
+    if let Some(rep) = &o.replay {
+        out.push_str(&format!(
+            "  replayed   end LSN {}, timeline {}, last transaction {}\n",
+            rep.end_lsn.as_deref().unwrap_or("?"),
+            rep.timeline
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
+            rep.last_replayed_xact_time.as_deref().unwrap_or("(none)")
+        ));
+    }
+    if let (Some(db), Some(t), Some(rows)) = (&o.database, o.tables, o.rows) {
+        out.push_str(&format!(
+            "  restored   `{db}` in {}: {t} tables, {rows} rows\n",
+            secs(o.restore_secs)
+        ));
+    }
+    const SHOWN: usize = 20;
+    for t in o.table_rows.iter().take(SHOWN) {
+        out.push_str(&format!(
+            "    {:<40} {:>12}\n",
+            t.table,
+            t.rows.map(|r| r.to_string()).unwrap_or_else(|| "?".into())
+        ));
+    }
+    if o.table_rows.len() > SHOWN {
+        out.push_str(&format!(
+            "    ... {} more tables\n",
+            o.table_rows.len() - SHOWN
+        ));
+    }
+    for c in &o.checks {
+        out.push_str(&format!(
+            "  {:<6} {}: {}\n",
+            if c.ok { "ok" } else { "FAILED" },
+            c.name,
+            c.detail
+        ));
+    }
+    if let Some(e) = &o.error {
+        out.push_str(&format!("  error: {}\n", e.replace('\n', "\n    ")));
+    }
+}
+
+/// `--kube`: the logical drill in the backups-loader pod. The physical drill needs the WAL
+/// archive, which that pod does not mount: refused before connecting.
+async fn drill_kube(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
+    if !args.skip_physical {
+        return Err(crate::exit::Refused(
+            "the physical drill cannot run under --kube: the backups-loader pod mounts the backups volume but not the WAL archive\nhint: run `pgkeep --kube drill --skip-physical` for the logical drill, and the physical drill on a host that mounts the WAL archive (`pgkeep drill --skip-logical`)".into(),
+        )
+        .into());
+    }
+    let timeout = args.timeout.to_string();
+    let jobs = args.jobs.map(|j| j.to_string());
+    let mut a = vec!["drill", "--skip-physical", "--timeout", &timeout];
+    if let Some(j) = &jobs {
+        a.extend(["--jobs", j]);
+    }
+    for (on, flag) in [(args.keep, "--keep"), (args.json, "--json")] {
+        if on {
+            a.push(flag);
+        }
+    }
+    crate::kube::run_local_in_loader(ctx, &a).await
 }

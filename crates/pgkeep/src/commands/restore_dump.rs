@@ -82,6 +82,7 @@ pub async fn restore(
             keep_going: args.keep_going,
         },
         progress: Arc::new(BarProgress::default()),
+        staging_in: None,
     };
     let prepared = req.prepare().await.map_err(|e| refused(e.into()))?;
     tracing::info!(archive = %prepared.archive().display(), "verified");
