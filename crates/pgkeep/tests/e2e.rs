@@ -430,6 +430,16 @@ fn seed_flows_in_order() {
         verified.contains(&format!("ok      {}", base[0])),
         "{verified}"
     );
+    // Restore drills of both bundles, in a Job made from the physical CronJob: the live
+    // database is untouched, the restored copy has the fixture's 1000 rows.
+    let drilled = site.pgkeep_ok("drill (Job)", &["drill"]);
+    assert!(
+        drilled.contains("drill passed")
+            && drilled.contains(&nightly[0])
+            && drilled.contains(&base[0])
+            && drilled.contains("1000"),
+        "{drilled}"
+    );
     // A real prune (a Job made from the physical CronJob, which mounts both volumes): both
     // bundles are kept, and the bootstrap below proves it kept the WAL the base backup needs.
     let pruned = site.pgkeep_ok("backups prune (Job)", &["backups", "prune"]);

@@ -110,6 +110,12 @@ fn backups_list_verify_and_prune_without_cluster_fail_with_context_and_hint() {
 }
 
 #[test]
+fn drill_without_cluster_fails_with_context_and_hint() {
+    assert_unreachable(&["drill"]);
+    assert_unreachable(&["drill", "--skip-logical", "--json"]);
+}
+
+#[test]
 fn backup_without_cluster_fails_with_context_and_hint() {
     assert_unreachable(&["backup", "logical"]);
     assert_unreachable(&["backup", "physical"]);

@@ -2,8 +2,8 @@
 //! check them, without touching the live cluster, the WAL archive or the backups (the engine's
 //! `drill` module does the work). Exits 0 when every drill that ran passed, 1 when one failed.
 //!
-//! `--kube` runs the logical drill in the backups-loader pod (`pgkeep drill --skip-physical`
-//! there); that pod has no WAL archive, so the physical drill is refused under `--kube`.
+//! `--kube` runs the same drill as a one-off Job made from the physical backup CronJob, which
+//! mounts the backups volume and the WAL archive, and follows its log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,25 +172,26 @@ fn render_outcome(out: &mut String, o: &DrillOutcome) {
     }
 }
 
-/// `--kube`: the logical drill in the backups-loader pod. The physical drill needs the WAL
-/// archive, which that pod does not mount: refused before connecting.
+/// `--kube`: the drill runs as a one-off Job made from the physical backup CronJob, which
+/// mounts the backups volume and the WAL archive (the physical drill replays from it) and runs
+/// the same image, as the data owner.
 async fn drill_kube(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
-    if !args.skip_physical {
-        return Err(crate::exit::Refused(
-            "the physical drill cannot run under --kube: the backups-loader pod mounts the backups volume but not the WAL archive\nhint: run `pgkeep --kube drill --skip-physical` for the logical drill, and the physical drill on a host that mounts the WAL archive (`pgkeep drill --skip-logical`)".into(),
-        )
-        .into());
-    }
     let timeout = args.timeout.to_string();
     let jobs = args.jobs.map(|j| j.to_string());
-    let mut a = vec!["drill", "--skip-physical", "--timeout", &timeout];
+    let mut a = vec!["drill", "--timeout", &timeout];
     if let Some(j) = &jobs {
         a.extend(["--jobs", j]);
     }
-    for (on, flag) in [(args.keep, "--keep"), (args.json, "--json")] {
+    for (on, flag) in [
+        (args.skip_logical, "--skip-logical"),
+        (args.skip_physical, "--skip-physical"),
+        (args.keep, "--keep"),
+        (args.json, "--json"),
+    ] {
         if on {
             a.push(flag);
         }
     }
-    crate::kube::run_local_in_loader(ctx, &a).await
+    let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
+    crate::kube::run_local_from_cronjob(ctx, &cron, "drill", &a).await
 }
