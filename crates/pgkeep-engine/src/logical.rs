@@ -435,27 +435,125 @@ impl Db {
 /// removed on drop.
 pub(crate) struct Staging {
     path: PathBuf,
+    heartbeat: Option<Heartbeat>,
 }
 
 const STAGING_SUFFIX: &str = ".staging";
+
+/// How long a staging directory made on another host must have gone without a heartbeat
+/// before it counts as abandoned. In Kubernetes every pod is its own host with its own process
+/// IDs, so a run in another pod (a restore Job while the nightly CronJob cleans up) cannot be
+/// seen from here; only its heartbeat tells that it still works.
+const FOREIGN_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
+/// How often a run touches its staging directory's `pid` file.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A staging label unique to this run, also among pods (each has its own process IDs, and
+/// pgkeep is often PID 1 there): `KIND-HOST-PID`.
+pub(crate) fn run_label(kind: &str) -> String {
+    match this_host() {
+        h if h.is_empty() => format!("{kind}-{}", std::process::id()),
+        h => format!("{kind}-{h}-{}", std::process::id()),
+    }
+}
+
+/// This host's name (the pod's name in Kubernetes).
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Who holds a staging directory, from its `pid` file: `PID HOST` (earlier versions wrote only
+/// the PID, which counts as this host).
+#[derive(Debug, PartialEq, Eq)]
+enum Holder {
+    /// This very process.
+    Us,
+    /// A run that is, or may still be, working: how to name it.
+    Running(String),
+    /// Its process is gone (this host), or it has not been heard of for a long time (another).
+    Gone,
+    /// No readable `pid` file (yet).
+    Unknown,
+}
+
+fn holder(dir: &Path) -> Holder {
+    let pid_file = dir.join("pid");
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        return Holder::Unknown;
+    };
+    let mut words = text.split_whitespace();
+    let Some(pid) = words.next().and_then(|p| p.parse::<u32>().ok()) else {
+        return Holder::Unknown;
+    };
+    let host = words.next().filter(|h| *h != this_host());
+    match host {
+        None if pid == std::process::id() => Holder::Us,
+        None if process_is_pgkeep(pid) => Holder::Running(format!("pid {pid}")),
+        None => Holder::Gone,
+        Some(host) => {
+            let quiet_for = std::fs::metadata(&pid_file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if quiet_for < FOREIGN_STALE_AFTER {
+                Holder::Running(format!("pid {pid} on host {host}"))
+            } else {
+                Holder::Gone
+            }
+        }
+    }
+}
+
+/// Touches a `pid` file every [`HEARTBEAT`] until dropped.
+struct Heartbeat {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(pid_file: PathBuf, every: std::time::Duration) -> Heartbeat {
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("staging-heartbeat".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(&pid_file)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                }
+            })
+            .ok();
+        Heartbeat {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 impl Staging {
     pub(crate) fn create(dir: &Path, label: &str) -> Result<Staging, FsError> {
         let path = dir.join(format!(".{label}{STAGING_SUFFIX}"));
         if path.exists() {
-            let owner: Option<u32> = std::fs::read_to_string(path.join("pid"))
-                .ok()
-                .and_then(|p| p.trim().parse().ok());
-            if owner.is_some_and(|p| p != std::process::id() && process_is_pgkeep(p)) {
+            if let Holder::Running(who) = holder(&path) {
                 return Err(FsError::new(
                     "create directory",
                     &path,
                     io::Error::new(
                         io::ErrorKind::AlreadyExists,
-                        format!(
-                            "another pgkeep run (pid {}) is using it; wait for it to finish",
-                            owner.unwrap_or_default()
-                        ),
+                        format!("another pgkeep run ({who}) is using it; wait for it to finish"),
                     ),
                 ));
             }
@@ -466,9 +564,16 @@ impl Staging {
             .create(&path)
             .fs_ctx("create directory", &path)?;
         fsutil::set_mode(&path, 0o700)?;
-        std::fs::write(path.join("pid"), std::process::id().to_string())
-            .fs_ctx("write", &path.join("pid"))?;
-        Ok(Staging { path })
+        let pid_file = path.join("pid");
+        std::fs::write(
+            &pid_file,
+            format!("{} {}\n", std::process::id(), this_host()),
+        )
+        .fs_ctx("write", &pid_file)?;
+        Ok(Staging {
+            path,
+            heartbeat: Some(Heartbeat::start(pid_file, HEARTBEAT)),
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -478,6 +583,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
+        drop(self.heartbeat.take());
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -488,7 +594,9 @@ fn process_is_pgkeep(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Remove staging directories (and their partial bundles) left by pgkeep runs that are gone.
+/// Remove staging directories (and their partial bundles) left by pgkeep runs that are gone:
+/// on this host, when their process has ended; made on another host (another pod), when they
+/// have gone [`FOREIGN_STALE_AFTER`] without a heartbeat.
 pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(dir).fs_ctx("read directory", dir)? {
@@ -500,21 +608,21 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
         else {
             continue;
         };
-        let pid: Option<u32> = std::fs::read_to_string(entry.path().join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok());
-        if pid.is_some_and(|p| p == std::process::id() || process_is_pgkeep(p)) {
-            continue;
-        }
-        // Without a pid file yet, a directory may be one that is being created right now.
-        let young = entry
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age.as_secs() < 60);
-        if pid.is_none() && young {
-            continue;
+        match holder(&entry.path()) {
+            Holder::Us | Holder::Running(_) => continue,
+            Holder::Gone => {}
+            Holder::Unknown => {
+                // Without a pid file yet, a directory may be one that is being created now.
+                let young = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age.as_secs() < 60);
+                if young {
+                    continue;
+                }
+            }
         }
         std::fs::remove_dir_all(entry.path()).fs_ctx("remove stale staging", &entry.path())?;
         let partial = dir.join(fsutil::partial_name(label));
@@ -903,7 +1011,7 @@ impl LogicalRestore {
                 self.backups_dir.clone()
             }
         };
-        let staging = Staging::create(&staging_in, &format!("restore-{}", std::process::id()))?;
+        let staging = Staging::create(&staging_in, &run_label("restore"))?;
 
         tracing::info!(step = "verify", archive = %archive.display(), "verifying checksums and extracting");
         let kind = upload::sniff(&archive)?;
@@ -1575,6 +1683,62 @@ mod tests {
         ));
         assert!(!is_own_role_line("CREATE ROLE postgres2;", "postgres"));
         assert!(!is_own_role_line("GRANT app TO postgres;", "postgres"));
+    }
+
+    #[test]
+    fn another_hosts_staging_stays_until_its_heartbeat_stops() {
+        let t = tempfile::tempdir().unwrap();
+        let foreign = t.path().join(".restore-1.staging");
+        std::fs::create_dir(&foreign).unwrap();
+        // PID 1 on another pod: not this host's PID 1, whatever runs here as PID 1.
+        std::fs::write(foreign.join("pid"), "1 restore-job-x7k2p\n").unwrap();
+        assert!(clean_stale(t.path()).unwrap().is_empty());
+        let err = Staging::create(t.path(), "restore-1").err().unwrap();
+        assert!(
+            err.to_string().contains("pid 1 on host restore-job-x7k2p"),
+            "{err}"
+        );
+        assert!(foreign.join("pid").exists(), "left alone");
+        // No heartbeat for longer than FOREIGN_STALE_AFTER: abandoned.
+        let old = std::time::SystemTime::now() - FOREIGN_STALE_AFTER - HEARTBEAT;
+        std::fs::File::options()
+            .write(true)
+            .open(foreign.join("pid"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(clean_stale(t.path()).unwrap(), [".restore-1.staging"]);
+        assert!(!foreign.exists());
+    }
+
+    #[test]
+    fn a_run_beats_on_its_pid_file_until_it_ends() {
+        let t = tempfile::tempdir().unwrap();
+        let pid_file = t.path().join("pid");
+        std::fs::write(&pid_file, "1 h\n").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let set = |when| {
+            std::fs::File::options()
+                .write(true)
+                .open(&pid_file)
+                .unwrap()
+                .set_modified(when)
+                .unwrap()
+        };
+        set(old);
+        let beat = Heartbeat::start(pid_file.clone(), std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let touched = std::fs::metadata(&pid_file).unwrap().modified().unwrap();
+        assert!(
+            touched > old + std::time::Duration::from_secs(3000),
+            "touched"
+        );
+        drop(beat);
+        set(old);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let after = std::fs::metadata(&pid_file).unwrap().modified().unwrap();
+        assert_eq!(after, old, "no heartbeat after the run ended");
+        assert!(run_label("restore").ends_with(&format!("-{}", std::process::id())));
     }
 
     #[test]
