@@ -448,6 +448,36 @@ impl TempCluster {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
+    /// Switch WAL segments and wait until the finished segment is archived (`pg_stat_archiver`);
+    /// returns its name. A logical message is written first so the segment is never empty (an
+    /// empty one is not switched) without touching any table. Panics with the server log when
+    /// the segment is not archived within 30 s.
+    pub fn switch_wal_and_wait_archived(&self) -> String {
+        self.psql(
+            "postgres",
+            "select pg_logical_emit_message(false, 'pgkeep-test', 'switch')",
+        );
+        let name = self.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let done = self.psql(
+                "postgres",
+                &format!(
+                    "select coalesce(last_archived_wal, '') >= '{name}' from pg_stat_archiver"
+                ),
+            );
+            if done == "t" {
+                return name;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "segment {name} was not archived in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// A connection string for tokio-postgres over the socket directory.
     pub fn conninfo(&self, db: &str) -> String {
         format!(
@@ -525,6 +555,16 @@ fn run(mut cmd: Command) -> Output {
 fn lossy(out: &Output) -> String {
     format!(
         "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A finished command's exit status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use pgkeep_testkit::TempCluster;
+use pgkeep_testkit::{TempCluster, output_text};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("pgkeep")
@@ -26,36 +25,9 @@ fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "pgkeep failed: {}", text(&out));
+    assert!(out.status.success(), "pgkeep failed: {}", output_text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Switch segments and wait until the finished one is archived.
-fn switch_and_wait(c: &TempCluster) {
-    let name = c.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.psql(
-        "postgres",
-        &format!("select coalesce(last_archived_wal, '') >= '{name}' from pg_stat_archiver"),
-    ) != "t"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{name} not archived:\n{}",
-            c.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A site with a logical and a physical backup of `records` (1000 + 250 rows), then 500 more
@@ -92,7 +64,7 @@ fn site() -> Site {
         "records",
         "create table public.later (id int); insert into public.later select generate_series(1, 500);",
     );
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
     Site {
         c,
         logical,
@@ -253,23 +225,23 @@ fn a_damaged_newest_bundle_fails_the_drill_naming_it() {
     let backups = snapshot(&c.backups());
 
     let out = pgkeep(c, &["drill"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("the logical drill failed"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(
         stderr.contains("the physical drill failed"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(stderr.contains(bad_logical), "{}", text(&out));
-    assert!(stderr.contains(bad_physical), "{}", text(&out));
-    assert!(stderr.contains("hint:"), "{}", text(&out));
+    assert!(stderr.contains(bad_logical), "{}", output_text(&out));
+    assert!(stderr.contains(bad_physical), "{}", output_text(&out));
+    assert!(stderr.contains("hint:"), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FAILED"), "{}", text(&out));
+    assert!(stdout.contains("FAILED"), "{}", output_text(&out));
 
     assert_eq!(
         snapshot(&c.wal_archive()),
@@ -322,7 +294,7 @@ fn the_physical_drill_promotes_without_writing_into_the_archive() {
     );
 
     // Archiving of the live cluster goes on as before, on timeline 1.
-    switch_and_wait(c);
+    c.switch_wal_and_wait_archived();
     assert!(
         !names(&c.wal_archive())
             .iter()

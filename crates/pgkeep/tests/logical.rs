@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::TempCluster;
+use pgkeep_testkit::{TempCluster, output_text};
 
 /// What breaks dump/restore: roles with passwords and memberships, grants, contrib extensions,
 /// quoted mixed-case and non-ASCII schema names, a partitioned table, a materialized view on a
@@ -69,25 +69,16 @@ fn pgkeep(c: &TempCluster) -> Command {
     cmd
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     out
 }
 
 fn fails(cmd: &mut Command, code: i32, needle: &str) -> Output {
     let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(code), "{}", text(&out));
-    let all = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{}", output_text(&out));
+    let all = output_text(&out);
     assert!(all.contains(needle), "expected {needle:?} in:\n{all}");
     out
 }
@@ -106,7 +97,7 @@ fn schema_dump(c: &TempCluster, db: &str) -> String {
         .args(["--schema-only", "-d", db])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     strip_restrict(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -191,7 +182,7 @@ fn tar_list(path: &Path) -> Vec<String> {
         .arg(path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -270,13 +261,13 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
         .arg(x.path().join("records.dir"))
         .output()
         .unwrap();
-    assert!(plain.status.success(), "{}", text(&plain));
+    assert!(plain.status.success(), "{}", output_text(&plain));
     let gunzip = std::process::Command::new("gzip")
         .arg("-dc")
         .arg(x.path().join("records.sql.gz"))
         .output()
         .unwrap();
-    assert!(gunzip.status.success(), "{}", text(&gunzip));
+    assert!(gunzip.status.success(), "{}", output_text(&gunzip));
     assert_eq!(
         strip_restrict(&String::from_utf8_lossy(&gunzip.stdout)),
         strip_restrict(&String::from_utf8_lossy(&plain.stdout)),
@@ -304,7 +295,7 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("dump entries"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = ok(pgkeep(&a).args(["backups", "list"]));
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -319,7 +310,7 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
         .env("PGKEEP_BACKUPS", a.backups())
         .args(["restore", "dump", "--json"]));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["errors"], 0, "{}", text(&out));
+    assert_eq!(summary["errors"], 0, "{}", output_text(&out));
     assert_eq!(summary["created_database"], true);
     assert_eq!(summary["matviews_refreshed"], 2);
     assert_eq!(summary["rows"], 3000 + 2500 + 120);
@@ -333,7 +324,7 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
     assert!(
         shown.contains("\"already exists\" (ignored), 0 other errors"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(shown.contains("5620 rows"), "{shown}");
     assert_eq!(
@@ -410,7 +401,7 @@ fn upload_accepts_sql_sqlgz_custom_and_foreign_tarballs() {
             .arg("src")
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
+        assert!(o.status.success(), "{}", output_text(&o));
     };
     let sql = work.path().join("records_dump_20251102.sql");
     dump(&["-Fp"], &sql);
@@ -477,7 +468,7 @@ fn upload_accepts_sql_sqlgz_custom_and_foreign_tarballs() {
         assert!(
             s["method"].as_str().unwrap().contains(method),
             "{file:?}: {}",
-            text(&out)
+            output_text(&out)
         );
         assert_eq!(s["rows"], 1234, "{file:?}");
         assert_eq!(s["errors"], 0, "{file:?}");
@@ -529,7 +520,11 @@ fn upload_accepts_sql_sqlgz_custom_and_foreign_tarballs() {
         1,
         "1 error",
     );
-    assert!(text(&out).contains("nonsense_function"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("nonsense_function"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(
         c.psql(
             "bad2",
@@ -640,18 +635,18 @@ fn bad_input_is_refused_and_changes_nothing() {
     let flipped_path = c.backups().join("nightly-20200102-0600.tar.gz");
     std::fs::write(&flipped_path, &flipped).unwrap();
     let out = pgkeep(&c).args(["restore", "dump"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let msg = output_text(&out);
     assert!(
         msg.contains("checksum mismatch") || msg.contains("corrupt"),
         "{msg}"
     );
     let out = pgkeep(&c).args(["backups", "verify"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("FAILED"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     std::fs::remove_file(&flipped_path).unwrap();
     std::fs::remove_file(c.backups().join(".pgkeep-verified.json")).unwrap();
@@ -780,7 +775,7 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
         .env("PGHOST", "127.0.0.1")
         .env("PGPASSWORD", c.password())
         .args(["backup", "logical", "-v", "--log-format", "json"]));
-    let all = text(&out);
+    let all = output_text(&out);
     assert!(!all.contains(c.password()), "password leaked:\n{all}");
     // Structured log lines: one JSON object per line, naming the step.
     let steps: Vec<String> = String::from_utf8_lossy(&out.stderr)
@@ -845,7 +840,7 @@ fn globals_errors_other_than_already_exists_are_counted_and_reported() {
         1,
         "finished with 1 error",
     );
-    let all = text(&out);
+    let all = output_text(&out);
     assert!(
         all.contains("globals.sql line 36: ERROR: unrecognized role option \"nosuchoption\""),
         "{all}"

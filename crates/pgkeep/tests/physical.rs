@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use pgkeep_engine::bundle::{self, BundleKind, BundleWriter};
@@ -62,28 +62,6 @@ fn pgbench(c: &TempCluster, args: &[&str]) {
         "pgbench {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Switch segments and wait until the finished one is archived.
-fn switch_and_wait(c: &TempCluster) {
-    c.psql(
-        "postgres",
-        "create table if not exists filler(x int); insert into filler values (1)",
-    );
-    let name = c.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.psql(
-        "postgres",
-        &format!("select coalesce(last_archived_wal, '') >= '{name}' from pg_stat_archiver"),
-    ) != "t"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{name} not archived:\n{}",
-            c.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A checksum of everything pgbench writes.
@@ -159,7 +137,7 @@ fn point_in_time_recovery_to_a_target_time() {
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
     c.psql("postgres", "create table written_after_t(x int)");
     assert_ne!(checksum(&c), at_t);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
     c.stop();
 
     let out = ok(pgkeep(
@@ -193,7 +171,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "300", "-c", "2"]);
     let all = checksum(&c);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
     c.stop();
 
     ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
@@ -207,7 +185,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
         "create table on_timeline_2(x int); insert into on_timeline_2 values (2)",
     );
     let all2 = checksum(&c);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
     c.stop();
     let out = ok(pgkeep(
         &c,
@@ -265,7 +243,7 @@ fn bootstrap_hands_the_archive_back_from_a_newer_system() {
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
     let all = checksum(&c);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
     let old_system = c.psql(
         "postgres",
         "select system_identifier::text from pg_control_system()",
@@ -284,7 +262,7 @@ fn bootstrap_hands_the_archive_back_from_a_newer_system() {
             c.wal_archive().display()
         ))
         .start();
-    switch_and_wait(&fresh);
+    fresh.switch_wal_and_wait_archived();
     let fresh_system = fresh.psql(
         "postgres",
         "select system_identifier::text from pg_control_system()",
@@ -348,7 +326,7 @@ fn bad_input_destroys_nothing() {
     );
     let name = backup(&c);
     let bundle = c.backups().join(&name);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
 
     // A running postmaster is refused.
     let err = failed(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]), 3);
@@ -448,7 +426,7 @@ fn bad_input_destroys_nothing() {
     let start = foreign_free_start(&bundle);
     c.restart();
     for _ in 0..3 {
-        switch_and_wait(&c);
+        c.switch_wal_and_wait_archived();
     }
     c.stop();
     let before = fingerprint(&c.pgdata());
@@ -523,7 +501,7 @@ fn prune_keeps_what_the_oldest_kept_backup_needs() {
     for _ in 0..3 {
         names.push(backup(&c));
         pgbench(&c, &["-n", "-t", "100"]);
-        switch_and_wait(&c);
+        c.switch_wal_and_wait_archived();
     }
     let archived = |c: &TempCluster| {
         let mut v: Vec<String> = std::fs::read_dir(c.wal_archive())
@@ -591,7 +569,7 @@ fn space_and_status_report_the_site() {
         "create table big(x text); insert into big select repeat('x', 5000) from generate_series(1, 200)",
     );
     let name = backup(&c);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
 
     let space: serde_json::Value =
         serde_json::from_str(&ok(pgkeep(&c, &["space", "--json"]))).unwrap();
@@ -645,7 +623,7 @@ fn scale_up_comes_after_recovery_and_a_failed_one_keeps_the_restore() {
     backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
     let all = checksum(&c);
-    switch_and_wait(&c);
+    c.switch_wal_and_wait_archived();
     c.stop();
 
     let dir = tempfile::tempdir().unwrap();
@@ -699,7 +677,7 @@ fn recovery_replays_segments_archived_in_every_form() {
     let before: Vec<String> = zst_segments(&c.wal_archive());
     for _ in 0..4 {
         pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
-        switch_and_wait(&c);
+        c.switch_wal_and_wait_archived();
     }
     let all = checksum(&c);
     c.stop();

@@ -27,31 +27,6 @@ fn pgkeep(c: &TempCluster) -> Command {
     cmd
 }
 
-/// Write something, switch segments, wait until the finished segment is archived; its name.
-fn switch_and_wait(c: &TempCluster) -> String {
-    c.psql(
-        "postgres",
-        "create table if not exists filler(x int); insert into filler select generate_series(1, 1000)",
-    );
-    let name = c.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = c.psql(
-            "postgres",
-            &format!("select coalesce(last_archived_wal, '') >= '{name}' from pg_stat_archiver"),
-        );
-        if done == "t" {
-            return name;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "segment {name} was not archived in time:\n{}",
-            c.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
@@ -70,7 +45,7 @@ fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
     let c = archiving_cluster();
-    let name = switch_and_wait(&c);
+    let name = c.switch_wal_and_wait_archived();
     let archived = c.wal_archive().join(format!("{name}.zst"));
     assert!(archived.is_file(), "compressed with zstd by default");
     assert!(
