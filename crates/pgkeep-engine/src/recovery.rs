@@ -19,7 +19,7 @@
 //! WAL archive is only read: a superseded directory is read where it lies instead of being moved
 //! back into the archive root.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1041,32 +1041,42 @@ fn remove_recovery_settings(pgdata: &Path) -> Result<(), RecoveryError> {
 }
 
 /// Step: the server log for this bootstrap, beside PGDATA (else in the temp dir), owned by the
-/// data owner so pg_ctl can append to it.
+/// data owner so pg_ctl can append to it. Always a new, empty file: the outcome is read from
+/// this log, so two bootstraps in the same second must not share one (the second would read the
+/// first one's verdict). `pgkeep-bootstrap-STAMP.log`, then `-2`, `-3`, ... when taken.
 fn open_log_file(req: &BootstrapRequest, run_as: Option<RunAs>) -> Result<PathBuf, RecoveryError> {
     let stamp = jiff::Timestamp::now()
         .to_zoned_datetime(jiff::tz::TimeZone::UTC)
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
-    let name = format!("pgkeep-bootstrap-{stamp}.log");
+    let name = |n: u32| match n {
+        1 => format!("pgkeep-bootstrap-{stamp}.log"),
+        n => format!("pgkeep-bootstrap-{stamp}-{n}.log"),
+    };
     let parent = req.pgdata.parent().unwrap_or(Path::new("/")).to_owned();
     for dir in [parent, std::env::temp_dir()] {
-        let path = dir.join(&name);
-        if std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .is_ok()
-        {
-            let _ = fsutil::set_mode(&path, 0o600);
-            if let Some(r) = run_as {
-                fsutil::chown(&path, r.uid, r.gid)?;
+        for n in 1..=100 {
+            let path = dir.join(name(n));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => {
+                    if let Some(r) = run_as {
+                        fsutil::chown(&path, r.uid, r.gid)?;
+                    }
+                    return Ok(path);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(_) => break,
             }
-            return Ok(path);
         }
     }
     Err(FsError::new(
         "create log file",
-        req.pgdata.join(&name),
+        req.pgdata.join(name(1)),
         std::io::Error::other("no writable directory"),
     )
     .into())
@@ -1295,6 +1305,41 @@ fn stop_reason(log_file: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_bootstrap_gets_a_new_empty_log_even_within_one_second() {
+        let t = tempfile::tempdir().unwrap();
+        let req = BootstrapRequest {
+            pgroot: t.path().to_owned(),
+            pgdata: t.path().join("data"),
+            wal_archive: t.path().join("wal"),
+            backups: t.path().join("backups"),
+            uid: 0,
+            gid: 0,
+            from: None,
+            target: None,
+            keep_old: false,
+            leave_running: false,
+            pgkeep_exe: "pgkeep".into(),
+            timeout: Duration::from_secs(1),
+            sandbox: None,
+        };
+        let first = open_log_file(&req, None).unwrap();
+        std::fs::write(
+            &first,
+            "FATAL:  recovery ended before configured recovery target\n",
+        )
+        .unwrap();
+        let second = open_log_file(&req, None).unwrap();
+        let third = open_log_file(&req, None).unwrap();
+        assert_ne!(first, second);
+        assert_ne!(second, third);
+        for p in [&second, &third] {
+            assert_eq!(std::fs::read(p).unwrap(), b"", "{}", p.display());
+            assert_eq!(std::fs::metadata(p).unwrap().mode() & 0o777, 0o600);
+            assert_eq!(p.parent(), Some(t.path()), "beside PGDATA");
+        }
+    }
 
     #[test]
     fn target_times_parse() {
