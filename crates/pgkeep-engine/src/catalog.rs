@@ -210,7 +210,7 @@ pub fn check(pg: &PgBin, staging_in: &Path, backup: &Backup) -> Result<Checked, 
         });
     }
     let staging_dir =
-        crate::logical::Staging::create(staging_in, &crate::logical::run_label("verify"))?;
+        crate::logical::Staging::create(staging_in, &crate::runmark::run_label("verify"))?;
     let staging = staging_dir.path().join("x");
     let result = (|| {
         let c = bundle::extract(&backup.path, &staging)?;

@@ -3,14 +3,16 @@
 //!
 //! Everything is written into one scratch directory, hidden on the backups volume
 //! (`.drill-YYYYMMDD-HHMMSS/`, 0700, owned by the data owner) and removed at the end, on success
-//! and on failure, unless the caller keeps it. Each throwaway server listens only on a Unix
+//! and on failure, unless the caller keeps it. While a drill works, the directory carries its
+//! [`runmark`] (`pid` file and heartbeat), so the next drill removes what a killed one left
+//! behind, and leaves kept and live ones alone. Each throwaway server listens only on a Unix
 //! socket inside it and never archives (see [`recovery::Sandbox`]).
 //!
-//! - The logical drill ([`logical`]) picks the newest nightly bundle, verifies it the way
+//! - The logical drill (`logical`) picks the newest nightly bundle, verifies it the way
 //!   `pgkeep backups verify` does (without recording the result: the backups directory is only
 //!   read), initdbs a throwaway cluster, restores the bundle with the engine of `restore dump`
 //!   and checks the result.
-//! - The physical drill ([`physical`]) recovers the newest base backup with the steps of
+//! - The physical drill (`physical`) recovers the newest base backup with the steps of
 //!   `bootstrap basebackup` in a [`recovery::Sandbox`]: WAL comes from the real archive through
 //!   `pgkeep wal fetch`, the archive is never written (archive_mode is off, so the promote's
 //!   `.history` file stays in the scratch pg_wal), then the same kind of checks run.
@@ -32,6 +34,7 @@ use crate::fsutil::{self, FsError, IoContext};
 use crate::logical::{LogicalError, LogicalRestore, Progress, RestoreOptions, RestoreSource};
 use crate::recovery::{self, BootstrapRequest, RecoveryError, Sandbox};
 use crate::repo::{self, Backup, BackupKind, RepoError};
+use crate::runmark;
 use crate::sanity::SanityReport;
 use crate::server::{self, InitDb, ManagedConf, RunAs, ServerError};
 use crate::tools::{PgBin, ToolError};
@@ -271,6 +274,7 @@ impl DrillReport {
 pub async fn run(req: &DrillRequest) -> Result<DrillReport, DrillError> {
     let started = Instant::now();
     let run_as = RunAs::data_owner(req.uid, req.gid)?;
+    clean_leftovers(&req.backups);
     let mut scratch = Scratch::create(&req.backups, req.uid, req.gid)?;
     tracing::info!(scratch = %scratch.path.display(), "scratch directory created");
     let logical = if req.logical {
@@ -295,10 +299,77 @@ pub async fn run(req: &DrillRequest) -> Result<DrillReport, DrillError> {
     })
 }
 
-/// The scratch directory: removed on drop unless kept.
+/// The scratch directory: marked as this run's (see [`runmark`]) while it works, removed on
+/// drop unless kept.
 struct Scratch {
     path: PathBuf,
     keep: bool,
+    heartbeat: Option<runmark::Heartbeat>,
+}
+
+const SCRATCH_PREFIX: &str = ".drill-";
+const THROWAWAY_SERVERS: [&str; 2] = ["logical", "physical"];
+
+/// Remove the scratch directories that drills killed half-way left behind: their `pid` file
+/// names a run that is gone. A directory kept with `--keep` has no `pid` file and stays; so does
+/// one whose throwaway server still runs here (a live `postmaster.pid`), with a warning that
+/// says how to stop it, since nothing is deleted under a running server. Failures are only
+/// logged: a leftover never stops a new drill.
+fn clean_leftovers(backups: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(backups) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_scratch = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        if !is_scratch || runmark::holder(&path) != runmark::Holder::Gone {
+            continue;
+        }
+        let running: Vec<PathBuf> = THROWAWAY_SERVERS
+            .iter()
+            .map(|w| path.join(w).join("data"))
+            .filter(|d| postmaster_runs(d))
+            .collect();
+        if let Some(d) = running.first() {
+            tracing::warn!(
+                dir = %path.display(),
+                "an earlier drill was killed and its throwaway server still runs; stop it with `pg_ctl stop -m immediate -D {}` (as the data owner), the next drill then removes the directory",
+                d.display()
+            );
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), "removed the scratch directory of a drill that was killed");
+                removed.push(path);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), "could not remove a killed drill's scratch directory: {e}")
+            }
+        }
+    }
+    removed
+}
+
+/// Whether a PostgreSQL server runs on `pgdata` on this host: its `postmaster.pid` names a
+/// `postgres` process that has not exited (`/proc/PID/stat`: `PID (postgres) STATE ...`, a
+/// zombie's state is `Z`).
+fn postmaster_runs(pgdata: &Path) -> bool {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .is_some_and(|stat| {
+            let (name, rest) = match (stat.find('('), stat.rfind(')')) {
+                (Some(a), Some(b)) if a < b => (&stat[a + 1..b], &stat[b + 1..]),
+                _ => return false,
+            };
+            name == "postgres" && !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))
+        })
 }
 
 impl Scratch {
@@ -310,17 +381,23 @@ impl Scratch {
         let mut n = 1;
         loop {
             let name = match n {
-                1 => format!(".drill-{stamp}"),
-                _ => format!(".drill-{stamp}-{n}"),
+                1 => format!("{SCRATCH_PREFIX}{stamp}"),
+                _ => format!("{SCRATCH_PREFIX}{stamp}-{n}"),
             };
             let path = backups.join(name);
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => {
-                    let s = Scratch { path, keep: false };
+                    let mut s = Scratch {
+                        path,
+                        keep: false,
+                        heartbeat: None,
+                    };
                     fsutil::set_mode(&s.path, 0o700)?;
                     if fsutil::is_root() {
                         fsutil::chown(&s.path, uid, gid)?;
                     }
+                    s.heartbeat =
+                        Some(runmark::mark(&s.path).fs_ctx("write", &s.path.join("pid"))?);
                     return Ok(s);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
@@ -332,7 +409,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        drop(self.heartbeat.take());
         if self.keep {
+            // Unmarked, so later drills leave it for the person who asked to keep it.
+            let _ = std::fs::remove_file(self.path.join("pid"));
             return;
         }
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
@@ -717,5 +797,40 @@ mod tests {
         drop(b);
         assert!(!pa.exists());
         assert!(pb.exists());
+        assert!(!pb.join("pid").exists(), "a kept directory is unmarked");
+    }
+
+    #[test]
+    fn leftovers_of_killed_drills_go_unless_kept_live_or_under_a_running_server() {
+        let c = pgkeep_testkit::TempCluster::start();
+        let t = tempfile::tempdir().unwrap();
+        let dir = |name: &str, pid: Option<String>| {
+            let d = t.path().join(name);
+            std::fs::create_dir_all(d.join("logical/data")).unwrap();
+            if let Some(p) = pid {
+                std::fs::write(d.join("pid"), p).unwrap();
+            }
+            d
+        };
+        let dead = format!("999999999 {}\n", runmark::this_host());
+        let killed = dir(".drill-20260101-000000", Some(dead.clone()));
+        let kept = dir(".drill-20260101-000001", None);
+        let ours = dir(".drill-20260101-000002", Some(runmark::pid_file_text()));
+        let serving = dir(".drill-20260101-000003", Some(dead));
+        let postmaster = std::fs::read_to_string(c.pgdata().join("postmaster.pid")).unwrap();
+        std::fs::write(serving.join("logical/data/postmaster.pid"), postmaster).unwrap();
+        let not_a_drill = dir(".staging-x", Some("999999999".into()));
+
+        assert_eq!(clean_leftovers(t.path()), vec![killed.clone()]);
+        assert!(!killed.exists());
+        for d in [&kept, &ours, &serving, &not_a_drill] {
+            assert!(d.exists(), "{} stays", d.display());
+        }
+        c.stop();
+        assert_eq!(
+            clean_leftovers(t.path()),
+            vec![serving.clone()],
+            "its server is gone now"
+        );
     }
 }

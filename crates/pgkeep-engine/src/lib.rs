@@ -20,6 +20,7 @@ pub mod postmaster;
 pub mod recovery;
 pub mod repo;
 pub mod retention;
+pub mod runmark;
 pub mod sanity;
 pub mod server;
 pub mod settings;

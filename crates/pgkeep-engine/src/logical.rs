@@ -23,7 +23,7 @@
 //! Staging happens on the backups volume in a hidden `.NAME.staging` directory (0700, holding a
 //! `pid` file), removed on success and on failure; one left behind by a killed run is removed by
 //! the next backup once its process is gone. The bundle itself is written by
-//! [`BundleWriter`](crate::bundle::BundleWriter): hidden `.partial`, fsync, rename, directory fsync,
+//! [`BundleWriter`]: hidden `.partial`, fsync, rename, directory fsync,
 //! mode 0600. Table data is never compressed twice: pg_dump's `*.dat.gz` and `records.sql.gz` are
 //! stored in the outer gzip stream, not compressed again.
 //!
@@ -54,6 +54,7 @@ use crate::bundle::{self, BundleError, BundleKind, BundleWriter, Level, Manifest
 use crate::db::{ConnParams, Db, DbError, quote_ident};
 use crate::fsutil::{self, FsError, IoContext};
 use crate::repo::{self, BackupKind, RepoError};
+use crate::runmark;
 use crate::sanity::SanityReport;
 use crate::sqlgz::{self, SqlGzError};
 use crate::tools::{PgBin, ToolError};
@@ -435,119 +436,16 @@ impl Db {
 /// removed on drop.
 pub(crate) struct Staging {
     path: PathBuf,
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Option<runmark::Heartbeat>,
 }
 
 const STAGING_SUFFIX: &str = ".staging";
-
-/// How long a staging directory made on another host must have gone without a heartbeat
-/// before it counts as abandoned. In Kubernetes every pod is its own host with its own process
-/// IDs, so a run in another pod (a restore Job while the nightly CronJob cleans up) cannot be
-/// seen from here; only its heartbeat tells that it still works.
-const FOREIGN_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3 * 3600);
-/// How often a run touches its staging directory's `pid` file.
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// A staging label unique to this run, also among pods (each has its own process IDs, and
-/// pgkeep is often PID 1 there): `KIND-HOST-PID`.
-pub(crate) fn run_label(kind: &str) -> String {
-    match this_host() {
-        h if h.is_empty() => format!("{kind}-{}", std::process::id()),
-        h => format!("{kind}-{h}-{}", std::process::id()),
-    }
-}
-
-/// This host's name (the pod's name in Kubernetes).
-fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Who holds a staging directory, from its `pid` file: `PID HOST` (earlier versions wrote only
-/// the PID, which counts as this host).
-#[derive(Debug, PartialEq, Eq)]
-enum Holder {
-    /// This very process.
-    Us,
-    /// A run that is, or may still be, working: how to name it.
-    Running(String),
-    /// Its process is gone (this host), or it has not been heard of for a long time (another).
-    Gone,
-    /// No readable `pid` file (yet).
-    Unknown,
-}
-
-fn holder(dir: &Path) -> Holder {
-    let pid_file = dir.join("pid");
-    let Ok(text) = std::fs::read_to_string(&pid_file) else {
-        return Holder::Unknown;
-    };
-    let mut words = text.split_whitespace();
-    let Some(pid) = words.next().and_then(|p| p.parse::<u32>().ok()) else {
-        return Holder::Unknown;
-    };
-    let host = words.next().filter(|h| *h != this_host());
-    match host {
-        None if pid == std::process::id() => Holder::Us,
-        None if process_is_pgkeep(pid) => Holder::Running(format!("pid {pid}")),
-        None => Holder::Gone,
-        Some(host) => {
-            let quiet_for = std::fs::metadata(&pid_file)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .unwrap_or_default();
-            if quiet_for < FOREIGN_STALE_AFTER {
-                Holder::Running(format!("pid {pid} on host {host}"))
-            } else {
-                Holder::Gone
-            }
-        }
-    }
-}
-
-/// Touches a `pid` file every [`HEARTBEAT`] until dropped.
-struct Heartbeat {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Heartbeat {
-    fn start(pid_file: PathBuf, every: std::time::Duration) -> Heartbeat {
-        let (stop, rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("staging-heartbeat".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
-                    let _ = std::fs::File::options()
-                        .write(true)
-                        .open(&pid_file)
-                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-                }
-            })
-            .ok();
-        Heartbeat {
-            stop: Some(stop),
-            thread,
-        }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 impl Staging {
     pub(crate) fn create(dir: &Path, label: &str) -> Result<Staging, FsError> {
         let path = dir.join(format!(".{label}{STAGING_SUFFIX}"));
         if path.exists() {
-            if let Holder::Running(who) = holder(&path) {
+            if let runmark::Holder::Running(who) = runmark::holder(&path) {
                 return Err(FsError::new(
                     "create directory",
                     &path,
@@ -564,15 +462,10 @@ impl Staging {
             .create(&path)
             .fs_ctx("create directory", &path)?;
         fsutil::set_mode(&path, 0o700)?;
-        let pid_file = path.join("pid");
-        std::fs::write(
-            &pid_file,
-            format!("{} {}\n", std::process::id(), this_host()),
-        )
-        .fs_ctx("write", &pid_file)?;
+        let heartbeat = runmark::mark(&path).fs_ctx("write", &path.join("pid"))?;
         Ok(Staging {
             path,
-            heartbeat: Some(Heartbeat::start(pid_file, HEARTBEAT)),
+            heartbeat: Some(heartbeat),
         })
     }
 
@@ -588,15 +481,9 @@ impl Drop for Staging {
     }
 }
 
-fn process_is_pgkeep(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().starts_with("pgkeep"))
-        .unwrap_or(false)
-}
-
 /// Remove staging directories (and their partial bundles) left by pgkeep runs that are gone:
 /// on this host, when their process has ended; made on another host (another pod), when they
-/// have gone [`FOREIGN_STALE_AFTER`] without a heartbeat.
+/// have gone [`runmark::FOREIGN_STALE_AFTER`] without a heartbeat.
 pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(dir).fs_ctx("read directory", dir)? {
@@ -608,10 +495,10 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
         else {
             continue;
         };
-        match holder(&entry.path()) {
-            Holder::Us | Holder::Running(_) => continue,
-            Holder::Gone => {}
-            Holder::Unknown => {
+        match runmark::holder(&entry.path()) {
+            runmark::Holder::Us | runmark::Holder::Running(_) => continue,
+            runmark::Holder::Gone => {}
+            runmark::Holder::Unknown => {
                 // Without a pid file yet, a directory may be one that is being created now.
                 let young = entry
                     .metadata()
@@ -1011,7 +898,7 @@ impl LogicalRestore {
                 self.backups_dir.clone()
             }
         };
-        let staging = Staging::create(&staging_in, &run_label("restore"))?;
+        let staging = Staging::create(&staging_in, &runmark::run_label("restore"))?;
 
         tracing::info!(step = "verify", archive = %archive.display(), "verifying checksums and extracting");
         let kind = upload::sniff(&archive)?;
@@ -1699,8 +1586,8 @@ mod tests {
             "{err}"
         );
         assert!(foreign.join("pid").exists(), "left alone");
-        // No heartbeat for longer than FOREIGN_STALE_AFTER: abandoned.
-        let old = std::time::SystemTime::now() - FOREIGN_STALE_AFTER - HEARTBEAT;
+        // No heartbeat for longer than runmark::FOREIGN_STALE_AFTER: abandoned.
+        let old = std::time::SystemTime::now() - runmark::FOREIGN_STALE_AFTER - runmark::HEARTBEAT;
         std::fs::File::options()
             .write(true)
             .open(foreign.join("pid"))
@@ -1709,36 +1596,6 @@ mod tests {
             .unwrap();
         assert_eq!(clean_stale(t.path()).unwrap(), [".restore-1.staging"]);
         assert!(!foreign.exists());
-    }
-
-    #[test]
-    fn a_run_beats_on_its_pid_file_until_it_ends() {
-        let t = tempfile::tempdir().unwrap();
-        let pid_file = t.path().join("pid");
-        std::fs::write(&pid_file, "1 h\n").unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        let set = |when| {
-            std::fs::File::options()
-                .write(true)
-                .open(&pid_file)
-                .unwrap()
-                .set_modified(when)
-                .unwrap()
-        };
-        set(old);
-        let beat = Heartbeat::start(pid_file.clone(), std::time::Duration::from_millis(20));
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let touched = std::fs::metadata(&pid_file).unwrap().modified().unwrap();
-        assert!(
-            touched > old + std::time::Duration::from_secs(3000),
-            "touched"
-        );
-        drop(beat);
-        set(old);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let after = std::fs::metadata(&pid_file).unwrap().modified().unwrap();
-        assert_eq!(after, old, "no heartbeat after the run ended");
-        assert!(run_label("restore").ends_with(&format!("-{}", std::process::id())));
     }
 
     #[test]

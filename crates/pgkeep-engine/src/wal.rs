@@ -293,7 +293,7 @@ impl Drop for Mapped {
     }
 }
 
-/// The size of the pieces [`write_zstd`] compresses as separate frames. WAL's matches are local:
+/// The size of the pieces `write_zstd` compresses as separate frames. WAL's matches are local:
 /// 2 MiB pieces store OLTP WAL within 0.01% of one frame per segment (zstd CLI, `-B2M`), and
 /// eight pieces per 16 MiB segment let writing overlap compressing.
 pub const ZSTD_PIECE: usize = 2 << 20;
