@@ -167,9 +167,6 @@ pub struct Wal {
     pub zstd_level: i32,
 }
 
-/// The zstd levels `wal.zstd_level` accepts.
-pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
-
 impl Default for Settings {
     fn default() -> Self {
         let version = env!("CARGO_PKG_VERSION");
@@ -395,15 +392,12 @@ pub fn resolve(inputs: &Inputs) -> Result<Resolved, SettingsError> {
                     .unwrap_or_else(|| "environment".into()),
                 message: e.to_string(),
             })?;
-    if !ZSTD_LEVELS.contains(&settings.wal.zstd_level) {
+    if let Err(message) = crate::wal::check_zstd_level(settings.wal.zstd_level) {
         let key = "wal.zstd_level";
         return Err(SettingsError::Invalid {
             key: key.into(),
             source_desc: sources.get(key).map(|s| s.to_string()).unwrap_or_default(),
-            message: format!(
-                "{} is not a zstd level (-7..=19; negative levels are zstd's fast modes)",
-                settings.wal.zstd_level
-            ),
+            message,
         });
     }
     Ok(Resolved {

@@ -302,12 +302,12 @@ pub const ZSTD_PIECE: usize = 2 << 20;
 /// (an empty input is one empty frame). `threads` workers compress pieces in parallel while the
 /// calling thread writes finished frames in order and starts their writeback at once
 /// ([`start_writeback`]), so the caller's fsync finds most of the file already on its way to the
-/// disk. Returns the bytes written.
+/// disk.
 ///
 /// Concatenated frames are one valid zstd stream (RFC 8878, section 3): the `zstd` tool and
 /// every pgkeep fetch read them back as the whole file. zstd's own multithreading copies the
 /// input into job buffers and cost ~40% more CPU for the same latency on 2 cores.
-fn write_zstd(data: &[u8], level: i32, threads: u32, out: &File) -> io::Result<u64> {
+fn write_zstd(data: &[u8], level: i32, threads: u32, out: &File) -> io::Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     // One compression context per thread and output buffers passed back for reuse: a fresh
     // context and buffer per piece cost page faults worth ~5% of the CPU.
@@ -340,7 +340,7 @@ fn write_zstd(data: &[u8], level: i32, threads: u32, out: &File) -> io::Result<u
             buf = compress(&mut z, piece, buf)?;
             emit(&buf)?;
         }
-        return Ok(written.get());
+        return Ok(());
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -381,7 +381,7 @@ fn write_zstd(data: &[u8], level: i32, threads: u32, out: &File) -> io::Result<u
                 }
             }
             if want == pieces.len() {
-                Ok(written.get())
+                Ok(())
             } else {
                 Err(io::Error::other("a zstd compression thread stopped early"))
             }
@@ -465,6 +465,22 @@ pub enum FetchOutcome {
 /// the time of `cp` + `sync`, -1 22.9% at 1.25x, -2 25.8% at 1.17x, -3 27.5% at 1.13x. -2 stays
 /// within 1.5x also when fsync is quick, and its lower CPU suits pods with a CPU limit.
 pub const DEFAULT_ZSTD_LEVEL: i32 = -2;
+
+/// The zstd levels push accepts: -7..=-1 are zstd's fast modes, 0 its default (3).
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
+
+/// `level` when it is one of [`ZSTD_LEVELS`], else what is wrong with it.
+pub fn check_zstd_level(level: i32) -> Result<i32, String> {
+    if ZSTD_LEVELS.contains(&level) {
+        Ok(level)
+    } else {
+        Err(format!(
+            "{level} is not a zstd level ({}..={}; negative levels are zstd's fast modes)",
+            ZSTD_LEVELS.start(),
+            ZSTD_LEVELS.end()
+        ))
+    }
+}
 
 /// Push settings.
 #[derive(Debug, Clone, Copy)]
@@ -818,6 +834,7 @@ pub fn page_header_sysid(head: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgkeep_testkit::file_names;
 
     #[test]
     fn parses_wal_names() {
@@ -926,15 +943,6 @@ mod tests {
         p
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
     #[test]
     fn push_fetch_round_trip_in_every_form() {
         let t = tempfile::tempdir().unwrap();
@@ -957,7 +965,7 @@ mod tests {
                 .unwrap();
             assert!(matches!(out, PushOutcome::Stored { .. }), "{out:?}");
             assert_eq!(
-                names(&arch_dir),
+                file_names(&arch_dir),
                 vec![format!("000000010000000000000003{}", c.suffix())]
             );
             let dest = pg_wal.join("RECOVERYXLOG");
@@ -996,7 +1004,7 @@ mod tests {
             std::fs::read(arch_dir.join("000000010000000000000004.zst")).unwrap(),
             before
         );
-        assert_eq!(names(&arch_dir), vec!["000000010000000000000004.zst"]);
+        assert_eq!(file_names(&arch_dir), vec!["000000010000000000000004.zst"]);
     }
 
     #[test]
@@ -1023,7 +1031,7 @@ mod tests {
             a.push(&t.path().join(n), PushOptions::default()).unwrap();
         }
         assert_eq!(
-            names(a.dir()),
+            file_names(a.dir()),
             vec![
                 "000000010000000000000002.00000028.backup",
                 "000000010000000000000005.partial.zst",
@@ -1074,7 +1082,7 @@ mod tests {
         assert!(a.list().unwrap().is_empty(), "partials are not WAL");
         let src = segment(t.path(), "000000010000000000000006", 9);
         a.push(&src, PushOptions::default()).unwrap();
-        assert_eq!(names(&arch_dir), vec!["000000010000000000000006.zst"]);
+        assert_eq!(file_names(&arch_dir), vec!["000000010000000000000006.zst"]);
     }
 
     /// A segment of `size` bytes whose first page header declares that size, WAL-like content
@@ -1221,7 +1229,7 @@ mod tests {
         assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
         assert!(!t.path().join("out").exists());
         assert_eq!(
-            names(t.path())
+            file_names(t.path())
                 .iter()
                 .filter(|n| n.contains("pgkeep-fetch"))
                 .count(),

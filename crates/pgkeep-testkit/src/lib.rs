@@ -560,6 +560,16 @@ fn lossy(out: &Output) -> String {
     )
 }
 
+/// The names in `dir`, sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// A finished command's exit status, stdout and stderr, for assertion messages.
 pub fn output_text(out: &Output) -> String {
     format!(

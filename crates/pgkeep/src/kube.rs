@@ -146,10 +146,7 @@ pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
 /// `kubectl create job --from=cronjob/NAME`: a Job from the CronJob as it is on the server,
 /// run as [`run_job`].
 pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
-    let (cluster, _server) = connect(ctx).await?;
-    let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
-    let job = ops_job::job_from_cronjob(&cron, &format!("{cronjob}-manual"))?;
-    run_job(&cluster, job).await
+    run_from_cronjob(ctx, cronjob, &format!("{cronjob}-manual"), None).await
 }
 
 /// A one-off Job made from a CronJob as it is on the server (its image, volumes and
@@ -161,11 +158,23 @@ pub async fn run_local_from_cronjob(
     job_name: &str,
     args: &[&str],
 ) -> anyhow::Result<()> {
+    run_from_cronjob(ctx, cronjob, job_name, Some(args)).await
+}
+
+/// A Job from the CronJob on the server, with its command replaced when `args` are given.
+async fn run_from_cronjob(
+    ctx: &Ctx,
+    cronjob: &str,
+    job_name: &str,
+    args: Option<&[&str]>,
+) -> anyhow::Result<()> {
     let (cluster, _server) = connect(ctx).await?;
     let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
     let mut job = ops_job::job_from_cronjob(&cron, job_name)?;
-    set_local_command(&mut job, args)
-        .with_context(|| format!("cronjob/{cronjob} has no container to run in"))?;
+    if let Some(args) = args {
+        set_local_command(&mut job, args)
+            .with_context(|| format!("cronjob/{cronjob} has no container to run in"))?;
+    }
     run_job(&cluster, job).await
 }
 

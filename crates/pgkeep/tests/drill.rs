@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, output_text};
+use pgkeep_testkit::{TempCluster, file_names, output_text};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("pgkeep")
@@ -91,17 +91,8 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, Option<Vec<u8>>)> {
     out
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn no_scratch_left(c: &TempCluster) {
-    let left: Vec<String> = names(&c.backups())
+    let left: Vec<String> = file_names(&c.backups())
         .into_iter()
         .filter(|n| n.starts_with('.') && n != ".pgkeep-verified.json")
         .collect();
@@ -258,7 +249,7 @@ fn a_damaged_newest_bundle_fails_the_drill_naming_it() {
 fn the_physical_drill_promotes_without_writing_into_the_archive() {
     let s = site();
     let c = &s.c;
-    let before = names(&c.wal_archive());
+    let before = file_names(&c.wal_archive());
     assert!(!before.iter().any(|n| n.contains(".history")), "{before:?}");
     let archive = snapshot(&c.wal_archive());
 
@@ -277,9 +268,13 @@ fn the_physical_drill_promotes_without_writing_into_the_archive() {
     assert!(
         pg_wal.join("00000002.history").is_file(),
         "{:?}",
-        names(&pg_wal)
+        file_names(&pg_wal)
     );
-    assert_eq!(names(&c.wal_archive()), before, "new files in the archive");
+    assert_eq!(
+        file_names(&c.wal_archive()),
+        before,
+        "new files in the archive"
+    );
     assert_eq!(
         snapshot(&c.wal_archive()),
         archive,
@@ -296,7 +291,7 @@ fn the_physical_drill_promotes_without_writing_into_the_archive() {
     // Archiving of the live cluster goes on as before, on timeline 1.
     c.switch_wal_and_wait_archived();
     assert!(
-        !names(&c.wal_archive())
+        !file_names(&c.wal_archive())
             .iter()
             .any(|n| n.contains(".history"))
     );

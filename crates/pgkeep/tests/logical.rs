@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, output_text};
+use pgkeep_testkit::{TempCluster, file_names, output_text};
 
 /// What breaks dump/restore: roles with passwords and memberships, grants, contrib extensions,
 /// quoted mixed-case and non-ASCII schema names, a partitioned table, a materialized view on a
@@ -167,15 +167,6 @@ fn fixture_cluster() -> TempCluster {
     c
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn tar_list(path: &Path) -> Vec<String> {
     let out = std::process::Command::new("tar")
         .arg("tzf")
@@ -213,7 +204,7 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
         "{name}"
     );
     assert_eq!(
-        names(&a.backups()),
+        file_names(&a.backups()),
         std::slice::from_ref(&name),
         "no staging or partial left"
     );
@@ -368,7 +359,7 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
         "could not connect",
     );
     assert_eq!(
-        names(&a.backups())
+        file_names(&a.backups())
             .iter()
             .filter(|n| !n.starts_with(".pgkeep-verified"))
             .count(),
@@ -617,7 +608,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let good_name = good.file_name().unwrap().to_string_lossy().into_owned();
     let bytes = std::fs::read(&good).unwrap();
     std::fs::remove_file(&good).unwrap();
-    let listing = names(&c.backups());
+    let listing = file_names(&c.backups());
 
     let truncated = c.backups().join("nightly-20200101-0600.tar.gz");
     std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3]).unwrap();
@@ -704,7 +695,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         "nothing to restore",
     );
 
-    assert_eq!(names(&c.backups()), listing, "nothing left on disk");
+    assert_eq!(file_names(&c.backups()), listing, "nothing left on disk");
     assert_eq!(state(&c), before, "nothing changed in PostgreSQL");
     assert!(!good_name.is_empty());
 
@@ -720,7 +711,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         3,
         "pg_dump is version 9 but the server is version 15",
     );
-    assert_eq!(names(&c.backups()), listing);
+    assert_eq!(file_names(&c.backups()), listing);
 }
 
 #[test]
@@ -743,7 +734,7 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            if names(&c.backups()).iter().any(|n| n.ends_with(marker)) {
+            if file_names(&c.backups()).iter().any(|n| n.ends_with(marker)) {
                 break;
             }
             assert!(
@@ -759,7 +750,7 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
         )
         .unwrap();
         child.wait().unwrap();
-        let left = names(&c.backups());
+        let left = file_names(&c.backups());
         assert!(
             left.iter().all(|n| n.starts_with('.')),
             "only hidden leftovers: {left:?}"
@@ -791,7 +782,7 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
             "{want} missing from {steps:?}"
         );
     }
-    let left = names(&c.backups());
+    let left = file_names(&c.backups());
     assert_eq!(left.len(), 1, "stale staging and partial removed: {left:?}");
     assert!(left[0].starts_with("nightly-"), "{left:?}");
 }

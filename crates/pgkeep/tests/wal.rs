@@ -239,11 +239,7 @@ fn push_stores_as_the_wal_settings_say_and_flags_win() {
             .args(flags)
             .arg(&seg);
         let out = cmd.output().unwrap();
-        let names: Vec<String> = std::fs::read_dir(&archive)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        (out, names)
+        (out, pgkeep_testkit::file_names(&archive))
     };
     let (out, names) = push("gz", &[("PGKEEP_WAL_COMPRESS", "gzip")], &[]);
     assert!(out.status.success(), "{out:?}");

@@ -9,8 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use pgkeep_engine::settings::ZSTD_LEVELS;
-use pgkeep_engine::wal::{Archive, Compression, PushOptions, PushOutcome};
+use pgkeep_engine::wal::{Archive, Compression, PushOptions, PushOutcome, check_zstd_level};
 
 use crate::cli::Ctx;
 
@@ -20,12 +19,12 @@ pub struct Args {
     pub path: PathBuf,
     /// How to compress segments: none, gzip or zstd (history and backup files stay plain).
     /// Default: the `wal.compress` setting (zstd).
-    #[arg(long, value_parser = clap::value_parser!(String))]
-    pub compress: Option<String>,
+    #[arg(long)]
+    pub compress: Option<Compression>,
     /// zstd level: -7..=-1 are zstd's fast modes, 1..=19 store smaller and take longer
     /// (PostgreSQL waits for each segment; 1 stores OLTP WAL ~18% smaller for ~20% more CPU).
     /// Default: the `wal.zstd_level` setting (-2).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = zstd_level)]
     pub zstd_level: Option<i32>,
     /// Threads compressing pieces of a segment in parallel (1 = on the calling thread only).
     /// Default: one per CPU this process may use, at most 4. Any count writes plain zstd.
@@ -38,15 +37,8 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let wal = &ctx.settings().wal;
-    let compression: Compression = match &args.compress {
-        Some(c) => c.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-        None => wal.compress,
-    };
+    let compression = args.compress.unwrap_or(wal.compress);
     let zstd_level = args.zstd_level.unwrap_or(wal.zstd_level);
-    anyhow::ensure!(
-        ZSTD_LEVELS.contains(&zstd_level),
-        "--zstd-level {zstd_level} is not a zstd level (-7..=19; negative levels are zstd's fast modes)"
-    );
     let dir = args
         .archive
         .unwrap_or_else(|| ctx.settings().paths.wal_archive.clone());
@@ -76,4 +68,9 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// `--zstd-level`: a number in `wal::ZSTD_LEVELS`.
+fn zstd_level(s: &str) -> Result<i32, String> {
+    check_zstd_level(s.parse().map_err(|e| format!("`{s}`: {e}"))?)
 }
