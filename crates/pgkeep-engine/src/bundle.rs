@@ -435,7 +435,13 @@ impl BundleWriter {
         let file = buf
             .into_inner()
             .map_err(|e| FsError::new("write", &path, e.into_error()))?;
-        let path = file.commit()?;
+        // A bundle's name only has to be unique: when another run published under it meanwhile
+        // (a second backup in the same minute), the next same-minute name is taken.
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = file.commit_first_free(crate::repo::names_after(&name))?;
         Ok((path, manifest))
     }
 }

@@ -489,12 +489,9 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
     for entry in std::fs::read_dir(dir).fs_ctx("read directory", dir)? {
         let entry = entry.fs_ctx("read directory", dir)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(label) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(STAGING_SUFFIX))
-        else {
+        if !(name.starts_with('.') && name.ends_with(STAGING_SUFFIX)) {
             continue;
-        };
+        }
         match runmark::holder(&entry.path()) {
             runmark::Holder::Us | runmark::Holder::Running(_) => continue,
             runmark::Holder::Gone => {}
@@ -512,10 +509,17 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
             }
         }
         std::fs::remove_dir_all(entry.path()).fs_ctx("remove stale staging", &entry.path())?;
-        let partial = dir.join(fsutil::partial_name(label));
-        let _ = std::fs::remove_file(&partial);
         tracing::info!(path = %entry.path().display(), "removed what an interrupted run left behind");
         removed.push(name);
+    }
+    for partial in fsutil::remove_stale_partials(dir) {
+        removed.push(
+            partial
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     Ok(removed)
 }
@@ -625,7 +629,11 @@ impl LogicalBackup {
             .map_err(|e| LogicalError::Internal(e.to_string()))??;
         let size = std::fs::metadata(&path).fs_ctx("stat", &path)?.len();
         let report = BackupReport {
-            name,
+            // Another run may have published under the chosen name first.
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(name),
             path,
             size,
             database,
@@ -646,7 +654,9 @@ impl LogicalBackup {
 
 impl BackupJob {
     fn run(mut self) -> Result<(PathBuf, Manifest, usize), LogicalError> {
-        let staging = Staging::create(&self.dir, &self.name)?;
+        // The staging directory is this run's alone; the bundle's name only has to be free when
+        // it is published (a second backup in the same minute gets `-2`).
+        let staging = Staging::create(&self.dir, &runmark::run_label("backup"))?;
         let (dir_member, sql_member) = member_names(&self.conn.dbname);
         let dump_dir = staging.path().join(&dir_member);
         let globals = staging.path().join("globals.sql");
@@ -1604,16 +1614,15 @@ mod tests {
         let dead = t.path().join(".nightly-20260101-0600.tar.gz.staging");
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join("pid"), "999999999").unwrap();
-        std::fs::write(t.path().join(".nightly-20260101-0600.tar.gz.partial"), "x").unwrap();
+        let tag = runmark::tag();
+        let (host, _) = runmark::parse_tag(&tag).unwrap();
+        let partial = format!(".nightly-20260101-0600.tar.gz~{host}~999999999~0.partial");
+        std::fs::write(t.path().join(&partial), "x").unwrap();
         let live = Staging::create(t.path(), "nightly-20260102-0600.tar.gz").unwrap();
         let removed = clean_stale(t.path()).unwrap();
-        assert_eq!(removed, [".nightly-20260101-0600.tar.gz.staging"]);
+        assert_eq!(removed, [".nightly-20260101-0600.tar.gz.staging", &partial]);
         assert!(!dead.exists());
-        assert!(
-            !t.path()
-                .join(".nightly-20260101-0600.tar.gz.partial")
-                .exists()
-        );
+        assert!(!t.path().join(&partial).exists());
         assert!(live.path().exists(), "our own staging stays");
         drop(live);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);

@@ -315,38 +315,9 @@ fn check_repository(dir: &Path) -> Result<(), PhysicalError> {
             hint: "set PGKEEP_BACKUPS / paths.backups to the backups volume",
         });
     }
-    remove_stale_partials(dir, STALE_AFTER);
+    // What killed backups (and uploads) left: by the run-mark rules, never a live writer's.
+    crate::fsutil::remove_stale_partials(dir);
     Ok(())
-}
-
-/// A partial bundle untouched this long belongs to a backup that was killed (a running backup
-/// writes continuously).
-const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
-/// Remove `.basebackup-*.partial` files left by killed backups (SIGKILL leaves no chance to
-/// clean up); returns what was removed.
-pub fn remove_stale_partials(dir: &Path, older_than: std::time::Duration) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with(".basebackup-") && crate::fsutil::is_partial_name(&name)) {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= older_than);
-        if old && std::fs::remove_file(e.path()).is_ok() {
-            tracing::warn!(file = %e.path().display(), "removed a partial bundle left by a killed backup");
-            removed.push(e.path());
-        }
-    }
-    removed
 }
 
 /// Step: what the server is, and whether it can be backed up this way.
@@ -637,28 +608,6 @@ pub fn manifest_wal_end(m: &serde_json::Value) -> Result<(u32, Lsn), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_stale_physical_partials_are_removed() {
-        let t = tempfile::tempdir().unwrap();
-        for n in [
-            ".basebackup-20260101-0620.bundle.tar.gz.partial",
-            ".nightly-20260101-0600.tar.gz.partial",
-            "basebackup-20260101-0620.bundle.tar.gz",
-        ] {
-            std::fs::write(t.path().join(n), "x").unwrap();
-        }
-        assert!(remove_stale_partials(t.path(), std::time::Duration::from_secs(3600)).is_empty());
-        let removed = remove_stale_partials(t.path(), std::time::Duration::ZERO);
-        assert_eq!(
-            removed,
-            vec![
-                t.path()
-                    .join(".basebackup-20260101-0620.bundle.tar.gz.partial")
-            ]
-        );
-        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 2);
-    }
 
     #[test]
     fn backup_label_is_parsed() {

@@ -478,7 +478,9 @@ impl Postmaster {
             .args(["-c", "exec \"$0\" \"$@\" 2>&1"])
             .arg(pg.path("postgres"))
             .arg("-D")
-            .arg(pgdata);
+            .arg(pgdata)
+            // Should pgkeep die without stopping it: an immediate shutdown (crash-safe).
+            .on_parent_death(rustix::process::Signal::QUIT);
         for k in SECRET_ENV {
             cmd = cmd.env_remove(k);
         }

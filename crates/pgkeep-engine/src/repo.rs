@@ -119,7 +119,14 @@ pub fn parse_name(name: &str) -> Option<BackupName> {
 
 /// The name for a backup taken at `at` (UTC), with sequence `seq` (0 = none).
 pub fn format_name(kind: BackupKind, at: jiff::Timestamp, seq: u32) -> String {
-    let t = at.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime();
+    format_name_at(
+        kind,
+        at.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime(),
+        seq,
+    )
+}
+
+fn format_name_at(kind: BackupKind, t: DateTime, seq: u32) -> String {
     let seq = if seq == 0 {
         String::new()
     } else {
@@ -137,12 +144,29 @@ pub fn format_name(kind: BackupKind, at: jiff::Timestamp, seq: u32) -> String {
     )
 }
 
-/// A free name in `dir` for a backup taken at `at`.
+/// A free name in `dir` for a backup taken at `at`: no backup, no partial file and no staging
+/// directory of that name. Another run may still take it first; the bundle is then published
+/// under the next free name (see [`names_after`]).
 pub fn free_name(dir: &Path, kind: BackupKind, at: jiff::Timestamp) -> String {
     (0..)
         .map(|seq| format_name(kind, at, seq))
-        .find(|n| !dir.join(n).exists() && !dir.join(fsutil::partial_name(n)).exists())
+        .find(|n| {
+            !dir.join(n).exists()
+                && fsutil::partials_of(dir, n).is_empty()
+                && !dir.join(format!(".{n}.staging")).exists()
+        })
         .expect("some sequence number is free")
+}
+
+/// `name` and, when it is a backup name, the same-minute names after it (`-2`, `-3`, ...): where
+/// a bundle may be published when another run took its name meanwhile.
+pub fn names_after(name: &str) -> Box<dyn Iterator<Item = String> + Send> {
+    match parse_name(name) {
+        Some(b) => {
+            Box::new((b.seq..b.seq + 1000).map(move |seq| format_name_at(b.kind, b.time, seq)))
+        }
+        None => Box::new(std::iter::once(name.to_owned())),
+    }
 }
 
 /// One backup in the repository.

@@ -154,6 +154,9 @@ pub fn apply(
     backups: &Path,
     wal_archive: &Path,
 ) -> Result<PruneReport, PruneError> {
+    // What killed pushes, backups and uploads left, by the run-mark rules (never a live writer's).
+    fsutil::remove_stale_partials(wal_archive);
+    fsutil::remove_stale_partials(backups);
     for f in &plan.remove_wal {
         std::fs::remove_file(&f.path).fs_ctx("remove", &f.path)?;
     }

@@ -70,24 +70,65 @@ pub fn holder(dir: &Path) -> Holder {
     let Some(pid) = words.next().and_then(|p| p.parse::<u32>().ok()) else {
         return Holder::Unknown;
     };
-    let host = words.next().filter(|h| *h != this_host());
+    judge(pid, words.next(), || quiet_for(&pid_file))
+}
+
+/// Who `pid` on `host` (None: this host) is, given how long its mark has gone untouched
+/// (asked only for another host's run).
+pub fn judge(
+    pid: u32,
+    host: Option<&str>,
+    quiet_for: impl FnOnce() -> std::time::Duration,
+) -> Holder {
+    let here = this_host();
+    let host = host.filter(|h| *h != here && *h != tag_host(&here));
     match host {
         None if pid == std::process::id() => Holder::Us,
         None if process_is_pgkeep(pid) => Holder::Running(format!("pid {pid}")),
         None => Holder::Gone,
         Some(host) => {
-            let quiet_for = std::fs::metadata(&pid_file)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .unwrap_or_default();
-            if quiet_for < FOREIGN_STALE_AFTER {
+            if quiet_for() < FOREIGN_STALE_AFTER {
                 Holder::Running(format!("pid {pid} on host {host}"))
             } else {
                 Holder::Gone
             }
         }
     }
+}
+
+/// How long ago `path` was last modified (zero when that cannot be told).
+pub fn quiet_for(path: &Path) -> std::time::Duration {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
+}
+
+/// This run's writer tag for file names, `HOST~PID` (see [`parse_tag`]): a file being written
+/// under a name that carries it can be judged like a marked directory, by [`judge`] with the
+/// file's own modification time as its heartbeat (a writer writes continuously).
+pub fn tag() -> String {
+    format!("{}~{}", tag_host(&this_host()), std::process::id())
+}
+
+/// `HOST~PID` back into its parts.
+pub fn parse_tag(tag: &str) -> Option<(&str, u32)> {
+    let (host, pid) = tag.rsplit_once('~')?;
+    Some((host, pid.parse().ok()?))
+}
+
+/// A host name as it goes into a file name: nothing that separates fields or paths.
+fn tag_host(host: &str) -> String {
+    host.chars()
+        .map(|c| {
+            if c == '~' || c == '/' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Touches a `pid` file every [`HEARTBEAT`] until dropped.

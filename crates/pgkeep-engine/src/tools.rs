@@ -7,6 +7,13 @@
 //! the exit status is always checked. Secrets go to the child through the environment only
 //! ([`Cmd::secret_env`]); they are never on argv and never in a rendered command line.
 //!
+//! No child outlives pgkeep. Each runs in its own session (so its own process group), and the
+//! kernel sends it a signal when pgkeep dies, however it dies (kill -9 included): SIGKILL by
+//! default, [`Cmd::on_parent_death`] for a server that should shut down its own way. The kernel
+//! sends that signal when the *thread* that started the child ends, so every child is started
+//! from one thread that lives as long as the process. A dropped [`Running`] kills its child's
+//! whole process group (pg_dump's and pg_restore's parallel workers with it).
+//!
 //! [`PgBin`] finds the PostgreSQL client and server programs.
 
 use std::ffi::{OsStr, OsString};
@@ -88,6 +95,7 @@ pub struct Cmd {
     stdin: Input,
     stdout_to: Option<PathBuf>,
     user: Option<(u32, u32)>,
+    death_signal: rustix::process::Signal,
 }
 
 impl fmt::Debug for Cmd {
@@ -108,7 +116,15 @@ impl Cmd {
             stdin: Input::Null,
             stdout_to: None,
             user: None,
+            death_signal: rustix::process::Signal::KILL,
         }
+    }
+
+    /// The signal the child gets when pgkeep dies (SIGKILL unless set; a postmaster wants
+    /// SIGQUIT, its immediate shutdown).
+    pub fn on_parent_death(mut self, signal: rustix::process::Signal) -> Self {
+        self.death_signal = signal;
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -224,14 +240,24 @@ impl Cmd {
         if let Some((uid, gid)) = self.user {
             cmd.uid(uid).gid(gid);
         }
-        // SAFETY: the closure only calls setsid, which is async-signal-safe.
-        // No PR_SET_PDEATHSIG: it fires when the spawning *thread* exits, and tokio's blocking
-        // threads exit when idle, which would kill long-running children such as postgres.
-        // A dropped `Running` kills its child instead.
+        let parent = rustix::process::getpid();
+        let death_signal = self.death_signal;
+        // SAFETY: the closure only makes async-signal-safe system calls (setsid, prctl,
+        // getppid) and allocates nothing.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // A new session has no controlling terminal: no tool can prompt for a password.
                 rustix::process::setsid().map_err(io::Error::from)?;
+                // Die with pgkeep. Set after any uid change (which would clear it); the spawning
+                // thread lives as long as the process (see `spawn_kept`).
+                rustix::process::set_parent_process_death_signal(Some(death_signal))
+                    .map_err(io::Error::from)?;
+                // pgkeep may have died before the line above: then nobody would ever signal us.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(io::Error::other(
+                        "pgkeep exited while starting this program",
+                    ));
+                }
                 Ok(())
             });
         }
@@ -252,9 +278,9 @@ impl Cmd {
 
     fn spawn_with(self, stdout: Stdio) -> Result<Running, ToolError> {
         let display = self.display();
-        let mut command = self.build(stdout)?;
+        let command = self.build(stdout)?;
         tracing::debug!(command = %self.display(), "running");
-        let mut child = command.spawn().map_err(|source| {
+        let mut child = spawn_kept(command).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 ToolError::NotFound {
                     program: self.program_name(),
@@ -399,10 +425,54 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // The child leads its own process group: take its workers along.
+            if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
+}
+
+type SpawnRequest = (Command, std::sync::mpsc::SyncSender<io::Result<Child>>);
+
+/// Start `command` from the one thread that lives as long as this process, so the parent-death
+/// signal set in the child fires when pgkeep dies and never when some worker thread ends (as
+/// tokio's idle blocking threads do).
+fn spawn_kept(mut command: Command) -> io::Result<Child> {
+    use std::sync::{Mutex, OnceLock, mpsc};
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<SpawnRequest>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("pgkeep-spawner".into())
+            .spawn(move || {
+                // The sender lives in a static, so this loop (and the thread) never ends.
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let Some(spawner) = spawner else {
+        return Err(io::Error::other(
+            "the thread that starts programs could not be started",
+        ));
+    };
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let sent = spawner
+        .lock()
+        .map_err(|_| io::Error::other("the spawner is poisoned"))?
+        .send((command, reply));
+    if let Err(mpsc::SendError((c, _))) = sent {
+        command = c;
+        return command.spawn();
+    }
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the thread that starts programs has gone")))
 }
 
 fn failed(command: String, status: ExitStatus, stderr: &str) -> ToolError {

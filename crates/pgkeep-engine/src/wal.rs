@@ -7,11 +7,14 @@
 //! archive_command are read too. History (`*.history`) and backup-label (`*.backup`) files are
 //! small and kept plain so a person can read them.
 //!
-//! Push never replaces anything: it writes a hidden `.NAME.partial`, fsyncs it, renames it with
-//! RENAME_NOREPLACE and fsyncs the directory. A file that is already archived is accepted when its
-//! content is identical (PostgreSQL retries after a crash between archiving and noting it) and
-//! refused, loudly and naming the file, when it differs. A push killed half-way leaves only the
-//! hidden partial file, which the next push of that name replaces.
+//! Push never replaces anything: it writes a hidden partial file of its own (see
+//! [`crate::fsutil`]; two pushes of one name never touch each other's), fsyncs it, renames it with
+//! RENAME_NOREPLACE and fsyncs the directory. A file that is already archived, or that another
+//! push published first, is accepted when its content is identical (PostgreSQL retries after a
+//! crash between archiving and noting it) and refused, loudly and naming the file, when it
+//! differs; an archived copy that does not decompress or has the wrong size is reported as
+//! damaged. A push killed half-way leaves only its hidden partial file, which
+//! [`crate::fsutil::remove_stale_partials`] removes once its writer is gone.
 //!
 //! Fetch writes `%p` through a temporary name and a rename; it does not fsync, because
 //! PostgreSQL makes restored files durable itself and fetches them again after a crash.
@@ -49,6 +52,15 @@ pub enum WalError {
         "{path}: {message}\nhint: the archived file is damaged; recovery cannot continue past it (restore an older base backup or repair the archive)"
     )]
     Corrupt { path: PathBuf, message: String },
+    #[error(
+        "{existing} is already archived but the archived copy is damaged ({message}); the archive was left unchanged\nhint: check it with `pgkeep wal fetch {name} /tmp/check` (exit 126 means damaged); when {source_path} is the intact original, move the damaged copy out of the archive and let archive_command retry"
+    )]
+    Damaged {
+        existing: PathBuf,
+        name: String,
+        source_path: PathBuf,
+        message: String,
+    },
     #[error(
         "{path}: a WAL segment of {size} bytes is impossible (segments are a power of two between 1 MiB and 1 GiB)"
     )]
@@ -697,21 +709,33 @@ impl Archive {
             BufReader::with_capacity(1 << 20, File::open(src).fs_ctx("open", src)?),
             src,
         )?;
+        let damaged = |message: String| WalError::Damaged {
+            existing: existing.to_owned(),
+            name: file_name_of(src).unwrap_or_default().to_owned(),
+            source_path: src.to_owned(),
+            message,
+        };
         let old = open_decompressed(existing, c)?;
         let (old_len, old_hash) = match sha256_reader(old, existing) {
             Ok(v) => v,
-            // A damaged archived copy is not the same content either.
-            Err(WalError::Corrupt { .. }) => (u64::MAX, [0; 32]),
+            Err(WalError::Corrupt { message, .. }) => {
+                return Err(damaged(format!("it does not decompress: {message}")));
+            }
             Err(e) => return Err(e),
         };
         if src_len == old_len && src_hash == old_hash {
-            Ok(PushOutcome::AlreadyArchived)
-        } else {
-            Err(WalError::Conflict {
-                existing: existing.to_owned(),
-                source_path: src.to_owned(),
-            })
+            return Ok(PushOutcome::AlreadyArchived);
         }
+        let is_segment = parse_name(file_name_of(src)?).is_some_and(|w| w.kind == WalKind::Segment);
+        if is_segment && old_len != src_len {
+            return Err(damaged(format!(
+                "it holds {old_len} bytes, the segment {src_len}"
+            )));
+        }
+        Err(WalError::Conflict {
+            existing: existing.to_owned(),
+            source_path: src.to_owned(),
+        })
     }
 
     /// `restore_command`: write `name` from the archive to `dest` (through a temporary name).
@@ -1069,20 +1093,50 @@ mod tests {
     }
 
     #[test]
-    fn stale_partial_from_a_killed_push_is_replaced() {
+    fn partial_of_a_killed_push_neither_blocks_a_push_nor_survives_the_sweep() {
         let t = tempfile::tempdir().unwrap();
         let arch_dir = t.path().join("arch");
         std::fs::create_dir(&arch_dir).unwrap();
-        std::fs::write(
-            arch_dir.join(".000000010000000000000006.zst.partial"),
-            b"half a segm",
-        )
-        .unwrap();
+        let here = crate::runmark::tag();
+        let (host, _) = crate::runmark::parse_tag(&here).unwrap();
+        let dead = format!(
+            ".000000010000000000000006.zst~{host}~{}~0.partial",
+            i32::MAX
+        );
+        std::fs::write(arch_dir.join(&dead), b"half a segm").unwrap();
         let a = Archive::new(&arch_dir);
         assert!(a.list().unwrap().is_empty(), "partials are not WAL");
         let src = segment(t.path(), "000000010000000000000006", 9);
         a.push(&src, PushOptions::default()).unwrap();
+        assert_eq!(
+            crate::fsutil::remove_stale_partials(&arch_dir),
+            vec![arch_dir.join(&dead)]
+        );
         assert_eq!(file_names(&arch_dir), vec!["000000010000000000000006.zst"]);
+    }
+
+    #[test]
+    fn a_damaged_archived_copy_is_reported_as_damaged_not_as_a_second_cluster() {
+        let t = tempfile::tempdir().unwrap();
+        let arch_dir = t.path().join("arch");
+        std::fs::create_dir(&arch_dir).unwrap();
+        let a = Archive::new(&arch_dir);
+        let src = segment(t.path(), "000000010000000000000007", 9);
+        // A plain copy cut short, and a compressed one that does not decompress.
+        std::fs::write(arch_dir.join("000000010000000000000007"), [9u8; 4096]).unwrap();
+        let err = a.push(&src, PushOptions::default()).unwrap_err();
+        assert!(matches!(err, WalError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(!err.to_string().contains("two clusters"), "{err}");
+        std::fs::remove_file(arch_dir.join("000000010000000000000007")).unwrap();
+        std::fs::write(arch_dir.join("000000010000000000000007.zst"), b"not zstd").unwrap();
+        let err = a.push(&src, PushOptions::default()).unwrap_err();
+        assert!(matches!(err, WalError::Damaged { .. }), "{err}");
+        assert_eq!(
+            std::fs::read(arch_dir.join("000000010000000000000007.zst")).unwrap(),
+            b"not zstd",
+            "a damaged copy is never overwritten"
+        );
     }
 
     /// A segment of `size` bytes whose first page header declares that size, WAL-like content
@@ -1148,10 +1202,11 @@ mod tests {
             std::fs::write(&z, &bytes[..sizes[0]]).unwrap();
             let err = a.fetch("000000010000000000000003", &dest).unwrap_err();
             assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
-            // And pushing the same segment again does not accept the damaged copy.
+            // And pushing the same segment again does not accept the damaged copy, and says
+            // it is damaged.
             assert!(matches!(
                 a.push(&src, opts).unwrap_err(),
-                WalError::Conflict { .. }
+                WalError::Damaged { .. }
             ));
         }
     }

@@ -107,6 +107,15 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The hidden partial files of pushes of `name` (each writer has its own).
+fn partials(archive: &std::path::Path, name: &str) -> Vec<String> {
+    std::fs::read_dir(archive)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{name}.zst~")) && n.ends_with(".partial"))
+        .collect()
+}
+
 #[test]
 fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
     let t = tempfile::tempdir().unwrap();
@@ -127,7 +136,7 @@ fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !archive.join(format!(".{name}.zst.partial")).exists() {
+    while partials(&archive, name).is_empty() {
         assert!(Instant::now() < deadline, "push never started writing");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -154,8 +163,15 @@ fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
     let names: Vec<String> = std::fs::read_dir(&archive)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
         .collect();
     assert_eq!(names, vec![format!("{name}.zst")]);
+    // The killed push's own partial file is swept once its writer is gone.
+    assert_eq!(
+        pgkeep_engine::fsutil::remove_stale_partials(&archive).len(),
+        1
+    );
+    assert!(partials(&archive, name).is_empty());
     let out = t.path().join("out");
     let mut cmd = Command::cargo_bin("pgkeep").unwrap();
     cmd.env("PGKEEP_CONFIG", "/dev/null")

@@ -1,0 +1,404 @@
+//! Kills and concurrency, with real processes and real signals: kill -9 and SIGTERM of pgkeep
+//! while its tools run, and two writers of one WAL segment. After each: nothing partial under a
+//! final name, no child process left running, and a rerun succeeds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pgkeep_testkit::{TempCluster, file_names, output_text};
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("pgkeep")
+}
+
+fn pgkeep(c: &TempCluster) -> Command {
+    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+    cmd.envs(c.env()).env("PGKEEP_DATABASE", "records");
+    cmd
+}
+
+fn spawn_pgkeep(c: &TempCluster, args: &[&str]) -> Child {
+    std::process::Command::new(bin())
+        .envs(c.env())
+        .env("PGKEEP_DATABASE", "records")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// One process as /proc shows it.
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    comm: String,
+    cmdline: String,
+}
+
+/// Every live (not zombie) process.
+fn processes() -> Vec<Proc> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = stat[stat.find('(').unwrap_or(0) + 1..close].to_owned();
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().unwrap_or("");
+        let ppid = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if state == "Z" || state == "X" {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        out.push(Proc {
+            pid,
+            ppid,
+            comm,
+            cmdline,
+        });
+    }
+    out
+}
+
+/// Wait until `parent` runs a child called `comm`; returns its PID.
+fn wait_for_child(parent: &mut Child, comm: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = processes()
+            .into_iter()
+            .find(|p| p.ppid == parent.id() as i32 && p.comm == comm)
+        {
+            return p.pid;
+        }
+        assert!(
+            parent.try_wait().unwrap().is_none(),
+            "pgkeep ended before it started {comm}"
+        );
+        assert!(Instant::now() < deadline, "{comm} never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Processes whose command line mentions `needle`, after giving the kernel a moment to deliver
+/// the parent-death signals.
+fn survivors(needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = processes()
+            .into_iter()
+            .filter(|p| p.cmdline.contains(needle))
+            .map(|p| format!("{} {}", p.pid, p.cmdline))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap();
+}
+
+/// Kill pgkeep (`child`) with `sig` while its tool `comm` is frozen mid-run (SIGSTOP, so the
+/// moment is exact), and check that the tool does not outlive it.
+fn kill_while_running(child: &mut Child, comm: &str, sig: Signal, needle: &str) {
+    let tool = wait_for_child(child, comm);
+    signal(tool, Signal::SIGSTOP);
+    signal(child.id() as i32, sig);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "pgkeep was killed by {sig}");
+    let left = survivors(needle);
+    // Leave nothing behind for the rest of the suite, whatever the verdict.
+    for l in &left {
+        if let Some(pid) = l.split(' ').next().and_then(|p| p.parse().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "{comm} outlived pgkeep killed by {sig}: {left:?}"
+    );
+}
+
+fn hidden_only(dir: &Path) -> Vec<String> {
+    file_names(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+fn records_cluster() -> TempCluster {
+    let c = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .start();
+    c.psql("postgres", "create database records");
+    c.psql(
+        "records",
+        "create table big as select g as id, md5(g::text) as t from generate_series(1, 50000) g",
+    );
+    c
+}
+
+#[test]
+fn killed_logical_backup_takes_pg_dump_with_it_and_the_rerun_succeeds() {
+    let c = records_cluster();
+    let backups = c.backups().display().to_string();
+    for sig in [Signal::SIGKILL, Signal::SIGTERM] {
+        let mut child = spawn_pgkeep(&c, &["backup", "logical", "-j", "2"]);
+        kill_while_running(&mut child, "pg_dump", sig, &backups);
+        assert!(
+            hidden_only(&c.backups()).is_empty(),
+            "nothing under a final name after {sig}: {:?}",
+            file_names(&c.backups())
+        );
+    }
+    let out = pgkeep(&c).args(["backup", "logical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let left = file_names(&c.backups());
+    assert_eq!(left.len(), 1, "the rerun cleaned up: {left:?}");
+    assert!(left[0].starts_with("nightly-"), "{left:?}");
+}
+
+#[test]
+fn killed_physical_backup_takes_pg_basebackup_with_it_and_its_partial_goes_at_the_next_run() {
+    let c = records_cluster();
+    for sig in [Signal::SIGKILL, Signal::SIGTERM] {
+        let mut child = spawn_pgkeep(&c, &["backup", "physical"]);
+        kill_while_running(&mut child, "pg_basebackup", sig, "pgkeep basebackup-");
+        assert!(
+            hidden_only(&c.backups()).is_empty(),
+            "nothing under a final name after {sig}: {:?}",
+            file_names(&c.backups())
+        );
+    }
+    let out = pgkeep(&c).args(["backup", "physical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    // The killed runs' partial bundles are gone at once (their writers are dead), not after
+    // a quarter of an hour.
+    let left = file_names(&c.backups());
+    assert_eq!(left.len(), 1, "the rerun cleaned up: {left:?}");
+    assert!(left[0].starts_with("basebackup-"), "{left:?}");
+}
+
+#[test]
+fn killed_restore_takes_pg_restore_with_it_and_the_rerun_succeeds() {
+    let c = records_cluster();
+    let out = pgkeep(&c).args(["backup", "logical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let want = c.psql("records", "select count(*), sum(id) from big");
+    let backups = c.backups().display().to_string();
+    for sig in [Signal::SIGKILL, Signal::SIGTERM] {
+        let mut child = spawn_pgkeep(&c, &["restore", "dump", "--clean", "--yes"]);
+        kill_while_running(&mut child, "pg_restore", sig, &backups);
+    }
+    let out = pgkeep(&c)
+        .args(["restore", "dump", "--clean", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.psql("records", "select count(*), sum(id) from big"), want);
+    let left = file_names(&c.backups());
+    assert!(
+        left.iter()
+            .all(|n| !n.ends_with(".staging") && !n.ends_with(".partial")),
+        "no staging left: {left:?}"
+    );
+}
+
+/// 16 MiB that zstd cannot shrink (so level 19 takes seconds), with a first page header that
+/// declares the segment size like PostgreSQL's.
+fn noise_segment(path: &Path) -> Vec<u8> {
+    let size = 16usize << 20;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    data[..40].fill(0);
+    data[2] = 0x02;
+    data[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn push(archive: &Path, seg: &Path, level: &str) -> Child {
+    std::process::Command::new(bin())
+        .args(["wal", "push", "--zstd-level", level, "--archive"])
+        .arg(archive)
+        .arg(seg)
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn partials(archive: &Path) -> Vec<String> {
+    file_names(archive)
+        .into_iter()
+        .filter(|n| n.starts_with('.') && n.ends_with(".partial"))
+        .collect()
+}
+
+#[test]
+fn concurrent_pushes_of_one_segment_never_publish_a_truncated_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let name = "000000010000000000000042";
+    let seg = t.path().join(name);
+    let original = noise_segment(&seg);
+
+    // The first push starts writing; a second push of the same segment (a retried
+    // archive_command, a second pod) starts writing too and is frozen, then killed, while the
+    // first one finishes.
+    let mut first = push(&archive, &seg, "19");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partials(&archive).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first push never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut second = push(&archive, &seg, "19");
+    while partials(&archive).len() < 2 {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first push ended before the second started writing"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the second push never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(second.id() as i32, Signal::SIGSTOP);
+    let out = first.wait_with_output().unwrap();
+    signal(second.id() as i32, Signal::SIGKILL);
+    second.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "the first push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Exit 0 means the archive holds the whole segment.
+    let fetched = t.path().join("fetched");
+    let mut fetch = Command::cargo_bin("pgkeep").unwrap();
+    fetch
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .args(["wal", "fetch", "--archive"])
+        .arg(&archive)
+        .arg(name)
+        .arg(&fetched)
+        .assert()
+        .success();
+    assert!(
+        std::fs::read(&fetched).unwrap() == original,
+        "the archived copy is the segment, byte for byte"
+    );
+    // PostgreSQL retries the killed one: accepted as already archived.
+    let retry = push(&archive, &seg, "1").wait_with_output().unwrap();
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    assert_eq!(hidden_only(&archive), vec![format!("{name}.zst")]);
+    // The killed writer's partial file goes with the next sweep, the archived copy stays.
+    assert_eq!(
+        pgkeep_engine::fsutil::remove_stale_partials(&archive).len(),
+        1
+    );
+    assert_eq!(file_names(&archive), vec![format!("{name}.zst")]);
+}
+
+#[test]
+fn the_loser_of_a_push_race_with_different_content_is_refused_and_names_the_cause() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let name = "000000010000000000000043";
+    let seg = t.path().join(name);
+    noise_segment(&seg);
+    let other_dir = t.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = other_dir.join(name);
+    let mut data = std::fs::read(&seg).unwrap();
+    data[100_000] ^= 0xff;
+    std::fs::write(&other, &data).unwrap();
+    let a = push(&archive, &seg, "19");
+    let b = push(&archive, &other, "19");
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    // Exactly one of the two wins; the other is told about DIFFERENT content, never a
+    // file-system error from a partial file that another writer removed.
+    assert!(
+        oa.status.success() != ob.status.success(),
+        "{} / {}",
+        String::from_utf8_lossy(&oa.stderr),
+        String::from_utf8_lossy(&ob.stderr)
+    );
+    let loser = if oa.status.success() { &ob } else { &oa };
+    let text = String::from_utf8_lossy(&loser.stderr);
+    assert!(text.contains("DIFFERENT content"), "{text}");
+    assert!(!text.contains("No such file"), "{text}");
+    assert!(partials(&archive).is_empty(), "{:?}", file_names(&archive));
+}
+
+#[test]
+fn two_logical_backups_at_once_both_land_under_their_own_names() {
+    let c = records_cluster();
+    let runs: Vec<Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new(bin())
+                .envs(c.env())
+                .env("PGKEEP_DATABASE", "records")
+                .args(["backup", "logical"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let names = hidden_only(&c.backups());
+    assert_eq!(names.len(), 2, "two bundles: {names:?}");
+    assert_ne!(names[0], names[1]);
+    let out = pgkeep(&c).args(["backups", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let left = file_names(&c.backups());
+    assert!(
+        left.iter()
+            .all(|n| !n.ends_with(".staging") && !n.ends_with(".partial")),
+        "{left:?}"
+    );
+}
