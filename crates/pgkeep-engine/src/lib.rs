@@ -29,6 +29,7 @@ pub mod tools;
 pub mod transfer;
 pub mod upload;
 pub mod wal;
+pub mod walcheck;
 
 /// How an error should end the process (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

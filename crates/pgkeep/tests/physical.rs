@@ -749,3 +749,112 @@ fn zst_segments(archive: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Decompress an archived `.zst` segment.
+fn unzstd(path: &Path) -> Vec<u8> {
+    zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap()
+}
+
+/// The first WAL segment in a cluster's pg_wal.
+fn first_segment_in(pg_wal: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(pg_wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .collect();
+    v.sort();
+    v.remove(0)
+}
+
+/// A segment in the middle of the archive that is another system's, zero-filled, truncated, or
+/// missing: PostgreSQL would take it as the end of the WAL and promote there (exit 0, the later
+/// commits gone). Bootstrap refuses before PGDATA is touched and the drill fails; a segment
+/// whose headers are right but whose records are damaged is found after recovery (replay ends
+/// before the newest archived segment) and fails the drill too.
+#[test]
+fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touched() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    let at_backup = zst_segments(&c.wal_archive());
+    for _ in 0..4 {
+        pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+        c.switch_wal_and_wait_archived();
+    }
+    let all = checksum(&c);
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+    let archive = c.wal_archive();
+    let later: Vec<String> = zst_segments(&archive)
+        .into_iter()
+        .filter(|s| !at_backup.contains(s))
+        .collect();
+    assert!(later.len() >= 4, "{later:?}");
+    let mid = later[later.len() / 2].clone();
+    let zst = archive.join(format!("{mid}.zst"));
+    let original = unzstd(&zst);
+    let aside = c.root().join("mid.zst");
+    std::fs::rename(&zst, &aside).unwrap();
+
+    let other = TempCluster::start();
+    let foreign = std::fs::read(first_segment_in(&other.pgdata().join("pg_wal"))).unwrap();
+    drop(other);
+    let gap = format!("lacks segment {mid}");
+    let cases: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
+        ("foreign", Some(foreign), "not of system"),
+        ("zero-filled", Some(vec![0u8; 16 << 20]), "all zeros"),
+        (
+            "truncated",
+            Some(original[..original.len() / 2].to_vec()),
+            "truncated",
+        ),
+        ("gap", None, &gap),
+    ];
+    let plain = archive.join(&mid);
+    for (what, content, says) in &cases {
+        if let Some(bytes) = content {
+            std::fs::write(&plain, bytes).unwrap();
+            std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
+        }
+        let err = failed(
+            pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+            3,
+        );
+        assert!(err.contains(says), "{what}: {err}");
+        assert!(err.contains(&mid), "{what}: {err}");
+        assert!(err.contains("nothing was changed"), "{what}: {err}");
+        assert_eq!(fingerprint(&c.pgdata()), before, "{what}: PGDATA untouched");
+        let out = pgkeep(&c, &["drill", "--skip-logical"]);
+        let text = pgkeep_testkit::output_text(&out);
+        assert!(!out.status.success(), "{what}: the drill passed:\n{text}");
+        assert!(text.contains("physical drill failed"), "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text}");
+        let _ = std::fs::remove_file(&plain);
+    }
+
+    // Headers right, a record damaged: only replay finds it, and ends early.
+    let mut damaged = original.clone();
+    damaged[3 * 8192 + 1000] ^= 0xff;
+    std::fs::write(&plain, &damaged).unwrap();
+    std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
+    let out = pgkeep(&c, &["drill", "--skip-logical"]);
+    let text = pgkeep_testkit::output_text(&out);
+    assert!(!out.status.success(), "the drill passed:\n{text}");
+    assert!(
+        text.contains("before the newest archived WAL segment"),
+        "{text}"
+    );
+    std::fs::remove_file(&plain).unwrap();
+
+    std::fs::rename(&aside, &zst).unwrap();
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    c.restart();
+    assert_eq!(checksum(&c), all, "the live data is intact");
+    c.stop();
+    ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--from", &name, "--yes"],
+    ));
+    c.restart();
+    assert_eq!(checksum(&c), all, "with the archive repaired, every commit");
+}
