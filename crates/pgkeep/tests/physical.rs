@@ -858,3 +858,133 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
     c.restart();
     assert_eq!(checksum(&c), all, "with the archive repaired, every commit");
 }
+
+/// After a wipe and a fresh start (a new system whose segment names restart at 1), the old
+/// system's bundles are still kept. Prune cuts each system's WAL against that system's own
+/// bundles: the live system's WAL stays (it used to be cut at the old system's oldest kept
+/// backup, taking the live system's PITR with it), the old system's superseded WAL is pruned
+/// against its kept bundle, and every kept bundle restores to its end and to a point inside.
+#[test]
+fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
+    // System A: an early backup (pruned), WAL, a kept backup.
+    let a = archiving_cluster();
+    let config = a.root().join("pgkeep.toml");
+    std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
+    pgbench(&a, &["-i", "-s", "1", "-q"]);
+    let a0 = backup(&a);
+    for _ in 0..6 {
+        pgbench(&a, &["-n", "-t", "50"]);
+        a.switch_wal_and_wait_archived();
+    }
+    let a1 = backup(&a);
+    pgbench(&a, &["-n", "-t", "200", "-c", "2"]);
+    let all_a = checksum(&a);
+    a.switch_wal_and_wait_archived();
+    a.stop();
+    let archive = pgkeep_engine::wal::Archive::new(a.wal_archive());
+    let aside = pgkeep_engine::archive_owner::supersede(&archive, jiff::Timestamp::now())
+        .unwrap()
+        .unwrap()
+        .to;
+
+    // System B takes the archive over and backs up into the same backups directory.
+    let b = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive {} %p",
+            bin().display(),
+            a.wal_archive().display()
+        ))
+        .start();
+    let site = |c: &TempCluster, args: &[&str]| {
+        Command::cargo_bin("pgkeep")
+            .unwrap()
+            .envs(c.env())
+            .env("PGKEEP_WAL_ARCHIVE", a.wal_archive())
+            .env("PGKEEP_BACKUPS", a.backups())
+            .env("PGKEEP_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    pgbench(&b, &["-i", "-s", "1", "-q"]);
+    let out = ok(site(&b, &["backup", "physical", "--json"]));
+    let b1: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b1 = b1["name"].as_str().unwrap().to_owned();
+    pgbench(&b, &["-n", "-t", "100", "-c", "2"]);
+    let at_t_b = checksum(&b);
+    let t = b.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&b, &["-n", "-t", "100", "-c", "2"]);
+    let all_b = checksum(&b);
+    b.switch_wal_and_wait_archived();
+    let b_start = foreign_free_start(&a.backups().join(&b1));
+    let a1_start = foreign_free_start(&a.backups().join(&a1));
+    assert!(
+        b_start[8..] < a1_start[8..],
+        "the scenario needs B's WAL below A's kept start: {b_start} {a1_start}"
+    );
+    let root_before = pgkeep_testkit::file_names(&a.wal_archive());
+
+    let out = ok(site(&b, &["backups", "prune"]));
+    assert!(!a.backups().join(&a0).exists(), "{out}");
+    assert!(a.backups().join(&a1).exists() && a.backups().join(&b1).exists());
+    let root_after = pgkeep_testkit::file_names(&a.wal_archive());
+    let needed: Vec<&String> = root_before
+        .iter()
+        .filter(|n| n.as_str() >= b_start.as_str())
+        .collect();
+    assert!(
+        needed.iter().any(|n| n.starts_with(&b_start)),
+        "{root_before:?}"
+    );
+    assert!(
+        needed.iter().all(|n| root_after.contains(n)),
+        "the WAL B's kept backup needs stays: {root_before:?} -> {root_after:?}\n{out}"
+    );
+    let a_left = pgkeep_testkit::file_names(&aside);
+    assert!(
+        a_left.iter().any(|n| n.starts_with(&a1_start)),
+        "{a1_start} kept: {a_left:?}"
+    );
+    assert!(
+        a_left
+            .iter()
+            .all(|n| n.as_str() >= a1_start.as_str() || n.ends_with(".history")),
+        "A's WAL older than its kept backup is pruned: {a_left:?}"
+    );
+
+    // Every kept bundle restores: B's to its end, then to a point inside; A's to its end.
+    b.stop();
+    ok(site(
+        &b,
+        &["bootstrap", "basebackup", "--from", &b1, "--yes"],
+    ));
+    b.restart();
+    assert_eq!(checksum(&b), all_b, "every commit of the live system");
+    b.stop();
+    ok(site(
+        &b,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &b1,
+            "--target-time",
+            &t,
+            "--yes",
+        ],
+    ));
+    b.restart();
+    assert_eq!(checksum(&b), at_t_b, "the live system's PITR window");
+    b.stop();
+    drop(b);
+    ok(site(
+        &a,
+        &["bootstrap", "basebackup", "--from", &a1, "--yes"],
+    ));
+    a.restart();
+    assert_eq!(checksum(&a), all_a, "every commit of the old system");
+}
