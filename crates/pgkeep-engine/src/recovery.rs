@@ -1574,6 +1574,40 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_timeline_without_its_history_file_is_refused_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::new(t.path());
+        let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
+        let touch = |n: &str| std::fs::write(t.path().join(n), "x").unwrap();
+        let path = |a: &Archive| archive_path(&facts, a, &a.list().unwrap());
+        for n in [
+            "000000010000000000000002",
+            "000000010000000000000003.zst",
+            "000000010000000000000004.zst",
+        ] {
+            touch(n);
+        }
+        assert_eq!(path(&a).unwrap().latest, 1);
+        // Timeline 2's WAL without 00000002.history: recovery would stay on timeline 1.
+        touch("000000020000000000000004.zst");
+        let err = path(&a).unwrap_err();
+        assert!(
+            matches!(&err, RecoveryError::MissingHistory { missing, timeline: 2, follow: 1, .. } if missing == "00000002.history"),
+            "{err}"
+        );
+        assert_eq!(err.exit_class(), ExitClass::Refused);
+        touch("00000002.history");
+        assert_eq!(path(&a).unwrap().latest, 2);
+        // Timeline 3's history file missing, a .partial of it is there: recovery would stay on 2.
+        touch("000000030000000000000005.partial.zst");
+        let err = path(&a).unwrap_err().to_string();
+        assert!(err.contains("00000003.history"), "{err}");
+        assert!(err.contains("follow timeline 2"), "{err}");
+        touch("00000003.history");
+        assert_eq!(path(&a).unwrap().latest, 3);
+    }
+
+    #[test]
     fn restore_command_is_shell_quoted() {
         assert_eq!(
             restore_command(

@@ -988,3 +988,69 @@ fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
     a.restart();
     assert_eq!(checksum(&a), all_a, "every commit of the old system");
 }
+
+/// A PITR made timeline 2; with 00000002.history gone from the archive, recovery from the
+/// timeline-1 backup would follow timeline 1 to its end and bring back its abandoned future
+/// (exit 0). Bootstrap refuses naming the missing file, before PGDATA is touched, and the
+/// drill fails; with the file back, the bootstrap follows timeline 2.
+#[test]
+fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let t = c.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.psql("postgres", "create table abandoned_future(x int)");
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
+    ));
+    assert!(out.contains("timeline 2"), "{out}");
+    c.restart();
+    c.psql(
+        "postgres",
+        "create table on_timeline_2(x int); insert into on_timeline_2 values (2)",
+    );
+    pgbench(&c, &["-n", "-t", "50"]);
+    let tl2 = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+
+    let history = c.wal_archive().join("00000002.history");
+    let aside = c.root().join("00000002.history");
+    std::fs::rename(&history, &aside).unwrap();
+    let err = failed(
+        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        3,
+    );
+    assert!(err.contains("00000002.history"), "{err}");
+    assert!(err.contains("timeline 2"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    let out = pgkeep(&c, &["drill", "--skip-logical"]);
+    let text = pgkeep_testkit::output_text(&out);
+    assert!(!out.status.success(), "the drill passed:\n{text}");
+    assert!(text.contains("00000002.history"), "{text}");
+
+    std::fs::rename(&aside, &history).unwrap();
+    ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--from", &name, "--yes"],
+    ));
+    c.restart();
+    assert_eq!(checksum(&c), tl2, "timeline 2's commits");
+    assert_eq!(c.psql("postgres", "select x from on_timeline_2"), "2");
+    assert!(
+        c.try_psql("postgres", "select 1 from abandoned_future")
+            .is_err(),
+        "timeline 1's abandoned future stays abandoned"
+    );
+}
