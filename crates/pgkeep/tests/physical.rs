@@ -1054,3 +1054,79 @@ fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
         "timeline 1's abandoned future stays abandoned"
     );
 }
+
+/// With an LSN target, every segment up to the target's is checked before PGDATA is touched (a
+/// gap before it used to be found only after PGDATA was emptied); damage after the target's
+/// segment does not stand in the way, and the data is exactly as at the target.
+#[test]
+fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    let start = foreign_free_start(&c.backups().join(&name));
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let at_l = checksum(&c);
+    let l = c.psql("postgres", "select pg_current_wal_lsn()::text");
+    c.switch_wal_and_wait_archived();
+    for _ in 0..2 {
+        pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+        c.switch_wal_and_wait_archived();
+    }
+    let all = checksum(&c);
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+    let segs = zst_segments(&c.wal_archive());
+    let l_seg = {
+        let lsn: pgkeep_engine::wal::Lsn = l.parse().unwrap();
+        pgkeep_engine::wal::segment_file_name(1, lsn.segment(16 << 20), 16 << 20)
+    };
+    assert!(
+        segs.iter().any(|s| *s > l_seg),
+        "WAL after the target: {segs:?}"
+    );
+    let before_l = segs
+        .iter()
+        .find(|s| s.as_str() > start.as_str() && s.as_str() < l_seg.as_str())
+        .unwrap_or_else(|| panic!("a segment between {start} and {l_seg}: {segs:?}"))
+        .clone();
+    let after_l = segs
+        .iter()
+        .filter(|s| s.as_str() > l_seg.as_str())
+        .nth_back(1)
+        .unwrap_or_else(|| panic!("two segments after {l_seg}: {segs:?}"))
+        .clone();
+    let hide = |s: &str| {
+        let from = c.wal_archive().join(format!("{s}.zst"));
+        let to = c.root().join(format!("{s}.zst"));
+        std::fs::rename(&from, &to).unwrap();
+        (from, to)
+    };
+
+    // A gap before the target: refused, PGDATA untouched.
+    let (back, kept) = hide(&before_l);
+    let err = failed(
+        pgkeep(
+            &c,
+            &["bootstrap", "basebackup", "--target-lsn", &l, "--yes"],
+        ),
+        3,
+    );
+    assert!(err.contains(&format!("lacks segment {before_l}")), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    std::fs::rename(&kept, &back).unwrap();
+
+    // A gap after the target's segment: no obstacle, the data is exactly as at the target.
+    let (back, kept) = hide(&after_l);
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-lsn", &l, "--yes"],
+    ));
+    assert!(out.contains("recovery ended"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_l, "exactly as at {l}");
+    assert_ne!(at_l, all);
+    c.stop();
+    std::fs::rename(&kept, &back).unwrap();
+}
