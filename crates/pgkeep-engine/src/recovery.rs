@@ -111,6 +111,15 @@ pub enum RecoveryError {
         segment: String,
         newest: String,
     },
+    #[error(
+        "restore point `{name}` is not in the archived WAL recovery would replay ({range} in {archive}), so recovery could never stop there; nothing was changed\nhint: check the name given to pg_create_restore_point (restore points found: {known}), or restore the WAL that holds it into the archive"
+    )]
+    RestorePointMissing {
+        name: String,
+        range: String,
+        archive: PathBuf,
+        known: String,
+    },
     #[error("the WAL archive cannot be replayed to its end; nothing was changed\n{0}")]
     BadSegment(crate::walcheck::SegmentError),
     #[error(
@@ -179,6 +188,7 @@ impl RecoveryError {
             | ArchiveGap { .. }
             | BadSegment(_)
             | MissingHistory { .. }
+            | RestorePointMissing { .. }
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
             | ForeignContent { .. }
@@ -412,13 +422,8 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         check_target(t, &facts, &bundle.name)?;
     }
     check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
-    // An LSN target needs the WAL up to its segment; without one, or with a time or name (whose
-    // place in the WAL is not known yet), everything up to the newest archived segment.
-    let until = match &req.target {
-        Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
-        _ => None,
-    };
-    let newest_archived = check_archive_wal(&manifest.members, &facts, &archive, until)?;
+    let newest_archived =
+        check_archive_wal(&manifest.members, &facts, &archive, req.target.as_ref())?;
     let data_bytes = manifest
         .members
         .iter()
@@ -720,17 +725,29 @@ fn archive_path(
     })
 }
 
-/// Every segment recovery will read, from the backup's start to `until` (default: the newest
-/// archived segment on the path), must be in the archive or the bundle, and every archived one
-/// must belong where its name puts it ([`crate::walcheck`]): PostgreSQL takes a missing or
-/// foreign segment as the end of the WAL and promotes there, losing every later commit.
-/// Returns the newest archived segment on the path.
+/// Every segment recovery will read, from the backup's start to the newest archived segment on
+/// the path (to an LSN target's segment with one: time and name targets have no known place in
+/// the WAL yet), must be in the archive or the bundle, and every archived one must belong where
+/// its name puts it ([`crate::walcheck`]): PostgreSQL takes a missing or foreign segment as the
+/// end of the WAL and promotes there, losing every later commit. A restore point named as the
+/// target must be in that WAL ([`crate::walscan`]); a time target after the last archived commit
+/// is warned about. Returns the newest archived segment on the path.
 fn check_archive_wal(
     members: &[MemberDigest],
     facts: &PhysicalFacts,
     archive: &Archive,
-    until: Option<u64>,
+    target: Option<&RecoveryTarget>,
 ) -> Result<Option<(String, Lsn)>, RecoveryError> {
+    let until = match target {
+        Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
+        _ => None,
+    };
+    let mut scanner = matches!(
+        target,
+        Some(RecoveryTarget::Name(_) | RecoveryTarget::Time(_))
+    )
+    .then(crate::walscan::RecordScanner::new);
+    let mut fed_previous = false;
     let Ok(files) = archive.list() else {
         return Ok(None);
     };
@@ -757,12 +774,24 @@ fn check_archive_wal(
         let name = wal::segment_file_name(tli, n, seg);
         match path.on_path.get(&n) {
             Some(f) => {
-                crate::walcheck::check_archived(f, expect).map_err(|e| match e {
-                    crate::wal::WalError::Segment(e) => RecoveryError::BadSegment(e),
-                    other => RecoveryError::Wal(other),
-                })?;
+                if let Some(s) = scanner.as_mut() {
+                    s.begin_segment(fed_previous);
+                }
+                let observe = |b: &[u8]| {
+                    if let Some(s) = scanner.as_mut() {
+                        s.feed(b);
+                    }
+                };
+                crate::walcheck::check_archived_observed(f, expect, observe).map_err(
+                    |e| match e {
+                        crate::wal::WalError::Segment(e) => RecoveryError::BadSegment(e),
+                        other => RecoveryError::Wal(other),
+                    },
+                )?;
+                fed_previous = true;
             }
             None => {
+                fed_previous = false;
                 let in_bundle = members
                     .iter()
                     .any(|m| m.path == format!("{DATA_PREFIX}pg_wal/{name}"));
@@ -774,6 +803,42 @@ fn check_archive_wal(
                     });
                 }
             }
+        }
+    }
+    if let Some(found) = scanner.as_ref().map(|s| s.found()) {
+        let range = format!(
+            "{} to {newest_name}",
+            wal::segment_file_name(timeline_of(&path.chain, start), start, seg)
+        );
+        match target {
+            Some(RecoveryTarget::Name(name)) => {
+                let times = found.restore_points.iter().filter(|n| *n == name).count();
+                if times == 0 {
+                    return Err(RecoveryError::RestorePointMissing {
+                        name: name.clone(),
+                        range,
+                        archive: archive.dir().to_owned(),
+                        known: found.restore_points.join(", "),
+                    });
+                }
+                if times > 1 {
+                    tracing::warn!(
+                        "restore point `{name}` occurs {times} times in the archived WAL ({range}); \
+                         PostgreSQL stops at the first"
+                    );
+                }
+            }
+            Some(RecoveryTarget::Time(t)) => match found.last_commit {
+                Some(last) if last >= *t => {}
+                last => tracing::warn!(
+                    "the target time {t} is after the last commit in the archived WAL ({range}: {}); \
+                     PostgreSQL will replay to the end of the WAL and may refuse to promote \
+                     (\"recovery ended before configured recovery target was reached\")",
+                    last.map(|l| format!("last commit at {l}"))
+                        .unwrap_or_else(|| "no commit".into())
+                ),
+            },
+            _ => {}
         }
     }
     Ok(Some((newest_name, Lsn(newest * seg))))

@@ -31,7 +31,10 @@ pub const SHORT_HEADER_LEN: usize = 24;
 pub const LONG_HEADER_LEN: usize = 40;
 
 const XLP_LONG_HEADER: u16 = 0x0002;
-const XLP_ALL_FLAGS: u16 = 0x0007;
+/// XLP_FIRST_IS_CONTRECORD | XLP_LONG_HEADER | XLP_BKP_REMOVABLE |
+/// XLP_FIRST_IS_OVERWRITE_CONTRECORD (0x0008, since the 2021 fix back-patched to every
+/// supported major).
+const XLP_ALL_FLAGS: u16 = 0x000F;
 
 /// XLOG_PAGE_MAGIC of each major pgkeep knows (src/include/access/xlog_internal.h).
 pub const KNOWN_MAGICS: [(u32, u16); 4] = [(15, 0xD110), (16, 0xD113), (17, 0xD116), (18, 0xD118)];
@@ -437,6 +440,15 @@ pub fn check_bytes(name: &str, data: &[u8], expect: Expect) -> Result<SegmentInf
 
 /// Decompress and check one archived segment, writing nothing.
 pub fn check_archived(file: &ArchivedFile, expect: Expect) -> Result<SegmentInfo, WalError> {
+    check_archived_observed(file, expect, |_| {})
+}
+
+/// [`check_archived`], handing every decompressed piece to `observe` as well (in order).
+pub fn check_archived_observed(
+    file: &ArchivedFile,
+    expect: Expect,
+    mut observe: impl FnMut(&[u8]),
+) -> Result<SegmentInfo, WalError> {
     let err = |problem| {
         WalError::from(SegmentError {
             path: file.path.clone(),
@@ -464,6 +476,7 @@ pub fn check_archived(file: &ArchivedFile, expect: Expect) -> Result<SegmentInfo
             }
         };
         checker.feed(&buf[..n]).map_err(err)?;
+        observe(&buf[..n]);
     }
     checker.finish().map_err(err)
 }

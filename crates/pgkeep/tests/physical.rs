@@ -140,12 +140,18 @@ fn point_in_time_recovery_to_a_target_time() {
     c.switch_wal_and_wait_archived();
     c.stop();
 
-    let out = ok(pgkeep(
+    let out = pgkeep(
         &c,
         &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
-    ));
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = ok(out);
     assert!(out.contains("recovery ended at"), "{out}");
     assert!(out.contains("timeline 2"), "{out}");
+    assert!(
+        !stderr.contains("after the last commit"),
+        "commits after {t} were read from the archive: {stderr}"
+    );
     c.restart();
     assert_eq!(checksum(&c), at_t, "the data is exactly as it was at {t}");
     assert!(
@@ -207,8 +213,8 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     assert_eq!(checksum(&c), all2);
     assert_eq!(c.psql("postgres", "select x from on_timeline_2"), "2");
 
-    // A target that is never reached is an error, not a promotion at the end of the WAL; a
-    // bootstrap without that target afterwards still works.
+    // A target that can never be reached is refused before anything changes, not a promotion
+    // at the end of the WAL; a bootstrap without that target afterwards still works.
     c.stop();
     let err = failed(
         pgkeep(
@@ -221,10 +227,10 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
                 "--yes",
             ],
         ),
-        1,
+        3,
     );
     assert!(
-        err.contains("before the target restore point `no_such_point` was reached"),
+        err.contains("restore point `no_such_point` is not in the archived WAL"),
         "{err}"
     );
     ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
@@ -1129,4 +1135,84 @@ fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
     assert_ne!(at_l, all);
     c.stop();
     std::fs::rename(&kept, &back).unwrap();
+}
+
+/// A `--target-name` is looked up in the archived WAL before PGDATA is touched: a name that is
+/// not there is refused (it used to be found only after PGDATA was emptied), a name that occurs
+/// twice is warned about (PostgreSQL stops at the first), and an existing one is reached exactly.
+#[test]
+fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let at_rp = checksum(&c);
+    c.psql(
+        "postgres",
+        "select pg_create_restore_point('before-migration')",
+    );
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.psql("postgres", "select pg_create_restore_point('twice')");
+    pgbench(&c, &["-n", "-t", "50"]);
+    c.psql("postgres", "select pg_create_restore_point('twice')");
+    c.switch_wal_and_wait_archived();
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    let all = checksum(&c);
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--target-name",
+                "before-migratoin",
+                "--yes",
+            ],
+        ),
+        3,
+    );
+    assert!(
+        err.contains("`before-migratoin` is not in the archived WAL"),
+        "{err}"
+    );
+    assert!(err.contains("before-migration, twice, twice"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+
+    let out = pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--target-name",
+            "twice",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(stderr.contains("`twice` occurs 2 times"), "{stderr}");
+
+    ok(pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--target-name",
+            "before-migration",
+            "--yes",
+        ],
+    ));
+    c.restart();
+    assert_eq!(checksum(&c), at_rp, "exactly as at the restore point");
+    assert_ne!(at_rp, all);
 }
