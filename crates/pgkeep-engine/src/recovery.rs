@@ -133,12 +133,13 @@ pub enum RecoveryError {
         follow: u32,
     },
     #[error(
-        "recovery ended at {end}, before the newest archived WAL segment {newest} (from {newest_start}): replay stopped early and the recovered cluster lacks the commits after that point; PostgreSQL was stopped\nhint: the archived WAL after {end} could not be replayed (see the server log); repair the archive and run the bootstrap again, or give an explicit target{log}"
+        "recovery ended at {end}, before the newest archived WAL segment {newest} (from {newest_start}): replay stopped early and the recovered cluster lacks the commits after that point; PostgreSQL was stopped\nhint: the archived WAL after {end} could not be replayed (see the server log); repair the archive, move the history file of the timeline this promotion started ({history}) out of the archive if it was archived (else recovery would follow that timeline), and run the bootstrap again, or give an explicit target{log}"
     )]
     EndedShort {
         end: String,
         newest: String,
         newest_start: String,
+        history: String,
         log: String,
     },
     #[error(
@@ -944,6 +945,10 @@ fn check_replayed_to_the_end(
         end: ended.end_lsn.clone().unwrap_or_else(|| "?".into()),
         newest: newest.clone(),
         newest_start: start.to_string(),
+        history: ended
+            .timeline
+            .map(|t| format!("{t:08X}.history"))
+            .unwrap_or_else(|| "the newest .history file".into()),
         log: log_tail(log_file, 15),
     })
 }
