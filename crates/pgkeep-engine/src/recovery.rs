@@ -5,7 +5,8 @@
 //! member's checksum, checks that the bundle belongs to the same system as the WAL archive, that
 //! an explicit target lies after the backup's end, that the WAL needed for consistency is in the
 //! bundle or the archive, that every archived segment recovery will read (up to the newest on the
-//! timeline path, or an LSN target) is there and belongs there ([`crate::walcheck`]), that no
+//! timeline path, or an LSN target) is there and belongs there ([`crate::walcheck`]) and that
+//! its records' CRCs hold ([`crate::walscan`]), that a named restore point is there, that no
 //! higher timeline lacks its history file, and that no postmaster runs on PGDATA. Only then does the caller ask for
 //! confirmation and call [`execute`], a script of named steps: clear PGDATA (or move its contents
 //! aside with `keep_old`), extract, set ownership and modes, write the recovery settings, start
@@ -112,6 +113,15 @@ pub enum RecoveryError {
         newest: String,
     },
     #[error(
+        "the archived WAL record at {at} (in {segment}, {archive}) {what}: PostgreSQL would take it as the end of the WAL and stop replaying there, losing every later commit; nothing was changed\nhint: replace {segment} with an intact copy (from the server's pg_wal or another copy of the archive), or recover to a target before {at} (--target-lsn)"
+    )]
+    DamagedRecord {
+        at: String,
+        what: &'static str,
+        segment: String,
+        archive: PathBuf,
+    },
+    #[error(
         "restore point `{name}` is not in the archived WAL recovery would replay ({range} in {archive}), so recovery could never stop there; nothing was changed\nhint: check the name given to pg_create_restore_point (restore points found: {known}), or restore the WAL that holds it into the archive"
     )]
     RestorePointMissing {
@@ -190,6 +200,7 @@ impl RecoveryError {
             | BadSegment(_)
             | MissingHistory { .. }
             | RestorePointMissing { .. }
+            | DamagedRecord { .. }
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
             | ForeignContent { .. }
@@ -743,11 +754,7 @@ fn check_archive_wal(
         Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
         _ => None,
     };
-    let mut scanner = matches!(
-        target,
-        Some(RecoveryTarget::Name(_) | RecoveryTarget::Time(_))
-    )
-    .then(crate::walscan::RecordScanner::new);
+    let mut scanner = Some(crate::walscan::RecordScanner::new());
     let mut fed_previous = false;
     let Ok(files) = archive.list() else {
         return Ok(None);
@@ -811,15 +818,48 @@ fn check_archive_wal(
             "{} to {newest_name}",
             wal::segment_file_name(timeline_of(&path.chain, start), start, seg)
         );
+        // Where recovery will stop reading, when known before it starts.
+        let stops_at = match target {
+            Some(RecoveryTarget::Lsn(l)) => Some(*l),
+            Some(RecoveryTarget::Name(name)) => found
+                .restore_points
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, at)| *at),
+            _ => None,
+        };
+        if let Some((at, what)) = found.damaged
+            && stops_at.is_none_or(|s| at < s)
+        {
+            return Err(RecoveryError::DamagedRecord {
+                at: at.to_string(),
+                what,
+                segment: wal::segment_file_name(
+                    timeline_of(&path.chain, at.segment(seg)),
+                    at.segment(seg),
+                    seg,
+                ),
+                archive: archive.dir().to_owned(),
+            });
+        }
         match target {
             Some(RecoveryTarget::Name(name)) => {
-                let times = found.restore_points.iter().filter(|n| *n == name).count();
+                let times = found
+                    .restore_points
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .count();
                 if times == 0 {
                     return Err(RecoveryError::RestorePointMissing {
                         name: name.clone(),
                         range,
                         archive: archive.dir().to_owned(),
-                        known: found.restore_points.join(", "),
+                        known: found
+                            .restore_points
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 }
                 if times > 1 {
@@ -1675,6 +1715,50 @@ mod tests {
         assert!(err.contains("follow timeline 2"), "{err}");
         touch("00000003.history");
         assert_eq!(path(&a).unwrap().latest, 3);
+    }
+
+    #[test]
+    fn without_a_target_replay_must_reach_the_newest_archived_segment() {
+        let mut plan = Plan {
+            bundle: Backup {
+                name: "basebackup-20261201-1200.bundle.tar.gz".into(),
+                kind: BackupKind::Physical,
+                time: jiff::civil::date(2026, 12, 1).at(12, 0, 0, 0),
+                seq: 0,
+                size: 1,
+                path: "b".into(),
+            },
+            facts: PhysicalFacts::for_test(1, "0/2000028", "0/2000100"),
+            target: None,
+            data_bytes: 0,
+            keep_old_at: None,
+            pgdata_entries: 0,
+            archive_handover: None,
+            restore_from: "w".into(),
+            newest_archived: Some(("000000010000000000000007".into(), Lsn(0x700_0000))),
+        };
+        let ended = |end: &str| Ended {
+            end_lsn: Some(end.into()),
+            timeline: Some(2),
+            last_xact_time: None,
+        };
+        let log = Path::new("/nonexistent/pgkeep-test.log");
+        // Into the newest segment (its records end there, or run on into the next one).
+        check_replayed_to_the_end(&plan, &ended("0/7000000"), log).unwrap();
+        check_replayed_to_the_end(&plan, &ended("0/7A00128"), log).unwrap();
+        // Short of it: commits are missing.
+        let err = check_replayed_to_the_end(&plan, &ended("0/5FFFF28"), log).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("000000010000000000000007"), "{text}");
+        assert!(text.contains("00000002.history"), "{text}");
+        assert_eq!(err.exit_class(), ExitClass::Failed);
+        // An unknown end is short too.
+        let mut unknown = ended("x");
+        unknown.end_lsn = None;
+        assert!(check_replayed_to_the_end(&plan, &unknown, log).is_err());
+        // With a target, ending before the newest segment is what was asked for.
+        plan.target = Some(RecoveryTarget::Lsn(Lsn(0x500_0000)));
+        check_replayed_to_the_end(&plan, &ended("0/5000028"), log).unwrap();
     }
 
     #[test]

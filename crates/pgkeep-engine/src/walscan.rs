@@ -1,15 +1,19 @@
-//! Restore points and commit times in archived WAL, read before recovery starts: a
-//! `--target-name` that is not in the WAL recovery will replay, or a `--target-time` after the
-//! last archived commit, would otherwise be found only after PGDATA was given up.
+//! Restore points, commit times and damaged records in archived WAL, read before recovery
+//! starts: a `--target-name` that is not in the WAL recovery will replay, a `--target-time` after
+//! the last archived commit, or a record whose CRC fails (PostgreSQL takes it as the end of the
+//! WAL) would otherwise be found only after PGDATA was given up.
 //!
 //! A minimal WAL record reader: segments are fed in order, page headers are dropped (a page's
 //! payload continues the previous page's), and records are cut out by their `xl_tot_len` at
 //! MAXALIGNed positions. Only the record header (`XLogRecord`: tot_len, xid, prev, info, rmid,
-//! crc = 24 bytes) and the main-data header that follows it are interpreted; nothing is replayed
-//! and CRCs are not checked (segments are checked by [`crate::walcheck`]). Where the stream
-//! cannot be followed (a missing segment, zeroed pages after a switch, a length that makes no
-//! sense) the reader waits for the next page that starts a record.
+//! crc = 24 bytes) and the main-data header that follows it are interpreted, and each whole
+//! record's CRC-32C is checked (over the data, then the header up to `xl_crc`, as PostgreSQL
+//! computes it); nothing is replayed. Page headers are checked by [`crate::walcheck`]. After a
+//! switch the rest of the segment is unused; where the stream cannot be followed (a segment that
+//! was not fed) the reader waits for the next page that starts a record. A record length that
+//! makes no sense where a record must start is damage, as for PostgreSQL.
 
+use crate::wal::Lsn;
 use crate::walcheck::{LONG_HEADER_LEN, SHORT_HEADER_LEN, XLOG_BLCKSZ, parse_header};
 
 const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
@@ -28,10 +32,13 @@ const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 /// What the records read so far hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
-    /// Restore point names in WAL order (a name may occur more than once).
-    pub restore_points: Vec<String>,
+    /// Restore point names and where their records start, in WAL order (a name may occur more
+    /// than once).
+    pub restore_points: Vec<(String, Lsn)>,
     /// The newest commit time seen.
     pub last_commit: Option<jiff::Timestamp>,
+    /// The first record that fails its CRC or has an impossible length, and what is wrong.
+    pub damaged: Option<(Lsn, &'static str)>,
 }
 
 /// Reads records from segments fed in WAL order. See the module docs.
@@ -39,6 +46,8 @@ pub struct Found {
 pub struct RecordScanner {
     /// Unparsed bytes of the record stream, starting at a record boundary.
     buf: Vec<u8>,
+    /// (position in `buf`, WAL location of that byte), one per page appended.
+    marks: Vec<(usize, u64)>,
     /// No record boundary is known: wait for a page that starts one.
     lost: bool,
     /// The current page being collected, and its offset in the segment.
@@ -61,8 +70,7 @@ impl RecordScanner {
     /// stream is broken there).
     pub fn begin_segment(&mut self, follows: bool) {
         if !follows {
-            self.buf.clear();
-            self.lost = true;
+            self.forget();
         }
         self.page.clear();
         self.offset = 0;
@@ -89,6 +97,28 @@ impl RecordScanner {
         &self.found
     }
 
+    /// Lose the thread: wait for a page that starts a record.
+    fn forget(&mut self) {
+        self.buf.clear();
+        self.marks.clear();
+        self.lost = true;
+    }
+
+    fn lsn_at(&self, pos: usize) -> Lsn {
+        self.marks
+            .iter()
+            .rev()
+            .find(|(p, _)| *p <= pos)
+            .map(|(p, l)| Lsn(l + (pos - p) as u64))
+            .unwrap_or_default()
+    }
+
+    fn damage(&mut self, pos: usize, what: &'static str) {
+        if self.found.damaged.is_none() {
+            self.found.damaged = Some((self.lsn_at(pos), what));
+        }
+    }
+
     fn read_page(&mut self, page: &[u8]) {
         if self.segment_done {
             return;
@@ -98,15 +128,13 @@ impl RecordScanner {
         if page[..SHORT_HEADER_LEN].iter().all(|b| *b == 0) {
             // Zeroed after a switch: nothing more in this segment.
             self.segment_done = true;
-            self.buf.clear();
-            self.lost = true;
+            self.forget();
             return;
         }
         if first && h.long.is_some_and(|l| l.page_size as usize != XLOG_BLCKSZ) {
             // A server built with another page size: not read (rare enough to leave out).
             self.segment_done = true;
-            self.buf.clear();
-            self.lost = true;
+            self.forget();
             return;
         }
         let hlen = if h.long.is_some() {
@@ -115,13 +143,14 @@ impl RecordScanner {
             SHORT_HEADER_LEN
         };
         let mut payload = &page[hlen.min(page.len())..];
+        let mut skip = 0;
         if h.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 {
             // The record in progress was abandoned (crash); a new one starts here.
-            self.buf.clear();
+            self.forget();
             self.lost = false;
         } else if self.lost {
             if h.info & XLP_FIRST_IS_CONTRECORD != 0 {
-                let skip = maxalign(h.rem_len as usize);
+                skip = maxalign(h.rem_len as usize);
                 if skip >= payload.len() {
                     return;
                 }
@@ -129,6 +158,8 @@ impl RecordScanner {
             }
             self.lost = false;
         }
+        self.marks
+            .push((self.buf.len(), h.page_addr + (hlen + skip) as u64));
         self.buf.extend_from_slice(payload);
         self.parse_records();
     }
@@ -143,15 +174,21 @@ impl RecordScanner {
             let tot =
                 u32::from_le_bytes(self.buf[pos..pos + 4].try_into().expect("4 bytes")) as usize;
             if !(RECORD_HEADER_LEN..=1 << 30).contains(&tot) {
-                // Zeros (the end of the written WAL) or nonsense: wait for a new start.
-                self.buf.clear();
-                self.lost = true;
+                // A record must start here (a switch ends a segment's records explicitly).
+                self.damage(pos, "has an impossible length");
+                self.forget();
                 return;
             }
             if pos + tot > self.buf.len() {
                 break;
             }
             let rec = &self.buf[pos..pos + tot];
+            let stored = u32::from_le_bytes(rec[20..24].try_into().expect("4 bytes"));
+            if crc32c(crc32c(!0, &rec[RECORD_HEADER_LEN..]), &rec[..20]) ^ !0 != stored {
+                self.damage(pos, "fails its CRC");
+                self.forget();
+                return;
+            }
             let (info, rmid) = (rec[16], rec[17]);
             if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_RESTORE_POINT {
                 if let Some(name) = main_data(rec)
@@ -159,9 +196,10 @@ impl RecordScanner {
                     .map(|d| &d[8..])
                     .map(|n| n.split(|b| *b == 0).next().unwrap_or(n))
                 {
+                    let at = self.lsn_at(pos);
                     self.found
                         .restore_points
-                        .push(String::from_utf8_lossy(name).into_owned());
+                        .push((String::from_utf8_lossy(name).into_owned(), at));
                 }
             } else if rmid == RM_XACT_ID && XLOG_XACT_COMMITS.contains(&(info & XLOG_XACT_OPMASK)) {
                 if let Some(t) = main_data(rec)
@@ -171,15 +209,54 @@ impl RecordScanner {
                     self.found.last_commit = Some(self.found.last_commit.map_or(t, |l| l.max(t)));
                 }
             } else if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
-                self.buf.clear();
-                self.lost = true;
+                self.forget();
                 self.segment_done = true;
                 return;
             }
             pos += tot;
         }
-        self.buf.drain(..pos.min(self.buf.len()));
+        let pos = pos.min(self.buf.len());
+        self.buf.drain(..pos);
+        let keep_from = self.marks.iter().rposition(|(p, _)| *p <= pos).unwrap_or(0);
+        self.marks.drain(..keep_from);
+        for (p, l) in &mut self.marks {
+            if *p < pos {
+                *l += (pos - *p) as u64;
+                *p = 0;
+            } else {
+                *p -= pos;
+            }
+        }
     }
+}
+
+/// CRC-32C (Castagnoli, reflected), the table computed at compile time.
+const CRC32C_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+/// Continue a CRC-32C over `data` (start with `!0`, finish with `^ !0`).
+fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
+    for b in data {
+        crc = CRC32C_TABLE[((crc ^ *b as u32) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    crc
 }
 
 fn maxalign(n: usize) -> usize {
@@ -252,6 +329,7 @@ mod tests {
                 page[16..20].copy_from_slice(&rem.to_le_bytes());
             }
             page[2..4].copy_from_slice(&info.to_le_bytes());
+            page[8..16].copy_from_slice(&(out.len() as u64).to_le_bytes());
             if hlen == LONG_HEADER_LEN {
                 page[36..40].copy_from_slice(&(XLOG_BLCKSZ as u32).to_le_bytes());
             }
@@ -279,7 +357,17 @@ mod tests {
         r[0..4].copy_from_slice(&len.to_le_bytes());
         r[16] = info;
         r[17] = rmid;
+        let crc = crc32c(crc32c(!0, &r[RECORD_HEADER_LEN..]), &r[..20]) ^ !0;
+        r[20..24].copy_from_slice(&crc.to_le_bytes());
         r
+    }
+
+    fn switch() -> Vec<u8> {
+        record(RM_XLOG_ID, XLOG_SWITCH, &[], 0)
+    }
+
+    fn names(f: &Found) -> Vec<&str> {
+        f.restore_points.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     fn restore_point(name: &str) -> Vec<u8> {
@@ -319,19 +407,43 @@ mod tests {
             restore_point("before-migration"),
             big(60_000),
             commit(2_000_000),
+            switch(),
         ];
         let data = wal(&records);
         assert!(data.len() > 2 * SEG, "spans several segments");
         let segs: Vec<&[u8]> = data.chunks(SEG).collect();
         let f = scan(&segs);
-        assert_eq!(
-            f.restore_points,
-            ["before-migration", "after", "before-migration"]
-        );
+        assert_eq!(names(&f), ["before-migration", "after", "before-migration"]);
+        assert_eq!(f.damaged, None);
+        // Where each restore point's record starts: after the long header and two records.
+        let first_rp = (LONG_HEADER_LEN + maxalign(records[0].len())) as u64
+            + maxalign(records[1].len()) as u64
+            + 4 * SHORT_HEADER_LEN as u64;
+        assert_eq!(f.restore_points[0].1, Lsn(first_rp));
         assert_eq!(f.last_commit, Some("2000-01-02T00:00:00Z".parse().unwrap()));
         // Starting in the middle (the backup's start segment): the continued record is skipped.
         let f = scan(&segs[1..]);
-        assert!(f.restore_points.contains(&"after".to_owned()), "{f:?}");
+        assert!(names(&f).contains(&"after"), "{f:?}");
+        assert_eq!(f.damaged, None);
+    }
+
+    #[test]
+    fn a_damaged_record_is_found_where_it_starts() {
+        let records = vec![commit(1), record(10, 0, &[], 20_000), commit(2), switch()];
+        let mut data = wal(&records);
+        let second = (LONG_HEADER_LEN + maxalign(records[0].len())) as u64;
+        // A flipped bit in the middle of the big record (on its third page).
+        data[2 * XLOG_BLCKSZ + 500] ^= 0x04;
+        let f = scan(&[&data]);
+        assert_eq!(f.damaged, Some((Lsn(second), "fails its CRC")));
+        // An impossible length where a record must start.
+        let mut data = wal(&records);
+        data[LONG_HEADER_LEN..LONG_HEADER_LEN + 4].copy_from_slice(&3u32.to_le_bytes());
+        let f = scan(&[&data]);
+        assert_eq!(
+            f.damaged,
+            Some((Lsn(LONG_HEADER_LEN as u64), "has an impossible length"))
+        );
     }
 
     #[test]
@@ -342,16 +454,17 @@ mod tests {
         ]);
         // Garbage after the switch record is never read as records.
         first[3 * XLOG_BLCKSZ + 100] = 0x77;
-        let second = wal(&[restore_point("two")]);
+        let second = wal(&[restore_point("two"), switch()]);
         let f = scan(&[&first, &second]);
-        assert_eq!(f.restore_points, ["one", "two"]);
+        assert_eq!(names(&f), ["one", "two"]);
+        assert_eq!(f.damaged, None);
         // A missing segment between them: the reader picks up at the next record start.
         let mut s = RecordScanner::new();
         s.begin_segment(true);
         s.feed(&first);
         s.begin_segment(false);
         s.feed(&second);
-        assert_eq!(s.found().restore_points, ["one", "two"]);
+        assert_eq!(names(s.found()), ["one", "two"]);
     }
 
     #[test]

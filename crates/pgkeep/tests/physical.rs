@@ -774,9 +774,8 @@ fn first_segment_in(pg_wal: &Path) -> PathBuf {
 
 /// A segment in the middle of the archive that is another system's, zero-filled, truncated, or
 /// missing: PostgreSQL would take it as the end of the WAL and promote there (exit 0, the later
-/// commits gone). Bootstrap refuses before PGDATA is touched and the drill fails; a segment
-/// whose headers are right but whose records are damaged is found after recovery (replay ends
-/// before the newest archived segment) and fails the drill too.
+/// commits gone). Bootstrap refuses before PGDATA is touched and the drill fails; so for a
+/// segment whose headers are right but one of whose records is damaged (its CRC fails).
 #[test]
 fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touched() {
     let c = archiving_cluster();
@@ -838,16 +837,25 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
         let _ = std::fs::remove_file(&plain);
     }
 
-    // Headers right, a record damaged: only replay finds it, and ends early.
+    // Headers right, a record damaged (a flipped bit): its CRC gives it away, before PGDATA is
+    // touched too.
     let mut damaged = original.clone();
-    damaged[3 * 8192 + 1000] ^= 0xff;
+    damaged[3 * 8192 + 1000] ^= 0x10;
     std::fs::write(&plain, &damaged).unwrap();
     std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
+    let err = failed(
+        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        3,
+    );
+    assert!(err.contains("would take it as the end of the WAL"), "{err}");
+    assert!(err.contains(&mid), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
     let out = pgkeep(&c, &["drill", "--skip-logical"]);
     let text = pgkeep_testkit::output_text(&out);
     assert!(!out.status.success(), "the drill passed:\n{text}");
     assert!(
-        text.contains("before the newest archived WAL segment"),
+        text.contains("would take it as the end of the WAL"),
         "{text}"
     );
     std::fs::remove_file(&plain).unwrap();
