@@ -869,14 +869,15 @@ fn check_archive_wal(
                     );
                 }
             }
-            Some(RecoveryTarget::Time(t)) => match found.last_commit {
+            Some(RecoveryTarget::Time(t)) => match found.last_xact_end {
                 Some(last) if last >= *t => {}
                 last => tracing::warn!(
-                    "the target time {t} is after the last commit in the archived WAL ({range}: {}); \
-                     PostgreSQL will replay to the end of the WAL and may refuse to promote \
-                     (\"recovery ended before configured recovery target was reached\")",
-                    last.map(|l| format!("last commit at {l}"))
-                        .unwrap_or_else(|| "no commit".into())
+                    "the target time {t} is after the last commit or abort in the archived WAL \
+                     ({range}: {}), the records PostgreSQL compares it with; it will replay to the \
+                     end of the WAL and refuse to promote (\"recovery ended before configured \
+                     recovery target was reached\")",
+                    last.map(|l| format!("the last at {l}"))
+                        .unwrap_or_else(|| "none".into())
                 ),
             },
             _ => {}

@@ -23,8 +23,10 @@ const RM_XLOG_ID: u8 = 0;
 const RM_XACT_ID: u8 = 1;
 const XLOG_SWITCH: u8 = 0x40;
 const XLOG_RESTORE_POINT: u8 = 0x70;
-/// XLOG_XACT_COMMIT and XLOG_XACT_COMMIT_PREPARED (`info & XLOG_XACT_OPMASK`).
-const XLOG_XACT_COMMITS: [u8; 2] = [0x00, 0x30];
+/// XLOG_XACT_COMMIT, _ABORT, _COMMIT_PREPARED and _ABORT_PREPARED (`info & XLOG_XACT_OPMASK`):
+/// the records PostgreSQL compares a recovery_target_time with. Each starts its main data with
+/// the transaction's end time.
+const XLOG_XACT_ENDS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
 const XLOG_XACT_OPMASK: u8 = 0x70;
 /// Seconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
@@ -35,8 +37,8 @@ pub struct Found {
     /// Restore point names and where their records start, in WAL order (a name may occur more
     /// than once).
     pub restore_points: Vec<(String, Lsn)>,
-    /// The newest commit time seen.
-    pub last_commit: Option<jiff::Timestamp>,
+    /// The newest commit or abort time seen.
+    pub last_xact_end: Option<jiff::Timestamp>,
     /// The first record that fails its CRC or has an impossible length, and what is wrong.
     pub damaged: Option<(Lsn, &'static str)>,
 }
@@ -201,12 +203,13 @@ impl RecordScanner {
                         .restore_points
                         .push((String::from_utf8_lossy(name).into_owned(), at));
                 }
-            } else if rmid == RM_XACT_ID && XLOG_XACT_COMMITS.contains(&(info & XLOG_XACT_OPMASK)) {
+            } else if rmid == RM_XACT_ID && XLOG_XACT_ENDS.contains(&(info & XLOG_XACT_OPMASK)) {
                 if let Some(t) = main_data(rec)
                     .filter(|d| d.len() >= 8)
                     .and_then(|d| pg_time(i64::from_le_bytes(d[..8].try_into().ok()?)))
                 {
-                    self.found.last_commit = Some(self.found.last_commit.map_or(t, |l| l.max(t)));
+                    self.found.last_xact_end =
+                        Some(self.found.last_xact_end.map_or(t, |l| l.max(t)));
                 }
             } else if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
                 self.forget();
@@ -420,7 +423,10 @@ mod tests {
             + maxalign(records[1].len()) as u64
             + 4 * SHORT_HEADER_LEN as u64;
         assert_eq!(f.restore_points[0].1, Lsn(first_rp));
-        assert_eq!(f.last_commit, Some("2000-01-02T00:00:00Z".parse().unwrap()));
+        assert_eq!(
+            f.last_xact_end,
+            Some("2000-01-02T00:00:00Z".parse().unwrap())
+        );
         // Starting in the middle (the backup's start segment): the continued record is skipped.
         let f = scan(&segs[1..]);
         assert!(names(&f).contains(&"after"), "{f:?}");

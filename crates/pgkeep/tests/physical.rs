@@ -1192,6 +1192,35 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     assert!(err.contains("before-migration, twice, twice"), "{err}");
     assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
 
+    // A time after the last archived commit is warned about before PGDATA is given up
+    // (PostgreSQL then refuses to promote: exit 1, the old contents kept aside here).
+    std::thread::sleep(Duration::from_millis(1100));
+    let late = jiff::Timestamp::now().to_string();
+    let out = pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--target-time",
+            &late,
+            "--keep-old",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("after the last commit or abort"),
+        "{stderr}"
+    );
+    let warned = stderr.find("after the last commit").unwrap();
+    assert!(
+        stderr.find("PGDATA").is_none_or(|p| p > warned),
+        "warned before PGDATA was touched: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+
     let out = pgkeep(
         &c,
         &[
