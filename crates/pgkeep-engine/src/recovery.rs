@@ -4,14 +4,18 @@
 //! Two phases. [`prepare`] changes nothing: it picks the bundle (newest or named), verifies every
 //! member's checksum, checks that the bundle belongs to the same system as the WAL archive, that
 //! an explicit target lies after the backup's end, that the WAL needed for consistency is in the
-//! bundle or the archive, and that no postmaster runs on PGDATA. Only then does the caller ask for
+//! bundle or the archive, that every archived segment recovery will read (up to the newest on the
+//! timeline path, or an LSN target) is there and belongs there ([`crate::walcheck`]) and that
+//! its records' CRCs hold ([`crate::walscan`]), that a named restore point is there, that no
+//! higher timeline lacks its history file, and that no postmaster runs on PGDATA. Only then does the caller ask for
 //! confirmation and call [`execute`], a script of named steps: clear PGDATA (or move its contents
 //! aside with `keep_old`), extract, set ownership and modes, write the recovery settings, start
 //! PostgreSQL as the data owner, wait for recovery to end (resuming a pause), report where it
 //! ended, clean the recovery settings up, and stop unless asked to leave it running.
 //!
 //! PostgreSQL's own verdicts are turned into clear errors: a target never reached, a target
-//! before the consistent point, WAL missing before consistency, a damaged archived segment.
+//! before the consistent point, WAL missing before consistency, a damaged archived segment; and
+//! without a target, replay that ended before the newest archived segment is a failure too.
 //!
 //! With a [`Sandbox`] (restore drills, `crate::drill`) the same steps recover into a scratch
 //! PGDATA: the server listens only on a socket in a private directory, never archives (a promote
@@ -109,6 +113,46 @@ pub enum RecoveryError {
         newest: String,
     },
     #[error(
+        "the archived WAL record at {at} (in {segment}, {archive}) {what}: PostgreSQL would take it as the end of the WAL and stop replaying there, losing every later commit; nothing was changed\nhint: replace {segment} with an intact copy (from the server's pg_wal or another copy of the archive), or recover to a target before {at} (--target-lsn)"
+    )]
+    DamagedRecord {
+        at: String,
+        what: &'static str,
+        segment: String,
+        archive: PathBuf,
+    },
+    #[error(
+        "restore point `{name}` is not in the archived WAL recovery would replay ({range} in {archive}), so recovery could never stop there; nothing was changed\nhint: check the name given to pg_create_restore_point (restore points found: {known}), or restore the WAL that holds it into the archive"
+    )]
+    RestorePointMissing {
+        name: String,
+        range: String,
+        archive: PathBuf,
+        known: String,
+    },
+    #[error("the WAL archive cannot be replayed to its end; nothing was changed\n{0}")]
+    BadSegment(crate::walcheck::SegmentError),
+    #[error(
+        "the WAL archive {archive} holds WAL of timeline {timeline} ({example}) but not {missing}, so recovery would follow timeline {follow} and silently leave the later timeline's commits out; nothing was changed\nhint: restore {missing} into the archive (from the promoted server's pg_wal or another copy of the archive); if that timeline is meant to be abandoned, move its files out of the archive"
+    )]
+    MissingHistory {
+        archive: PathBuf,
+        timeline: u32,
+        example: String,
+        missing: String,
+        follow: u32,
+    },
+    #[error(
+        "recovery ended at {end}, before the newest archived WAL segment {newest} (from {newest_start}): replay stopped early and the recovered cluster lacks the commits after that point; PostgreSQL was stopped\nhint: the archived WAL after {end} could not be replayed (see the server log); repair the archive, move the history file of the timeline this promotion started ({history}) out of the archive if it was archived (else recovery would follow that timeline), and run the bootstrap again, or give an explicit target{log}"
+    )]
+    EndedShort {
+        end: String,
+        newest: String,
+        newest_start: String,
+        history: String,
+        log: String,
+    },
+    #[error(
         "--keep-old needs room for both copies: {needed} bytes free on {volume}, {available} available; nothing was changed\nhint: free space, or run without --keep-old (PGDATA's contents are then removed)"
     )]
     NoRoomToKeepOld {
@@ -153,6 +197,10 @@ impl RecoveryError {
             | TargetInFuture { .. }
             | MissingWalBeforeStart { .. }
             | ArchiveGap { .. }
+            | BadSegment(_)
+            | MissingHistory { .. }
+            | RestorePointMissing { .. }
+            | DamagedRecord { .. }
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
             | ForeignContent { .. }
@@ -319,6 +367,9 @@ pub struct Plan {
     /// The directory restore_command reads: the archive root, or in a sandbox the superseded
     /// directory holding the bundle's system's WAL (read where it lies).
     pub restore_from: PathBuf,
+    /// The newest archived segment on the timeline path recovery follows, and its start: without
+    /// a target, replay must get at least that far.
+    pub newest_archived: Option<(String, Lsn)>,
 }
 
 /// Where recovery ended.
@@ -383,9 +434,8 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         check_target(t, &facts, &bundle.name)?;
     }
     check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
-    if req.target.is_none() {
-        check_no_gap(&manifest.members, &facts, &archive)?;
-    }
+    let newest_archived =
+        check_archive_wal(&manifest.members, &facts, &archive, req.target.as_ref())?;
     let data_bytes = manifest
         .members
         .iter()
@@ -412,6 +462,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         pgdata_entries,
         archive_handover,
         restore_from,
+        newest_archived,
     })
 }
 
@@ -629,18 +680,25 @@ fn timeline_of(chain: &[(u32, u64)], segno: u64) -> u32 {
         .unwrap_or(chain[0].0)
 }
 
-/// Without a target, recovery replays until the first missing segment and promotes there: a
-/// gap in the archive followed by later WAL would silently lose everything after it.
-fn check_no_gap(
-    members: &[MemberDigest],
+/// What the archive holds on the timeline path recovery will follow.
+#[derive(Debug, Clone)]
+struct ArchivePath {
+    /// The timeline `recovery_target_timeline = 'latest'` ends on.
+    latest: u32,
+    chain: Vec<(u32, u64)>,
+    /// Archived segments on the path, by segment number.
+    on_path: std::collections::BTreeMap<u64, wal::ArchivedFile>,
+}
+
+/// The timeline PostgreSQL will follow (history files probed upward from the backup's, as
+/// PostgreSQL's `latest` does), refusing when the archive holds WAL of a higher timeline whose
+/// history file is missing: recovery would silently stay on the lower timeline.
+fn archive_path(
     facts: &PhysicalFacts,
     archive: &Archive,
-) -> Result<(), RecoveryError> {
-    let Ok(files) = archive.list() else {
-        return Ok(());
-    };
+    files: &[wal::ArchivedFile],
+) -> Result<ArchivePath, RecoveryError> {
     let seg = facts.wal_segment_size;
-    // The latest timeline PostgreSQL will follow: history files upward from the backup's.
     let mut latest = facts.timeline;
     while archive
         .find(&format!("{:08X}.history", latest + 1))
@@ -648,37 +706,184 @@ fn check_no_gap(
     {
         latest += 1;
     }
+    if let Some(above) = files
+        .iter()
+        .filter(|f| f.wal.timeline > latest)
+        .min_by_key(|f| (f.wal.timeline, f.name.clone()))
+    {
+        return Err(RecoveryError::MissingHistory {
+            archive: archive.dir().to_owned(),
+            timeline: above.wal.timeline,
+            example: above.name.clone(),
+            missing: format!("{:08X}.history", latest + 1),
+            follow: latest,
+        });
+    }
     let history = match archive.find(&format!("{latest:08X}.history")) {
         Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
         None => String::new(),
     };
     let chain = timeline_chain(&history, latest, seg);
-    let on_chain = |tli: u32, segno: u64| timeline_of(&chain, segno) == tli;
-    let have: std::collections::BTreeSet<(u32, u64)> = files
+    let on_path = files
         .iter()
         .filter(|f| f.wal.kind == WalKind::Segment)
-        .map(|f| (f.wal.timeline, f.wal.segment_no(seg)))
-        .filter(|(t, n)| on_chain(*t, *n))
+        .filter(|f| timeline_of(&chain, f.wal.segment_no(seg)) == f.wal.timeline)
+        .map(|f| (f.wal.segment_no(seg), f.clone()))
         .collect();
-    let start = facts.start_lsn.segment(seg);
-    let Some(&(newest_tli, newest)) = have.iter().max_by_key(|(_, n)| *n) else {
-        return Ok(());
+    Ok(ArchivePath {
+        latest,
+        chain,
+        on_path,
+    })
+}
+
+/// Every segment recovery will read, from the backup's start to the newest archived segment on
+/// the path (to an LSN target's segment with one: time and name targets have no known place in
+/// the WAL yet), must be in the archive or the bundle, and every archived one must belong where
+/// its name puts it ([`crate::walcheck`]): PostgreSQL takes a missing or foreign segment as the
+/// end of the WAL and promotes there, losing every later commit. A restore point named as the
+/// target must be in that WAL ([`crate::walscan`]); a time target after the last archived commit
+/// is warned about. Returns the newest archived segment on the path.
+fn check_archive_wal(
+    members: &[MemberDigest],
+    facts: &PhysicalFacts,
+    archive: &Archive,
+    target: Option<&RecoveryTarget>,
+) -> Result<Option<(String, Lsn)>, RecoveryError> {
+    let until = match target {
+        Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
+        _ => None,
     };
-    for n in start..newest {
-        let tli = timeline_of(&chain, n);
+    let mut scanner = Some(crate::walscan::RecordScanner::new());
+    let mut fed_previous = false;
+    let Ok(files) = archive.list() else {
+        return Ok(None);
+    };
+    let seg = facts.wal_segment_size;
+    let path = archive_path(facts, archive, &files)?;
+    let Some((&newest, newest_file)) = path.on_path.iter().next_back() else {
+        return Ok(None);
+    };
+    let newest_name = newest_file.name.clone();
+    let expect = crate::walcheck::Expect {
+        system_identifier: facts.system_identifier.parse().ok(),
+        major: Some(facts.server_version_num / 10000),
+    };
+    let last = until.map_or(newest, |u| u.min(newest));
+    let start = facts.start_lsn.segment(seg);
+    tracing::info!(
+        from = %wal::segment_file_name(timeline_of(&path.chain, start), start, seg),
+        to = %wal::segment_file_name(timeline_of(&path.chain, last), last, seg),
+        timeline = path.latest,
+        "checking every archived WAL segment recovery will read"
+    );
+    for n in start..=last {
+        let tli = timeline_of(&path.chain, n);
         let name = wal::segment_file_name(tli, n, seg);
-        let in_bundle = members
-            .iter()
-            .any(|m| m.path == format!("{DATA_PREFIX}pg_wal/{name}"));
-        if !in_bundle && !have.contains(&(tli, n)) {
-            return Err(RecoveryError::ArchiveGap {
-                archive: archive.dir().to_owned(),
-                segment: name,
-                newest: wal::segment_file_name(newest_tli, newest, seg),
-            });
+        match path.on_path.get(&n) {
+            Some(f) => {
+                if let Some(s) = scanner.as_mut() {
+                    s.begin_segment(fed_previous);
+                }
+                let observe = |b: &[u8]| {
+                    if let Some(s) = scanner.as_mut() {
+                        s.feed(b);
+                    }
+                };
+                crate::walcheck::check_archived_observed(f, expect, observe).map_err(
+                    |e| match e {
+                        crate::wal::WalError::Segment(e) => RecoveryError::BadSegment(e),
+                        other => RecoveryError::Wal(other),
+                    },
+                )?;
+                fed_previous = true;
+            }
+            None => {
+                fed_previous = false;
+                let in_bundle = members
+                    .iter()
+                    .any(|m| m.path == format!("{DATA_PREFIX}pg_wal/{name}"));
+                if !in_bundle && n < newest {
+                    return Err(RecoveryError::ArchiveGap {
+                        archive: archive.dir().to_owned(),
+                        segment: name,
+                        newest: newest_name,
+                    });
+                }
+            }
         }
     }
-    Ok(())
+    if let Some(found) = scanner.as_ref().map(|s| s.found()) {
+        let range = format!(
+            "{} to {newest_name}",
+            wal::segment_file_name(timeline_of(&path.chain, start), start, seg)
+        );
+        // Where recovery will stop reading, when known before it starts.
+        let stops_at = match target {
+            Some(RecoveryTarget::Lsn(l)) => Some(*l),
+            Some(RecoveryTarget::Name(name)) => found
+                .restore_points
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, at)| *at),
+            _ => None,
+        };
+        if let Some((at, what)) = found.damaged
+            && stops_at.is_none_or(|s| at < s)
+        {
+            return Err(RecoveryError::DamagedRecord {
+                at: at.to_string(),
+                what,
+                segment: wal::segment_file_name(
+                    timeline_of(&path.chain, at.segment(seg)),
+                    at.segment(seg),
+                    seg,
+                ),
+                archive: archive.dir().to_owned(),
+            });
+        }
+        match target {
+            Some(RecoveryTarget::Name(name)) => {
+                let times = found
+                    .restore_points
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .count();
+                if times == 0 {
+                    return Err(RecoveryError::RestorePointMissing {
+                        name: name.clone(),
+                        range,
+                        archive: archive.dir().to_owned(),
+                        known: found
+                            .restore_points
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                if times > 1 {
+                    tracing::warn!(
+                        "restore point `{name}` occurs {times} times in the archived WAL ({range}); \
+                         PostgreSQL stops at the first"
+                    );
+                }
+            }
+            Some(RecoveryTarget::Time(t)) => match found.last_xact_end {
+                Some(last) if last >= *t => {}
+                last => tracing::warn!(
+                    "the target time {t} is after the last commit or abort in the archived WAL \
+                     ({range}: {}), the records PostgreSQL compares it with; it will replay to the \
+                     end of the WAL and refuse to promote (\"recovery ended before configured \
+                     recovery target was reached\")",
+                    last.map(|l| format!("the last at {l}"))
+                        .unwrap_or_else(|| "none".into())
+                ),
+            },
+            _ => {}
+        }
+    }
+    Ok(Some((newest_name, Lsn(newest * seg))))
 }
 
 fn keep_old_path(pgdata: &Path) -> PathBuf {
@@ -736,6 +941,10 @@ pub async fn execute(
             return Err(e);
         }
     };
+    if let Err(e) = check_replayed_to_the_end(plan, &ended, &log_file) {
+        let _ = crate::server::pg_ctl_stop(pg, &req.pgdata, run_as);
+        return Err(e);
+    }
     remove_recovery_settings(&req.pgdata)?;
     if req.leave_running {
         let db = Db::connect(&conn.with_db("postgres")).await?;
@@ -753,6 +962,35 @@ pub async fn execute(
         old_contents_at: old_at,
         log_file,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Step: without a target, replay must have reached the newest archived segment on the path;
+/// ending before it means a segment could not be replayed and commits are missing.
+fn check_replayed_to_the_end(
+    plan: &Plan,
+    ended: &Ended,
+    log_file: &Path,
+) -> Result<(), RecoveryError> {
+    if plan.target.is_some() {
+        return Ok(());
+    }
+    let Some((newest, start)) = &plan.newest_archived else {
+        return Ok(());
+    };
+    let end: Option<Lsn> = ended.end_lsn.as_deref().and_then(|l| l.parse().ok());
+    if end.is_some_and(|e| e >= *start) {
+        return Ok(());
+    }
+    Err(RecoveryError::EndedShort {
+        end: ended.end_lsn.clone().unwrap_or_else(|| "?".into()),
+        newest: newest.clone(),
+        newest_start: start.to_string(),
+        history: ended
+            .timeline
+            .map(|t| format!("{t:08X}.history"))
+            .unwrap_or_else(|| "the newest .history file".into()),
+        log: log_tail(log_file, 15),
     })
 }
 
@@ -931,12 +1169,13 @@ fn sh_quote(s: &str) -> String {
     }
 }
 
-/// The restore_command pgkeep writes.
-pub fn restore_command(pgkeep: &Path, archive: &Path) -> String {
+/// The restore_command pgkeep writes: every segment is checked to belong to `system`.
+pub fn restore_command(pgkeep: &Path, archive: &Path, system: &str) -> String {
     format!(
-        "{} wal fetch --archive {} %f %p",
+        "{} wal fetch --archive {} --sysid {} %f %p",
         sh_quote(&pgkeep.to_string_lossy()),
-        sh_quote(&archive.to_string_lossy())
+        sh_quote(&archive.to_string_lossy()),
+        sh_quote(system)
     )
 }
 
@@ -954,7 +1193,11 @@ fn write_recovery_settings(
     let mut block = format!("{BLOCK_BEGIN}\n");
     block.push_str(&conf_line(
         "restore_command",
-        &restore_command(&req.pgkeep_exe, &plan.restore_from),
+        &restore_command(
+            &req.pgkeep_exe,
+            &plan.restore_from,
+            &plan.facts.system_identifier,
+        ),
     ));
     block.push_str(&conf_line("recovery_target_action", "promote"));
     block.push_str(&conf_line("recovery_target_timeline", "latest"));
@@ -1442,14 +1685,96 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_timeline_without_its_history_file_is_refused_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::new(t.path());
+        let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
+        let touch = |n: &str| std::fs::write(t.path().join(n), "x").unwrap();
+        let path = |a: &Archive| archive_path(&facts, a, &a.list().unwrap());
+        for n in [
+            "000000010000000000000002",
+            "000000010000000000000003.zst",
+            "000000010000000000000004.zst",
+        ] {
+            touch(n);
+        }
+        assert_eq!(path(&a).unwrap().latest, 1);
+        // Timeline 2's WAL without 00000002.history: recovery would stay on timeline 1.
+        touch("000000020000000000000004.zst");
+        let err = path(&a).unwrap_err();
+        assert!(
+            matches!(&err, RecoveryError::MissingHistory { missing, timeline: 2, follow: 1, .. } if missing == "00000002.history"),
+            "{err}"
+        );
+        assert_eq!(err.exit_class(), ExitClass::Refused);
+        touch("00000002.history");
+        assert_eq!(path(&a).unwrap().latest, 2);
+        // Timeline 3's history file missing, a .partial of it is there: recovery would stay on 2.
+        touch("000000030000000000000005.partial.zst");
+        let err = path(&a).unwrap_err().to_string();
+        assert!(err.contains("00000003.history"), "{err}");
+        assert!(err.contains("follow timeline 2"), "{err}");
+        touch("00000003.history");
+        assert_eq!(path(&a).unwrap().latest, 3);
+    }
+
+    #[test]
+    fn without_a_target_replay_must_reach_the_newest_archived_segment() {
+        let mut plan = Plan {
+            bundle: Backup {
+                name: "basebackup-20261201-1200.bundle.tar.gz".into(),
+                kind: BackupKind::Physical,
+                time: jiff::civil::date(2026, 12, 1).at(12, 0, 0, 0),
+                seq: 0,
+                size: 1,
+                path: "b".into(),
+            },
+            facts: PhysicalFacts::for_test(1, "0/2000028", "0/2000100"),
+            target: None,
+            data_bytes: 0,
+            keep_old_at: None,
+            pgdata_entries: 0,
+            archive_handover: None,
+            restore_from: "w".into(),
+            newest_archived: Some(("000000010000000000000007".into(), Lsn(0x700_0000))),
+        };
+        let ended = |end: &str| Ended {
+            end_lsn: Some(end.into()),
+            timeline: Some(2),
+            last_xact_time: None,
+        };
+        let log = Path::new("/nonexistent/pgkeep-test.log");
+        // Into the newest segment (its records end there, or run on into the next one).
+        check_replayed_to_the_end(&plan, &ended("0/7000000"), log).unwrap();
+        check_replayed_to_the_end(&plan, &ended("0/7A00128"), log).unwrap();
+        // Short of it: commits are missing.
+        let err = check_replayed_to_the_end(&plan, &ended("0/5FFFF28"), log).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("000000010000000000000007"), "{text}");
+        assert!(text.contains("00000002.history"), "{text}");
+        assert_eq!(err.exit_class(), ExitClass::Failed);
+        // An unknown end is short too.
+        let mut unknown = ended("x");
+        unknown.end_lsn = None;
+        assert!(check_replayed_to_the_end(&plan, &unknown, log).is_err());
+        // With a target, ending before the newest segment is what was asked for.
+        plan.target = Some(RecoveryTarget::Lsn(Lsn(0x500_0000)));
+        check_replayed_to_the_end(&plan, &ended("0/5000028"), log).unwrap();
+    }
+
+    #[test]
     fn restore_command_is_shell_quoted() {
         assert_eq!(
-            restore_command(Path::new("/usr/bin/pgkeep"), Path::new("/wal-archive")),
-            "/usr/bin/pgkeep wal fetch --archive /wal-archive %f %p"
+            restore_command(
+                Path::new("/usr/bin/pgkeep"),
+                Path::new("/wal-archive"),
+                "7300"
+            ),
+            "/usr/bin/pgkeep wal fetch --archive /wal-archive --sysid 7300 %f %p"
         );
         assert_eq!(
-            restore_command(Path::new("/opt/my tools/pgkeep"), Path::new("/a'b")),
-            r"'/opt/my tools/pgkeep' wal fetch --archive '/a'\''b' %f %p"
+            restore_command(Path::new("/opt/my tools/pgkeep"), Path::new("/a'b"), "1"),
+            r"'/opt/my tools/pgkeep' wal fetch --archive '/a'\''b' --sysid 1 %f %p"
         );
     }
 

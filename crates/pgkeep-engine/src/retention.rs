@@ -1,9 +1,13 @@
 //! Retention: which backups and which archived WAL to remove (`pgkeep backups prune`).
 //!
 //! Keep the newest `retention.nightly` logical and `retention.basebackups` physical bundles.
-//! WAL older than the start of the oldest kept base backup is not needed by any kept backup and
-//! is removed; everything from that segment on (on every timeline) is kept, and history files are
-//! always kept. With no physical backup left to anchor it, no WAL is removed.
+//! WAL is pruned per database system: the archive root holds the current system's WAL and each
+//! `superseded/<system>-<time>/` directory an older system's (see [`crate::archive_owner`]); a
+//! system's segment names restart at 1 after a wipe, so one system's backups say nothing about
+//! another's WAL. In each directory, WAL older than the start of the oldest kept base backup of
+//! ITS system is removed; everything from that segment on (on every timeline) is kept, and
+//! history files are always kept. A directory no kept base backup of its system anchors keeps all
+//! its WAL.
 //!
 //! A base backup's start is read cheaply from the `.backup` file PostgreSQL archives for it (its
 //! LABEL names the bundle); only when that is missing is the bundle's MANIFEST.json read, which
@@ -40,10 +44,23 @@ pub enum PruneError {
 pub struct PrunePlan {
     pub keep: Vec<Backup>,
     pub remove: Vec<Backup>,
-    /// The first WAL file kept (the oldest kept base backup's start segment), when WAL is pruned.
+    /// The first WAL file kept in the archive root (the start segment of the oldest kept base
+    /// backup of the root's system), when the root's WAL is pruned.
     pub wal_kept_from: Option<String>,
+    /// The same for the root and each superseded system's directory.
+    pub wal_dirs: Vec<WalDirPlan>,
     pub remove_wal: Vec<ArchivedFile>,
     pub remove_wal_bytes: u64,
+}
+
+/// What prune keeps of one WAL directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalDirPlan {
+    pub dir: PathBuf,
+    pub system: Option<u64>,
+    /// The first WAL file kept; None when no kept base backup of this system anchors it (then
+    /// nothing in it is removed).
+    pub kept_from: Option<String>,
 }
 
 /// Decide what to remove. Nothing is changed.
@@ -65,66 +82,122 @@ pub fn plan(
         remove.extend(of_kind[..cut].iter().map(|b| (*b).clone()));
         keep.extend(of_kind[cut..].iter().map(|b| (*b).clone()));
     }
-    let archive = Archive::new(wal_archive);
-    let files = if wal_archive.is_dir() {
-        archive.list()?
-    } else {
-        Vec::new()
-    };
-    let oldest_kept = keep
-        .iter()
-        .filter(|b| b.kind == BackupKind::Physical)
-        .min_by_key(|b| (b.time, b.seq));
-    let mut wal_kept_from = None;
-    let mut remove_wal = Vec::new();
-    if let Some(oldest) = oldest_kept {
-        let (start, seg_size) = backup_start(oldest, &archive, &files)?;
-        let start_no = wal::parse_name(&start)
-            .expect("a segment name")
-            .segment_no(seg_size);
-        remove_wal = files
-            .into_iter()
-            .filter(|f| f.wal.kind != WalKind::History && f.wal.segment_no(seg_size) < start_no)
-            .collect();
-        wal_kept_from = Some(start);
+    let wal_dirs = wal_dirs(wal_archive)?;
+    // Each kept base backup anchors the WAL of its own system only: where its `.backup` label
+    // lies, else (no label anywhere) the directory of the system its manifest names.
+    let mut anchors: Vec<Option<(u64, u64, String)>> = vec![None; wal_dirs.len()];
+    for b in keep.iter().filter(|b| b.kind == BackupKind::Physical) {
+        let (dir_ix, start, seg_size) = backup_start(b, &wal_dirs)?;
+        for i in dir_ix {
+            let start_no = wal::parse_name(&start)
+                .expect("a segment name")
+                .segment_no(seg_size);
+            if anchors[i].as_ref().is_none_or(|(n, _, _)| start_no < *n) {
+                anchors[i] = Some((start_no, seg_size, start.clone()));
+            }
+        }
     }
+    let mut remove_wal = Vec::new();
+    let mut per_dir = Vec::new();
+    for (d, anchor) in wal_dirs.into_iter().zip(anchors) {
+        let kept_from = anchor.map(|(start_no, seg_size, start)| {
+            remove_wal.extend(
+                d.files
+                    .iter()
+                    .filter(|f| {
+                        f.wal.kind != WalKind::History && f.wal.segment_no(seg_size) < start_no
+                    })
+                    .cloned(),
+            );
+            start
+        });
+        per_dir.push(WalDirPlan {
+            dir: d.dir,
+            system: d.system,
+            kept_from,
+        });
+    }
+    let wal_kept_from = per_dir.first().and_then(|d| d.kept_from.clone());
     let remove_wal_bytes = remove_wal.iter().map(|f| f.size).sum();
     Ok(PrunePlan {
         keep,
         remove,
         wal_kept_from,
+        wal_dirs: per_dir,
         remove_wal,
         remove_wal_bytes,
     })
 }
 
-/// The start segment of a base backup, and the WAL segment size.
-fn backup_start(
-    b: &Backup,
-    archive: &Archive,
-    files: &[ArchivedFile],
-) -> Result<(String, u64), PruneError> {
+/// One directory of WAL: the archive root or a superseded system's directory.
+struct WalDir {
+    dir: PathBuf,
+    system: Option<u64>,
+    files: Vec<ArchivedFile>,
+}
+
+/// The archive root (first) and every `superseded/<system>-<time>/` directory, with the system
+/// each belongs to: the root's from its newest readable segment, a superseded one's from its name.
+fn wal_dirs(wal_archive: &Path) -> Result<Vec<WalDir>, PruneError> {
+    let mut out = Vec::new();
+    if !wal_archive.is_dir() {
+        return Ok(out);
+    }
+    let root = crate::archive_owner::root_wal(&Archive::new(wal_archive))?;
+    out.push(WalDir {
+        dir: wal_archive.to_owned(),
+        system: root.system,
+        files: root.files,
+    });
+    let parent = wal_archive.join(crate::archive_owner::SUPERSEDED_DIR);
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(out);
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let system = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .and_then(|s| s.parse().ok());
+        let files = Archive::new(&dir).list()?;
+        out.push(WalDir { dir, system, files });
+    }
+    Ok(out)
+}
+
+/// The WAL directories a base backup's WAL lies in, its start segment, and the segment size.
+fn backup_start(b: &Backup, dirs: &[WalDir]) -> Result<(Vec<usize>, String, u64), PruneError> {
     let label = format!("LABEL: pgkeep {}", b.name);
-    for f in files.iter().filter(|f| f.wal.kind == WalKind::Backup) {
-        let Ok(text) = std::fs::read_to_string(&f.path) else {
-            continue;
-        };
-        if !text.lines().any(|l| l.trim() == label) {
-            continue;
-        }
-        let start = text.lines().find_map(|l| {
-            l.strip_prefix("START WAL LOCATION:")
-                .and_then(|r| r.split("(file ").nth(1))
-                .and_then(|r| r.split(')').next())
-                .map(str::to_owned)
-        });
-        if let Some(start) = start.filter(|s| wal::parse_name(s).is_some()) {
-            let seg_size = files
-                .iter()
-                .filter(|f| f.wal.kind == WalKind::Segment)
-                .find_map(|f| archive.segment_size(f))
-                .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
-            return Ok((start, seg_size));
+    for (i, d) in dirs.iter().enumerate() {
+        for f in d.files.iter().filter(|f| f.wal.kind == WalKind::Backup) {
+            let Ok(text) = std::fs::read_to_string(&f.path) else {
+                continue;
+            };
+            if !text.lines().any(|l| l.trim() == label) {
+                continue;
+            }
+            let start = text.lines().find_map(|l| {
+                l.strip_prefix("START WAL LOCATION:")
+                    .and_then(|r| r.split("(file ").nth(1))
+                    .and_then(|r| r.split(')').next())
+                    .map(str::to_owned)
+            });
+            if let Some(start) = start.filter(|s| wal::parse_name(s).is_some()) {
+                let archive = Archive::new(&d.dir);
+                let seg_size = d
+                    .files
+                    .iter()
+                    .filter(|f| f.wal.kind == WalKind::Segment)
+                    .find_map(|f| archive.segment_size(f))
+                    .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
+                return Ok((vec![i], start, seg_size));
+            }
         }
     }
     // No label in the archive (archiving was off, or a bundle from elsewhere): read the bundle.
@@ -137,7 +210,14 @@ fn backup_start(
         bundle: b.name.clone(),
         reason,
     })?;
-    Ok((facts.start_wal_file, facts.wal_segment_size))
+    let system: Option<u64> = facts.system_identifier.parse().ok();
+    let of_system = dirs
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.system.is_some() && d.system == system)
+        .map(|(i, _)| i)
+        .collect();
+    Ok((of_system, facts.start_wal_file, facts.wal_segment_size))
 }
 
 /// What prune removed.
@@ -157,11 +237,13 @@ pub fn apply(
     // What killed pushes, backups and uploads left, by the run-mark rules (never a live writer's).
     fsutil::remove_stale_partials(wal_archive);
     fsutil::remove_stale_partials(backups);
+    let mut dirs = std::collections::BTreeSet::new();
     for f in &plan.remove_wal {
         std::fs::remove_file(&f.path).fs_ctx("remove", &f.path)?;
+        dirs.insert(f.path.parent().unwrap_or(wal_archive).to_owned());
     }
-    if !plan.remove_wal.is_empty() {
-        fsutil::fsync_dir(wal_archive)?;
+    for d in &dirs {
+        fsutil::fsync_dir(d)?;
     }
     let mut removed = Vec::new();
     for b in &plan.remove {

@@ -52,6 +52,8 @@ pub enum WalError {
         "{path}: {message}\nhint: the archived file is damaged; recovery cannot continue past it (restore an older base backup or repair the archive)"
     )]
     Corrupt { path: PathBuf, message: String },
+    #[error(transparent)]
+    Segment(#[from] crate::walcheck::SegmentError),
     #[error(
         "{existing} is already archived but the archived copy is damaged ({message}); the archive was left unchanged\nhint: check it with `pgkeep wal fetch {name} /tmp/check` (exit 126 means damaged); when {source_path} is the intact original, move the damaged copy out of the archive and let archive_command retry"
     )]
@@ -740,6 +742,18 @@ impl Archive {
 
     /// `restore_command`: write `name` from the archive to `dest` (through a temporary name).
     pub fn fetch(&self, name: &str, dest: &Path) -> Result<FetchOutcome, WalError> {
+        self.fetch_checked(name, dest, None)
+    }
+
+    /// [`Archive::fetch`], and with `expect`, a segment is first checked to belong where its
+    /// name puts it, in the system being recovered ([`crate::walcheck`]); one that does not is
+    /// refused and `dest` is not written.
+    pub fn fetch_checked(
+        &self,
+        name: &str,
+        dest: &Path,
+        expect: Option<crate::walcheck::Expect>,
+    ) -> Result<FetchOutcome, WalError> {
         let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
             name: name.to_owned(),
         })?;
@@ -760,6 +774,12 @@ impl Archive {
             let mut buf = vec![0u8; 1 << 16];
             let mut total = 0u64;
             let mut head = Vec::with_capacity(LONG_HEADER_LEN);
+            let mut checker = expect.and_then(|e| crate::walcheck::SegmentChecker::new(name, e));
+            let problem = |problem| crate::walcheck::SegmentError {
+                path: src.clone(),
+                name: name.to_owned(),
+                problem,
+            };
             loop {
                 let n = match r.read(&mut buf) {
                     Ok(0) => break,
@@ -772,12 +792,18 @@ impl Archive {
                         });
                     }
                 };
+                if let Some(c) = &mut checker {
+                    c.feed(&buf[..n]).map_err(problem)?;
+                }
                 w.write_all(&buf[..n]).fs_ctx("write", &tmp)?;
                 let want = (LONG_HEADER_LEN - head.len()).min(n);
                 head.extend_from_slice(&buf[..want]);
                 total += n as u64;
             }
             w.flush().fs_ctx("write", &tmp)?;
+            if let Some(c) = checker {
+                c.finish().map_err(problem)?;
+            }
             // A segment must hold exactly the size its own first page header declares: a file
             // cut short (a `cp` interrupted, an archive cut between two zstd frames) is damage,
             // never a short segment.

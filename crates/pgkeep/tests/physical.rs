@@ -140,12 +140,18 @@ fn point_in_time_recovery_to_a_target_time() {
     c.switch_wal_and_wait_archived();
     c.stop();
 
-    let out = ok(pgkeep(
+    let out = pgkeep(
         &c,
         &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
-    ));
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = ok(out);
     assert!(out.contains("recovery ended at"), "{out}");
     assert!(out.contains("timeline 2"), "{out}");
+    assert!(
+        !stderr.contains("after the last commit"),
+        "commits after {t} were read from the archive: {stderr}"
+    );
     c.restart();
     assert_eq!(checksum(&c), at_t, "the data is exactly as it was at {t}");
     assert!(
@@ -207,8 +213,8 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     assert_eq!(checksum(&c), all2);
     assert_eq!(c.psql("postgres", "select x from on_timeline_2"), "2");
 
-    // A target that is never reached is an error, not a promotion at the end of the WAL; a
-    // bootstrap without that target afterwards still works.
+    // A target that can never be reached is refused before anything changes, not a promotion
+    // at the end of the WAL; a bootstrap without that target afterwards still works.
     c.stop();
     let err = failed(
         pgkeep(
@@ -221,10 +227,10 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
                 "--yes",
             ],
         ),
-        1,
+        3,
     );
     assert!(
-        err.contains("before the target restore point `no_such_point` was reached"),
+        err.contains("restore point `no_such_point` is not in the archived WAL"),
         "{err}"
     );
     ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
@@ -748,4 +754,502 @@ fn zst_segments(archive: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Decompress an archived `.zst` segment.
+fn unzstd(path: &Path) -> Vec<u8> {
+    zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap()
+}
+
+/// The first WAL segment in a cluster's pg_wal.
+fn first_segment_in(pg_wal: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(pg_wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .collect();
+    v.sort();
+    v.remove(0)
+}
+
+/// A segment in the middle of the archive that is another system's, zero-filled, truncated, or
+/// missing: PostgreSQL would take it as the end of the WAL and promote there (exit 0, the later
+/// commits gone). Bootstrap refuses before PGDATA is touched and the drill fails; so for a
+/// segment whose headers are right but one of whose records is damaged (its CRC fails).
+#[test]
+fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touched() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    let at_backup = zst_segments(&c.wal_archive());
+    for _ in 0..4 {
+        pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+        c.switch_wal_and_wait_archived();
+    }
+    let all = checksum(&c);
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+    let archive = c.wal_archive();
+    let later: Vec<String> = zst_segments(&archive)
+        .into_iter()
+        .filter(|s| !at_backup.contains(s))
+        .collect();
+    assert!(later.len() >= 4, "{later:?}");
+    let mid = later[later.len() / 2].clone();
+    let zst = archive.join(format!("{mid}.zst"));
+    let original = unzstd(&zst);
+    let aside = c.root().join("mid.zst");
+    std::fs::rename(&zst, &aside).unwrap();
+
+    let other = TempCluster::start();
+    let foreign = std::fs::read(first_segment_in(&other.pgdata().join("pg_wal"))).unwrap();
+    drop(other);
+    let gap = format!("lacks segment {mid}");
+    let cases: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
+        ("foreign", Some(foreign), "not of system"),
+        ("zero-filled", Some(vec![0u8; 16 << 20]), "all zeros"),
+        (
+            "truncated",
+            Some(original[..original.len() / 2].to_vec()),
+            "truncated",
+        ),
+        ("gap", None, &gap),
+    ];
+    let plain = archive.join(&mid);
+    for (what, content, says) in &cases {
+        if let Some(bytes) = content {
+            std::fs::write(&plain, bytes).unwrap();
+            std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
+        }
+        let err = failed(
+            pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+            3,
+        );
+        assert!(err.contains(says), "{what}: {err}");
+        assert!(err.contains(&mid), "{what}: {err}");
+        assert!(err.contains("nothing was changed"), "{what}: {err}");
+        assert_eq!(fingerprint(&c.pgdata()), before, "{what}: PGDATA untouched");
+        let out = pgkeep(&c, &["drill", "--skip-logical"]);
+        let text = pgkeep_testkit::output_text(&out);
+        assert!(!out.status.success(), "{what}: the drill passed:\n{text}");
+        assert!(text.contains("physical drill failed"), "{what}: {text}");
+        assert!(text.contains(says), "{what}: {text}");
+        let _ = std::fs::remove_file(&plain);
+    }
+
+    // Headers right, a record damaged (a flipped bit): its CRC gives it away, before PGDATA is
+    // touched too.
+    let mut damaged = original.clone();
+    damaged[3 * 8192 + 1000] ^= 0x10;
+    std::fs::write(&plain, &damaged).unwrap();
+    std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
+    let err = failed(
+        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        3,
+    );
+    assert!(err.contains("would take it as the end of the WAL"), "{err}");
+    assert!(err.contains(&mid), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    let out = pgkeep(&c, &["drill", "--skip-logical"]);
+    let text = pgkeep_testkit::output_text(&out);
+    assert!(!out.status.success(), "the drill passed:\n{text}");
+    assert!(
+        text.contains("would take it as the end of the WAL"),
+        "{text}"
+    );
+    std::fs::remove_file(&plain).unwrap();
+
+    std::fs::rename(&aside, &zst).unwrap();
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    c.restart();
+    assert_eq!(checksum(&c), all, "the live data is intact");
+    c.stop();
+    ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--from", &name, "--yes"],
+    ));
+    c.restart();
+    assert_eq!(checksum(&c), all, "with the archive repaired, every commit");
+}
+
+/// After a wipe and a fresh start (a new system whose segment names restart at 1), the old
+/// system's bundles are still kept. Prune cuts each system's WAL against that system's own
+/// bundles: the live system's WAL stays (it used to be cut at the old system's oldest kept
+/// backup, taking the live system's PITR with it), the old system's superseded WAL is pruned
+/// against its kept bundle, and every kept bundle restores to its end and to a point inside.
+#[test]
+fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
+    // System A: an early backup (pruned), WAL, a kept backup.
+    let a = archiving_cluster();
+    let config = a.root().join("pgkeep.toml");
+    std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
+    pgbench(&a, &["-i", "-s", "1", "-q"]);
+    let a0 = backup(&a);
+    for _ in 0..6 {
+        pgbench(&a, &["-n", "-t", "50"]);
+        a.switch_wal_and_wait_archived();
+    }
+    let a1 = backup(&a);
+    pgbench(&a, &["-n", "-t", "200", "-c", "2"]);
+    let all_a = checksum(&a);
+    a.switch_wal_and_wait_archived();
+    a.stop();
+    let archive = pgkeep_engine::wal::Archive::new(a.wal_archive());
+    let aside = pgkeep_engine::archive_owner::supersede(&archive, jiff::Timestamp::now())
+        .unwrap()
+        .unwrap()
+        .to;
+
+    // System B takes the archive over and backs up into the same backups directory.
+    let b = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive {} %p",
+            bin().display(),
+            a.wal_archive().display()
+        ))
+        .start();
+    let site = |c: &TempCluster, args: &[&str]| {
+        Command::cargo_bin("pgkeep")
+            .unwrap()
+            .envs(c.env())
+            .env("PGKEEP_WAL_ARCHIVE", a.wal_archive())
+            .env("PGKEEP_BACKUPS", a.backups())
+            .env("PGKEEP_CONFIG", &config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    pgbench(&b, &["-i", "-s", "1", "-q"]);
+    let out = ok(site(&b, &["backup", "physical", "--json"]));
+    let b1: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b1 = b1["name"].as_str().unwrap().to_owned();
+    pgbench(&b, &["-n", "-t", "100", "-c", "2"]);
+    let at_t_b = checksum(&b);
+    let t = b.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&b, &["-n", "-t", "100", "-c", "2"]);
+    let all_b = checksum(&b);
+    b.switch_wal_and_wait_archived();
+    let b_start = foreign_free_start(&a.backups().join(&b1));
+    let a1_start = foreign_free_start(&a.backups().join(&a1));
+    assert!(
+        b_start[8..] < a1_start[8..],
+        "the scenario needs B's WAL below A's kept start: {b_start} {a1_start}"
+    );
+    let root_before = pgkeep_testkit::file_names(&a.wal_archive());
+
+    let out = ok(site(&b, &["backups", "prune"]));
+    assert!(!a.backups().join(&a0).exists(), "{out}");
+    assert!(a.backups().join(&a1).exists() && a.backups().join(&b1).exists());
+    let root_after = pgkeep_testkit::file_names(&a.wal_archive());
+    let needed: Vec<&String> = root_before
+        .iter()
+        .filter(|n| n.as_str() >= b_start.as_str())
+        .collect();
+    assert!(
+        needed.iter().any(|n| n.starts_with(&b_start)),
+        "{root_before:?}"
+    );
+    assert!(
+        needed.iter().all(|n| root_after.contains(n)),
+        "the WAL B's kept backup needs stays: {root_before:?} -> {root_after:?}\n{out}"
+    );
+    let a_left = pgkeep_testkit::file_names(&aside);
+    assert!(
+        a_left.iter().any(|n| n.starts_with(&a1_start)),
+        "{a1_start} kept: {a_left:?}"
+    );
+    assert!(
+        a_left
+            .iter()
+            .all(|n| n.as_str() >= a1_start.as_str() || n.ends_with(".history")),
+        "A's WAL older than its kept backup is pruned: {a_left:?}"
+    );
+
+    // Every kept bundle restores: B's to its end, then to a point inside; A's to its end.
+    b.stop();
+    ok(site(
+        &b,
+        &["bootstrap", "basebackup", "--from", &b1, "--yes"],
+    ));
+    b.restart();
+    assert_eq!(checksum(&b), all_b, "every commit of the live system");
+    b.stop();
+    ok(site(
+        &b,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &b1,
+            "--target-time",
+            &t,
+            "--yes",
+        ],
+    ));
+    b.restart();
+    assert_eq!(checksum(&b), at_t_b, "the live system's PITR window");
+    b.stop();
+    drop(b);
+    ok(site(
+        &a,
+        &["bootstrap", "basebackup", "--from", &a1, "--yes"],
+    ));
+    a.restart();
+    assert_eq!(checksum(&a), all_a, "every commit of the old system");
+}
+
+/// A PITR made timeline 2; with 00000002.history gone from the archive, recovery from the
+/// timeline-1 backup would follow timeline 1 to its end and bring back its abandoned future
+/// (exit 0). Bootstrap refuses naming the missing file, before PGDATA is touched, and the
+/// drill fails; with the file back, the bootstrap follows timeline 2.
+#[test]
+fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let t = c.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.psql("postgres", "create table abandoned_future(x int)");
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
+    ));
+    assert!(out.contains("timeline 2"), "{out}");
+    c.restart();
+    c.psql(
+        "postgres",
+        "create table on_timeline_2(x int); insert into on_timeline_2 values (2)",
+    );
+    pgbench(&c, &["-n", "-t", "50"]);
+    let tl2 = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+
+    let history = c.wal_archive().join("00000002.history");
+    let aside = c.root().join("00000002.history");
+    std::fs::rename(&history, &aside).unwrap();
+    let err = failed(
+        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        3,
+    );
+    assert!(err.contains("00000002.history"), "{err}");
+    assert!(err.contains("timeline 2"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    let out = pgkeep(&c, &["drill", "--skip-logical"]);
+    let text = pgkeep_testkit::output_text(&out);
+    assert!(!out.status.success(), "the drill passed:\n{text}");
+    assert!(text.contains("00000002.history"), "{text}");
+
+    std::fs::rename(&aside, &history).unwrap();
+    ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--from", &name, "--yes"],
+    ));
+    c.restart();
+    assert_eq!(checksum(&c), tl2, "timeline 2's commits");
+    assert_eq!(c.psql("postgres", "select x from on_timeline_2"), "2");
+    assert!(
+        c.try_psql("postgres", "select 1 from abandoned_future")
+            .is_err(),
+        "timeline 1's abandoned future stays abandoned"
+    );
+}
+
+/// With an LSN target, every segment up to the target's is checked before PGDATA is touched (a
+/// gap before it used to be found only after PGDATA was emptied); damage after the target's
+/// segment does not stand in the way, and the data is exactly as at the target.
+#[test]
+fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    let start = foreign_free_start(&c.backups().join(&name));
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let at_l = checksum(&c);
+    let l = c.psql("postgres", "select pg_current_wal_lsn()::text");
+    c.switch_wal_and_wait_archived();
+    for _ in 0..2 {
+        pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+        c.switch_wal_and_wait_archived();
+    }
+    let all = checksum(&c);
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+    let segs = zst_segments(&c.wal_archive());
+    let l_seg = {
+        let lsn: pgkeep_engine::wal::Lsn = l.parse().unwrap();
+        pgkeep_engine::wal::segment_file_name(1, lsn.segment(16 << 20), 16 << 20)
+    };
+    assert!(
+        segs.iter().any(|s| *s > l_seg),
+        "WAL after the target: {segs:?}"
+    );
+    let before_l = segs
+        .iter()
+        .find(|s| s.as_str() > start.as_str() && s.as_str() < l_seg.as_str())
+        .unwrap_or_else(|| panic!("a segment between {start} and {l_seg}: {segs:?}"))
+        .clone();
+    let after_l = segs
+        .iter()
+        .filter(|s| s.as_str() > l_seg.as_str())
+        .nth_back(1)
+        .unwrap_or_else(|| panic!("two segments after {l_seg}: {segs:?}"))
+        .clone();
+    let hide = |s: &str| {
+        let from = c.wal_archive().join(format!("{s}.zst"));
+        let to = c.root().join(format!("{s}.zst"));
+        std::fs::rename(&from, &to).unwrap();
+        (from, to)
+    };
+
+    // A gap before the target: refused, PGDATA untouched.
+    let (back, kept) = hide(&before_l);
+    let err = failed(
+        pgkeep(
+            &c,
+            &["bootstrap", "basebackup", "--target-lsn", &l, "--yes"],
+        ),
+        3,
+    );
+    assert!(err.contains(&format!("lacks segment {before_l}")), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    std::fs::rename(&kept, &back).unwrap();
+
+    // A gap after the target's segment: no obstacle, the data is exactly as at the target.
+    let (back, kept) = hide(&after_l);
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-lsn", &l, "--yes"],
+    ));
+    assert!(out.contains("recovery ended"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_l, "exactly as at {l}");
+    assert_ne!(at_l, all);
+    c.stop();
+    std::fs::rename(&kept, &back).unwrap();
+}
+
+/// A `--target-name` is looked up in the archived WAL before PGDATA is touched: a name that is
+/// not there is refused (it used to be found only after PGDATA was emptied), a name that occurs
+/// twice is warned about (PostgreSQL stops at the first), and an existing one is reached exactly.
+#[test]
+fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let name = backup(&c);
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    let at_rp = checksum(&c);
+    c.psql(
+        "postgres",
+        "select pg_create_restore_point('before-migration')",
+    );
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.psql("postgres", "select pg_create_restore_point('twice')");
+    pgbench(&c, &["-n", "-t", "50"]);
+    c.psql("postgres", "select pg_create_restore_point('twice')");
+    c.switch_wal_and_wait_archived();
+    pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    let all = checksum(&c);
+    c.stop();
+    let before = fingerprint(&c.pgdata());
+
+    let err = failed(
+        pgkeep(
+            &c,
+            &[
+                "bootstrap",
+                "basebackup",
+                "--target-name",
+                "before-migratoin",
+                "--yes",
+            ],
+        ),
+        3,
+    );
+    assert!(
+        err.contains("`before-migratoin` is not in the archived WAL"),
+        "{err}"
+    );
+    assert!(err.contains("before-migration, twice, twice"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+
+    // A time after the last archived commit is warned about before PGDATA is given up
+    // (PostgreSQL then refuses to promote: exit 1, the old contents kept aside here).
+    std::thread::sleep(Duration::from_millis(1100));
+    let late = jiff::Timestamp::now().to_string();
+    let out = pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--target-time",
+            &late,
+            "--keep-old",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("after the last commit or abort"),
+        "{stderr}"
+    );
+    let warned = stderr.find("after the last commit").unwrap();
+    assert!(
+        stderr.find("PGDATA").is_none_or(|p| p > warned),
+        "warned before PGDATA was touched: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+
+    let out = pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--target-name",
+            "twice",
+            "--yes",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(stderr.contains("`twice` occurs 2 times"), "{stderr}");
+
+    ok(pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--from",
+            &name,
+            "--target-name",
+            "before-migration",
+            "--yes",
+        ],
+    ));
+    c.restart();
+    assert_eq!(checksum(&c), at_rp, "exactly as at the restore point");
+    assert_ne!(at_rp, all);
 }

@@ -116,6 +116,27 @@ fn partials(archive: &std::path::Path, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Noise headed like WAL segment `name` of `len` bytes (PostgreSQL 15 page headers of system 7
+/// on every 8 KiB page), so `wal fetch` takes it as the segment its name says.
+fn wal_like(name: &str, len: usize, seed: u64) -> Vec<u8> {
+    let mut data = noise(len, seed);
+    let tli = u32::from_str_radix(&name[..8], 16).unwrap();
+    let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * (0x1_0000_0000 / len as u64)
+        + u64::from_str_radix(&name[16..], 16).unwrap();
+    for (i, page) in data.chunks_mut(8192).enumerate() {
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&(if i == 0 { 2u16 } else { 0 }).to_le_bytes());
+        page[4..8].copy_from_slice(&tli.to_le_bytes());
+        page[8..16].copy_from_slice(&(segno * len as u64 + i as u64 * 8192).to_le_bytes());
+        if i == 0 {
+            page[24..32].copy_from_slice(&7u64.to_le_bytes());
+            page[32..36].copy_from_slice(&(len as u32).to_le_bytes());
+            page[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        }
+    }
+    data
+}
+
 #[test]
 fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
     let t = tempfile::tempdir().unwrap();
@@ -125,7 +146,7 @@ fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
     std::fs::create_dir(&pg_wal).unwrap();
     let name = "000000010000000000000042";
     let seg = pg_wal.join(name);
-    std::fs::write(&seg, noise(64 << 20, 7)).unwrap();
+    std::fs::write(&seg, wal_like(name, 64 << 20, 7)).unwrap();
 
     // zstd level 19 on 64 MiB of noise takes many seconds: kill it half-way.
     let mut child = std::process::Command::new(bin())
@@ -190,7 +211,7 @@ fn fetch_reads_plain_cp_copies_misses_quietly_and_refuses_damaged_files() {
     let archive = t.path().join("archive");
     std::fs::create_dir(&archive).unwrap();
     // What the seed's `cp %p /wal-archive/%f` archive_command leaves behind.
-    let plain = noise(16 << 20, 3);
+    let plain = wal_like("000000010000000000000005", 16 << 20, 3);
     std::fs::write(archive.join("000000010000000000000005"), &plain).unwrap();
     std::fs::write(
         archive.join("00000002.history"),
@@ -276,4 +297,76 @@ fn push_stores_as_the_wal_settings_say_and_flags_win() {
     assert!(!out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("-9"));
     assert!(names.is_empty(), "nothing archived: {names:?}");
+}
+
+/// A segment that does not belong where its name puts it (zero-filled, another segment's
+/// content, another system's) stops recovery (126), never looks like the end of the WAL; the
+/// system is `--sysid`, else the one in pg_control of the data directory %p lies in.
+#[test]
+fn fetch_refuses_segments_that_do_not_belong_with_126() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let good = "000000010000000000000009";
+    std::fs::write(archive.join(good), wal_like(good, 16 << 20, 5)).unwrap();
+    std::fs::write(
+        archive.join("00000001000000000000000A"),
+        vec![0u8; 16 << 20],
+    )
+    .unwrap();
+    std::fs::write(
+        archive.join("00000001000000000000000B"),
+        wal_like(good, 16 << 20, 6),
+    )
+    .unwrap();
+    // A data directory of system 7 and one of system 8.
+    let pgdata = |sys: u64| {
+        let d = t.path().join(format!("data{sys}"));
+        std::fs::create_dir_all(d.join("global")).unwrap();
+        std::fs::create_dir_all(d.join("pg_wal")).unwrap();
+        let mut control = sys.to_le_bytes().to_vec();
+        control.resize(8192, 0);
+        std::fs::write(d.join("global/pg_control"), control).unwrap();
+        std::fs::write(d.join("PG_VERSION"), "15\n").unwrap();
+        d
+    };
+    let (d7, d8) = (pgdata(7), pgdata(8));
+    let fetch = |name: &str, cwd: &Path, flags: &[&str]| {
+        let mut cmd = Command::cargo_bin("pgkeep").unwrap();
+        cmd.env("PGKEEP_CONFIG", "/dev/null")
+            .current_dir(cwd)
+            .args(["wal", "fetch", "--archive"])
+            .arg(&archive)
+            .args(flags)
+            .arg(name)
+            .arg("pg_wal/RECOVERYXLOG")
+            .output()
+            .unwrap()
+    };
+    let out = fetch(good, &d7, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: &[(&str, &Path, &[&str], &str)] = &[
+        ("00000001000000000000000A", &d7, &[], "all zeros"),
+        (
+            "00000001000000000000000B",
+            &d7,
+            &[],
+            "WAL location 0/9000000",
+        ),
+        (good, &d8, &[], "database system 7, not of system 8"),
+        (good, &d7, &["--sysid", "9"], "not of system 9"),
+    ];
+    for (name, dir, flags, says) in cases {
+        std::fs::remove_file(dir.join("pg_wal/RECOVERYXLOG")).ok();
+        let out = fetch(name, dir, flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(126), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert!(stderr.contains("hint:"), "{stderr}");
+        assert!(!dir.join("pg_wal/RECOVERYXLOG").exists(), "{name}");
+    }
 }

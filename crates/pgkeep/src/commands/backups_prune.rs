@@ -54,7 +54,24 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 plan.remove_wal.len(),
                 plan.remove_wal_bytes
             ),
-            None => println!("no physical backup is kept: no WAL is removed"),
+            None => {
+                println!("no kept base backup of the archive's system: none of its WAL is removed")
+            }
+        }
+        for d in plan.wal_dirs.iter().skip(1) {
+            match &d.kept_from {
+                Some(first) => println!(
+                    "{verb} WAL of superseded system {} in {} older than {first}",
+                    d.system
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    d.dir.display()
+                ),
+                None => println!(
+                    "keeping all WAL in {}: no kept base backup of its system",
+                    d.dir.display()
+                ),
+            }
         }
         println!(
             "keeping {} backups (retention: {} nightly, {} basebackups)",

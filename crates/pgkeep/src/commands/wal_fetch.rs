@@ -6,10 +6,17 @@
 //! the archive (normal at the end of recovery); 126 when the archived file is damaged or cannot
 //! be read. PostgreSQL treats an exit code above 125 as fatal and stops recovery, which is what
 //! we want: a damaged segment must never look like "the end of the WAL" and end recovery early.
+//!
+//! A segment is checked before it is handed over (`pgkeep_engine::walcheck`): page magic of the
+//! server's major, timeline and page addresses matching the name, the system identifier of the
+//! cluster being recovered. That system is `--sysid` (bootstrap and drills write it into
+//! restore_command), else the one in the data directory's global/pg_control: PostgreSQL runs
+//! restore_command in PGDATA and %p is `pg_wal/...`, so PGDATA is the directory above %p's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pgkeep_engine::wal::{Archive, FetchOutcome};
+use pgkeep_engine::walcheck::{self, Expect};
 
 use crate::cli::Ctx;
 
@@ -25,13 +32,32 @@ pub struct Args {
     /// The WAL archive directory (default: paths.wal_archive / PGKEEP_WAL_ARCHIVE).
     #[arg(long, value_name = "DIR")]
     pub archive: Option<PathBuf>,
+    /// The system identifier every segment must carry (default: the one in global/pg_control
+    /// of the data directory %p lies in).
+    #[arg(long, value_name = "ID")]
+    pub sysid: Option<u64>,
+}
+
+/// What a fetched segment must match: `--sysid`, else the data directory's system, and the
+/// data directory's major.
+fn expect(args: &Args) -> Expect {
+    let pgdata = match args.dest.parent().and_then(Path::parent) {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut e = walcheck::expect_from_pgdata(&pgdata);
+    if args.sysid.is_some() {
+        e.system_identifier = args.sysid;
+    }
+    e
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let expect = expect(&args);
     let dir = args
         .archive
         .unwrap_or_else(|| ctx.settings().paths.wal_archive.clone());
-    match Archive::new(&dir).fetch(&args.name, &args.dest) {
+    match Archive::new(&dir).fetch_checked(&args.name, &args.dest, Some(expect)) {
         Ok(FetchOutcome::Restored { bytes }) => {
             tracing::debug!(name = %args.name, bytes, "restored from the archive");
             Ok(())
