@@ -64,11 +64,10 @@ pub fn restore_from_upload(s: &Settings) -> Job {
         vec![backups_volume(s)],
     );
     let env = pod.containers[0].env.get_or_insert_with(Vec::new);
-    env.push(EnvVar {
-        name: UPLOAD_FILE_ENV.to_owned(),
-        value: Some(format!("{}/upload.tar.gz", s.paths.backups.display())),
-        value_from: None,
-    });
+    env.push(super::common::env(
+        UPLOAD_FILE_ENV,
+        format!("{}/upload.tar.gz", s.paths.backups.display()),
+    ));
     job(s, RESTORE_FROM_UPLOAD, Component::Restore, pod)
 }
 
@@ -104,9 +103,9 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
             "basebackup",
             "--yes",
             "--scale-up",
-            &s.kube.deployment,
+            &kube_literal(&s.kube.deployment),
             "--scale-up-app",
-            &s.kube.app,
+            &kube_literal(&s.kube.app),
         ],
         vec![data_mount(s), wal_mount(s), backups_mount(s), run_mount(s)],
         vec![
@@ -118,7 +117,7 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
     );
     let env = pod.containers[0].env.get_or_insert_with(Vec::new);
     for e in env.iter_mut().filter(|e| e.name == "PGHOST") {
-        e.value = Some(s.paths.run_dir.display().to_string());
+        *e = super::common::env("PGHOST", s.paths.run_dir.display());
     }
     env.push(EnvVar {
         name: NAMESPACE_ENV.to_owned(),

@@ -73,17 +73,18 @@ fn upload_name(file: &Path) -> Result<String, LogicalError> {
 }
 
 /// The restore-from-upload Job for the file at `dest` in the pod, with the restore options.
-fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
+pub(crate) fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
     let mut job = jobs::restore_from_upload(s);
     if let Some(c) = crate::kube::job_container(&mut job) {
-        // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload.
+        // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload, with its
+        // name escaped (a `$(PGPASSWORD)` in it must stay text).
         for e in c.env.iter_mut().flatten() {
             if e.name == jobs::UPLOAD_FILE_ENV {
-                e.value = Some(dest.to_owned());
+                *e = pgkeep_kube::manifests::common::env(jobs::UPLOAD_FILE_ENV, dest);
             }
         }
-        c.args.get_or_insert_with(Vec::new).extend(restore_flags(r));
     }
+    crate::kube::add_job_args(&mut job, restore_flags(r));
     job
 }
 
