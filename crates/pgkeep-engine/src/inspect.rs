@@ -428,6 +428,9 @@ pub struct StatusReport {
     pub wal_archive: ArchiveUsage,
     pub newest_logical: Option<NewestBackup>,
     pub newest_physical: Option<NewestBackup>,
+    /// The marker of a bootstrap that did not finish (see [`crate::bootmark`]), when the data
+    /// volume is mounted here and holds one.
+    pub bootstrap_unfinished: Option<PathBuf>,
 }
 
 fn newest(dir: &Path, kind: BackupKind) -> Option<NewestBackup> {
@@ -445,7 +448,12 @@ fn newest(dir: &Path, kind: BackupKind) -> Option<NewestBackup> {
 }
 
 /// Gather `pgkeep status`.
-pub async fn status(conn: &ConnParams, wal_archive: &Path, backups: &Path) -> StatusReport {
+pub async fn status(
+    conn: &ConnParams,
+    pgroot: &Path,
+    wal_archive: &Path,
+    backups: &Path,
+) -> StatusReport {
     let mut server = ServerStatus {
         up: false,
         version: None,
@@ -478,6 +486,7 @@ pub async fn status(conn: &ConnParams, wal_archive: &Path, backups: &Path) -> St
         wal_archive: archive_usage(wal_archive),
         newest_logical: newest(backups, BackupKind::Logical),
         newest_physical: newest(backups, BackupKind::Physical),
+        bootstrap_unfinished: crate::bootmark::present(pgroot),
     }
 }
 

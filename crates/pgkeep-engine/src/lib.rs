@@ -6,6 +6,7 @@
 //! do; [`ExitClass`] tells the binary which exit code an error maps to.
 
 pub mod archive_owner;
+pub mod bootmark;
 pub mod bundle;
 pub mod catalog;
 pub mod datadir;

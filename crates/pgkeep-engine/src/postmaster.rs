@@ -37,6 +37,8 @@ pub enum PostmasterError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Wal(#[from] crate::wal::WalError),
+    #[error(transparent)]
+    Bootmark(#[from] crate::bootmark::BootmarkError),
     #[error(
         "PGDATA {pgdata} is empty and no superuser password was given\nhint: set POSTGRES_PASSWORD, or POSTGRES_PASSWORD_FILE to a file holding it (in Kubernetes: from the Secret); it is never read from the command line"
     )]
@@ -216,6 +218,8 @@ pub fn prepare(
             run_as,
         });
     }
+    // An unfinished bootstrap emptied PGDATA: not a new database (see bootmark).
+    crate::bootmark::refuse_initdb(&cfg.pgroot, &cfg.pgdata)?;
     let Some(password) = password else {
         return Err(PostmasterError::NoPassword {
             pgdata: cfg.pgdata.clone(),

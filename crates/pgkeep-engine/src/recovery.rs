@@ -924,6 +924,11 @@ pub async fn execute(
     let run_as = RunAs::data_owner(req.uid, req.gid)?;
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
     datadir::ensure_stopped(&req.pgdata)?;
+    // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
+    let marked = req.sandbox.is_none();
+    if marked {
+        crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
+    }
     let old_at = clear_pgdata(req, plan)?;
     extract_into_pgdata(req, plan)?;
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
@@ -951,6 +956,9 @@ pub async fn execute(
         db.reload_conf().await?;
     } else {
         crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
+    }
+    if marked {
+        crate::bootmark::clear(&req.pgroot)?;
     }
     Ok(BootstrapReport {
         bundle: plan.bundle.name.clone(),

@@ -445,3 +445,91 @@ async fn typed_objects_are_applied_with_their_api_version_and_kind() {
     .unwrap();
     assert_eq!(applied[0].to_string(), "service/postgres unchanged");
 }
+
+#[tokio::test]
+async fn an_existing_deployments_replicas_are_never_applied_a_new_one_starts_at_one() {
+    let apps = || {
+        resources(
+            "apps/v1",
+            &[
+                ("deployments", "Deployment", true),
+                ("deployments/scale", "Scale", true),
+            ],
+        )
+    };
+    // Scaled to 0 by a wipe or bootstrap in progress: the apply must not scale it back to 1.
+    let objects = vec![deployment("pgkeep:2")];
+    let applied = run(
+        |c| async move { apply_objects(&c, &objects, ApplyOptions::default()).await },
+        move |mut h| async move {
+            expect(&mut h, "GET", "/apis/apps/v1").await.ok(apps());
+            let mut found = served(&deployment("pgkeep:1"), "20");
+            found["spec"]["replicas"] = 0.into();
+            expect(&mut h, "GET", DEPLOY).await.ok(found.clone());
+            let x = expect(&mut h, "PATCH", DEPLOY).await;
+            x.assert_query_is(&[("fieldManager", "pgkeep"), ("force", "true")]);
+            assert!(x.body["spec"].get("replicas").is_none(), "{}", x.body);
+            assert_eq!(
+                x.body["spec"]["template"]["spec"]["containers"][0]["image"],
+                "pgkeep:2"
+            );
+            let mut after = found;
+            after["spec"]["template"]["spec"]["containers"][0]["image"] = "pgkeep:2".into();
+            x.ok(after);
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied[0].replicas_kept, Some(0));
+    assert_eq!(
+        applied[0].to_string(),
+        "deployment.apps/postgres configured (replicas kept at 0, as found; `pgkeep scale` changes them)"
+    );
+
+    // Not there yet: created with the rendered single replica.
+    let objects = vec![deployment("pgkeep:2")];
+    let applied = run(
+        |c| async move { apply_objects(&c, &objects, ApplyOptions::default()).await },
+        move |mut h| async move {
+            expect(&mut h, "GET", "/apis/apps/v1").await.ok(apps());
+            expect(&mut h, "GET", DEPLOY)
+                .await
+                .not_found("deployments.apps", "postgres");
+            let x = expect(&mut h, "PATCH", DEPLOY).await;
+            assert_eq!(x.body, deployment("pgkeep:2"));
+            assert_eq!(x.body["spec"]["replicas"], 1);
+            x.ok(served(&deployment("pgkeep:2"), "1"));
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied[0].action, ApplyAction::Created);
+    assert_eq!(applied[0].replicas_kept, None);
+
+    // pgkeep's apply still owns the field (a scale subresource that did not record its writer):
+    // leaving it out would reset it to 1, so the 0 found is sent.
+    let objects = vec![deployment("pgkeep:2")];
+    let applied = run(
+        |c| async move { apply_objects(&c, &objects, ApplyOptions::default()).await },
+        move |mut h| async move {
+            expect(&mut h, "GET", "/apis/apps/v1").await.ok(apps());
+            let mut found = served(&deployment("pgkeep:2"), "20");
+            found["spec"]["replicas"] = 0.into();
+            found["metadata"]["managedFields"] = json!([
+                { "manager": "pgkeep", "operation": "Apply", "fieldsType": "FieldsV1",
+                  "fieldsV1": { "f:spec": { "f:replicas": {}, "f:template": {} } } }
+            ]);
+            expect(&mut h, "GET", DEPLOY).await.ok(found.clone());
+            let x = expect(&mut h, "PATCH", DEPLOY).await;
+            assert_eq!(x.body["spec"]["replicas"], 0, "{}", x.body);
+            x.ok(found);
+            done(&mut h).await;
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied[0].action, ApplyAction::Unchanged);
+    assert_eq!(applied[0].replicas_kept, Some(0));
+}

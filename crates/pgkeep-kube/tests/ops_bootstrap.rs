@@ -114,7 +114,7 @@ async fn bootstrap_applies_rbac_scales_down_then_runs_the_job_with_its_options()
             expect(&mut h, "GET", ROLE).await.not_found("roles.rbac.authorization.k8s.io", "bootstrap-from-basebackup");
             let x = expect(&mut h, "PATCH", ROLE).await;
             x.assert_query_is(&[("fieldManager", "pgkeep"), ("force", "true")]);
-            assert_eq!(x.body["rules"][0]["resources"], json!(["deployments", "deployments/scale"]));
+            assert_eq!(x.body["rules"][0]["resources"], json!(["deployments/scale"]));
             echo(x);
             // RoleBinding: already there and the same.
             let mut existing = rbac_values()[2].clone();
@@ -295,6 +295,35 @@ async fn the_jobs_scale_up_needs_only_what_the_rendered_role_allows() {
     .await;
     assert_eq!(scaled.replicas, 1);
     assert_eq!(scaled.ready_pod.as_deref(), Some("postgres-new"));
+}
+
+#[test]
+fn the_bootstrap_role_cannot_touch_the_deployment_itself_only_its_scale() {
+    // A patch of the Deployment (even a server-side dry run) could rewrite its pod template or
+    // print it; the Job needs only the scale subresource.
+    let (_, role, _) = bootstrap_rbac(&Settings::default());
+    for verb in ["get", "patch", "update", "list", "watch"] {
+        assert!(
+            !allows(&role, verb, "apps", "deployments", Some("postgres")),
+            "{verb} deployments"
+        );
+    }
+    assert!(allows(
+        &role,
+        "get",
+        "apps",
+        "deployments/scale",
+        Some("postgres")
+    ));
+    assert!(allows(
+        &role,
+        "patch",
+        "apps",
+        "deployments/scale",
+        Some("postgres")
+    ));
+    assert!(!allows(&role, "watch", "", "pods", None));
+    assert!(allows(&role, "get", "", "pods", Some("postgres-abc")));
 }
 
 #[test]

@@ -646,3 +646,83 @@ async fn exec_in_db_runs_in_the_ready_pod_and_passes_the_exit_code() {
     assert_eq!(out.exit_code, Some(1));
     assert_eq!(exec.calls()[0].request.pod, "postgres-abc");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_file_uploaded_for_the_restore_is_removed_by_the_job_when_refused_a_reused_one_is_not() {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"not really a dump").unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(b"not really a dump"));
+    let job: Job = serde_json::from_value(json!({ "apiVersion": "batch/v1", "kind": "Job", "metadata": { "name": "restore-from-upload" },
+        "spec": { "template": { "spec": { "restartPolicy": "Never", "containers": [
+            { "name": "restore", "image": "pgkeep:test", "args": ["restore", "upload", "$(PGKEEP_UPLOAD_FILE)"] } ] } } } }))
+    .unwrap();
+    let base = ["restore", "upload", "$(PGKEEP_UPLOAD_FILE)"];
+    for (there, expected) in [
+        // Uploaded now: the Job is told to remove it when the restore is refused.
+        (
+            no_such_file("/backups/dump.tar.gz"),
+            [
+                &base[..],
+                &[pgkeep_kube::manifests::jobs::REMOVE_IF_REFUSED],
+            ]
+            .concat(),
+        ),
+        // An identical file was already there: it is not this restore's to remove.
+        (
+            sha256sum_says(&digest, "/backups/dump.tar.gz"),
+            base.to_vec(),
+        ),
+    ] {
+        let exec = FakeExec::new();
+        exec.answer(there);
+        let path = file.path().to_path_buf();
+        let job = job.clone();
+        let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        let err = run(
+            |c| async move {
+                restore_upload(
+                    &c,
+                    &loader_pod(),
+                    Wait::default(),
+                    &exec,
+                    &path,
+                    &upload_to("/backups/dump.tar.gz"),
+                    &mut |_| {},
+                    job,
+                    &FakeLogStream::new(),
+                    &mut Vec::new(),
+                    std::future::pending(),
+                    &JobRunOptions::default(),
+                )
+                .await
+                .unwrap_err()
+            },
+            |mut h| async move {
+                expect(
+                    &mut h,
+                    "GET",
+                    "/api/v1/namespaces/record-platform/pods/backups-loader",
+                )
+                .await
+                .ok(pod("backups-loader", json!({}), "Running", true));
+                let x = expect(
+                    &mut h,
+                    "POST",
+                    "/apis/batch/v1/namespaces/record-platform/jobs",
+                )
+                .await;
+                let args: Vec<String> = serde_json::from_value(
+                    x.body["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+                )
+                .unwrap();
+                assert_eq!(args, expected);
+                x.forbidden("create", "jobs", "");
+                done(&mut h).await;
+            },
+        )
+        .await;
+        assert!(err.to_string().contains("forbidden"), "{err}");
+    }
+}

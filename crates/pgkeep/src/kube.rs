@@ -181,7 +181,10 @@ async fn run_from_cronjob(
 /// Make a Job's (first) container run `pgkeep ARGS --local`; None when it has no container.
 fn set_local_command(job: &mut Job, args: &[&str]) -> Option<()> {
     let c = job_container(job)?;
-    let mut command = local_command(args);
+    let mut command: Vec<String> = local_command(args)
+        .iter()
+        .map(|a| pgkeep_kube::manifests::common::kube_literal(a))
+        .collect();
     c.args = Some(command.split_off(1));
     c.command = Some(command);
     Some(())
@@ -343,6 +346,18 @@ pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()>
     pass_through(out, args, &format!("pod/{}", up.pod))
 }
 
+/// Append `args` to a rendered Job's container args, each as written: the kubelet would expand
+/// `$(VAR)` in them, so user input (a backup name, a restore point) goes through
+/// [`kube_literal`](pgkeep_kube::manifests::common::kube_literal).
+pub fn add_job_args(job: &mut Job, args: impl IntoIterator<Item = String>) {
+    use pgkeep_kube::manifests::common::kube_literal;
+    if let Some(c) = job_container(job) {
+        c.args
+            .get_or_insert_with(Vec::new)
+            .extend(args.into_iter().map(|a| kube_literal(&a)));
+    }
+}
+
 /// The container of a rendered Job's pod (they have one), to add args or env to.
 pub fn job_container(job: &mut Job) -> Option<&mut k8s_openapi::api::core::v1::Container> {
     job.spec
@@ -443,5 +458,78 @@ mod tests {
         assert!(mounts.contains(&"/wal-archive"), "{mounts:?}");
         let mut empty = Job::default();
         assert!(set_local_command(&mut empty, &["backups", "prune"]).is_none());
+    }
+
+    #[test]
+    fn no_input_expands_into_another_variable_in_any_job_the_cli_builds() {
+        use crate::cli::{BootstrapCommand, Cli, Command, RestoreCommand};
+        use clap::Parser;
+        use pgkeep_kube::manifests::common::kubelet_references;
+        let hostile = "x$(PGPASSWORD).sql";
+        let s = Settings::default();
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().command;
+        let mut built: Vec<(&str, Job)> = Vec::new();
+        let Command::Restore(RestoreCommand::Upload(up)) =
+            parse(&["pgkeep", "restore", "upload", hostile])
+        else {
+            unreachable!()
+        };
+        let dest = format!("/backups/{}", up.file.display());
+        built.push((
+            "restore upload",
+            crate::commands::restore_upload::upload_job(&s, &dest, &up.restore),
+        ));
+        let Command::Restore(RestoreCommand::Dump(dump)) =
+            parse(&["pgkeep", "restore", "dump", "--from", hostile])
+        else {
+            unreachable!()
+        };
+        built.push((
+            "restore dump",
+            crate::commands::restore_dump::dump_job(&s, &dump, true),
+        ));
+        for target in [["--from", hostile], ["--target-name", hostile]] {
+            let mut argv = vec!["pgkeep", "bootstrap", "basebackup"];
+            argv.extend(target);
+            let Command::Bootstrap(BootstrapCommand::Basebackup(b)) = parse(&argv) else {
+                unreachable!()
+            };
+            built.push((
+                "bootstrap basebackup",
+                crate::commands::bootstrap_basebackup::basebackup_job(&s, &b).unwrap(),
+            ));
+        }
+        let mut from_cron = ops_job::job_from_cronjob(
+            &base_objects(&s)
+                .into_iter()
+                .find(|o| o["kind"] == "CronJob")
+                .unwrap(),
+            "drill",
+        )
+        .unwrap();
+        set_local_command(&mut from_cron, &["backups", "verify", hostile]).unwrap();
+        built.push(("from a cronjob", from_cron));
+        for (what, mut job) in built {
+            let c = job_container(&mut job).unwrap();
+            let values: Vec<&str> = c
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| e.value.as_deref())
+                .chain(c.command.iter().flatten().map(String::as_str))
+                .chain(c.args.iter().flatten().map(String::as_str))
+                .collect();
+            assert!(
+                values.iter().any(|v| v.contains("x$$(PGPASSWORD).sql")),
+                "{what}: the input is passed on, escaped: {values:?}"
+            );
+            let refs: Vec<&str> = values.iter().flat_map(|v| kubelet_references(v)).collect();
+            let allowed: &[&str] = if what == "restore upload" {
+                &[manifests::jobs::UPLOAD_FILE_ENV]
+            } else {
+                &[]
+            };
+            assert_eq!(refs, allowed, "{what}: {values:?}");
+        }
     }
 }

@@ -145,10 +145,47 @@ pub fn root_chown_only() -> SecurityContext {
     }
 }
 
-fn env(name: &str, value: impl ToString) -> EnvVar {
+/// `value` as the kubelet must pass it through: every `$` doubled. The kubelet expands
+/// `$(VAR)` in a container's env values, command and args (`$$` is its escape for one `$`), so
+/// data written there unescaped (an upload named `x$(PGPASSWORD).sql`, a path from the settings)
+/// could pull another variable, the superuser password included, into the pod's command line,
+/// errors and logs. Every env value and arg pgkeep builds from data goes through this; only
+/// pgkeep's own `$(PGKEEP_UPLOAD_FILE)` reference is written as a reference.
+pub fn kube_literal(value: &str) -> String {
+    value.replace('$', "$$")
+}
+
+/// The variable references the kubelet would expand in `value` (`$(NAME)`, not `$$(NAME)`), as
+/// its expansion reads them; for tests and checks that data cannot reach another variable.
+pub fn kubelet_references(value: &str) -> Vec<&str> {
+    let mut refs = Vec::new();
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        match b[i + 1] {
+            b'$' => i += 2,
+            b'(' => match value[i + 2..].find(')') {
+                Some(end) => {
+                    refs.push(&value[i + 2..i + 2 + end]);
+                    i += 3 + end;
+                }
+                None => break,
+            },
+            _ => i += 1,
+        }
+    }
+    refs
+}
+
+/// An env var whose value is `value` exactly as written (see [`kube_literal`]).
+pub fn env(name: &str, value: impl ToString) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
-        value: Some(value.to_string()),
+        value: Some(kube_literal(&value.to_string())),
         value_from: None,
     }
 }
@@ -312,6 +349,27 @@ pub fn pgkeep_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_literal_doubles_every_dollar_so_no_variable_expands() {
+        for (raw, escaped) in [
+            ("plain.sql", "plain.sql"),
+            ("x$(PGPASSWORD).sql", "x$$(PGPASSWORD).sql"),
+            ("$$(A)", "$$$$(A)"),
+            ("$", "$$"),
+            ("a$b$(", "a$$b$$("),
+        ] {
+            assert_eq!(kube_literal(raw), escaped);
+            assert!(kubelet_references(escaped).is_empty(), "{escaped}");
+        }
+        assert_eq!(kubelet_references("x$(PGPASSWORD).sql"), ["PGPASSWORD"]);
+        assert_eq!(kubelet_references("$$$(A)"), ["A"]);
+        assert_eq!(kubelet_references("$(A"), Vec::<&str>::new());
+        assert_eq!(
+            env("PGKEEP_UPLOAD_FILE", "/backups/x$(PGPASSWORD).sql").value,
+            Some("/backups/x$$(PGPASSWORD).sql".to_owned())
+        );
+    }
 
     #[test]
     fn only_database_objects_carry_the_app_label() {

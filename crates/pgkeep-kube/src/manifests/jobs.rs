@@ -26,6 +26,12 @@ pub const LOADER: &str = "backups-loader";
 /// which the kubelet expands.
 pub const UPLOAD_FILE_ENV: &str = "PGKEEP_UPLOAD_FILE";
 
+/// The option [`crate::ops::flows::restore_upload`] adds to the restore-from-upload Job's
+/// command when it uploaded the file for this restore (not when it found an identical one
+/// there): `pgkeep restore upload` then removes the file when the restore is refused, as a local
+/// upload's copy is removed, so a refused upload does not stay on the backups volume.
+pub const REMOVE_IF_REFUSED: &str = "--remove-if-refused";
+
 /// The settings variable of `kube.namespace` (see `settings::ENV_KEYS`): the bootstrap Job gets
 /// its own namespace there from the downward API, for the scale-up.
 pub const NAMESPACE_ENV: &str = "PGKEEP_NAMESPACE";
@@ -64,11 +70,10 @@ pub fn restore_from_upload(s: &Settings) -> Job {
         vec![backups_volume(s)],
     );
     let env = pod.containers[0].env.get_or_insert_with(Vec::new);
-    env.push(EnvVar {
-        name: UPLOAD_FILE_ENV.to_owned(),
-        value: Some(format!("{}/upload.tar.gz", s.paths.backups.display())),
-        value_from: None,
-    });
+    env.push(super::common::env(
+        UPLOAD_FILE_ENV,
+        format!("{}/upload.tar.gz", s.paths.backups.display()),
+    ));
     job(s, RESTORE_FROM_UPLOAD, Component::Restore, pod)
 }
 
@@ -104,9 +109,9 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
             "basebackup",
             "--yes",
             "--scale-up",
-            &s.kube.deployment,
+            &kube_literal(&s.kube.deployment),
             "--scale-up-app",
-            &s.kube.app,
+            &kube_literal(&s.kube.app),
         ],
         vec![data_mount(s), wal_mount(s), backups_mount(s), run_mount(s)],
         vec![
@@ -118,7 +123,7 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
     );
     let env = pod.containers[0].env.get_or_insert_with(Vec::new);
     for e in env.iter_mut().filter(|e| e.name == "PGHOST") {
-        e.value = Some(s.paths.run_dir.display().to_string());
+        *e = super::common::env("PGHOST", s.paths.run_dir.display());
     }
     env.push(EnvVar {
         name: NAMESPACE_ENV.to_owned(),
@@ -137,7 +142,8 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
 }
 
 /// The bootstrap Job's identity: a ServiceAccount, a Role with only what it needs (get/patch the
-/// Deployment and its scale, watch the pods), and the RoleBinding.
+/// Deployment's scale subresource, read the pods; never the Deployment itself, whose template
+/// holds the pod spec), and the RoleBinding.
 ///
 /// What its `--scale-up` sends (`ops::scale`): `PATCH deployments/NAME/scale` (the pod list
 /// `GET pods?labelSelector=app=APP` is allowed too, for a scale-up that waits). Connecting first asks
@@ -156,7 +162,7 @@ pub fn bootstrap_rbac(s: &Settings) -> (ServiceAccount, Role, RoleBinding) {
         rules: Some(vec![
             PolicyRule {
                 api_groups: strs(&["apps"]),
-                resources: strs(&["deployments", "deployments/scale"]),
+                resources: strs(&["deployments/scale"]),
                 resource_names: strs(&[&s.kube.deployment]),
                 verbs: vec!["get".to_owned(), "patch".to_owned()],
                 ..Default::default()
@@ -164,7 +170,7 @@ pub fn bootstrap_rbac(s: &Settings) -> (ServiceAccount, Role, RoleBinding) {
             PolicyRule {
                 api_groups: strs(&[""]),
                 resources: strs(&["pods"]),
-                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                verbs: vec!["get".to_owned(), "list".to_owned()],
                 ..Default::default()
             },
         ]),
@@ -382,12 +388,12 @@ mod tests {
         assert_eq!(rules.len(), 2);
         assert_eq!(
             rules[0].resources.as_deref().unwrap(),
-            ["deployments", "deployments/scale"]
+            ["deployments/scale"]
         );
         assert_eq!(rules[0].resource_names.as_deref().unwrap(), ["postgres"]);
         assert_eq!(rules[0].verbs, ["get", "patch"]);
         assert_eq!(rules[1].resources.as_deref().unwrap(), ["pods"]);
-        assert_eq!(rules[1].verbs, ["get", "list", "watch"]);
+        assert_eq!(rules[1].verbs, ["get", "list"]);
         for r in &rules {
             assert!(
                 !r.verbs

@@ -388,3 +388,55 @@ fn dockerfile_base_matches_the_image_settings() {
     assert!(dockerfile.contains("cargo build --release --locked"));
     assert!(dockerfile.contains("COPY --from=build"));
 }
+
+/// Every env value, command and arg of every container (init containers included) in `tree`,
+/// with the variable references the kubelet would expand in it.
+fn kubelet_expansions(tree: &Tree) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (f, o) in tree.objects() {
+        let Some(pod) = o.pod_spec() else { continue };
+        let containers = pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten());
+        for c in containers {
+            let values = c
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| e.value.as_deref())
+                .chain(c.command.iter().flatten().map(String::as_str))
+                .chain(c.args.iter().flatten().map(String::as_str));
+            for v in values {
+                for r in common::kubelet_references(v) {
+                    found.push((format!("{} {}", f.path, c.name), r.to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_setting_expands_into_another_variable_in_any_container() {
+    let hostile = "$(PGPASSWORD)";
+    let mut s = Settings::default();
+    s.paths.pgroot = format!("/var/lib/{hostile}").into();
+    s.paths.pgdata = format!("/var/lib/{hostile}/data").into();
+    s.paths.wal_archive = format!("/wal-{hostile}").into();
+    s.paths.backups = format!("/backups-{hostile}").into();
+    s.paths.run_dir = format!("/run-{hostile}").into();
+    s.postgres.database = format!("db{hostile}");
+    s.postgres.user = format!("u{hostile}");
+    s.kube.service = format!("svc{hostile}");
+    s.kube.deployment = format!("dep{hostile}");
+    s.kube.app = format!("app{hostile}");
+    let found = kubelet_expansions(&render(&s));
+    // The one reference pgkeep writes itself: the upload Job's file argument.
+    let upload = format!("{JOBS_DIR}/{}.yaml restore", jobs::RESTORE_FROM_UPLOAD);
+    assert_eq!(
+        found,
+        [(upload, jobs::UPLOAD_FILE_ENV.to_owned())],
+        "only $(PGKEEP_UPLOAD_FILE) may expand"
+    );
+}

@@ -11,7 +11,14 @@
 //!    (CronJob `batch/v1` on Kubernetes 1.20 → [`adapt_for_server`] converts it to `batch/v1beta1`);
 //! 2. a CronJob with `spec.timeZone` on a server older than 1.27 (`GET /version`, once) is an
 //!    [`OpsError::TooOld`]: old servers silently drop the field and would run the schedule in UTC;
-//! 3. `GET` the object (404: it will be created);
+//! 3. `GET` the object (404: it will be created); an existing Deployment is applied without
+//!    `spec.replicas`, so pgkeep does not own the field and the apply keeps what it found (a
+//!    wipe or bootstrap that scaled to 0 stays at 0; `pgkeep scale` is the one way to change
+//!    it); a new Deployment starts with the rendered count. One exception: while pgkeep's
+//!    apply still owns `spec.replicas` (it created the Deployment and nobody scaled it since,
+//!    or an older server's scale subresource did not record its writer in managedFields),
+//!    leaving it out would make the server drop it and default it to 1, so the count found is
+//!    sent instead;
 //! 4. `PATCH` with `application/apply-patch+yaml`, `fieldManager=pgkeep`, `force=true` (pgkeep
 //!    owns these objects; without force a field last set by `kubectl edit` would be a conflict),
 //!    and `dryRun=All` for a dry run;
@@ -77,6 +84,9 @@ pub struct Applied {
     pub namespace: Option<String>,
     pub action: ApplyAction,
     pub dry_run: bool,
+    /// An existing Deployment's replicas, kept by the apply, when they differ from the
+    /// rendered count (e.g. 0 during a wipe or bootstrap).
+    pub replicas_kept: Option<i64>,
 }
 
 impl fmt::Display for Applied {
@@ -87,6 +97,12 @@ impl fmt::Display for Applied {
         match group {
             Some(g) => write!(f, "{kind}.{g}/{} {}", self.name, self.action)?,
             None => write!(f, "{kind}/{} {}", self.name, self.action)?,
+        }
+        if let Some(n) = self.replicas_kept {
+            write!(
+                f,
+                " (replicas kept at {n}, as found; `pgkeep scale` changes them)"
+            )?;
         }
         if self.dry_run {
             f.write_str(" (server dry run)")?;
@@ -357,6 +373,28 @@ pub async fn apply_objects(
             }
         };
 
+        // 3b. An existing Deployment's replicas are not pgkeep's (see the module docs).
+        let mut replicas_kept = None;
+        let patch_body = match (&before, kind.as_str()) {
+            (Some(found), "Deployment") => {
+                let (mut body, rendered) = without_replicas(obj);
+                let count = found.data.pointer("/spec/replicas").and_then(Value::as_i64);
+                if let Some(n) = count
+                    && applies_replicas(found)
+                    && let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut)
+                {
+                    spec.insert("replicas".into(), n.into());
+                }
+                if let (Some(found), Some(rendered)) = (count, rendered)
+                    && found != rendered
+                {
+                    replicas_kept = Some(found);
+                }
+                std::borrow::Cow::Owned(body)
+            }
+            _ => std::borrow::Cow::Borrowed(obj),
+        };
+
         // 4. Apply.
         let pp = PatchParams {
             dry_run: opts.dry_run,
@@ -365,7 +403,7 @@ pub async fn apply_objects(
             field_validation: None,
         };
         let after = api
-            .patch(&name, &pp, &Patch::Apply(obj))
+            .patch(&name, &pp, &Patch::Apply(patch_body.as_ref()))
             .await
             .map_err(|e| classify_in(e, cluster, &namespace, Op::new("patch", &plural, &name)))?;
 
@@ -382,9 +420,32 @@ pub async fn apply_objects(
             namespace: namespaced.then_some(namespace),
             action,
             dry_run: opts.dry_run,
+            replicas_kept,
         });
     }
     Ok(out)
+}
+
+/// Whether pgkeep's server-side apply owns `spec.replicas` of `found` (its managedFields).
+fn applies_replicas(found: &DynamicObject) -> bool {
+    found.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+    })
+}
+
+/// `obj` without `spec.replicas`, and the rendered count that was removed.
+fn without_replicas(obj: &Value) -> (Value, Option<i64>) {
+    let mut body = obj.clone();
+    let rendered = body
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .and_then(|spec| spec.remove("replicas"))
+        .and_then(|r| r.as_i64());
+    (body, rendered)
 }
 
 /// [`apply_objects`] for typed objects: anything that serialises with `apiVersion` and `kind`

@@ -224,7 +224,9 @@ pub struct RestoreUploadReport {
 /// `pg.restore.upload FILE`: loader pod up; when `upload.dest` already exists in the pod
 /// (`sha256sum DEST`, run in the loader), an identical file is reused and a different one
 /// refused (an upload never overwrites); otherwise `local` is uploaded to `upload.dest`
-/// (checksum verified in the pod before anything is restored). Then the restore Job, followed.
+/// (checksum verified in the pod before anything is restored). Then the restore Job, followed;
+/// told [`REMOVE_IF_REFUSED`](crate::manifests::jobs::REMOVE_IF_REFUSED) when the file was
+/// uploaded here (not reused), so a refused restore leaves no upload behind.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore_upload<E, L, W, S>(
     cluster: &Cluster,
@@ -271,6 +273,20 @@ where
             (uploaded, true)
         }
     };
+    let mut job = job;
+    if !reused {
+        // Uploaded for this restore: the Job removes it again when the restore is refused.
+        if let Some(c) = job
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .and_then(|p| p.containers.first_mut())
+        {
+            c.args
+                .get_or_insert_with(Vec::new)
+                .push(crate::manifests::jobs::REMOVE_IF_REFUSED.to_owned());
+        }
+    }
     let job = run_job(cluster, job, logs, sink, stop, opts).await?;
     Ok(RestoreUploadReport {
         loader,

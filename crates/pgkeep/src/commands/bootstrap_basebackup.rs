@@ -223,13 +223,19 @@ async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         args.yes,
     )?;
     let (cluster, _server) = crate::kube::connect(&ctx).await?;
-    let mut job = pgkeep_kube::manifests::jobs::bootstrap_from_basebackup(ctx.settings());
-    if let Some(c) = crate::kube::job_container(&mut job) {
-        c.args
-            .get_or_insert_with(Vec::new)
-            .extend(job_args(&args, &target));
-    }
+    let job = basebackup_job(ctx.settings(), &args)?;
     crate::kube::bootstrap(&ctx, &cluster, job).await
+}
+
+/// The bootstrap Job with this command's options (user input in the args escaped for the
+/// kubelet).
+pub(crate) fn basebackup_job(
+    s: &pgkeep_engine::settings::Settings,
+    args: &Args,
+) -> anyhow::Result<k8s_openapi::api::batch::v1::Job> {
+    let mut job = pgkeep_kube::manifests::jobs::bootstrap_from_basebackup(s);
+    crate::kube::add_job_args(&mut job, job_args(args, &recovery_target(args)?));
+    Ok(job)
 }
 
 fn target_text(t: &Option<RecoveryTarget>) -> String {

@@ -1,6 +1,6 @@
 //! `pgkeep debug perms`: the seed's pg.debug.perms on this machine: effective uid/gid, the mount
 //! covering each of the volume root, PGDATA, WAL archive, backups and socket dir, each
-//! directory's owner and mode, and the mount guard's verdict.
+//! directory's owner and mode, the mount guard's verdict, and an unfinished bootstrap's marker.
 //!
 //! `--kube`: the seed's pg.debug.perms against the newest db pod, Ready or not (it is most
 //! needed on a crash-looping one): the db container's volume mounts with a verdict on the
@@ -48,6 +48,8 @@ struct Report {
     dirs: Vec<DirInfo>,
     guard_ok: bool,
     guard: String,
+    /// The marker of an unfinished bootstrap in the volume root (`bootmark`).
+    bootstrap_unfinished: Option<PathBuf>,
 }
 
 fn dir_info(role: &'static str, path: &Path, mounts: &[Mount]) -> DirInfo {
@@ -91,6 +93,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         ],
         guard_ok,
         guard,
+        bootstrap_unfinished: pgkeep_engine::bootmark::present(&s.paths.pgroot),
     };
     if args.json {
         return crate::output::print_json(&report);
@@ -125,6 +128,12 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     println!();
     println!("mount guard: {}", report.guard.trim_end());
+    if let Some(m) = &report.bootstrap_unfinished {
+        println!(
+            "bootstrap:   UNFINISHED ({} is there): `serve` refuses to initdb; rerun the bootstrap, or remove the file knowingly",
+            m.display()
+        );
+    }
     Ok(())
 }
 

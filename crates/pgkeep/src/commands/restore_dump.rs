@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use k8s_openapi::api::batch::v1::Job;
 use pgkeep_engine::db::ConnParams;
 use pgkeep_engine::logical::{
     self, LogicalError, LogicalRestore, RestoreOptions, RestoreSource, RestoreSummary,
 };
-use pgkeep_engine::settings::Target;
+use pgkeep_engine::settings::{Settings, Target};
 use pgkeep_engine::tools::PgBin;
 
 use crate::cli::Ctx;
@@ -160,22 +161,10 @@ fn render(s: &RestoreSummary) -> String {
     out
 }
 
-/// `--kube`: run the restore-from-dump Job (the options passed on to `pgkeep restore dump` in
-/// its pod) and follow it. With `--clean`, confirm here first.
-async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+/// The restore-from-dump Job with these options (`--yes` when `yes`; user input in the args
+/// is escaped for the kubelet).
+pub(crate) fn dump_job(s: &Settings, args: &Args, yes: bool) -> Job {
     let r = &args.restore;
-    let mut yes = r.yes;
-    if r.clean {
-        let k = &ctx.settings().kube;
-        crate::output::confirm(
-            &format!(
-                "This restores a dump with --clean into the database of deployment/{} in namespace {}, dropping and recreating the dump's objects.",
-                k.deployment, k.namespace
-            ),
-            r.yes,
-        )?;
-        yes = true;
-    }
     let mut extra: Vec<String> = Vec::new();
     if let Some(from) = &args.from {
         extra.extend(["--from".to_owned(), from.clone()]);
@@ -193,10 +182,28 @@ async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             extra.push(flag.to_owned());
         }
     }
-    let mut job = pgkeep_kube::manifests::jobs::restore_from_dump(ctx.settings());
-    if let Some(c) = crate::kube::job_container(&mut job) {
-        c.args.get_or_insert_with(Vec::new).extend(extra);
+    let mut job = pgkeep_kube::manifests::jobs::restore_from_dump(s);
+    crate::kube::add_job_args(&mut job, extra);
+    job
+}
+
+/// `--kube`: run the restore-from-dump Job (the options passed on to `pgkeep restore dump` in
+/// its pod) and follow it. With `--clean`, confirm here first.
+async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let r = &args.restore;
+    let mut yes = r.yes;
+    if r.clean {
+        let k = &ctx.settings().kube;
+        crate::output::confirm(
+            &format!(
+                "This restores a dump with --clean into the database of deployment/{} in namespace {}, dropping and recreating the dump's objects.",
+                k.deployment, k.namespace
+            ),
+            r.yes,
+        )?;
+        yes = true;
     }
+    let job = dump_job(ctx.settings(), &args, yes);
     let (cluster, _server) = crate::kube::connect(&ctx).await?;
     crate::kube::run_job(&cluster, job).await
 }

@@ -8,6 +8,8 @@
 //! checksum verified in the pod by `pgkeep receive` before it becomes visible; an identical
 //! file already there is reused, a different one refused), then the restore-from-upload Job,
 //! pointed at that file and given these options, and its outcome with its last 50 log lines.
+//! A file uploaded for this restore is removed by the Job when the restore is refused
+//! (`--remove-if-refused`), as the local copy is; a reused one stays.
 
 use std::path::Path;
 
@@ -29,6 +31,10 @@ pub struct Args {
     pub file: std::path::PathBuf,
     #[command(flatten)]
     pub restore: RestoreArgs,
+    /// FILE was uploaded into the backups directory for this restore (set by `--kube` for the
+    /// restore-from-upload Job): remove it when the restore is refused, as a local copy is.
+    #[arg(long, hide = true)]
+    pub remove_if_refused: bool,
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -50,7 +56,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     tracing::info!(path = %copied.display(), "uploaded");
     // When the upload turns out not to be restorable (checked before the database is touched),
     // the copy is removed again: a refused upload leaves the backups directory as it was.
-    let remove_on_refusal = created.then(|| copied.clone());
+    let remove_on_refusal = (created || args.remove_if_refused).then(|| copied.clone());
     restore(
         RestoreSource::File(copied),
         &args.restore,
@@ -73,17 +79,18 @@ fn upload_name(file: &Path) -> Result<String, LogicalError> {
 }
 
 /// The restore-from-upload Job for the file at `dest` in the pod, with the restore options.
-fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
+pub(crate) fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
     let mut job = jobs::restore_from_upload(s);
     if let Some(c) = crate::kube::job_container(&mut job) {
-        // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload.
+        // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload, with its
+        // name escaped (a `$(PGPASSWORD)` in it must stay text).
         for e in c.env.iter_mut().flatten() {
             if e.name == jobs::UPLOAD_FILE_ENV {
-                e.value = Some(dest.to_owned());
+                *e = pgkeep_kube::manifests::common::env(jobs::UPLOAD_FILE_ENV, dest);
             }
         }
-        c.args.get_or_insert_with(Vec::new).extend(restore_flags(r));
     }
+    crate::kube::add_job_args(&mut job, restore_flags(r));
     job
 }
 
@@ -258,6 +265,24 @@ mod tests {
             file[0].value.as_deref(),
             Some("/backups/records_dump_20251102.tar.gz")
         );
+    }
+
+    #[test]
+    fn the_jobs_remove_flag_is_the_one_this_command_parses() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "pgkeep",
+            "restore",
+            "upload",
+            "/backups/x.sql",
+            jobs::REMOVE_IF_REFUSED,
+        ])
+        .unwrap();
+        let crate::cli::Command::Restore(crate::cli::RestoreCommand::Upload(a)) = cli.command
+        else {
+            unreachable!()
+        };
+        assert!(a.remove_if_refused);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! `POSTGRES_PASSWORD_FILE`, never argv; then the init scripts once), pgkeep's managed settings
 //! and pg_hba block, then PostgreSQL as a child: SIGTERM becomes a fast shutdown, and pgkeep
 //! exits with PostgreSQL's status. Works with any image that has the server binaries and pgkeep.
+//! No initdb while an unfinished bootstrap's marker is in the volume root (exit 3; see
+//! `pgkeep_engine::bootmark`).
 
 use std::path::PathBuf;
 
@@ -65,6 +67,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let prepared = postmaster::prepare(&pg, &cfg, password.as_deref()).map_err(|e| match e {
         // Keep the data-directory error itself in the chain: a guard refusal exits with 3.
         postmaster::PostmasterError::Datadir(d) => anyhow::Error::from(d),
+        // So is an unfinished bootstrap's marker: no initdb, exit 3.
+        postmaster::PostmasterError::Bootmark(b) => anyhow::Error::from(b),
         other => anyhow::Error::from(other),
     })?;
     drop(password);

@@ -1,5 +1,6 @@
 //! `pgkeep status --local`: server up/down, version, recovery, `pg_stat_archiver` interpreted,
-//! the WAL archive, and the newest logical and physical backups with their age.
+//! the WAL archive, the newest logical and physical backups with their age, and an unfinished
+//! bootstrap's marker on the data volume.
 
 use pgkeep_engine::db::ConnParams;
 use pgkeep_engine::inspect::{self, human_age, human_bytes};
@@ -25,6 +26,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let s = ctx.settings();
     let r = inspect::status(
         &ConnParams::from_settings(s),
+        &s.paths.pgroot,
         &s.paths.wal_archive,
         &s.paths.backups,
     )
@@ -49,6 +51,13 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 .and_then(|e| e.lines().next())
                 .unwrap_or("unreachable")
         ),
+    }
+    if let Some(m) = &r.bootstrap_unfinished {
+        println!(
+            "bootstrap:   UNFINISHED ({} is there): the server will not initialize an empty \
+             database; run `pgkeep bootstrap basebackup` again, or remove the file knowingly",
+            m.display()
+        );
     }
     if let Some(a) = &r.archiver {
         println!("archiver:    {} ({})", a.verdict, a.explanation);

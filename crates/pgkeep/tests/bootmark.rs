@@ -1,0 +1,160 @@
+//! The bootstrap-in-progress marker against a real PostgreSQL: `serve` runs no initdb on an
+//! empty PGDATA while the marker of an unfinished bootstrap is in the volume root; a bootstrap
+//! killed after it emptied PGDATA leaves the marker (and `status` / `debug perms` show it); a
+//! bootstrap that finishes removes it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgkeep_engine::bootmark;
+use pgkeep_testkit::TempCluster;
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("pgkeep")
+}
+
+fn pgkeep(c: &TempCluster) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.envs(c.env()).stdin(Stdio::null());
+    cmd
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "pgkeep failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `pgkeep serve` on the cluster's (stopped) site, as the db container runs it. Killed after
+/// `timeout` if it is still running (it would be serving a database then).
+fn serve(c: &TempCluster, timeout: Duration) -> Output {
+    let initdb_dir = c.root().join("initdb.d");
+    std::fs::create_dir_all(&initdb_dir).unwrap();
+    let mut child = pgkeep(c)
+        .args(["serve", "--listen", "127.0.0.1", "--initdb-dir"])
+        .arg(&initdb_dir)
+        .env("POSTGRES_PASSWORD", "pw-Bootmark-31c7")
+        .env_remove("POSTGRES_PASSWORD_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn assert_serve_refuses(c: &TempCluster) {
+    let out = serve(c, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "serve must refuse:\n{stderr}");
+    assert!(stderr.contains(bootmark::FILE_NAME), "{stderr}");
+    assert!(stderr.contains("run the bootstrap again"), "{stderr}");
+    assert!(
+        !c.pgdata().join("PG_VERSION").exists(),
+        "no initdb ran:\n{stderr}"
+    );
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    pgkeep_testkit::file_names(dir)
+}
+
+#[test]
+fn serve_runs_no_initdb_on_an_empty_pgdata_while_the_bootstrap_marker_is_there() {
+    let c = TempCluster::start();
+    c.stop();
+    for e in std::fs::read_dir(c.pgdata()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    std::fs::write(c.pgroot().join(bootmark::FILE_NAME), "test\n").unwrap();
+    assert_serve_refuses(&c);
+    assert!(
+        entries(&c.pgdata()).is_empty(),
+        "{:?}",
+        entries(&c.pgdata())
+    );
+    assert!(c.pgroot().join(bootmark::FILE_NAME).exists());
+}
+
+#[test]
+fn a_bootstrap_killed_after_emptying_pgdata_leaves_the_marker_and_a_finished_one_removes_it() {
+    let c = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .start();
+    c.psql(
+        "postgres",
+        "create table kept(x text); insert into kept select repeat('x', 400) || g from generate_series(1, 100000) g",
+    );
+    ok(pgkeep(&c).args(["backup", "physical"]).output().unwrap());
+    c.psql("postgres", "insert into kept values ('after the backup')");
+    let count = c.psql("postgres", "select count(*) from kept");
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    // Kill the bootstrap while it extracts (PGDATA emptied, its staging directory there).
+    let mut child = pgkeep(&c)
+        .args(["bootstrap", "basebackup", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = c.pgroot().join(format!(".pgkeep-bootstrap-{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !staging.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the bootstrap ended before extracting"
+        );
+        assert!(Instant::now() < deadline, "the bootstrap never extracted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let marker = c.pgroot().join(bootmark::FILE_NAME);
+    assert!(marker.is_file(), "the killed bootstrap left its marker");
+    assert!(!c.pgdata().join("PG_VERSION").exists());
+
+    let status = ok(pgkeep(&c).args(["status"]).output().unwrap());
+    assert!(status.contains("UNFINISHED"), "{status}");
+    let perms: serde_json::Value = serde_json::from_str(&ok(pgkeep(&c)
+        .args(["debug", "perms", "--json"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(
+        perms["bootstrap_unfinished"],
+        marker.display().to_string(),
+        "{perms}"
+    );
+
+    assert_serve_refuses(&c);
+
+    ok(pgkeep(&c)
+        .args(["bootstrap", "basebackup", "--yes"])
+        .output()
+        .unwrap());
+    assert!(!marker.exists(), "a finished bootstrap removes the marker");
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from kept"), count);
+}
