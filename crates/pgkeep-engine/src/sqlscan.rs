@@ -627,7 +627,7 @@ impl Scanner {
                 let held = held.unwrap_or_default();
                 match self.touches_own_role() {
                     Some(statement) => {
-                        tracing::warn!(
+                        tracing::info!(
                             line = start,
                             "skipping `{statement} ...`: the role pgkeep connects as is left as it is"
                         );
