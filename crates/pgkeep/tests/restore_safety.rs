@@ -478,12 +478,17 @@ fn upload_named_like_a_future_nightly_is_not_the_default_restore_source() {
     let uploads = c.backups().join("uploads");
     assert_eq!(file_names(&uploads), ["nightly-20991231-2359.tar.gz"]);
     assert!(!c.backups().join("nightly-20991231-2359.tar.gz").exists());
-    // And a file dropped among the backups under a future name, without a manifest.
+    // And among the backups: junk under a future name (no manifest), and a damaged copy of the
+    // real bundle under another (its manifest, at the tail, still readable).
     std::fs::write(
         c.backups().join("nightly-20991230-0000.tar.gz"),
         gzip(b"junk"),
     )
     .unwrap();
+    let mut damaged = std::fs::read(&real).unwrap();
+    let mid = damaged.len() / 3;
+    damaged[mid] ^= 0x01;
+    std::fs::write(c.backups().join("nightly-20991229-0000.tar.gz"), damaged).unwrap();
 
     c.psql("records", "update t set v = 'changed'");
     let out = ok(pgkeep(&c).args(["restore", "dump", "--clean", "--yes", "--json"]));
@@ -493,7 +498,12 @@ fn upload_named_like_a_future_nightly_is_not_the_default_restore_source() {
         "{}",
         output_text(&out)
     );
-    assert_eq!(s["passed_over"][0], "nightly-20991230-0000.tar.gz");
+    assert_eq!(
+        s["passed_over"],
+        serde_json::json!(["nightly-20991229-0000.tar.gz"]),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(c.psql("records", "select min(v), max(v) from t"), "old|old");
 }
 
