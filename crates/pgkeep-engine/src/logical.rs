@@ -29,16 +29,23 @@
 //!
 //! # Restoring
 //!
-//! [`LogicalRestore::prepare`] finds the archive, verifies every checksum while extracting it into
-//! a fresh staging directory and looks at the target database, all before anything in PostgreSQL
-//! is changed. [`PreparedRestore::run`] then applies `globals.sql` (only "already exists" errors
-//! are ignored; the role pgkeep connects as is left as it is, its password belongs to the
-//! Secret), creates the extensions of `extensions.tsv`, creates the database when missing,
-//! restores the directory dump with `pg_restore -j N` (or a custom-format dump, or streams
-//! `*.sql` / `*.sql.gz` through psql), runs ANALYZE, refreshes materialized views in dependency
-//! order and ends with the [`SanityReport`]. A non-empty target needs `clean`: `pg_restore --clean
-//! --if-exists` drops and recreates the dump's objects (for plain SQL the database is dropped and
-//! created again).
+//! [`LogicalRestore::prepare`] finds the archive (for "newest": the newest bundle by the stop
+//! time its manifest records that verifies), verifies every checksum while extracting it into a
+//! fresh staging directory, and reads everything the restore will read before anything in
+//! PostgreSQL is changed: a file with a pgkeep bundle name must pass what `backups verify` checks
+//! ([`crate::catalog::check_logical_extracted`]); gzip streams are read to their end; dumps'
+//! tables of contents are read (`pg_restore --list`); plain SQL scripts and `globals.sql` are
+//! scanned ([`crate::sqlscan`]). [`PreparedRestore::run`] then applies `globals.sql` (only
+//! "already exists" errors are ignored; statements touching the role pgkeep connects as are
+//! skipped, its password belongs to the Secret), creates an empty scratch database
+//! `<db>__pgkeep_restore` with the target's properties, creates the extensions of
+//! `extensions.tsv` in it, restores the directory dump with `pg_restore -j N` (or a
+//! custom-format dump, or streams `*.sql` / `*.sql.gz` through the scanner's filter into psql),
+//! runs ANALYZE, refreshes the materialized views MANIFEST.json records as populated that the
+//! dump left empty, and only then swaps the scratch database in for the target (the replaced one
+//! dropped, or kept with `keep_old`). A failure before the swap drops the scratch database: the
+//! target is as it was. A non-empty target needs `clean`. The summary ends with the
+//! [`SanityReport`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
