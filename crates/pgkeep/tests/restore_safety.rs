@@ -607,3 +607,34 @@ fn matview_with_no_data_at_backup_time_stays_unpopulated_after_restore() {
         "f"
     );
 }
+
+#[test]
+fn failed_clean_restore_of_a_bundle_leaves_the_database_as_it_was() {
+    let c = TempCluster::start();
+    records_with_rows(&c);
+    let bundle = backup(&c);
+    let name = bundle.file_name().unwrap().to_string_lossy().into_owned();
+    c.psql("records", "update t set v = 'current'");
+    // The database's own settings go with it to the scratch database, where this one makes
+    // pg_restore fail: the dump does not load.
+    c.psql(
+        "postgres",
+        "alter database records set default_transaction_read_only = on",
+    );
+    let before = (
+        c.psql("records", "select count(*), min(v), max(v) from t"),
+        databases(&c),
+    );
+    fails(
+        pgkeep(&c).args(["restore", "dump", "--from", &name, "--clean", "--yes"]),
+        1,
+        &["records__pgkeep_restore", "nothing was changed"],
+    );
+    assert_eq!(
+        (
+            c.psql("records", "select count(*), min(v), max(v) from t"),
+            databases(&c),
+        ),
+        before
+    );
+}
