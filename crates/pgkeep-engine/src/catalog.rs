@@ -310,7 +310,11 @@ pub fn newest_first(
         .filter(|b| b.kind == kind)
         .filter_map(|b| stop_time(&b.path).map(|t| (b, t)))
         .collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.name.cmp(&a.0.name)));
+    // The name's time and sequence break ties (stop times may have whole seconds).
+    out.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| (b.0.time, b.0.seq).cmp(&(a.0.time, a.0.seq)))
+    });
     Ok(out)
 }
 

@@ -138,8 +138,12 @@ pub fn plan_with(
                 }
             }
         }
-        // Newest first by stop time; the name breaks ties.
-        sound.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.name.cmp(&a.1.name)));
+        // Newest first by stop time; the name's time and sequence break ties (stop times may
+        // have whole seconds).
+        sound.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| (b.1.time, b.1.seq).cmp(&(a.1.time, a.1.seq)))
+        });
         let cut = (n as usize).min(sound.len());
         keep.extend(sound[..cut].iter().map(|(_, b)| b.clone()));
         remove.extend(sound[cut..].iter().rev().map(|(_, b)| b.clone()));
