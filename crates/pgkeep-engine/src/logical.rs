@@ -1158,7 +1158,7 @@ impl LogicalRestore {
                     name,
                     source: Box::new(LogicalError::Unrecognised {
                         path: archive2.clone(),
-                        found: format!("{kind:?}"),
+                        found: "not a gzip-compressed tar, which every pgkeep bundle is".into(),
                     }),
                 });
             }
