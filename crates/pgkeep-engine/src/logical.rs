@@ -125,38 +125,32 @@ pub enum LogicalError {
         expected: String,
         actual: String,
     },
-    #[error("{path}: {source}")]
-    UnsafeSql {
-        path: PathBuf,
-        #[source]
-        source: ScanError,
-    },
+    #[error("{path}: {error}")]
+    UnsafeSql { path: PathBuf, error: ScanError },
     #[error(
         "{path} is damaged: {detail}; nothing was changed\nhint: copy the complete file again (compare its size or SHA-256 with the original), or use another dump"
     )]
     DamagedInput { path: PathBuf, detail: String },
     #[error(
-        "{source}\nthe restore ran into the scratch database `{scratch}`, which was dropped again: `{database}` was not touched, nothing was changed{roles}"
+        "{cause}\nthe restore ran into the scratch database `{scratch}`, which was dropped again: `{database}` was not touched, nothing was changed{roles}"
     )]
     ScratchFailed {
         database: String,
         scratch: String,
         /// Set when globals.sql had been applied (roles are cluster-wide).
         roles: &'static str,
-        #[source]
-        source: Box<LogicalError>,
+        cause: Box<LogicalError>,
     },
     #[error(
         "another restore into `{database}` is running; nothing was changed\nhint: wait for it to finish"
     )]
     RestoreBusy { database: String },
     #[error(
-        "{name} has the name of a pgkeep bundle but fails the verification `pgkeep backups verify` makes; nothing was changed\n{source}\nhint: restore another backup (`pgkeep backups list`); a dump from elsewhere comes in through `pgkeep restore upload` under a name of its own"
+        "{name} has the name of a pgkeep bundle but fails the verification `pgkeep backups verify` makes; nothing was changed\n{cause}\nhint: restore another backup (`pgkeep backups list`); a dump from elsewhere comes in through `pgkeep restore upload` under a name of its own"
     )]
     NotVerified {
         name: String,
-        #[source]
-        source: Box<LogicalError>,
+        cause: Box<LogicalError>,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -991,7 +985,7 @@ fn check_script(file: &Path, policy: &Policy) -> Result<ScanReport, LogicalError
         Ok(r) => Ok(r),
         Err(FilterError::Scan(source)) => Err(LogicalError::UnsafeSql {
             path: file.to_owned(),
-            source,
+            error: source,
         }),
         Err(FilterError::Read(e) | FilterError::Write(e)) => Err(LogicalError::DamagedInput {
             path: file.to_owned(),
@@ -1156,7 +1150,7 @@ impl LogicalRestore {
             if bundle_named && kind != FileKind::TarGz {
                 return Err(LogicalError::NotVerified {
                     name,
-                    source: Box::new(LogicalError::Unrecognised {
+                    cause: Box::new(LogicalError::Unrecognised {
                         path: archive2.clone(),
                         found: "not a gzip-compressed tar, which every pgkeep bundle is".into(),
                     }),
@@ -1171,7 +1165,7 @@ impl LogicalRestore {
                         Err(e) if bundle_named => {
                             return Err(LogicalError::NotVerified {
                                 name,
-                                source: Box::new(e.into()),
+                                cause: Box::new(e.into()),
                             });
                         }
                         Err(e) => return Err(e.into()),
@@ -1190,7 +1184,7 @@ impl LogicalRestore {
                     {
                         return Err(LogicalError::NotVerified {
                             name,
-                            source: Box::new(e),
+                            cause: Box::new(e),
                         });
                     }
                     let database = contents
@@ -1444,7 +1438,7 @@ impl PreparedRestore {
                     } else {
                         ""
                     },
-                    source: Box::new(e),
+                    cause: Box::new(e),
                 });
             }
         };
@@ -1468,7 +1462,7 @@ impl PreparedRestore {
                     database,
                     scratch,
                     roles: "",
-                    source: Box::new(e.into()),
+                    cause: Box::new(e.into()),
                 });
             }
         };
@@ -1731,9 +1725,9 @@ impl PreparedRestore {
         let input = open_script(path)?;
         if let Err(e) = sqlscan::filter(input, &mut filtered, &policy) {
             return Err(match e {
-                FilterError::Scan(source) => LogicalError::UnsafeSql {
+                FilterError::Scan(error) => LogicalError::UnsafeSql {
                     path: path.to_owned(),
-                    source,
+                    error,
                 },
                 FilterError::Read(e) | FilterError::Write(e) => LogicalError::DamagedInput {
                     path: path.to_owned(),
@@ -1875,10 +1869,10 @@ impl PreparedRestore {
         match sqlscan::filter(input, io::BufWriter::with_capacity(1 << 16, stdin), &policy) {
             // psql stopped (ON_ERROR_STOP): its exit status says why.
             Ok(_) | Err(FilterError::Write(_)) => {}
-            Err(FilterError::Scan(source)) => {
+            Err(FilterError::Scan(error)) => {
                 return Err(LogicalError::UnsafeSql {
                     path: file.to_owned(),
-                    source,
+                    error,
                 });
             }
             Err(FilterError::Read(e)) => {
@@ -1889,6 +1883,12 @@ impl PreparedRestore {
             }
         }
         let (status, stderr) = running.wait_status()?;
+        if stderr.contains("invalid command \\restrict") {
+            return Err(LogicalError::RestoreFailed {
+                what: "psql",
+                detail: "this psql does not know `\\restrict` (PostgreSQL 13.22, 14.19, 15.14, 16.10, 17.6 and 18 have it), which pgkeep runs uploaded scripts under; install newer client tools or point PGKEEP_PG_BIN at them".into(),
+            });
+        }
         let lines: Vec<String> = stderr
             .lines()
             .filter(|l| l.contains("ERROR:") || l.contains("FATAL:"))

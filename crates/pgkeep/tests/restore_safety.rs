@@ -638,3 +638,39 @@ fn failed_clean_restore_of_a_bundle_leaves_the_database_as_it_was() {
         before
     );
 }
+
+#[test]
+fn psql_without_restrict_is_named_and_nothing_is_changed() {
+    let c = TempCluster::start();
+    records_with_rows(&c);
+    // The real tools, but a psql older than `\restrict` (15.14 and the like).
+    let tools = work_dir();
+    for e in std::fs::read_dir(c.bin()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "psql" {
+            std::os::unix::fs::symlink(e.path(), tools.path().join(e.file_name())).unwrap();
+        }
+    }
+    let psql = tools.path().join("psql");
+    std::fs::write(
+        &psql,
+        "#!/bin/sh\ncat >/dev/null\nprintf '%s\\n' 'psql:<stdin>:1: error: invalid command \\restrict' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&psql, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let file = tools.path().join("dump.sql");
+    std::fs::write(&file, "create table t2(x int);\n").unwrap();
+    let before = (c.psql("records", "select count(*) from t"), databases(&c));
+    fails(
+        pgkeep(&c)
+            .env("PGKEEP_PG_BIN", tools.path())
+            .args(["restore", "upload", "--clean", "--yes"])
+            .arg(&file),
+        1,
+        &["does not know `\\restrict`", "nothing was changed"],
+    );
+    assert_eq!(
+        (c.psql("records", "select count(*) from t"), databases(&c)),
+        before
+    );
+}
