@@ -673,6 +673,10 @@ impl Scanner {
             Word::Bare(s) => s.to_uppercase(),
             _ => return None,
         };
+        // `CREATE/ALTER/DROP USER MAPPING FOR ...` is about a foreign server, not a role.
+        if matches!(self.words.get(2), Some(Word::Bare(s)) if s == "mapping") {
+            return None;
+        }
         let names: Vec<&Word> = if verb == "DROP" {
             // DROP ROLE [IF EXISTS] a, b, ...
             self.words[2..]
@@ -938,6 +942,7 @@ mod tests {
                       ALTER ROLE current_user PASSWORD 'x'; select 'after';\n\
                       DROP ROLE IF EXISTS app2, postgres;\n\
                       GRANT app TO postgres;\n\
+                      DROP USER MAPPING FOR postgres SERVER s;\n\
                       ALTER ROLE postgres2 PASSWORD 'x';\n";
         let (out, report) = run(script).unwrap();
         assert_eq!(
@@ -961,6 +966,7 @@ mod tests {
         assert!(out.contains("ALTER ROLE app WITH LOGIN"), "{out}");
         assert!(out.contains(" select 'after';"), "{out}");
         assert!(out.contains("GRANT app TO postgres;"), "{out}");
+        assert!(out.contains("DROP USER MAPPING FOR postgres"), "{out}");
         assert!(out.contains("ALTER ROLE postgres2"), "{out}");
         // Nothing a skipped statement said reaches the report.
         assert!(!format!("{report:?}").contains("PASSWORD"));
