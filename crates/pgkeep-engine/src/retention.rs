@@ -489,6 +489,81 @@ mod tests {
     }
 
     #[test]
+    fn each_systems_wal_is_cut_against_its_own_kept_backups() {
+        let t = tempfile::tempdir().unwrap();
+        let (b, w) = (t.path().join("b"), t.path().join("w"));
+        let old = w.join("superseded/111-20261101T000000Z");
+        let older = w.join("superseded/99-20261001T000000Z");
+        for d in [&b, &old, &older] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let label = |dir: &Path, seg: &str, bundle: &str| {
+            touch(
+                dir,
+                &format!("{seg}.00000028.backup"),
+                &format!("START WAL LOCATION: 0/0 (file {seg})\nLABEL: pgkeep {bundle}\n"),
+            )
+        };
+        // System 111 (superseded): an old bundle and a kept one; the live system (root): one.
+        for n in [
+            "basebackup-20261101-0620.bundle.tar.gz",
+            "basebackup-20261102-0620.bundle.tar.gz",
+            "basebackup-20261202-0620.bundle.tar.gz",
+        ] {
+            touch(&b, n, "x");
+        }
+        label(
+            &old,
+            "000000010000000000000004",
+            "basebackup-20261101-0620.bundle.tar.gz",
+        );
+        label(
+            &old,
+            "000000010000000000000009",
+            "basebackup-20261102-0620.bundle.tar.gz",
+        );
+        label(
+            &w,
+            "000000010000000000000002",
+            "basebackup-20261202-0620.bundle.tar.gz",
+        );
+        for n in ["01", "02", "03"] {
+            touch(&w, &format!("0000000100000000000000{n}.zst"), "x");
+        }
+        for n in ["04", "08", "09", "0A"] {
+            touch(&old, &format!("0000000100000000000000{n}.zst"), "x");
+        }
+        // System 99: no kept bundle, so all of its WAL stays.
+        touch(&older, "000000010000000000000001.zst", "x");
+        let p = plan_with(&b, &w, 7, 2, false, &mut |b: &Backup| Ok(Ok(name_time(b)))).unwrap();
+        let mut gone: Vec<String> = p
+            .remove_wal
+            .iter()
+            .map(|f| f.path.strip_prefix(&w).unwrap().display().to_string())
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                "000000010000000000000001.zst",
+                "superseded/111-20261101T000000Z/000000010000000000000004.00000028.backup",
+                "superseded/111-20261101T000000Z/000000010000000000000004.zst",
+                "superseded/111-20261101T000000Z/000000010000000000000008.zst",
+            ]
+        );
+        let kept: Vec<Option<&str>> = p.wal_dirs.iter().map(|d| d.kept_from.as_deref()).collect();
+        assert_eq!(
+            kept,
+            [
+                Some("000000010000000000000002"),
+                Some("000000010000000000000009"),
+                None
+            ]
+        );
+        assert_eq!(p.wal_dirs[1].system, Some(111));
+    }
+
+    #[test]
     fn without_a_physical_backup_no_wal_is_removed() {
         let t = tempfile::tempdir().unwrap();
         touch(t.path(), "000000010000000000000001.zst", "x");
