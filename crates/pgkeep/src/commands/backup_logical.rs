@@ -1,6 +1,7 @@
 //! `pgkeep backup logical`: the nightly logical bundle `nightly-YYYYMMDD-HHMM.tar.gz` (what the
-//! nightly CronJob runs). The work is [`pgkeep_engine::logical::LogicalBackup`]; this file turns
-//! settings into its inputs and shows progress and the result.
+//! nightly CronJob runs), then retention as `backups prune` applies it (unless `--no-prune`). The
+//! work is [`pgkeep_engine::logical::LogicalBackup`]; this file turns settings into its inputs
+//! and shows progress and the result.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,9 @@ pub struct Args {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Do not apply retention (`backups prune`'s rule) after the backup.
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 /// A progress bar on a terminal (hidden otherwise; the engine's log lines say what happens).
@@ -84,6 +88,9 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             report.database,
             report.duration_secs
         );
+    }
+    if !args.no_prune {
+        super::backups_prune::after_backup(&ctx).await?;
     }
     Ok(())
 }

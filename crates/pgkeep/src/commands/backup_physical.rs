@@ -1,7 +1,8 @@
 //! `pgkeep backup physical`: the weekly physical bundle, `basebackup-YYYYMMDD-HHMM.bundle.tar.gz`
 //! (UTC) in the backups directory: pg_basebackup with a fast checkpoint and the WAL needed for
 //! consistency, its backup_manifest, and MANIFEST.json. Written atomically, 0600; a progress bar
-//! on a terminal. The engine's `physical::take` does the work.
+//! on a terminal. The engine's `physical::take` does the work. Then retention as `backups prune`
+//! applies it, WAL included (unless `--no-prune`).
 
 use pgkeep_engine::bundle::Level;
 use pgkeep_engine::db::ConnParams;
@@ -29,6 +30,9 @@ pub struct Args {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Do not apply retention (`backups prune`'s rule) after the backup.
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -74,6 +78,9 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             report.members,
             report.seconds
         );
+    }
+    if !args.no_prune {
+        super::backups_prune::after_backup(&ctx).await?;
     }
     Ok(())
 }

@@ -5,6 +5,10 @@
 //! kept base backup needs (history files are always kept). The engine's `retention` module
 //! decides; this command shows the plan and applies it. With `--kube` it runs as a one-off Job
 //! made from the physical backup CronJob, which mounts both volumes.
+//!
+//! [`after_backup`] is the same rule applied by `backup logical` and `backup physical` right
+//! after their bundle is published (unless `--no-prune`), so the CronJobs keep the volumes
+//! bounded without anyone running prune.
 
 use pgkeep_engine::retention;
 
@@ -119,5 +123,46 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if args.json {
         crate::output::print_json(&serde_json::json!({"plan": plan, "result": report}))?;
     }
+    Ok(())
+}
+
+/// Retention right after a successful backup: the rule of `backups prune`, applied (damaged
+/// bundles reported, never removed here). A failure says that the new backup itself is fine.
+pub(crate) async fn after_backup(ctx: &Ctx) -> anyhow::Result<()> {
+    let s = ctx.settings();
+    let pg = pgkeep_engine::tools::PgBin::locate()?;
+    let (backups, wal_archive) = (s.paths.backups.clone(), s.paths.wal_archive.clone());
+    let (nightly, basebackups) = (s.retention.nightly, s.retention.basebackups);
+    let result = tokio::task::spawn_blocking(move || {
+        let plan = retention::plan(&pg, &backups, &wal_archive, nightly, basebackups, false)?;
+        let report = retention::apply(&plan, &backups, &wal_archive)?;
+        Ok::<_, retention::PruneError>((plan, report))
+    })
+    .await?;
+    let (plan, report) = result.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nnote: the new backup itself was written and is complete; only retention failed (run `pgkeep backups prune --dry-run` to see why, or pass --no-prune)"
+        )
+    })?;
+    for d in &plan.damaged {
+        tracing::warn!(bundle = %d.backup.name, "fails verification, not counted as kept (`pgkeep backups prune --delete-damaged` removes it)");
+    }
+    tracing::info!(
+        step = "prune",
+        kept = plan.keep.len(),
+        removed_backups = report.removed_backups.len(),
+        removed_wal = report.removed_wal,
+        removed_wal_bytes = report.removed_wal_bytes,
+        "retention: {} nightly, {} basebackups",
+        nightly,
+        basebackups
+    );
+    eprintln!(
+        "retention: kept {} backups, removed {} backups and {} WAL files ({} bytes)",
+        plan.keep.len(),
+        report.removed_backups.len(),
+        report.removed_wal,
+        report.removed_wal_bytes
+    );
     Ok(())
 }
