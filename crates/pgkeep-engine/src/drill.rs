@@ -638,6 +638,8 @@ async fn physical_steps(
         backups: req.backups.clone(),
         uid: req.uid,
         gid: req.gid,
+        run_dir: dir.join("run"),
+        port: SANDBOX_PORT,
         from: Some(bundle.name.clone()),
         target: None,
         keep_old: false,

@@ -176,6 +176,36 @@ pub enum RecoveryError {
         "recovery stopped because an archived WAL file could not be restored (damaged or unreadable){log}\nhint: see the error above; repair or restore the file in the archive, then run the bootstrap again"
     )]
     ArchiveDamaged { log: String },
+    #[error(
+        "the replay server's socket directory {dir} (paths.run_dir / PGKEEP_RUN_DIR) {reason}; nothing was changed\nhint: create it and make it writable by uid {uid} (e.g. `install -d -o {uid} -g {gid} -m 2775 {dir}`), or point PGKEEP_RUN_DIR at a directory that uid {uid} can write"
+    )]
+    RunDirUnusable {
+        dir: PathBuf,
+        uid: u32,
+        gid: u32,
+        reason: String,
+    },
+    #[error(
+        "port {port} is taken in {dir}: another PostgreSQL (pid {pid}) listens there, so the replay server could not start; nothing was changed\nhint: stop that server, or give the bootstrap another port (PGPORT / postgres.port)"
+    )]
+    PortInUse {
+        port: u16,
+        dir: PathBuf,
+        pid: String,
+    },
+    #[error(
+        "an earlier bootstrap was interrupted: PostgreSQL (pid {pid}) is still running on {pgdata} with pgkeep's recovery settings in postgresql.auto.conf ({state}); nothing was changed\nhint: {hint}"
+    )]
+    InterruptedBootstrap {
+        pgdata: PathBuf,
+        pid: i32,
+        state: &'static str,
+        hint: String,
+    },
+    #[error(
+        "recovery ended and the recovery settings were removed, but PostgreSQL did not start again with its own configuration (the replay server had pgkeep's socket directory and no TCP); PGDATA holds the recovered data\nhint: read the server log {log_file}, fix the configuration and start it (pg_ctl -D PGDATA start){log}"
+    )]
+    RestartFailed { log_file: PathBuf, log: String },
     #[error("PostgreSQL stopped during recovery{log}\nhint: read the server log named above")]
     ServerDied { log: String },
     #[error(
@@ -204,6 +234,9 @@ impl RecoveryError {
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
             | ForeignContent { .. }
+            | RunDirUnusable { .. }
+            | PortInUse { .. }
+            | InterruptedBootstrap { .. }
             | Repo(_) => ExitClass::Refused,
             _ => ExitClass::Failed,
         }
@@ -291,8 +324,14 @@ pub struct BootstrapRequest {
     pub pgdata: PathBuf,
     pub wal_archive: PathBuf,
     pub backups: PathBuf,
+    /// The data owner (see [`existing_data_owner`] for the default a caller should use).
     pub uid: u32,
     pub gid: u32,
+    /// The replay server's socket directory (paths.run_dir): it listens there only, whatever the
+    /// restored configuration says, until recovery has ended. Ignored with a [`Sandbox`].
+    pub run_dir: PathBuf,
+    /// The replay server's port (postgres.port). Ignored with a [`Sandbox`].
+    pub port: u16,
     pub from: Option<String>,
     pub target: Option<RecoveryTarget>,
     pub keep_old: bool,
@@ -393,7 +432,7 @@ pub struct BootstrapReport {
 
 /// Check everything that can be checked without changing anything. See the module docs.
 pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
-    datadir::ensure_stopped(&req.pgdata)?;
+    check_not_running(&req.pgdata)?;
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
     check_pgdata_contents(&req.pgdata)?;
     let bundle = match &req.from {
@@ -452,7 +491,12 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     let pgdata_entries = std::fs::read_dir(&req.pgdata)
         .map(|rd| rd.count())
         .unwrap_or(0);
-    datadir::ensure_stopped(&req.pgdata)?;
+    RunAs::data_owner(req.uid, req.gid)?;
+    if req.sandbox.is_none() {
+        check_run_dir(&req.run_dir, req.uid, req.gid)?;
+        check_port_free(&req.run_dir, req.port)?;
+    }
+    check_not_running(&req.pgdata)?;
     Ok(Plan {
         bundle,
         facts,
@@ -464,6 +508,174 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         restore_from,
         newest_archived,
     })
+}
+
+/// The owner a bootstrap should give the data when the settings do not name one: the owner of
+/// PGDATA when it holds anything, else of the data volume root (a plain host's cluster belongs
+/// to `postgres`, whatever uid the image default says). None when neither can be read.
+pub fn existing_data_owner(pgroot: &Path, pgdata: &Path) -> Option<(u32, u32)> {
+    let has_entries = std::fs::read_dir(pgdata).is_ok_and(|mut rd| rd.next().is_some());
+    let from = if has_entries { pgdata } else { pgroot };
+    std::fs::metadata(from).ok().map(|m| (m.uid(), m.gid()))
+}
+
+/// No postmaster runs on PGDATA; when one does and pgkeep's recovery block is still in
+/// postgresql.auto.conf, an earlier bootstrap was killed after it started its server: say so.
+fn check_not_running(pgdata: &Path) -> Result<(), RecoveryError> {
+    let Some(pid) = datadir::running_postmaster(pgdata) else {
+        return Ok(());
+    };
+    let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap_or_default();
+    if !auto.lines().any(|l| l == BLOCK_BEGIN) {
+        return Err(datadir::DatadirError::PostmasterRunning {
+            pid,
+            pgdata: pgdata.to_owned(),
+        }
+        .into());
+    }
+    let d = pgdata.display();
+    let (state, hint) = if pgdata.join("recovery.signal").exists() {
+        (
+            "still replaying WAL: it has not been promoted",
+            format!(
+                "stop it (`pg_ctl -D {d} stop -m fast`, as the data owner) and run the bootstrap again; it starts over from the base backup"
+            ),
+        )
+    } else {
+        (
+            "recovery has ended and it was promoted, but the bootstrap did not finish its cleanup",
+            format!(
+                "to keep what it recovered: stop it (`pg_ctl -D {d} stop -m fast`, as the data owner), delete the lines from `{BLOCK_BEGIN}` to `{BLOCK_END}` in {d}/postgresql.auto.conf, remove {} beside PGDATA, and start it normally; or stop it and run the bootstrap again to start over",
+                crate::bootmark::FILE_NAME
+            ),
+        )
+    };
+    Err(RecoveryError::InterruptedBootstrap {
+        pgdata: pgdata.to_owned(),
+        pid,
+        state,
+        hint,
+    })
+}
+
+/// The replay server's socket directory exists and the data owner can create its socket there.
+fn check_run_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), RecoveryError> {
+    let unusable = |reason: String| RecoveryError::RunDirUnusable {
+        dir: dir.to_owned(),
+        uid,
+        gid,
+        reason,
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Err(unusable(format!("cannot be used ({e})"))),
+    };
+    if !meta.is_dir() {
+        return Err(unusable("is not a directory".into()));
+    }
+    let writable = if !fsutil::is_root() {
+        rustix::fs::access(
+            dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_ok()
+    } else {
+        let mode = meta.mode();
+        if uid == 0 {
+            true
+        } else if meta.uid() == uid {
+            mode & 0o300 == 0o300
+        } else if meta.gid() == gid || in_supplementary_group(uid, meta.gid()) {
+            mode & 0o030 == 0o030
+        } else {
+            mode & 0o003 == 0o003
+        }
+    };
+    if !writable {
+        return Err(unusable(format!(
+            "is not writable by uid {uid}, the data owner (it belongs to {}:{} with mode {:o})",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the account `uid` is a member of group `gid` by /etc/group.
+fn in_supplementary_group(uid: u32, gid: u32) -> bool {
+    let Some(name) = crate::server::account_name(uid) else {
+        return false;
+    };
+    std::fs::read_to_string("/etc/group").is_ok_and(|text| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            f.len() >= 4
+                && f[2].parse::<u32>().ok() == Some(gid)
+                && f[3].split(',').any(|m| m == name)
+        })
+    })
+}
+
+/// No live PostgreSQL holds the socket `PORT` in `dir` (its lock file names a running process).
+fn check_port_free(dir: &Path, port: u16) -> Result<(), RecoveryError> {
+    let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
+    let Ok(text) = std::fs::read_to_string(&lock) else {
+        return Ok(());
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    let alive = rustix::process::Pid::from_raw(pid.abs()).is_some_and(|p| {
+        match rustix::process::test_kill_process(p) {
+            Ok(()) => true,
+            Err(e) => e == rustix::io::Errno::PERM,
+        }
+    });
+    if alive {
+        return Err(RecoveryError::PortInUse {
+            port,
+            dir: dir.to_owned(),
+            pid: pid.abs().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the replay server listens: the sandbox's private socket, else the run dir.
+fn replay_socket(req: &BootstrapRequest) -> (PathBuf, u16) {
+    match &req.sandbox {
+        Some(sb) => (sb.socket_dir.clone(), sb.port),
+        None => (req.run_dir.clone(), req.port),
+    }
+}
+
+/// The `pg_ctl -o` options of the replay server (read by `/bin/sh`, so each word is quoted):
+/// its socket directory and port, and no TCP, whatever the restored configuration says.
+pub fn replay_server_options(socket_dir: &Path, port: u16) -> String {
+    let dir = socket_dir.display().to_string();
+    // unix_socket_directories is a comma-separated list: a name with a separator is quoted.
+    let dir = if dir.contains([',', '"', ' ', '\t']) {
+        format!("\"{}\"", dir.replace('"', "\"\""))
+    } else {
+        dir
+    };
+    [
+        "-c".to_owned(),
+        "listen_addresses=".to_owned(),
+        "-c".to_owned(),
+        format!("unix_socket_directories={dir}"),
+        "-p".to_owned(),
+        port.to_string(),
+    ]
+    .iter()
+    .map(|w| crate::tools::shell_quote(w))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// When the archive root does not hold the bundle's system's WAL but a superseded directory of
@@ -923,7 +1135,7 @@ pub async fn execute(
     let started = Instant::now();
     let run_as = RunAs::data_owner(req.uid, req.gid)?;
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
-    datadir::ensure_stopped(&req.pgdata)?;
+    check_not_running(&req.pgdata)?;
     // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
     let marked = req.sandbox.is_none();
     if marked {
@@ -936,8 +1148,18 @@ pub async fn execute(
     let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
     write_recovery_settings(req, plan, &overrides)?;
     let log_file = open_log_file(req, run_as)?;
-    start_postgres(pg, &req.pgdata, &log_file, run_as)?;
-    let ended = match wait_for_recovery_end(conn, req, plan, &log_file).await {
+    let (socket_dir, port) = replay_socket(req);
+    start_postgres(
+        pg,
+        &req.pgdata,
+        &log_file,
+        run_as,
+        Some(&replay_server_options(&socket_dir, port)),
+    )?;
+    let mut replay_conn = conn.clone();
+    replay_conn.host = socket_dir.display().to_string();
+    replay_conn.port = port;
+    let ended = match wait_for_recovery_end(&replay_conn, req, plan, &log_file).await {
         Ok(e) => e,
         Err(e) => {
             // The server may still be up (timeout) or half-down: stop it, keep the settings so
@@ -951,9 +1173,20 @@ pub async fn execute(
         return Err(e);
     }
     remove_recovery_settings(&req.pgdata)?;
-    if req.leave_running {
-        let db = Db::connect(&conn.with_db("postgres")).await?;
+    if req.leave_running && req.sandbox.is_some() {
+        let db = Db::connect(&replay_conn.with_db("postgres")).await?;
         db.reload_conf().await?;
+    } else if req.leave_running {
+        // The replay server listens only on pgkeep's socket: start it again as configured.
+        crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
+        if start_postgres(pg, &req.pgdata, &log_file, run_as, None).is_err()
+            || !wait_started(&req.pgdata).await
+        {
+            return Err(RecoveryError::RestartFailed {
+                log_file: log_file.clone(),
+                log: log_tail(&log_file, 15),
+            });
+        }
     } else {
         crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
     }
@@ -1165,25 +1398,13 @@ fn required_parameter_overrides(
     Ok(needed)
 }
 
-/// Quote for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
 /// The restore_command pgkeep writes: every segment is checked to belong to `system`.
 pub fn restore_command(pgkeep: &Path, archive: &Path, system: &str) -> String {
     format!(
         "{} wal fetch --archive {} --sysid {} %f %p",
-        sh_quote(&pgkeep.to_string_lossy()),
-        sh_quote(&archive.to_string_lossy()),
-        sh_quote(system)
+        crate::tools::shell_quote(&pgkeep.to_string_lossy()),
+        crate::tools::shell_quote(&archive.to_string_lossy()),
+        crate::tools::shell_quote(system)
     )
 }
 
@@ -1340,17 +1561,41 @@ fn start_postgres(
     pgdata: &Path,
     log_file: &Path,
     run_as: Option<RunAs>,
+    options: Option<&str>,
 ) -> Result<(), RecoveryError> {
-    tracing::info!(log = %log_file.display(), "starting PostgreSQL to replay WAL");
-    let cmd = pg
+    tracing::info!(log = %log_file.display(), options = options.unwrap_or(""), "starting PostgreSQL");
+    let mut cmd = pg
         .cmd("pg_ctl")
         .arg("-D")
         .arg(pgdata)
         .arg("-l")
-        .arg(log_file)
-        .args(["-W", "start"]);
-    RunAs::apply(run_as, cmd).run()?;
+        .arg(log_file);
+    if let Some(o) = options {
+        cmd = cmd.arg("-o").arg(o);
+    }
+    RunAs::apply(run_as, cmd.args(["-W", "start"])).run()?;
     Ok(())
+}
+
+/// After a start without waiting: whether the postmaster came up and accepts connections
+/// (postmaster.pid's status line says `ready`) within a minute.
+async fn wait_started(pgdata: &Path) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap_or_default();
+        if datadir::running_postmaster(pgdata).is_some()
+            && pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready")
+        {
+            return true;
+        }
+        if datadir::running_postmaster(pgdata).is_none()
+            && started.elapsed() > Duration::from_secs(10)
+        {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 struct Ended {
@@ -1567,6 +1812,8 @@ mod tests {
             backups: t.path().join("backups"),
             uid: 0,
             gid: 0,
+            run_dir: t.path().join("run"),
+            port: 5432,
             from: None,
             target: None,
             keep_old: false,

@@ -1253,3 +1253,103 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     assert_eq!(checksum(&c), at_rp, "exactly as at the restore point");
     assert_ne!(at_rp, all);
 }
+
+/// pgkeep without the settings that name the data owner (a plain host: PGKEEP_UID/GID unset).
+fn pgkeep_plain_host(c: &TempCluster, extra_env: &[(&str, &str)], args: &[&str]) -> Output {
+    let env: Vec<(String, String)> = c
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PGKEEP_UID" && k != "PGKEEP_GID")
+        .collect();
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env_remove("PGKEEP_UID")
+        .env_remove("PGKEEP_GID")
+        .envs(env)
+        .envs(extra_env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Issue 12 item 6: a cluster that `serve` did not configure (its socket directory given only
+/// on the server's command line, owned by `postgres`, not uid 999). The replay server listens on
+/// the run dir whatever the restored configuration says, the data keeps its owner, and a run dir
+/// the owner cannot write is refused before PGDATA is touched.
+#[test]
+fn a_plain_host_cluster_is_replayed_on_the_run_dir_socket_and_keeps_its_owner() {
+    let c = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .socket_on_command_line()
+        .start();
+    assert_ne!(
+        c.uid(),
+        999,
+        "the test needs an owner other than the default"
+    );
+    let conf = std::fs::read_to_string(c.pgdata().join("postgresql.conf")).unwrap();
+    assert!(
+        !conf
+            .lines()
+            .any(|l| l.trim_start().starts_with("unix_socket_directories")),
+        "{conf}"
+    );
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    c.psql(
+        "postgres",
+        "create table after_backup(x int); insert into after_backup values (42)",
+    );
+    let all = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    // A run dir the data owner cannot write: refused (exit 3) before PGDATA is touched.
+    let locked = c.root().join("root-only-run");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before = fingerprint(&c.pgdata());
+    let err = failed(
+        pgkeep_plain_host(
+            &c,
+            &[("PGKEEP_RUN_DIR", locked.to_str().unwrap())],
+            &["bootstrap", "basebackup", "--yes", "--timeout", "60"],
+        ),
+        3,
+    );
+    assert!(
+        err.contains(&format!("is not writable by uid {}", c.uid())),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    assert!(!c.pgroot().join(".pgkeep-bootstrap-in-progress").exists());
+
+    let out = ok(pgkeep_plain_host(
+        &c,
+        &[],
+        &["bootstrap", "basebackup", "--yes", "--timeout", "120"],
+    ));
+    assert!(out.contains("recovery ended at"), "{out}");
+    for p in [
+        c.pgdata(),
+        c.pgdata().join("PG_VERSION"),
+        c.pgdata().join("base"),
+        c.pgdata().join("postgresql.auto.conf"),
+    ] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (c.uid(), c.gid()),
+            "{} keeps its owner",
+            p.display()
+        );
+    }
+    c.restart();
+    assert_eq!(checksum(&c), all, "every committed write is back");
+    assert_eq!(c.psql("postgres", "select x from after_backup"), "42");
+}

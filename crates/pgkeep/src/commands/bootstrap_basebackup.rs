@@ -66,13 +66,16 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     let s = ctx.settings();
     let target = recovery_target(&args)?;
+    let (uid, gid) = data_owner(&ctx);
     let req = BootstrapRequest {
         pgroot: s.paths.pgroot.clone(),
         pgdata: s.paths.pgdata.clone(),
         wal_archive: s.paths.wal_archive.clone(),
         backups: s.paths.backups.clone(),
-        uid: s.postgres.uid,
-        gid: s.postgres.gid,
+        uid,
+        gid,
+        run_dir: s.paths.run_dir.clone(),
+        port: s.postgres.port,
         from: args.from.clone(),
         target,
         keep_old: args.keep_old,
@@ -155,6 +158,36 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             })?;
     }
     Ok(())
+}
+
+/// The data owner: PGKEEP_UID / PGKEEP_GID (or postgres.uid/gid in the config file, or a flag)
+/// when given, else the owner of the existing PGDATA (of the volume root when PGDATA is empty),
+/// so a plain host's cluster stays its account's instead of becoming the image default's.
+fn data_owner(ctx: &Ctx) -> (u32, u32) {
+    let s = ctx.settings();
+    let explicit = |key: &str| {
+        ctx.resolved
+            .sources
+            .get(key)
+            .is_some_and(|src| *src != pgkeep_engine::settings::Source::Default)
+    };
+    let found = recovery::existing_data_owner(&s.paths.pgroot, &s.paths.pgdata);
+    let uid = match found {
+        Some((uid, _)) if !explicit("postgres.uid") => uid,
+        _ => s.postgres.uid,
+    };
+    let gid = match found {
+        Some((_, gid)) if !explicit("postgres.gid") => gid,
+        _ => s.postgres.gid,
+    };
+    if (uid, gid) != (s.postgres.uid, s.postgres.gid) {
+        tracing::info!(
+            uid,
+            gid,
+            "the data owner is the owner of the existing data (PGKEEP_UID/PGKEEP_GID not set)"
+        );
+    }
+    (uid, gid)
 }
 
 fn recovery_target(args: &Args) -> anyhow::Result<Option<RecoveryTarget>> {

@@ -406,6 +406,8 @@ async fn bootstrap(site: &Site, later: i64) -> anyhow::Result<()> {
             backups: s.paths.backups.clone(),
             uid: s.postgres.uid,
             gid: s.postgres.gid,
+            run_dir: s.paths.run_dir.clone(),
+            port: s.postgres.port,
             from: None,
             target: None,
             keep_old: false,
