@@ -23,7 +23,7 @@
 //! WAL archive is only read: a superseded directory is read where it lies instead of being moved
 //! back into the archive root.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1141,6 +1141,7 @@ pub async fn execute(
     if marked {
         crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
     }
+    clean_stale_staging(&req.pgdata)?;
     let old_at = clear_pgdata(req, plan)?;
     extract_into_pgdata(req, plan)?;
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
@@ -1288,17 +1289,85 @@ fn clear_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<Option<PathBuf>, 
     Ok(aside)
 }
 
-/// Step: extract the bundle next to PGDATA (same volume), then move the data directory in.
+/// The name prefix of a bootstrap's staging directory beside PGDATA (`.pgkeep-bootstrap-HOST-PID`,
+/// earlier versions `.pgkeep-bootstrap-PID`); the bootstrap marker shares the prefix but is a file.
+const STAGING_PREFIX: &str = ".pgkeep-bootstrap-";
+
+/// Step: remove the staging directories that killed bootstraps left beside PGDATA (each as large
+/// as the database), by the run-mark rules: only when their run is known to be gone, never a
+/// live one's. Returns what was removed.
+pub fn clean_stale_staging(pgdata: &Path) -> Result<Vec<PathBuf>, RecoveryError> {
+    let parent = pgdata.parent().unwrap_or(Path::new("/"));
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Ok(removed);
+    };
+    for entry in rd {
+        let entry = entry.fs_ctx("read directory", parent)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+            continue;
+        };
+        let path = entry.path();
+        if name == crate::bootmark::FILE_NAME
+            || !entry
+                .file_type()
+                .is_ok_and(|t| t.is_dir() && !t.is_symlink())
+        {
+            continue;
+        }
+        let gone = match crate::runmark::holder(&path) {
+            crate::runmark::Holder::Gone => true,
+            crate::runmark::Holder::Us | crate::runmark::Holder::Running(_) => false,
+            // No pid file (yet): the name tells the run (`HOST-PID`, or an earlier version's
+            // `PID`); a run on another host, or a name that does not parse, only by its age.
+            crate::runmark::Holder::Unknown => {
+                let (host, pid) = match rest.rsplit_once('-') {
+                    Some((host, pid)) => (Some(host), pid),
+                    None => (None, rest),
+                };
+                let here = host.is_none_or(|h| h == crate::runmark::this_host());
+                match pid.parse::<u32>() {
+                    Ok(pid) if here => {
+                        crate::runmark::judge(pid, None, Duration::default)
+                            == crate::runmark::Holder::Gone
+                    }
+                    _ => crate::runmark::quiet_for(&path) > crate::runmark::FOREIGN_STALE_AFTER,
+                }
+            }
+        };
+        if !gone {
+            tracing::info!(path = %path.display(), "leaving a staging directory a running bootstrap uses");
+            continue;
+        }
+        std::fs::remove_dir_all(&path).fs_ctx("remove stale staging", &path)?;
+        tracing::info!(path = %path.display(), "removed the staging directory an interrupted bootstrap left behind");
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Step: extract the bundle next to PGDATA (same volume) into a staging directory marked as this
+/// run's (a `pid` file with a heartbeat, so a later run can tell it was left by a killed one),
+/// then move the data directory in.
 fn extract_into_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<(), RecoveryError> {
     let parent = req.pgdata.parent().unwrap_or(Path::new("/"));
-    let staging = parent.join(format!(".pgkeep-bootstrap-{}", std::process::id()));
+    let label = crate::runmark::run_label("pgkeep-bootstrap");
+    let staging = parent.join(format!(".{label}"));
     if staging.exists() {
+        // Our own label: left by an earlier run with this PID on this host, which is gone.
         std::fs::remove_dir_all(&staging).fs_ctx("remove", &staging)?;
     }
-    tracing::info!(bundle = %plan.bundle.name, "extracting");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .fs_ctx("create directory", &staging)?;
+    let heartbeat = crate::runmark::mark(&staging).fs_ctx("write", &staging.join("pid"))?;
+    tracing::info!(bundle = %plan.bundle.name, staging = %staging.display(), "extracting");
     let result = (|| {
-        bundle::extract(&plan.bundle.path, &staging)?;
-        let data = staging.join(DATA_PREFIX.trim_end_matches('/'));
+        let unpacked = staging.join("bundle");
+        bundle::extract(&plan.bundle.path, &unpacked)?;
+        let data = unpacked.join(DATA_PREFIX.trim_end_matches('/'));
         for entry in std::fs::read_dir(&data).fs_ctx("read directory", &data)? {
             let entry = entry.fs_ctx("read directory", &data)?;
             let to = req.pgdata.join(entry.file_name());
@@ -1311,6 +1380,7 @@ fn extract_into_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<(), Recove
         fsutil::fsync_dir(&req.pgdata)?;
         Ok::<_, RecoveryError>(())
     })();
+    drop(heartbeat);
     let _ = std::fs::remove_dir_all(&staging);
     result
 }
@@ -2045,5 +2115,72 @@ mod tests {
             next_needed_segment("", &facts).unwrap(),
             "000000010000000000000002"
         );
+    }
+
+    #[test]
+    fn stale_staging_of_dead_runs_is_removed_never_a_live_ones_nor_the_marker() {
+        let t = tempfile::tempdir().unwrap();
+        let pgdata = t.path().join("data");
+        std::fs::create_dir(&pgdata).unwrap();
+        let host = crate::runmark::this_host();
+        let mk = |name: &str, pid_file: Option<String>| {
+            let d = t.path().join(name);
+            std::fs::create_dir_all(d.join("bundle")).unwrap();
+            if let Some(text) = pid_file {
+                std::fs::write(d.join("pid"), text).unwrap();
+            }
+            d
+        };
+        let dead = mk(
+            ".pgkeep-bootstrap-dead",
+            Some(format!("999999999 {host}\n")),
+        );
+        let old_version = mk(".pgkeep-bootstrap-999999998", None);
+        let ours = mk(
+            &format!(".pgkeep-bootstrap-{host}-{}", std::process::id()),
+            Some(crate::runmark::pid_file_text()),
+        );
+        let elsewhere = mk(
+            ".pgkeep-bootstrap-other-pod-1",
+            Some("1 other-pod\n".into()),
+        );
+        let unmarked_here = mk(&format!(".pgkeep-bootstrap-{host}-999999997"), None);
+        let marker = t.path().join(crate::bootmark::FILE_NAME);
+        std::fs::write(&marker, "bundle\n").unwrap();
+        let removed = clean_stale_staging(&pgdata).unwrap();
+        assert!(!dead.exists() && !old_version.exists() && !unmarked_here.exists());
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(ours.exists(), "a live run's staging stays");
+        assert!(elsewhere.exists(), "another host's fresh staging stays");
+        assert!(marker.exists() && pgdata.exists());
+    }
+
+    #[test]
+    fn the_replay_server_gets_its_socket_and_no_tcp_on_the_command_line() {
+        assert_eq!(
+            replay_server_options(Path::new("/run/pg"), 5433),
+            "-c listen_addresses= -c unix_socket_directories=/run/pg -p 5433"
+        );
+        // pg_ctl hands -o to /bin/sh; the GUC is a comma-separated list.
+        assert_eq!(
+            replay_server_options(Path::new("/tmp/it's, here"), 5432),
+            r#"-c listen_addresses= -c 'unix_socket_directories="/tmp/it'\''s, here"' -p 5432"#
+        );
+    }
+
+    #[test]
+    fn the_run_dir_and_port_are_checked_before_anything_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("missing");
+        let e = check_run_dir(&missing, 101, 104).unwrap_err();
+        assert!(matches!(e, RecoveryError::RunDirUnusable { .. }), "{e}");
+        assert_eq!(e.exit_class(), ExitClass::Refused);
+        check_port_free(t.path(), 5432).unwrap();
+        let lock = t.path().join(".s.PGSQL.5432.lock");
+        std::fs::write(&lock, "999999999\n/data\n").unwrap();
+        check_port_free(t.path(), 5432).unwrap();
+        std::fs::write(&lock, format!("{}\n/data\n", std::process::id())).unwrap();
+        let e = check_port_free(t.path(), 5432).unwrap_err();
+        assert!(e.to_string().contains("port 5432 is taken"), "{e}");
     }
 }

@@ -1353,3 +1353,87 @@ fn a_plain_host_cluster_is_replayed_on_the_run_dir_socket_and_keeps_its_owner() 
     assert_eq!(checksum(&c), all, "every committed write is back");
     assert_eq!(c.psql("postgres", "select x from after_backup"), "42");
 }
+
+/// The `.pgkeep-bootstrap-*` staging directories beside PGDATA.
+fn bootstrap_staging(c: &TempCluster) -> Vec<PathBuf> {
+    std::fs::read_dir(c.pgroot())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".pgkeep-bootstrap-")
+                && e.file_type().unwrap().is_dir()
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Spawn `bootstrap basebackup --yes`, wait until `ready` says so, then SIGKILL it.
+fn kill_bootstrap_when(c: &TempCluster, what: &str, ready: impl Fn() -> bool) {
+    let mut child = std::process::Command::new(bin())
+        .envs(c.env())
+        .args(["bootstrap", "basebackup", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the bootstrap ended before {what}"
+        );
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Issue 19 item 6: a bootstrap killed with SIGKILL while it extracts leaves its staging
+/// directory (as large as the database); the next bootstrap removes it. One killed while its
+/// replay server runs leaves that server running with the recovery settings: the next run says
+/// what happened and what to do, and after doing it a bootstrap succeeds.
+#[test]
+fn a_killed_bootstraps_staging_is_removed_and_its_running_server_explained() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "3", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let all = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    // Killed while extracting: its staging directory stays behind.
+    kill_bootstrap_when(&c, "a staging directory", || {
+        bootstrap_staging(&c)
+            .iter()
+            .any(|d| d.join("bundle").exists())
+    });
+    let left = bootstrap_staging(&c);
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    // The next one removes it; killed once its replay server runs.
+    kill_bootstrap_when(&c, "the replay server", || {
+        c.pgdata().join("postmaster.pid").exists()
+    });
+    assert!(!left[0].exists(), "a dead run's staging is removed");
+    assert!(bootstrap_staging(&c).is_empty());
+
+    // The server it started still runs with pgkeep's recovery settings: explained, refused.
+    let err = failed(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]), 3);
+    assert!(
+        err.contains("an earlier bootstrap was interrupted"),
+        "{err}"
+    );
+    assert!(err.contains("pg_ctl -D"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    // Doing what it says (stop it, bootstrap again) recovers every commit.
+    c.stop();
+    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    assert!(bootstrap_staging(&c).is_empty());
+    c.restart();
+    assert_eq!(checksum(&c), all);
+}
