@@ -1409,7 +1409,7 @@ fn a_killed_bootstraps_staging_is_removed_and_its_running_server_explained() {
     kill_bootstrap_when(&c, "a staging directory", || {
         bootstrap_staging(&c)
             .iter()
-            .any(|d| d.join("bundle").exists())
+            .any(|d| d.join("bundle").exists() || d.join("data").exists())
     });
     let left = bootstrap_staging(&c);
     assert_eq!(left.len(), 1, "{left:?}");
