@@ -642,6 +642,7 @@ async fn physical_steps(
         port: SANDBOX_PORT,
         from: Some(bundle.name.clone()),
         target: None,
+        target_timeline: None,
         keep_old: false,
         leave_running: true,
         pgkeep_exe: req.pgkeep_exe.clone(),

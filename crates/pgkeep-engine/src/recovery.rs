@@ -194,6 +194,22 @@ pub enum RecoveryError {
         pid: String,
     },
     #[error(
+        "the recovery target {target} lies after {branch}, where timeline {child} branched off timeline {parent}{when}: timeline {parent} went on past that point until timeline {child} replaced it, so it is not clear which history you mean; nothing was changed\nhint: --target-timeline {parent} recovers timeline {parent}'s own history at that target (what it was before timeline {child} began); --target-timeline {child} or latest follows timeline {child} (and what branched from it later)"
+    )]
+    TargetAfterBranch {
+        target: String,
+        branch: String,
+        when: String,
+        parent: u32,
+        child: u32,
+    },
+    #[error("--target-timeline {timeline}: {reason}; nothing was changed\nhint: {hint}")]
+    BadTimeline {
+        timeline: String,
+        reason: String,
+        hint: String,
+    },
+    #[error(
         "an earlier bootstrap was interrupted: PostgreSQL (pid {pid}) is still running on {pgdata} with pgkeep's recovery settings in postgresql.auto.conf ({state}); nothing was changed\nhint: {hint}"
     )]
     InterruptedBootstrap {
@@ -237,6 +253,8 @@ impl RecoveryError {
             | RunDirUnusable { .. }
             | PortInUse { .. }
             | InterruptedBootstrap { .. }
+            | TargetAfterBranch { .. }
+            | BadTimeline { .. }
             | Repo(_) => ExitClass::Refused,
             _ => ExitClass::Failed,
         }
@@ -258,6 +276,46 @@ impl std::fmt::Display for RecoveryTarget {
             RecoveryTarget::Time(t) => write!(f, "time {t}"),
             RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
             RecoveryTarget::Name(n) => write!(f, "restore point `{n}`"),
+        }
+    }
+}
+
+/// Which timeline recovery follows (`recovery_target_timeline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineChoice {
+    /// The newest timeline whose history descends from the backup's (PostgreSQL's `latest`).
+    Latest,
+    /// The backup's own timeline: later branches are not followed.
+    Current,
+    /// This timeline (the backup's or one descending from it).
+    Id(u32),
+}
+
+impl std::str::FromStr for TimelineChoice {
+    type Err = RecoveryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "latest" => Ok(TimelineChoice::Latest),
+            "current" => Ok(TimelineChoice::Current),
+            n => match n.parse::<u32>() {
+                Ok(id) if id >= 1 => Ok(TimelineChoice::Id(id)),
+                _ => Err(RecoveryError::BadTimeline {
+                    timeline: s.to_owned(),
+                    reason: "not a timeline".into(),
+                    hint: "give a timeline number (1, 2, ...), `latest` or `current`".into(),
+                }),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TimelineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimelineChoice::Latest => f.write_str("latest"),
+            TimelineChoice::Current => f.write_str("current"),
+            TimelineChoice::Id(n) => write!(f, "{n}"),
         }
     }
 }
@@ -334,6 +392,9 @@ pub struct BootstrapRequest {
     pub port: u16,
     pub from: Option<String>,
     pub target: Option<RecoveryTarget>,
+    /// `--target-timeline`; None: `latest`, not chosen (a time or LSN target after a later
+    /// timeline's branch point is then refused as ambiguous).
+    pub target_timeline: Option<TimelineChoice>,
     pub keep_old: bool,
     pub leave_running: bool,
     /// The pgkeep program PostgreSQL runs as restore_command.
@@ -409,6 +470,8 @@ pub struct Plan {
     /// The newest archived segment on the timeline path recovery follows, and its start: without
     /// a target, replay must get at least that far.
     pub newest_archived: Option<(String, Lsn)>,
+    /// The timeline recovery follows (written as recovery_target_timeline).
+    pub target_timeline: TimelineChoice,
 }
 
 /// Where recovery ended.
@@ -473,8 +536,13 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         check_target(t, &facts, &bundle.name)?;
     }
     check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
-    let newest_archived =
-        check_archive_wal(&manifest.members, &facts, &archive, req.target.as_ref())?;
+    let newest_archived = check_archive_wal(
+        &manifest.members,
+        &facts,
+        &archive,
+        req.target.as_ref(),
+        req.target_timeline,
+    )?;
     let data_bytes = manifest
         .members
         .iter()
@@ -507,6 +575,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         archive_handover,
         restore_from,
         newest_archived,
+        target_timeline: req.target_timeline.unwrap_or(TimelineChoice::Latest),
     })
 }
 
@@ -909,19 +978,27 @@ fn archive_path(
     facts: &PhysicalFacts,
     archive: &Archive,
     files: &[wal::ArchivedFile],
+    choice: TimelineChoice,
 ) -> Result<ArchivePath, RecoveryError> {
     let seg = facts.wal_segment_size;
     let mut latest = facts.timeline;
-    while archive
-        .find(&format!("{:08X}.history", latest + 1))
-        .is_some()
-    {
-        latest += 1;
+    match choice {
+        TimelineChoice::Latest => {
+            while archive
+                .find(&format!("{:08X}.history", latest + 1))
+                .is_some()
+            {
+                latest += 1;
+            }
+        }
+        TimelineChoice::Current => {}
+        TimelineChoice::Id(n) => latest = chosen_timeline(facts, archive, n)?,
     }
-    if let Some(above) = files
-        .iter()
-        .filter(|f| f.wal.timeline > latest)
-        .min_by_key(|f| (f.wal.timeline, f.name.clone()))
+    if choice == TimelineChoice::Latest
+        && let Some(above) = files
+            .iter()
+            .filter(|f| f.wal.timeline > latest)
+            .min_by_key(|f| (f.wal.timeline, f.name.clone()))
     {
         return Err(RecoveryError::MissingHistory {
             archive: archive.dir().to_owned(),
@@ -949,6 +1026,135 @@ fn archive_path(
     })
 }
 
+/// An explicit `--target-timeline N`: the backup's timeline, or one whose history file is in the
+/// archive and descends from it.
+fn chosen_timeline(facts: &PhysicalFacts, archive: &Archive, n: u32) -> Result<u32, RecoveryError> {
+    let bad = |reason: String, hint: String| RecoveryError::BadTimeline {
+        timeline: n.to_string(),
+        reason,
+        hint,
+    };
+    if n == facts.timeline {
+        return Ok(n);
+    }
+    if n < facts.timeline {
+        return Err(bad(
+            format!(
+                "the backup was taken on timeline {}, after timeline {n} ended",
+                facts.timeline
+            ),
+            format!(
+                "pick a backup taken on timeline {n} with --from (`pgkeep backups list`), or a timeline from {} up",
+                facts.timeline
+            ),
+        ));
+    }
+    let history = match archive.find(&format!("{n:08X}.history")) {
+        Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
+        None => {
+            return Err(bad(
+                format!(
+                    "the WAL archive {} has no {n:08X}.history, so timeline {n} is unknown",
+                    archive.dir().display()
+                ),
+                "check the number (timelines in the archive: the NNNNNNNN.history files), or use latest".into(),
+            ));
+        }
+    };
+    let branches = history_branches(&history);
+    match branches
+        .iter()
+        .find(|(parent, _)| *parent == facts.timeline)
+    {
+        Some((_, at)) if *at >= facts.stop_lsn => Ok(n),
+        Some((_, at)) => Err(bad(
+            format!(
+                "timeline {n} left timeline {} at {at}, before the backup's end ({})",
+                facts.timeline, facts.stop_lsn
+            ),
+            "use an older backup (--from) that ends before that point".into(),
+        )),
+        None => Err(bad(
+            format!(
+                "timeline {n} does not descend from timeline {}, the backup's",
+                facts.timeline
+            ),
+            "use a backup of timeline {n}'s history (--from), or another timeline".into(),
+        )),
+    }
+}
+
+/// The switch points of a history file: (parent timeline, LSN where the next one began).
+fn history_branches(history: &str) -> Vec<(u32, Lsn)> {
+    history
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The time a history line's reason names (`before 2026-11-25 19:30:00.123+00`), if any: the
+/// time target of the recovery that started the next timeline.
+fn history_branch_time(history: &str, parent: u32) -> Option<jiff::Timestamp> {
+    history.lines().find_map(|line| {
+        let mut f = line.splitn(3, char::is_whitespace);
+        if f.next()?.parse::<u32>().ok()? != parent {
+            return None;
+        }
+        let reason = f.nth(1)?.trim();
+        let t = reason
+            .strip_prefix("before ")
+            .or_else(|| reason.strip_prefix("after "))?;
+        parse_pg_time(t)
+    })
+}
+
+/// Without a chosen timeline, a time or LSN target past the point where a timeline newer than the
+/// backup's branched off the path is ambiguous (the parent went on past it; `latest` would
+/// silently take the child's history): refused, naming the branch and both timelines.
+fn check_target_before_branches(
+    facts: &PhysicalFacts,
+    archive: &Archive,
+    path: &ArchivePath,
+    target: &RecoveryTarget,
+) -> Result<(), RecoveryError> {
+    if path.latest == facts.timeline {
+        return Ok(());
+    }
+    let history = match archive.find(&format!("{:08X}.history", path.latest)) {
+        Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
+        None => return Ok(()),
+    };
+    let branches = history_branches(&history);
+    for (i, (parent, at)) in branches.iter().enumerate() {
+        if *parent < facts.timeline || *at < facts.start_lsn {
+            continue;
+        }
+        let child = branches.get(i + 1).map_or(path.latest, |(t, _)| *t);
+        let after = match target {
+            RecoveryTarget::Lsn(l) => *l > *at,
+            RecoveryTarget::Time(t) => {
+                history_branch_time(&history, *parent).is_some_and(|b| *t > b)
+            }
+            RecoveryTarget::Name(_) => false,
+        };
+        if after {
+            return Err(RecoveryError::TargetAfterBranch {
+                target: target.to_string(),
+                branch: at.to_string(),
+                when: history_branch_time(&history, *parent)
+                    .map(|b| format!(" (by a recovery to time {b})"))
+                    .unwrap_or_default(),
+                parent: *parent,
+                child,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Every segment recovery will read, from the backup's start to the newest archived segment on
 /// the path (to an LSN target's segment with one: time and name targets have no known place in
 /// the WAL yet), must be in the archive or the bundle, and every archived one must belong where
@@ -961,6 +1167,7 @@ fn check_archive_wal(
     facts: &PhysicalFacts,
     archive: &Archive,
     target: Option<&RecoveryTarget>,
+    choice: Option<TimelineChoice>,
 ) -> Result<Option<(String, Lsn)>, RecoveryError> {
     let until = match target {
         Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
@@ -972,7 +1179,17 @@ fn check_archive_wal(
         return Ok(None);
     };
     let seg = facts.wal_segment_size;
-    let path = archive_path(facts, archive, &files)?;
+    let path = archive_path(
+        facts,
+        archive,
+        &files,
+        choice.unwrap_or(TimelineChoice::Latest),
+    )?;
+    if choice.is_none()
+        && let Some(t) = target
+    {
+        check_target_before_branches(facts, archive, &path, t)?;
+    }
     let Some((&newest, newest_file)) = path.on_path.iter().next_back() else {
         return Ok(None);
     };
@@ -1499,7 +1716,10 @@ fn write_recovery_settings(
         ),
     ));
     block.push_str(&conf_line("recovery_target_action", "promote"));
-    block.push_str(&conf_line("recovery_target_timeline", "latest"));
+    block.push_str(&conf_line(
+        "recovery_target_timeline",
+        &plan.target_timeline.to_string(),
+    ));
     block.push_str(&conf_line("hot_standby", "on"));
     if let Some(t) = &plan.target {
         for (k, v) in t.settings() {
@@ -1886,6 +2106,7 @@ mod tests {
             port: 5432,
             from: None,
             target: None,
+            target_timeline: None,
             keep_old: false,
             leave_running: false,
             pgkeep_exe: "pgkeep".into(),
@@ -2015,7 +2236,8 @@ mod tests {
         let a = Archive::new(t.path());
         let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
         let touch = |n: &str| std::fs::write(t.path().join(n), "x").unwrap();
-        let path = |a: &Archive| archive_path(&facts, a, &a.list().unwrap());
+        let path =
+            |a: &Archive| archive_path(&facts, a, &a.list().unwrap(), TimelineChoice::Latest);
         for n in [
             "000000010000000000000002",
             "000000010000000000000003.zst",
@@ -2062,6 +2284,7 @@ mod tests {
             archive_handover: None,
             restore_from: "w".into(),
             newest_archived: Some(("000000010000000000000007".into(), Lsn(0x700_0000))),
+            target_timeline: TimelineChoice::Latest,
         };
         let ended = |end: &str| Ended {
             end_lsn: Some(end.into()),
@@ -2182,5 +2405,92 @@ mod tests {
         std::fs::write(&lock, format!("{}\n/data\n", std::process::id())).unwrap();
         let e = check_port_free(t.path(), 5432).unwrap_err();
         assert!(e.to_string().contains("port 5432 is taken"), "{e}");
+    }
+
+    #[test]
+    fn timelines_are_chosen_and_ambiguous_targets_refused_naming_the_branch() {
+        assert_eq!(
+            "latest".parse::<TimelineChoice>().unwrap(),
+            TimelineChoice::Latest
+        );
+        assert_eq!(
+            "current".parse::<TimelineChoice>().unwrap(),
+            TimelineChoice::Current
+        );
+        assert_eq!(
+            "3".parse::<TimelineChoice>().unwrap(),
+            TimelineChoice::Id(3)
+        );
+        assert!("0".parse::<TimelineChoice>().is_err());
+        assert!("newest".parse::<TimelineChoice>().is_err());
+
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::new(t.path());
+        let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
+        std::fs::write(
+            t.path().join("00000002.history"),
+            "1\t0/5000100\tbefore 2026-11-25 19:30:00.000000+00\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("00000003.history"),
+            "1\t0/5000100\tbefore 2026-11-25 19:30:00.000000+00\n2\t0/7000200\tno recovery target specified\n",
+        )
+        .unwrap();
+        assert_eq!(
+            history_branch_time(
+                &std::fs::read_to_string(t.path().join("00000003.history")).unwrap(),
+                1
+            ),
+            Some("2026-11-25T19:30:00Z".parse().unwrap())
+        );
+        let files = a.list().unwrap();
+        let path = archive_path(&facts, &a, &files, TimelineChoice::Latest).unwrap();
+        assert_eq!(path.latest, 3);
+        let check =
+            |target: RecoveryTarget| check_target_before_branches(&facts, &a, &path, &target);
+        check(RecoveryTarget::Lsn("0/5000000".parse().unwrap())).unwrap();
+        let e = check(RecoveryTarget::Lsn("0/6000000".parse().unwrap())).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("0/5000100, where timeline 2 branched off timeline 1"),
+            "{e}"
+        );
+        let e = check(RecoveryTarget::Lsn("0/8000000".parse().unwrap())).unwrap_err();
+        assert!(
+            e.to_string().contains("timeline 2 branched off timeline 1"),
+            "{e}"
+        );
+        check(RecoveryTarget::Time(
+            "2026-11-25T19:00:00Z".parse().unwrap(),
+        ))
+        .unwrap();
+        let e = check(RecoveryTarget::Time(
+            "2026-11-25T20:00:00Z".parse().unwrap(),
+        ))
+        .unwrap_err();
+        assert_eq!(e.exit_class(), ExitClass::Refused);
+
+        // Chosen timelines: the backup's, a descendant, not an older or unknown one.
+        assert_eq!(
+            archive_path(&facts, &a, &files, TimelineChoice::Current)
+                .unwrap()
+                .latest,
+            1
+        );
+        assert_eq!(
+            archive_path(&facts, &a, &files, TimelineChoice::Id(2))
+                .unwrap()
+                .latest,
+            2
+        );
+        let e = archive_path(&facts, &a, &files, TimelineChoice::Id(4)).unwrap_err();
+        assert!(e.to_string().contains("no 00000004.history"), "{e}");
+        let late = PhysicalFacts::for_test(1, "0/6000028", "0/6000100");
+        let e = archive_path(&late, &a, &files, TimelineChoice::Id(2)).unwrap_err();
+        assert!(e.to_string().contains("before the backup's end"), "{e}");
+        let on2 = PhysicalFacts::for_test(2, "0/6000028", "0/6000100");
+        let e = archive_path(&on2, &a, &files, TimelineChoice::Id(1)).unwrap_err();
+        assert!(e.to_string().contains("after timeline 1 ended"), "{e}");
     }
 }

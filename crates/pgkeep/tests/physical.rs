@@ -1437,3 +1437,75 @@ fn a_killed_bootstraps_staging_is_removed_and_its_running_server_explained() {
     c.restart();
     assert_eq!(checksum(&c), all);
 }
+
+fn utc_now(c: &TempCluster) -> String {
+    c.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+/// Issue 19 item 4: after a PITR to A (timeline 2), a "corrected" PITR to a later B on
+/// timeline 1 used to follow `latest` into timeline 2 and silently return A. Without a chosen
+/// timeline it is refused (branch point and timelines named, PGDATA untouched); with
+/// `--target-timeline 1` timeline 1's state at B comes back.
+#[test]
+fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let at_a = checksum(&c);
+    let a = utc_now(&c);
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let at_b = checksum(&c);
+    let b = utc_now(&c);
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-time", &a, "--yes"],
+    ));
+    assert!(out.contains("timeline 2"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_a);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    assert!(c.wal_archive().join("00000002.history").exists());
+
+    let before = fingerprint(&c.pgdata());
+    let err = failed(
+        pgkeep(
+            &c,
+            &["bootstrap", "basebackup", "--target-time", &b, "--yes"],
+        ),
+        3,
+    );
+    assert!(
+        err.contains("where timeline 2 branched off timeline 1"),
+        "{err}"
+    );
+    assert!(err.contains("--target-timeline 1"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+
+    let out = ok(pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--target-time",
+            &b,
+            "--target-timeline",
+            "1",
+            "--yes",
+        ],
+    ));
+    assert!(out.contains("timeline 3"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_b, "timeline 1's state at B");
+}

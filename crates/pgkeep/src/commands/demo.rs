@@ -410,6 +410,7 @@ async fn bootstrap(site: &Site, later: i64) -> anyhow::Result<()> {
             port: s.postgres.port,
             from: None,
             target: None,
+            target_timeline: None,
             keep_old: false,
             leave_running: true,
             pgkeep_exe: site.exe.clone(),
