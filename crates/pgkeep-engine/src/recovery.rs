@@ -1079,7 +1079,7 @@ fn chosen_timeline(facts: &PhysicalFacts, archive: &Archive, n: u32) -> Result<u
                 "timeline {n} does not descend from timeline {}, the backup's",
                 facts.timeline
             ),
-            "use a backup of timeline {n}'s history (--from), or another timeline".into(),
+            format!("use a backup taken on timeline {n}'s path (--from), or another timeline"),
         )),
     }
 }
