@@ -180,6 +180,26 @@ pub fn verify(pg: &PgBin, dir: &Path, backup: &Backup) -> Result<Verified, Logic
     })
 }
 
+/// [`verify`], unless a remembered result for the unchanged file (same size and modification
+/// time) says already whether it is sound.
+pub fn verify_cached(pg: &PgBin, dir: &Path, backup: &Backup) -> Result<Verified, LogicalError> {
+    let records = load_records(dir);
+    if let Some(r) = records
+        .get(&backup.name)
+        .filter(|r| r.size == backup.size && r.mtime == mtime(&backup.path))
+    {
+        return Ok(Verified {
+            name: backup.name.clone(),
+            kind: backup.kind,
+            ok: r.ok,
+            members: 0,
+            toc_entries: None,
+            message: r.message.clone(),
+        });
+    }
+    verify(pg, dir, backup)
+}
+
 /// What [`check`] found in a sound backup.
 #[derive(Debug, Clone, Serialize)]
 pub struct Checked {
@@ -212,41 +232,90 @@ pub fn check(pg: &PgBin, staging_in: &Path, backup: &Backup) -> Result<Checked, 
     let staging_dir =
         crate::logical::Staging::create(staging_in, &crate::runmark::run_label("verify"))?;
     let staging = staging_dir.path().join("x");
-    let result = (|| {
-        let c = bundle::extract(&backup.path, &staging)?;
-        let Some(m) = &c.manifest else {
-            return Err(BundleError::BadManifest {
-                archive: backup.path.clone(),
-                message: "no MANIFEST.json in the bundle".into(),
-            }
-            .into());
-        };
-        let db = m.info_str("database").unwrap_or("records");
-        let (dir_member, _) = crate::logical::member_names(db);
-        let dump = staging.join(&dir_member);
-        if !dump.join("toc.dat").is_file() {
-            return Err(LogicalError::NoDump {
-                archive: backup.path.clone(),
-                found: c.top_level().into_iter().collect::<Vec<_>>().join(", "),
-            });
-        }
-        let list = pg
-            .cmd("pg_restore")
-            .arg("--list")
-            .arg(&dump)
-            .output_string()?;
-        let entries: Vec<&str> = list
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .collect();
-        Ok(Checked {
-            members: c.members.len(),
-            toc_entries: Some(entries.len()),
-            table_data_entries: Some(count_table_data(&entries)),
-        })
-    })();
+    let result = bundle::extract(&backup.path, &staging)
+        .map_err(LogicalError::from)
+        .and_then(|c| check_logical_extracted(pg, &backup.path, &c, &staging));
     drop(staging_dir);
     result
+}
+
+/// The checks of a logical bundle after [`bundle::extract`] verified every checksum into
+/// `extracted`: it has a manifest (of a logical bundle), its `<db>.dir` dump, and `pg_restore
+/// --list` reads that dump's table of contents. `backups verify` and every restore of a file with
+/// a bundle name make these same checks.
+pub fn check_logical_extracted(
+    pg: &PgBin,
+    archive: &Path,
+    c: &bundle::Contents,
+    extracted: &Path,
+) -> Result<Checked, LogicalError> {
+    let Some(m) = &c.manifest else {
+        return Err(BundleError::BadManifest {
+            archive: archive.to_owned(),
+            message: "no MANIFEST.json in the bundle".into(),
+        }
+        .into());
+    };
+    if m.kind != bundle::BundleKind::Logical {
+        return Err(BundleError::BadManifest {
+            archive: archive.to_owned(),
+            message: "MANIFEST.json describes a physical backup, not a logical one".into(),
+        }
+        .into());
+    }
+    let db = m.info_str("database").unwrap_or("records");
+    let (dir_member, _) = crate::logical::member_names(db);
+    let dump = extracted.join(&dir_member);
+    if !dump.join("toc.dat").is_file() {
+        return Err(LogicalError::NoDump {
+            archive: archive.to_owned(),
+            found: c.top_level().into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    let list = pg
+        .cmd("pg_restore")
+        .arg("--list")
+        .arg(&dump)
+        .output_string()?;
+    let entries: Vec<&str> = list
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .collect();
+    Ok(Checked {
+        members: c.members.len(),
+        toc_entries: Some(entries.len()),
+        table_data_entries: Some(count_table_data(&entries)),
+    })
+}
+
+/// The stop time a bundle's manifest records (`finished_at` of a logical bundle, `stop_time` of
+/// a physical one), read from its tail ([`peek_manifest`]); `None` without a readable manifest.
+pub fn stop_time(path: &Path) -> Option<jiff::Timestamp> {
+    let m = peek_manifest(path)?;
+    let key = match m.kind {
+        bundle::BundleKind::Logical => "finished_at",
+        bundle::BundleKind::Physical => "stop_time",
+    };
+    m.info_str(key)?.parse().ok()
+}
+
+/// The bundles of a kind that carry a manifest, newest first by the stop time it records (never
+/// by file name). Whether they verify is for the caller to check.
+pub fn newest_first(
+    dir: &Path,
+    kind: BackupKind,
+) -> Result<Vec<(Backup, jiff::Timestamp)>, LogicalError> {
+    let mut out: Vec<(Backup, jiff::Timestamp)> = repo::list(dir)?
+        .into_iter()
+        .filter(|b| b.kind == kind)
+        .filter_map(|b| stop_time(&b.path).map(|t| (b, t)))
+        .collect();
+    // The name's time and sequence break ties (stop times may have whole seconds).
+    out.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| (b.0.time, b.0.seq).cmp(&(a.0.time, a.0.seq)))
+    });
+    Ok(out)
 }
 
 /// `TABLE DATA` entries of a `pg_restore --list` (`3385; 0 16390 TABLE DATA public t owner`).

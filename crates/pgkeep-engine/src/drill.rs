@@ -548,6 +548,7 @@ async fn logical_restore_and_check(
             jobs: req.jobs.max(1),
             clean: false,
             keep_going: false,
+            keep_old: false,
         },
         progress: req.progress.clone(),
         staging_in: Some(dir.to_owned()),

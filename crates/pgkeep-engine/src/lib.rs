@@ -26,6 +26,7 @@ pub mod sanity;
 pub mod server;
 pub mod settings;
 pub mod sqlgz;
+pub mod sqlscan;
 pub mod tools;
 pub mod transfer;
 pub mod upload;

@@ -29,19 +29,26 @@
 //!
 //! # Restoring
 //!
-//! [`LogicalRestore::prepare`] finds the archive, verifies every checksum while extracting it into
-//! a fresh staging directory and looks at the target database, all before anything in PostgreSQL
-//! is changed. [`PreparedRestore::run`] then applies `globals.sql` (only "already exists" errors
-//! are ignored; the role pgkeep connects as is left as it is, its password belongs to the
-//! Secret), creates the extensions of `extensions.tsv`, creates the database when missing,
-//! restores the directory dump with `pg_restore -j N` (or a custom-format dump, or streams
-//! `*.sql` / `*.sql.gz` through psql), runs ANALYZE, refreshes materialized views in dependency
-//! order and ends with the [`SanityReport`]. A non-empty target needs `clean`: `pg_restore --clean
-//! --if-exists` drops and recreates the dump's objects (for plain SQL the database is dropped and
-//! created again).
+//! [`LogicalRestore::prepare`] finds the archive (for "newest": the newest bundle by the stop
+//! time its manifest records that verifies), verifies every checksum while extracting it into a
+//! fresh staging directory, and reads everything the restore will read before anything in
+//! PostgreSQL is changed: a file with a pgkeep bundle name must pass what `backups verify` checks
+//! ([`crate::catalog::check_logical_extracted`]); gzip streams are read to their end; dumps'
+//! tables of contents are read (`pg_restore --list`); plain SQL scripts and `globals.sql` are
+//! scanned ([`crate::sqlscan`]). [`PreparedRestore::run`] then applies `globals.sql` (only
+//! "already exists" errors are ignored; statements touching the role pgkeep connects as are
+//! skipped, its password belongs to the Secret), creates an empty scratch database
+//! `<db>__pgkeep_restore` with the target's properties, creates the extensions of
+//! `extensions.tsv` in it, restores the directory dump with `pg_restore -j N` (or a
+//! custom-format dump, or streams `*.sql` / `*.sql.gz` through the scanner's filter into psql),
+//! runs ANALYZE, refreshes the materialized views MANIFEST.json records as populated that the
+//! dump left empty, and only then swaps the scratch database in for the target (the replaced one
+//! dropped, or kept with `keep_old`). A failure before the swap drops the scratch database: the
+//! target is as it was. A non-empty target needs `clean`. The summary ends with the
+//! [`SanityReport`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +64,7 @@ use crate::repo::{self, BackupKind, RepoError};
 use crate::runmark;
 use crate::sanity::SanityReport;
 use crate::sqlgz::{self, SqlGzError};
+use crate::sqlscan::{self, FilterError, Policy, ScanError, ScanReport};
 use crate::tools::{PgBin, ToolError};
 use crate::upload::{self, FileKind};
 
@@ -117,6 +125,33 @@ pub enum LogicalError {
         expected: String,
         actual: String,
     },
+    #[error("{path}: {error}")]
+    UnsafeSql { path: PathBuf, error: ScanError },
+    #[error(
+        "{path} is damaged: {detail}; nothing was changed\nhint: copy the complete file again (compare its size or SHA-256 with the original), or use another dump"
+    )]
+    DamagedInput { path: PathBuf, detail: String },
+    #[error(
+        "{cause}\nthe restore ran into the scratch database `{scratch}`, which was dropped again: `{database}` was not touched, nothing was changed{roles}"
+    )]
+    ScratchFailed {
+        database: String,
+        scratch: String,
+        /// Set when globals.sql had been applied (roles are cluster-wide).
+        roles: &'static str,
+        cause: Box<LogicalError>,
+    },
+    #[error(
+        "another restore into `{database}` is running; nothing was changed\nhint: wait for it to finish"
+    )]
+    RestoreBusy { database: String },
+    #[error(
+        "{name} has the name of a pgkeep bundle but fails the verification `pgkeep backups verify` makes; nothing was changed\n{cause}\nhint: restore another backup (`pgkeep backups list`); a dump from elsewhere comes in through `pgkeep restore upload` under a name of its own"
+    )]
+    NotVerified {
+        name: String,
+        cause: Box<LogicalError>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -130,7 +165,10 @@ impl LogicalError {
             | Unrecognised { .. }
             | NotEmpty { .. }
             | NotLogical { .. }
-            | UploadClash { .. } => ExitClass::Refused,
+            | UploadClash { .. }
+            | UnsafeSql { .. }
+            | RestoreBusy { .. }
+            | NotVerified { .. } => ExitClass::Refused,
             Bundle(
                 BundleError::Corrupt { .. }
                 | BundleError::UnsafeEntry { .. }
@@ -348,6 +386,21 @@ impl Db {
             .map_err(query_err("ANALYZE"))
     }
 
+    /// Every materialized view (`schema.name`, quoted as needed) and whether it is populated.
+    async fn matviews_populated(&self) -> Result<BTreeMap<String, bool>, DbError> {
+        Ok(self
+            .client()
+            .query(
+                "select format('%I.%I', schemaname, matviewname), ispopulated from pg_matviews",
+                &[],
+            )
+            .await
+            .map_err(query_err("listing materialized views"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     /// Materialized views, each after the materialized views it reads (also through views).
     async fn matviews_in_dependency_order(&self) -> Result<Vec<String>, DbError> {
         let c = self.client();
@@ -528,6 +581,9 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
 // Backup
 // ---------------------------------------------------------------------------------------------
 
+/// The MANIFEST.json key recording each materialized view and whether it was populated.
+pub const MATVIEWS_KEY: &str = "matviews_populated";
+
 /// `pgkeep backup logical`.
 pub struct LogicalBackup {
     pub pg: PgBin,
@@ -591,6 +647,8 @@ impl LogicalBackup {
         tracing::info!(step = "describe", "reading pg_settings and extensions");
         let settings_tsv = db.settings_tsv().await?;
         let extensions_tsv = db.extensions_tsv().await?;
+        // Which materialized views hold data: a restore leaves the others unpopulated.
+        let matviews = db.matviews_populated().await?;
         drop(db);
 
         let removed = clean_stale(&self.backups_dir)?;
@@ -613,6 +671,10 @@ impl LogicalBackup {
         info.insert("started_at".into(), started.to_string().into());
         info.insert("pg_dump_major".into(), tool.into());
         info.insert("jobs".into(), self.jobs.into());
+        info.insert(
+            MATVIEWS_KEY.into(),
+            serde_json::to_value(&matviews).expect("a map of bools serialises"),
+        );
         let job = BackupJob {
             pg: self.pg.clone(),
             conn: self.conn.clone(),
@@ -764,6 +826,8 @@ pub struct RestoreOptions {
     pub clean: bool,
     /// Continue past errors (counted and reported) instead of stopping at the first.
     pub keep_going: bool,
+    /// After a swap, keep the replaced database as `<db>__pgkeep_old_<stamp>`.
+    pub keep_old: bool,
 }
 
 /// `pgkeep restore dump` / the restore half of `pgkeep restore upload`.
@@ -808,6 +872,10 @@ pub struct PreparedRestore {
     extensions: Option<PathBuf>,
     target_exists: bool,
     target_objects: i64,
+    /// What the scans of the plain SQL scripts found (statements skipped).
+    scans: Vec<ScanReport>,
+    /// Bundles passed over for "newest" because they failed verification.
+    passed_over: Vec<String>,
     _staging: Staging,
 }
 
@@ -827,7 +895,17 @@ pub struct RestoreSummary {
     pub created_database: bool,
     pub globals: Option<GlobalsOutcome>,
     pub extensions_created: Vec<String>,
-    pub matviews_refreshed: usize,
+    /// Materialized views populated by the restore (pg_restore's or the script's REFRESH, or
+    /// pgkeep's when the dump left one empty that MANIFEST.json records as populated).
+    pub matviews_refreshed: Vec<String>,
+    /// Materialized views left unpopulated, as they were at backup time (`WITH NO DATA`).
+    pub matviews_unpopulated: Vec<String>,
+    /// Statements of plain SQL scripts left out (they touched the role pgkeep connects as).
+    pub skipped_statements: Vec<String>,
+    /// Newer bundles passed over because they failed verification.
+    pub passed_over: Vec<String>,
+    /// The replaced database, kept with --keep-old.
+    pub kept_old: Option<String>,
     /// Errors that did not stop the restore (globals other than "already exists", extensions,
     /// --keep-going, materialized view refreshes).
     pub errors: usize,
@@ -872,33 +950,124 @@ pub fn redact(line: &str) -> String {
         .join(" ")
 }
 
-/// `CREATE ROLE me;` / `ALTER ROLE me WITH ...` lines of pg_dumpall for the role we connect as.
-fn is_own_role_line(line: &str, me: &str) -> bool {
-    let quoted = quote_ident(me);
-    [me, quoted.as_str()].iter().any(|name| {
-        line.starts_with(&format!("CREATE ROLE {name};"))
-            || line.starts_with(&format!("ALTER ROLE {name} WITH "))
+/// Suffix of the scratch database a restore loads into before it is swapped in.
+pub const SCRATCH_SUFFIX: &str = "__pgkeep_restore";
+/// Infix of the replaced database's name while it is set aside (`<db>__pgkeep_old_<stamp>`).
+pub const OLD_INFIX: &str = "__pgkeep_old_";
+
+/// `<database><suffix>`, the database part shortened to fit PostgreSQL's 63 bytes.
+pub fn side_name(database: &str, suffix: &str) -> String {
+    let mut cut = database.len().min(63usize.saturating_sub(suffix.len()));
+    while !database.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &database[..cut])
+}
+
+/// The database to run admin statements from while `database` is swapped.
+fn admin_db(database: &str) -> &'static str {
+    if database == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    }
+}
+
+/// Read a plain SQL script (`.sql` or `.sql.gz`, by content) as a stream.
+fn open_script(file: &Path) -> Result<Box<dyn io::BufRead + Send>, LogicalError> {
+    let gz = upload::sniff(file)? == FileKind::SqlGz;
+    let f = std::fs::File::open(file).fs_ctx("open", file)?;
+    let r = io::BufReader::with_capacity(1 << 20, f);
+    Ok(if gz {
+        Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(r),
+        ))
+    } else {
+        Box::new(r)
     })
+}
+
+/// Read the whole script (every gzip member and its CRC) and scan it (see [`crate::sqlscan`]).
+fn check_script(file: &Path, policy: &Policy) -> Result<ScanReport, LogicalError> {
+    let input = open_script(file)?;
+    match sqlscan::filter(input, io::sink(), policy) {
+        Ok(r) => Ok(r),
+        Err(FilterError::Scan(source)) => Err(LogicalError::UnsafeSql {
+            path: file.to_owned(),
+            error: source,
+        }),
+        Err(FilterError::Read(e) | FilterError::Write(e)) => Err(LogicalError::DamagedInput {
+            path: file.to_owned(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// `pg_restore --list` of a custom-format or directory dump: its table of contents is readable.
+fn check_toc(pg: &PgBin, dump: &Path) -> Result<(), LogicalError> {
+    match pg.cmd("pg_restore").arg("--list").arg(dump).output_string() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(LogicalError::DamagedInput {
+            path: dump.to_owned(),
+            detail: format!("pg_restore --list cannot read it: {e}"),
+        }),
+    }
+}
+
+/// A verification failure (the candidate is damaged), as opposed to a failure to look at it.
+fn is_damage(e: &LogicalError) -> bool {
+    matches!(
+        e,
+        LogicalError::NotVerified { .. }
+            | LogicalError::DamagedInput { .. }
+            | LogicalError::NoDump { .. }
+            | LogicalError::Bundle(_)
+    )
+}
+
+/// What [`LogicalRestore::open`] found in one archive.
+struct Opened {
+    manifest: Option<Manifest>,
+    dump: DumpForm,
+    globals: Option<PathBuf>,
+    extensions: Option<PathBuf>,
+    scans: Vec<ScanReport>,
 }
 
 impl LogicalRestore {
     /// Find, verify and extract the dump; look at the target. Changes nothing in PostgreSQL.
     pub async fn prepare(self) -> Result<PreparedRestore, LogicalError> {
         tracing::info!(step = "locate", "finding the dump");
-        let archive = match &self.source {
-            RestoreSource::Newest => repo::newest(&self.backups_dir, BackupKind::Logical)?.path,
+        let candidates: Vec<PathBuf> = match &self.source {
+            RestoreSource::Newest => {
+                // Newest by the stop time the manifests record; bundles without a readable
+                // manifest come last (they fail verification, and say why when nothing else is
+                // there). A bundle that fails verification is passed over for the next one.
+                repo::newest(&self.backups_dir, BackupKind::Logical)?;
+                let dated = crate::catalog::newest_first(&self.backups_dir, BackupKind::Logical)?;
+                let mut c: Vec<PathBuf> = dated.into_iter().map(|(b, _)| b.path).collect();
+                let undated: Vec<PathBuf> = repo::list(&self.backups_dir)?
+                    .into_iter()
+                    .rev()
+                    .filter(|b| b.kind == BackupKind::Logical && !c.contains(&b.path))
+                    .map(|b| b.path)
+                    .collect();
+                c.extend(undated);
+                c
+            }
             RestoreSource::Named(n) => {
                 let b = repo::find(&self.backups_dir, n)?;
                 if b.kind != BackupKind::Logical {
                     return Err(LogicalError::NotLogical { name: b.name });
                 }
-                b.path
+                vec![b.path]
             }
             RestoreSource::File(p) => {
                 if !p.is_file() {
                     return Err(LogicalError::NoSuchFile { path: p.clone() });
                 }
-                p.clone()
+                vec![p.clone()]
             }
         };
         let staging_in = match &self.staging_in {
@@ -910,59 +1079,38 @@ impl LogicalRestore {
         };
         let staging = Staging::create(&staging_in, &runmark::run_label("restore"))?;
 
-        tracing::info!(step = "verify", archive = %archive.display(), "verifying checksums and extracting");
-        let kind = upload::sniff(&archive)?;
-        let (manifest, dump, globals, extensions) = match kind {
-            FileKind::TarGz => {
-                let dest = staging.path().join("x");
-                let archive2 = archive.clone();
-                let dest2 = dest.clone();
-                let clock = Instant::now();
-                let contents =
-                    tokio::task::spawn_blocking(move || bundle::extract(&archive2, &dest2))
-                        .await
-                        .map_err(|e| LogicalError::Internal(e.to_string()))??;
-                tracing::info!(
-                    step = "verified",
-                    members = contents.members.len(),
-                    manifest = contents.manifest.is_some(),
-                    seconds = clock.elapsed().as_secs_f64(),
-                    "checksums verified and extracted"
-                );
-                let database = contents
-                    .manifest
-                    .as_ref()
-                    .and_then(|m| m.info_str("database"))
-                    .unwrap_or(&self.conn.dbname)
-                    .to_owned();
-                let found = find_dump(&dest, &database)?;
-                let Some(dump) = found.dump else {
-                    let names: Vec<String> = contents.top_level().into_iter().collect();
-                    return Err(LogicalError::NoDump {
-                        archive: archive.clone(),
-                        found: if names.is_empty() {
-                            "an empty archive".into()
-                        } else {
-                            names.join(", ")
-                        },
-                    });
-                };
-                (contents.manifest, dump, found.globals, found.extensions)
+        let mut passed_over = Vec::new();
+        let mut opened = None;
+        let count = candidates.len();
+        for (i, archive) in candidates.into_iter().enumerate() {
+            let dest = staging.path().join(format!("x{i}"));
+            match self.open(&archive, &dest).await {
+                Ok(o) => {
+                    opened = Some((archive, o));
+                    break;
+                }
+                Err(e)
+                    if matches!(self.source, RestoreSource::Newest)
+                        && i + 1 < count
+                        && is_damage(&e) =>
+                {
+                    let name = archive
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    tracing::warn!("passing over {name}: {e}");
+                    passed_over.push(name);
+                    let _ = std::fs::remove_dir_all(&dest);
+                }
+                Err(e) => return Err(e),
             }
-            FileKind::Custom => (None, DumpForm::Custom(archive.clone()), None, None),
-            FileKind::Sql | FileKind::SqlGz => {
-                (None, DumpForm::Sql(vec![archive.clone()]), None, None)
-            }
-            FileKind::Other(what) => {
-                return Err(LogicalError::Unrecognised {
-                    path: archive.clone(),
-                    found: what,
-                });
-            }
+        }
+        let Some((archive, o)) = opened else {
+            return Err(LogicalError::Internal("no candidate to restore".into()));
         };
 
         tracing::info!(step = "inspect-target", database = %self.conn.dbname, "looking at the target database");
-        let admin = Db::connect(&self.conn.with_db("postgres")).await?;
+        let admin = Db::connect(&self.conn.with_db(admin_db(&self.conn.dbname))).await?;
         let target_exists = admin.database_exists(&self.conn.dbname).await?;
         drop(admin);
         let target_objects = if target_exists {
@@ -973,14 +1121,152 @@ impl LogicalRestore {
         Ok(PreparedRestore {
             req: self,
             archive,
-            manifest,
-            dump,
-            globals,
-            extensions,
+            manifest: o.manifest,
+            dump: o.dump,
+            globals: o.globals,
+            extensions: o.extensions,
             target_exists,
             target_objects,
+            scans: o.scans,
+            passed_over,
             _staging: staging,
         })
+    }
+
+    /// Verify and extract one archive into `dest` and check everything a restore will read: a
+    /// file with a pgkeep bundle name passes what `backups verify` checks; every gzip stream is
+    /// read to its end; dumps' tables of contents are read; SQL scripts are scanned.
+    async fn open(&self, archive: &Path, dest: &Path) -> Result<Opened, LogicalError> {
+        tracing::info!(step = "verify", archive = %archive.display(), "verifying checksums and extracting");
+        let name = archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bundle_named = repo::parse_name(&name).is_some();
+        let pg = self.req_pg();
+        let data_policy = Policy {
+            database: self.conn.dbname.clone(),
+            role: self.conn.user.clone(),
+        };
+        let globals_policy = Policy {
+            database: admin_db(&self.conn.dbname).to_owned(),
+            role: self.conn.user.clone(),
+        };
+        let archive2 = archive.to_owned();
+        let dest2 = dest.to_owned();
+        let fallback_db = self.conn.dbname.clone();
+        tokio::task::spawn_blocking(move || -> Result<Opened, LogicalError> {
+            let kind = upload::sniff(&archive2)?;
+            if bundle_named && kind != FileKind::TarGz {
+                return Err(LogicalError::NotVerified {
+                    name,
+                    cause: Box::new(LogicalError::Unrecognised {
+                        path: archive2.clone(),
+                        found: "not a gzip-compressed tar, which every pgkeep bundle is".into(),
+                    }),
+                });
+            }
+            let mut scans = Vec::new();
+            let opened = match kind {
+                FileKind::TarGz => {
+                    let clock = Instant::now();
+                    let contents = match bundle::extract(&archive2, &dest2) {
+                        Ok(c) => c,
+                        Err(e) if bundle_named => {
+                            return Err(LogicalError::NotVerified {
+                                name,
+                                cause: Box::new(e.into()),
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    tracing::info!(
+                        step = "verified",
+                        members = contents.members.len(),
+                        manifest = contents.manifest.is_some(),
+                        seconds = clock.elapsed().as_secs_f64(),
+                        "checksums verified and extracted"
+                    );
+                    if bundle_named
+                        && let Err(e) = crate::catalog::check_logical_extracted(
+                            &pg, &archive2, &contents, &dest2,
+                        )
+                    {
+                        return Err(LogicalError::NotVerified {
+                            name,
+                            cause: Box::new(e),
+                        });
+                    }
+                    let database = contents
+                        .manifest
+                        .as_ref()
+                        .and_then(|m| m.info_str("database"))
+                        .unwrap_or(&fallback_db)
+                        .to_owned();
+                    let found = find_dump(&dest2, &database)?;
+                    let Some(dump) = found.dump else {
+                        let names: Vec<String> = contents.top_level().into_iter().collect();
+                        return Err(LogicalError::NoDump {
+                            archive: archive2.clone(),
+                            found: if names.is_empty() {
+                                "an empty archive".into()
+                            } else {
+                                names.join(", ")
+                            },
+                        });
+                    };
+                    if let Some(g) = &found.globals {
+                        scans.push(check_script(g, &globals_policy)?);
+                    }
+                    Opened {
+                        manifest: contents.manifest,
+                        dump,
+                        globals: found.globals,
+                        extensions: found.extensions,
+                        scans: Vec::new(),
+                    }
+                }
+                FileKind::Custom => Opened {
+                    manifest: None,
+                    dump: DumpForm::Custom(archive2.clone()),
+                    globals: None,
+                    extensions: None,
+                    scans: Vec::new(),
+                },
+                FileKind::Sql | FileKind::SqlGz => Opened {
+                    manifest: None,
+                    dump: DumpForm::Sql(vec![archive2.clone()]),
+                    globals: None,
+                    extensions: None,
+                    scans: Vec::new(),
+                },
+                FileKind::Other(what) => {
+                    return Err(LogicalError::Unrecognised {
+                        path: archive2.clone(),
+                        found: what,
+                    });
+                }
+            };
+            tracing::info!(
+                step = "validate",
+                "reading the whole dump before anything is changed"
+            );
+            match &opened.dump {
+                DumpForm::Dir(p) | DumpForm::Custom(p) => check_toc(&pg, p)?,
+                DumpForm::Sql(files) => {
+                    for f in files {
+                        scans.push(check_script(f, &data_policy)?);
+                    }
+                }
+            }
+            Ok(Opened { scans, ..opened })
+        })
+        .await
+        .map_err(|e| LogicalError::Internal(e.to_string()))?
+    }
+
+    fn req_pg(&self) -> PgBin {
+        self.pg.clone()
     }
 }
 
@@ -1099,7 +1385,9 @@ impl PreparedRestore {
         self.target_objects == 0
     }
 
-    /// The restore proper, as a script of named steps.
+    /// The restore proper, as a script of named steps. Everything is loaded into a scratch
+    /// database (`<db>__pgkeep_restore`); only when that succeeded is it swapped in for the
+    /// target, so a failed restore leaves the target as it was.
     pub async fn run(self) -> Result<RestoreSummary, LogicalError> {
         let clock = Instant::now();
         let opts = self.req.options.clone();
@@ -1109,6 +1397,20 @@ impl PreparedRestore {
                 database,
                 objects: self.target_objects,
             });
+        }
+        let admin = Db::connect(&self.req.conn.with_db(admin_db(&database))).await?;
+        tracing::info!(step = "lock", database = %database, "one restore per database at a time");
+        let locked: bool = admin
+            .client()
+            .query_one(
+                "select pg_try_advisory_lock(hashtext('pgkeep restore ' || $1::text))",
+                &[&database],
+            )
+            .await
+            .map_err(query_err("taking the restore lock"))?
+            .get(0);
+        if !locked {
+            return Err(LogicalError::RestoreBusy { database });
         }
         let mut errors: Vec<String> = Vec::new();
 
@@ -1124,31 +1426,218 @@ impl PreparedRestore {
             None => None,
         };
 
-        let mut created_database = false;
-        let sql_clean = opts.clean && matches!(self.dump, DumpForm::Sql(_)) && self.target_exists;
-        if sql_clean {
-            tracing::info!(step = "recreate-database", database = %database, "plain SQL cannot --clean: dropping and creating the database");
-            let admin = Db::connect(&self.req.conn.with_db("postgres")).await?;
-            admin
-                .client()
-                .batch_execute(&format!(
-                    "drop database {} with (force)",
-                    quote_ident(&database)
-                ))
-                .await
-                .map_err(query_err("dropping the database"))?;
-            admin.create_database(&database).await?;
-            created_database = true;
-        } else if !self.target_exists {
-            tracing::info!(step = "create-database", database = %database, "creating the database");
-            Db::connect(&self.req.conn.with_db("postgres"))
-                .await?
-                .create_database(&database)
-                .await?;
-            created_database = true;
-        }
+        let scratch = side_name(&database, SCRATCH_SUFFIX);
+        tracing::info!(step = "scratch", scratch = %scratch, "creating the scratch database the dump is loaded into");
+        drop_database(&admin, &scratch).await?;
+        let loaded = match self.create_scratch(&admin, &scratch).await {
+            Ok(()) => self.load(&scratch, &opts, &mut errors).await,
+            Err(e) => Err(e),
+        };
+        let (extensions_created, matviews_refreshed, matviews_unpopulated) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                self.req.progress.end();
+                if let Err(d) = drop_database(&admin, &scratch).await {
+                    tracing::warn!("could not drop the scratch database {scratch}: {d}");
+                }
+                return Err(LogicalError::ScratchFailed {
+                    database,
+                    scratch,
+                    roles: if globals.is_some() {
+                        " (roles created from globals.sql stay)"
+                    } else {
+                        ""
+                    },
+                    cause: Box::new(e),
+                });
+            }
+        };
 
+        tracing::info!(step = "swap", database = %database, "swapping the restored database in");
+        let kept_old = match swap(
+            &admin,
+            &scratch,
+            &database,
+            self.target_exists,
+            opts.keep_old,
+        )
+        .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                if let Err(d) = drop_database(&admin, &scratch).await {
+                    tracing::warn!("could not drop the scratch database {scratch}: {d}");
+                }
+                return Err(LogicalError::ScratchFailed {
+                    database,
+                    scratch,
+                    roles: "",
+                    cause: Box::new(e.into()),
+                });
+            }
+        };
+        drop(admin);
+
+        tracing::info!(step = "sanity", "counting rows");
         let db = Db::connect(&self.req.conn).await?;
+        let sanity = db.sanity(false).await?;
+        let skipped_statements = self
+            .scans
+            .iter()
+            .flat_map(|s| &s.skipped)
+            .map(|s| format!("line {}: {}", s.line, s.statement))
+            .collect();
+        let summary = RestoreSummary {
+            source: self.archive.clone(),
+            database,
+            method: self.dump.method(),
+            created_database: !self.target_exists,
+            globals,
+            extensions_created,
+            matviews_refreshed,
+            matviews_unpopulated,
+            skipped_statements,
+            passed_over: self.passed_over.clone(),
+            kept_old,
+            errors: errors.len(),
+            error_messages: errors,
+            tables: sanity.tables,
+            rows: sanity.total_rows,
+            duration_secs: clock.elapsed().as_secs_f64(),
+            sanity,
+        };
+        tracing::info!(
+            step = "done",
+            tables = summary.tables,
+            rows = summary.rows,
+            errors = summary.errors,
+            "restore finished"
+        );
+        Ok(summary)
+    }
+
+    /// Create the scratch database: empty (from template0), with the target's owner, encoding,
+    /// locale, connection limit, privileges, settings and comment when the target exists.
+    async fn create_scratch(&self, admin: &Db, scratch: &str) -> Result<(), LogicalError> {
+        let database = &self.req.conn.dbname;
+        if !self.target_exists {
+            return Ok(admin.create_database(scratch).await?);
+        }
+        let c = admin.client();
+        let row = c
+            .query_one(
+                "select (to_jsonb(d) - 'datacl')::text, pg_get_userbyid(d.datdba)::text, \
+                 pg_encoding_to_char(d.encoding)::text, shobj_description(d.oid, 'pg_database'), \
+                 d.datacl is not null \
+                 from pg_database d where d.datname = $1",
+                &[database],
+            )
+            .await
+            .map_err(query_err("reading the target database's properties"))?;
+        let props: serde_json::Value =
+            serde_json::from_str(row.get::<_, &str>(0)).unwrap_or_default();
+        let owner: String = row.get(1);
+        let encoding: String = row.get(2);
+        let comment: Option<String> = row.get(3);
+        let has_acl: bool = row.get(4);
+        let text = |k: &str| props.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let mut create = format!(
+            "create database {} owner {} template template0 encoding {}",
+            quote_ident(scratch),
+            quote_ident(&owner),
+            crate::db::quote_literal(&encoding)
+        );
+        for (key, opt) in [("datcollate", "lc_collate"), ("datctype", "lc_ctype")] {
+            if let Some(v) = text(key) {
+                create.push_str(&format!(" {opt} {}", crate::db::quote_literal(&v)));
+            }
+        }
+        let icu = text("daticulocale").or_else(|| text("datlocale"));
+        match (text("datlocprovider").as_deref(), icu) {
+            (Some("i"), Some(l)) => create.push_str(&format!(
+                " locale_provider icu icu_locale {}",
+                crate::db::quote_literal(&l)
+            )),
+            (Some("b"), Some(l)) => create.push_str(&format!(
+                " locale_provider builtin builtin_locale {}",
+                crate::db::quote_literal(&l)
+            )),
+            _ => {}
+        }
+        if let Some(n) = props.get("datconnlimit").and_then(|v| v.as_i64()) {
+            create.push_str(&format!(" connection limit {n}"));
+        }
+        c.batch_execute(&create)
+            .await
+            .map_err(query_err("creating the scratch database"))?;
+        let q = quote_ident(scratch);
+        let mut extra = Vec::new();
+        if has_acl {
+            extra.push(format!("revoke all on database {q} from public"));
+            let grants = c
+                .query(
+                    "select case when a.grantee = 0 then 'public' else quote_ident(pg_get_userbyid(a.grantee)) end, \
+                     a.privilege_type, a.is_grantable \
+                     from pg_database d, aclexplode(d.datacl) a where d.datname = $1",
+                    &[database],
+                )
+                .await
+                .map_err(query_err("reading the target database's privileges"))?;
+            for g in grants {
+                let (who, what, grantable): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
+                extra.push(format!(
+                    "grant {what} on database {q} to {who}{}",
+                    if grantable { " with grant option" } else { "" }
+                ));
+            }
+        }
+        let settings = c
+            .query(
+                "select coalesce(quote_ident(pg_get_userbyid(nullif(s.setrole, 0))), ''), unnest(s.setconfig) \
+                 from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase where d.datname = $1",
+                &[database],
+            )
+            .await
+            .map_err(query_err("reading the target database's settings"))?;
+        for r in settings {
+            let (role, setting): (String, String) = (r.get(0), r.get(1));
+            let Some((name, value)) = setting.split_once('=') else {
+                continue;
+            };
+            let target = if role.is_empty() {
+                format!("alter database {q}")
+            } else {
+                format!("alter role {role} in database {q}")
+            };
+            extra.push(format!(
+                "{target} set {} to {}",
+                guc_name(name),
+                guc_value(name, value)
+            ));
+        }
+        if let Some(text) = comment {
+            extra.push(format!(
+                "comment on database {q} is {}",
+                crate::db::quote_literal(&text)
+            ));
+        }
+        for stmt in extra {
+            c.batch_execute(&stmt)
+                .await
+                .map_err(query_err("copying the target database's properties"))?;
+        }
+        Ok(())
+    }
+
+    /// Extensions, data, ANALYZE and materialized views, into the scratch database.
+    async fn load(
+        &self,
+        scratch: &str,
+        opts: &RestoreOptions,
+        errors: &mut Vec<String>,
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>), LogicalError> {
+        let conn = self.req.conn.with_db(scratch);
+        let db = Db::connect(&conn).await?;
         let mut extensions_created = Vec::new();
         if let Some(ext) = &self.extensions {
             tracing::info!(
@@ -1176,32 +1665,45 @@ impl PreparedRestore {
             "restoring"
         );
         self.req.progress.begin("restore", 0);
-        let data = self.restore_data(&opts);
-        let data_errors = match data {
-            Ok(e) => e,
-            Err(e) => {
-                self.req.progress.end();
-                return Err(e);
-            }
-        };
+        let data_errors = self.restore_data(&conn, opts)?;
         self.req.progress.end();
         errors.extend(data_errors);
 
         tracing::info!(step = "analyze", "ANALYZE");
         db.analyze().await?;
 
-        tracing::info!(
-            step = "matviews",
-            "refreshing materialized views in dependency order"
-        );
-        let mut matviews_refreshed = 0;
+        // pg_restore and pg_dump's scripts refresh the materialized views that held data, in
+        // dependency order, and leave `WITH NO DATA` ones empty. MANIFEST.json records which
+        // were populated: one the dump left empty although it was populated is refreshed here.
+        let recorded: Option<BTreeMap<String, bool>> = self
+            .manifest
+            .as_ref()
+            .and_then(|m| m.info.get(MATVIEWS_KEY))
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let now = db.matviews_populated().await?;
+        let mut refreshed = Vec::new();
+        let mut unpopulated = Vec::new();
         for mv in db.matviews_in_dependency_order().await? {
+            let populated = now.get(&mv).copied().unwrap_or(false);
+            let wanted = recorded
+                .as_ref()
+                .and_then(|r| r.get(&mv).copied())
+                .unwrap_or(populated);
+            if populated {
+                refreshed.push(mv);
+                continue;
+            }
+            if !wanted {
+                unpopulated.push(mv);
+                continue;
+            }
+            tracing::info!(step = "matviews", matview = %mv, "refreshing (populated at backup time)");
             match db
                 .client()
                 .batch_execute(&format!("refresh materialized view {mv}"))
                 .await
             {
-                Ok(()) => matviews_refreshed += 1,
+                Ok(()) => refreshed.push(mv),
                 Err(e) => {
                     let msg = format!(
                         "refresh materialized view {mv}: {}",
@@ -1211,35 +1713,11 @@ impl PreparedRestore {
                     );
                     tracing::warn!("{msg}");
                     errors.push(msg);
+                    unpopulated.push(mv);
                 }
             }
         }
-
-        tracing::info!(step = "sanity", "counting rows");
-        let sanity = db.sanity(false).await?;
-        let summary = RestoreSummary {
-            source: self.archive.clone(),
-            database,
-            method: self.dump.method(),
-            created_database,
-            globals,
-            extensions_created,
-            matviews_refreshed,
-            errors: errors.len(),
-            error_messages: errors,
-            tables: sanity.tables,
-            rows: sanity.total_rows,
-            duration_secs: clock.elapsed().as_secs_f64(),
-            sanity,
-        };
-        tracing::info!(
-            step = "done",
-            tables = summary.tables,
-            rows = summary.rows,
-            errors = summary.errors,
-            "restore finished"
-        );
-        Ok(summary)
+        Ok((extensions_created, refreshed, unpopulated))
     }
 
     async fn apply_globals(
@@ -1247,15 +1725,28 @@ impl PreparedRestore {
         path: &Path,
         errors: &mut Vec<String>,
     ) -> Result<GlobalsOutcome, LogicalError> {
-        let me = self.req.conn.user.clone();
-        let text = std::fs::read_to_string(path).fs_ctx("read", path)?;
-        let filtered: String = text
-            .lines()
-            .filter(|l| !is_own_role_line(l, &me))
-            .flat_map(|l| [l, "\n"])
-            .collect();
+        // The same scan and filter as any plain SQL: statements touching the role pgkeep
+        // connects as are left out (its password belongs to the Secret).
+        let policy = Policy {
+            database: admin_db(&self.req.conn.dbname).to_owned(),
+            role: self.req.conn.user.clone(),
+        };
+        let mut filtered = Vec::new();
+        let input = open_script(path)?;
+        if let Err(e) = sqlscan::filter(input, &mut filtered, &policy) {
+            return Err(match e {
+                FilterError::Scan(error) => LogicalError::UnsafeSql {
+                    path: path.to_owned(),
+                    error,
+                },
+                FilterError::Read(e) | FilterError::Write(e) => LogicalError::DamagedInput {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                },
+            });
+        }
         let file = path.with_file_name(".globals.filtered.sql");
-        fsutil::write_atomic(&file, filtered.as_bytes(), 0o600, true)?;
+        fsutil::write_atomic(&file, &filtered, 0o600, true)?;
         let conn = self.req.conn.with_db("postgres");
         let cmd = conn
             .apply(self.req.pg.cmd("psql"))
@@ -1285,6 +1776,8 @@ impl PreparedRestore {
                 let shown = match line.strip_prefix("psql:").and_then(|r| {
                     let (_, rest) = r.split_once(".sql:")?;
                     let (n, msg) = rest.split_once(": ")?;
+                    // The filter's `\restrict` line comes first: psql counts one line more.
+                    let n = n.parse::<u64>().ok()?.saturating_sub(1);
                     Some(format!("line {n}: {msg}"))
                 }) {
                     Some(s) => s,
@@ -1299,17 +1792,17 @@ impl PreparedRestore {
     }
 
     /// The data step; returns errors passed over with --keep-going.
-    fn restore_data(&self, opts: &RestoreOptions) -> Result<Vec<String>, LogicalError> {
-        let conn = &self.req.conn;
+    fn restore_data(
+        &self,
+        conn: &ConnParams,
+        opts: &RestoreOptions,
+    ) -> Result<Vec<String>, LogicalError> {
         let pg = &self.req.pg;
         let run_pg_restore = |path: &Path| -> Result<Vec<String>, LogicalError> {
             let mut cmd = conn
                 .apply(pg.cmd("pg_restore"))
                 .arg(format!("--dbname={}", conn.dbname))
                 .arg(format!("--jobs={}", opts.jobs.max(1)));
-            if opts.clean {
-                cmd = cmd.args(["--clean", "--if-exists"]);
-            }
             if !opts.keep_going {
                 cmd = cmd.arg("--exit-on-error");
             }
@@ -1351,18 +1844,26 @@ impl PreparedRestore {
             DumpForm::Sql(files) => {
                 let mut errors = Vec::new();
                 for f in files {
-                    errors.extend(self.run_sql(f, opts.keep_going)?);
+                    errors.extend(self.run_sql(conn, f, opts.keep_going)?);
                 }
                 Ok(errors)
             }
         }
     }
 
-    fn run_sql(&self, file: &Path, keep_going: bool) -> Result<Vec<String>, LogicalError> {
-        let gz = upload::sniff(file)? == FileKind::SqlGz;
-        let mut cmd = self
-            .req
-            .conn
+    /// Stream a script through the filter of [`crate::sqlscan`] into psql (it was scanned in
+    /// full before anything ran).
+    fn run_sql(
+        &self,
+        conn: &ConnParams,
+        file: &Path,
+        keep_going: bool,
+    ) -> Result<Vec<String>, LogicalError> {
+        let policy = Policy {
+            database: self.req.conn.dbname.clone(),
+            role: self.req.conn.user.clone(),
+        };
+        let mut running = conn
             .apply(self.req.pg.cmd("psql"))
             .args(["-X", "-q", "-v", "VERBOSITY=terse"])
             .arg("-v")
@@ -1370,38 +1871,38 @@ impl PreparedRestore {
                 "ON_ERROR_STOP=0"
             } else {
                 "ON_ERROR_STOP=1"
-            });
-        cmd = if gz {
-            cmd.stdin_piped()
-        } else {
-            cmd.stdin_file(file)
-        };
-        let mut running = cmd.spawn()?;
-        if gz {
-            let mut stdin = running.take_stdin().expect("stdin is piped");
-            let f = std::fs::File::open(file).fs_ctx("open", file)?;
-            let mut dec =
-                flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, f));
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = match dec.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(FsError::new("decompress", file, e).into()),
-                };
-                // psql stopped (ON_ERROR_STOP): its exit status says why.
-                if stdin.write_all(&buf[..n]).is_err() {
-                    break;
-                }
+            })
+            .stdin_piped()
+            .spawn()?;
+        let stdin = running.take_stdin().expect("stdin is piped");
+        let input = open_script(file)?;
+        match sqlscan::filter(input, io::BufWriter::with_capacity(1 << 16, stdin), &policy) {
+            // psql stopped (ON_ERROR_STOP): its exit status says why.
+            Ok(_) | Err(FilterError::Write(_)) => {}
+            Err(FilterError::Scan(error)) => {
+                return Err(LogicalError::UnsafeSql {
+                    path: file.to_owned(),
+                    error,
+                });
             }
-            drop(stdin);
+            Err(FilterError::Read(e)) => {
+                return Err(LogicalError::DamagedInput {
+                    path: file.to_owned(),
+                    detail: e.to_string(),
+                });
+            }
         }
         let (status, stderr) = running.wait_status()?;
+        if stderr.contains("invalid command \\restrict") {
+            return Err(LogicalError::RestoreFailed {
+                what: "psql",
+                detail: "this psql does not know `\\restrict` (PostgreSQL 13.22, 14.19, 15.14, 16.10, 17.6 and 18 have it), which pgkeep runs uploaded scripts under; install newer client tools or point PGKEEP_PG_BIN at them".into(),
+            });
+        }
         let lines: Vec<String> = stderr
             .lines()
             .filter(|l| l.contains("ERROR:") || l.contains("FATAL:"))
-            .map(|l| format!("{}: {}", file.display(), redact(l)))
+            .map(|l| format!("{}: {}", file.display(), redact(&script_line(l))))
             .collect();
         if !status.success() {
             return Err(LogicalError::RestoreFailed {
@@ -1411,6 +1912,166 @@ impl PreparedRestore {
         }
         Ok(lines)
     }
+}
+
+/// `psql:<stdin>:N: ERROR: ...` → `line N-1: ERROR: ...` (psql counts the filter's `\restrict`
+/// line too); other lines as they are.
+fn script_line(l: &str) -> String {
+    l.strip_prefix("psql:<stdin>:")
+        .and_then(|r| r.split_once(": "))
+        .and_then(|(n, msg)| {
+            Some(format!(
+                "line {}: {msg}",
+                n.parse::<u64>().ok()?.saturating_sub(1)
+            ))
+        })
+        .unwrap_or_else(|| l.to_owned())
+}
+
+/// Drop a database when it exists, whoever is connected to it.
+async fn drop_database(admin: &Db, name: &str) -> Result<(), LogicalError> {
+    admin
+        .client()
+        .batch_execute(&format!(
+            "drop database if exists {} with (force)",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(query_err("dropping a database"))?;
+    Ok(())
+}
+
+/// Put `scratch` in the place of `database`: no new connections to the old one, its sessions
+/// ended, both renamed in one transaction (retried while a session holds on), then the old one
+/// dropped, or kept as `<db>__pgkeep_old_<stamp>`. Returns the kept name. When it fails, the old
+/// database is as it was.
+async fn swap(
+    admin: &Db,
+    scratch: &str,
+    database: &str,
+    exists: bool,
+    keep_old: bool,
+) -> Result<Option<String>, DbError> {
+    let c = admin.client();
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
+    let old = side_name(database, &format!("{OLD_INFIX}{stamp}"));
+    let (q_db, q_scratch, q_old) = (
+        quote_ident(database),
+        quote_ident(scratch),
+        quote_ident(&old),
+    );
+    if exists {
+        c.batch_execute(&format!(
+            "alter database {q_db} with allow_connections false"
+        ))
+        .await
+        .map_err(query_err("closing the target database to new connections"))?;
+    }
+    let renames = if exists {
+        format!(
+            "begin; alter database {q_db} rename to {q_old}; alter database {q_scratch} rename to {q_db}; commit"
+        )
+    } else {
+        format!("alter database {q_scratch} rename to {q_db}")
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        c.query(
+            "select pg_terminate_backend(pid, 5000) from pg_stat_activity              where datname = any($1) and pid <> pg_backend_pid()",
+            &[&vec![database.to_owned(), scratch.to_owned()]],
+        )
+        .await
+        .map_err(query_err("ending sessions on the databases being swapped"))?;
+        match c.batch_execute(&renames).await {
+            Ok(()) => break,
+            Err(e) => {
+                let _ = c.batch_execute("rollback").await;
+                if attempt < 10 {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                if exists {
+                    let _ = c
+                        .batch_execute(&format!(
+                            "alter database {q_db} with allow_connections true"
+                        ))
+                        .await;
+                }
+                return Err(query_err("swapping the restored database in")(e));
+            }
+        }
+    }
+    if !exists {
+        return Ok(None);
+    }
+    if keep_old {
+        if let Err(e) = c
+            .batch_execute(&format!(
+                "alter database {q_old} with allow_connections true"
+            ))
+            .await
+        {
+            tracing::warn!("could not reopen {old} to connections: {e}");
+        }
+        tracing::info!(old = %old, "the replaced database is kept");
+        return Ok(Some(old));
+    }
+    if let Err(e) = c
+        .batch_execute(&format!("drop database {q_old} with (force)"))
+        .await
+    {
+        tracing::warn!(
+            "the restore is in place, but the replaced database {old} could not be dropped: {e}; drop it by hand"
+        );
+        return Ok(Some(old));
+    }
+    Ok(None)
+}
+
+/// A setting name for `SET`: each dotted part quoted.
+fn guc_name(name: &str) -> String {
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A setting's value as stored in pg_db_role_setting, for `SET name TO ...`: list settings
+/// (search_path and the like) as a list of literals, the others as one literal.
+fn guc_value(name: &str, value: &str) -> String {
+    let lists = [
+        "search_path",
+        "temp_tablespaces",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "shared_preload_libraries",
+    ];
+    if !lists.contains(&name.to_ascii_lowercase().as_str()) {
+        return crate::db::quote_literal(value);
+    }
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = value.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => items.push(std::mem::take(&mut cur)),
+            c if c.is_whitespace() && !quoted => {}
+            c => cur.push(c),
+        }
+    }
+    items.push(cur);
+    items
+        .iter()
+        .map(|i| crate::db::quote_literal(i))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1472,6 +2133,7 @@ pub async fn round_trip(
             jobs,
             clean: false,
             keep_going: false,
+            keep_old: false,
         },
         progress,
         staging_in: None,
@@ -1569,17 +2231,6 @@ mod tests {
         assert!(r.contains("PASSWORD '***'"), "{r}");
         let r = redact("hash md5a3556571e93b0d20722ba62be61e8c2d here");
         assert!(!r.contains("a3556571"), "{r}");
-    }
-
-    #[test]
-    fn own_role_lines_are_recognised() {
-        assert!(is_own_role_line("CREATE ROLE postgres;", "postgres"));
-        assert!(is_own_role_line(
-            "ALTER ROLE \"postgres\" WITH SUPERUSER PASSWORD 'x';",
-            "postgres"
-        ));
-        assert!(!is_own_role_line("CREATE ROLE postgres2;", "postgres"));
-        assert!(!is_own_role_line("GRANT app TO postgres;", "postgres"));
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Retention: which backups and which archived WAL to remove (`pgkeep backups prune`).
 //!
-//! Keep the newest `retention.nightly` logical and `retention.basebackups` physical bundles.
+//! Keep the newest `retention.nightly` logical and `retention.basebackups` physical bundles that
+//! verify, newest by the stop time their manifest records (never by file name). A bundle that
+//! fails verification (as `backups verify` checks it; a result remembered for an unchanged file is
+//! reused) is never counted as kept: it is reported, and removed only when asked to
+//! (`--delete-damaged`).
+//!
 //! WAL is pruned per database system: the archive root holds the current system's WAL and each
 //! `superseded/<system>-<time>/` directory an older system's (see [`crate::archive_owner`]); a
 //! system's segment names restart at 1 after a wipe, so one system's backups say nothing about
@@ -19,8 +24,10 @@ use serde::Serialize;
 
 use crate::bundle::{self, BundleError};
 use crate::fsutil::{self, FsError, IoContext};
+use crate::logical::LogicalError;
 use crate::physical::PhysicalFacts;
 use crate::repo::{self, Backup, BackupKind, RepoError};
+use crate::tools::PgBin;
 use crate::wal::{self, Archive, ArchivedFile, WalError, WalKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +40,22 @@ pub enum PruneError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Verify(#[from] Box<LogicalError>),
     #[error(
         "cannot tell where the WAL needed by {bundle} starts: {reason}; no WAL was removed\nhint: check the bundle with `pgkeep backups verify {bundle}`"
     )]
     UnknownStart { bundle: String, reason: String },
+}
+
+/// A bundle's stop time when it verifies, or why it does not.
+pub type Verdict = Result<jiff::Timestamp, String>;
+
+/// A bundle that fails verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    pub backup: Backup,
+    pub reason: String,
 }
 
 /// What prune will do (or did).
@@ -44,6 +63,9 @@ pub enum PruneError {
 pub struct PrunePlan {
     pub keep: Vec<Backup>,
     pub remove: Vec<Backup>,
+    /// Bundles that fail verification: not counted as kept; in `remove` only with
+    /// `delete_damaged`.
+    pub damaged: Vec<Damaged>,
     /// The first WAL file kept in the archive root (the start segment of the oldest kept base
     /// backup of the root's system), when the root's WAL is pruned.
     pub wal_kept_from: Option<String>,
@@ -63,24 +85,87 @@ pub struct WalDirPlan {
     pub kept_from: Option<String>,
 }
 
-/// Decide what to remove. Nothing is changed.
+/// Decide what to remove. Nothing is changed, except that verification results are remembered
+/// (as `backups verify` remembers them).
 pub fn plan(
+    pg: &PgBin,
     backups: &Path,
     wal_archive: &Path,
     keep_nightly: u32,
     keep_basebackups: u32,
+    delete_damaged: bool,
+) -> Result<PrunePlan, PruneError> {
+    let mut verdict = |b: &Backup| -> Result<Verdict, PruneError> {
+        let v = crate::catalog::verify_cached(pg, backups, b).map_err(Box::new)?;
+        if !v.ok {
+            return Ok(Err(v
+                .message
+                .unwrap_or_else(|| "verification failed".into())));
+        }
+        Ok(Ok(
+            crate::catalog::stop_time(&b.path).unwrap_or_else(|| name_time(b))
+        ))
+    };
+    plan_with(
+        backups,
+        wal_archive,
+        keep_nightly,
+        keep_basebackups,
+        delete_damaged,
+        &mut verdict,
+    )
+}
+
+/// The time in a backup's name, as a timestamp (UTC).
+fn name_time(b: &Backup) -> jiff::Timestamp {
+    jiff::tz::TimeZone::UTC
+        .to_timestamp(b.time)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// [`plan`] with the verification given: `verdict` says a bundle's stop time, or why it is
+/// damaged.
+pub fn plan_with(
+    backups: &Path,
+    wal_archive: &Path,
+    keep_nightly: u32,
+    keep_basebackups: u32,
+    delete_damaged: bool,
+    verdict: &mut dyn FnMut(&Backup) -> Result<Verdict, PruneError>,
 ) -> Result<PrunePlan, PruneError> {
     let all = repo::list(backups)?;
     let mut keep = Vec::new();
     let mut remove = Vec::new();
+    let mut damaged = Vec::new();
     for (kind, n) in [
         (BackupKind::Logical, keep_nightly),
         (BackupKind::Physical, keep_basebackups),
     ] {
-        let of_kind: Vec<&Backup> = all.iter().filter(|b| b.kind == kind).collect();
-        let cut = of_kind.len().saturating_sub(n as usize);
-        remove.extend(of_kind[..cut].iter().map(|b| (*b).clone()));
-        keep.extend(of_kind[cut..].iter().map(|b| (*b).clone()));
+        let mut sound: Vec<(jiff::Timestamp, Backup)> = Vec::new();
+        for b in all.iter().filter(|b| b.kind == kind) {
+            match verdict(b)? {
+                Ok(stop) => sound.push((stop, b.clone())),
+                Err(reason) => {
+                    tracing::warn!(bundle = %b.name, "fails verification, not counted as a kept backup: {reason}");
+                    if delete_damaged {
+                        remove.push(b.clone());
+                    }
+                    damaged.push(Damaged {
+                        backup: b.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        // Newest first by stop time; the name's time and sequence break ties (stop times may
+        // have whole seconds).
+        sound.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| (b.1.time, b.1.seq).cmp(&(a.1.time, a.1.seq)))
+        });
+        let cut = (n as usize).min(sound.len());
+        keep.extend(sound[..cut].iter().map(|(_, b)| b.clone()));
+        remove.extend(sound[cut..].iter().rev().map(|(_, b)| b.clone()));
     }
     let wal_dirs = wal_dirs(wal_archive)?;
     // Each kept base backup anchors the WAL of its own system only: where its `.backup` label
@@ -122,6 +207,7 @@ pub fn plan(
     Ok(PrunePlan {
         keep,
         remove,
+        damaged,
         wal_kept_from,
         wal_dirs: per_dir,
         remove_wal,
@@ -318,7 +404,7 @@ mod tests {
         ] {
             touch(&w, n, "x");
         }
-        let p = plan(&b, &w, 1, 2).unwrap();
+        let p = plan_with(&b, &w, 1, 2, false, &mut |b| Ok(Ok(name_time(b)))).unwrap();
         let names = |v: &[Backup]| v.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
         assert_eq!(
             names(&p.remove),
@@ -362,10 +448,129 @@ mod tests {
     }
 
     #[test]
+    fn damaged_bundles_are_never_kept_and_go_only_when_asked() {
+        let t = tempfile::tempdir().unwrap();
+        for n in [
+            "nightly-20260101-0600.tar.gz",
+            "nightly-20260102-0600.tar.gz",
+            "nightly-20260103-0600.tar.gz",
+            "nightly-20991231-2359.tar.gz",
+        ] {
+            touch(t.path(), n, "x");
+        }
+        // The future-named one is damaged; the 01-03 one stopped first although named last.
+        let mut verdict = |b: &Backup| -> Result<Verdict, PruneError> {
+            Ok(match b.name.as_str() {
+                "nightly-20991231-2359.tar.gz" => Err("no MANIFEST.json".into()),
+                "nightly-20260103-0600.tar.gz" => Ok("2025-12-31T00:00:00Z".parse().unwrap()),
+                _ => Ok(name_time(b)),
+            })
+        };
+        let names = |v: &[Backup]| v.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+        let p = plan_with(t.path(), t.path(), 2, 1, false, &mut verdict).unwrap();
+        assert_eq!(
+            names(&p.keep),
+            [
+                "nightly-20260102-0600.tar.gz",
+                "nightly-20260101-0600.tar.gz"
+            ]
+        );
+        assert_eq!(names(&p.remove), ["nightly-20260103-0600.tar.gz"]);
+        assert_eq!(p.damaged.len(), 1);
+        assert_eq!(p.damaged[0].backup.name, "nightly-20991231-2359.tar.gz");
+        let p = plan_with(t.path(), t.path(), 2, 1, true, &mut verdict).unwrap();
+        assert_eq!(
+            names(&p.remove),
+            [
+                "nightly-20991231-2359.tar.gz",
+                "nightly-20260103-0600.tar.gz"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_systems_wal_is_cut_against_its_own_kept_backups() {
+        let t = tempfile::tempdir().unwrap();
+        let (b, w) = (t.path().join("b"), t.path().join("w"));
+        let old = w.join("superseded/111-20261101T000000Z");
+        let older = w.join("superseded/99-20261001T000000Z");
+        for d in [&b, &old, &older] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let label = |dir: &Path, seg: &str, bundle: &str| {
+            touch(
+                dir,
+                &format!("{seg}.00000028.backup"),
+                &format!("START WAL LOCATION: 0/0 (file {seg})\nLABEL: pgkeep {bundle}\n"),
+            )
+        };
+        // System 111 (superseded): an old bundle and a kept one; the live system (root): one.
+        for n in [
+            "basebackup-20261101-0620.bundle.tar.gz",
+            "basebackup-20261102-0620.bundle.tar.gz",
+            "basebackup-20261202-0620.bundle.tar.gz",
+        ] {
+            touch(&b, n, "x");
+        }
+        label(
+            &old,
+            "000000010000000000000004",
+            "basebackup-20261101-0620.bundle.tar.gz",
+        );
+        label(
+            &old,
+            "000000010000000000000009",
+            "basebackup-20261102-0620.bundle.tar.gz",
+        );
+        label(
+            &w,
+            "000000010000000000000002",
+            "basebackup-20261202-0620.bundle.tar.gz",
+        );
+        for n in ["01", "02", "03"] {
+            touch(&w, &format!("0000000100000000000000{n}.zst"), "x");
+        }
+        for n in ["04", "08", "09", "0A"] {
+            touch(&old, &format!("0000000100000000000000{n}.zst"), "x");
+        }
+        // System 99: no kept bundle, so all of its WAL stays.
+        touch(&older, "000000010000000000000001.zst", "x");
+        let p = plan_with(&b, &w, 7, 2, false, &mut |b: &Backup| Ok(Ok(name_time(b)))).unwrap();
+        let mut gone: Vec<String> = p
+            .remove_wal
+            .iter()
+            .map(|f| f.path.strip_prefix(&w).unwrap().display().to_string())
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                "000000010000000000000001.zst",
+                "superseded/111-20261101T000000Z/000000010000000000000004.00000028.backup",
+                "superseded/111-20261101T000000Z/000000010000000000000004.zst",
+                "superseded/111-20261101T000000Z/000000010000000000000008.zst",
+            ]
+        );
+        let kept: Vec<Option<&str>> = p.wal_dirs.iter().map(|d| d.kept_from.as_deref()).collect();
+        assert_eq!(
+            kept,
+            [
+                Some("000000010000000000000002"),
+                Some("000000010000000000000009"),
+                None
+            ]
+        );
+        assert_eq!(p.wal_dirs[1].system, Some(111));
+    }
+
+    #[test]
     fn without_a_physical_backup_no_wal_is_removed() {
         let t = tempfile::tempdir().unwrap();
         touch(t.path(), "000000010000000000000001.zst", "x");
-        let p = plan(t.path(), t.path(), 7, 4).unwrap();
+        let p = plan_with(t.path(), t.path(), 7, 4, false, &mut |b| {
+            Ok(Ok(name_time(b)))
+        })
+        .unwrap();
         assert!(p.remove_wal.is_empty());
         assert!(p.wal_kept_from.is_none());
     }

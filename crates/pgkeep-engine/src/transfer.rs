@@ -61,6 +61,15 @@ pub fn receive(
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| FsError::new("receive", dest, io::Error::other("not a file name")))?;
+    // Uploads go to `uploads/` on the backups volume, made on first use.
+    if !dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(FsError::new("create directory", dir, e).into()),
+        }
+    }
     let mut out = AtomicFile::create(dir, name, 0o600)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

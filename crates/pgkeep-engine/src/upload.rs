@@ -1,5 +1,7 @@
-//! Uploaded dump files: what a file is (by its content, not its name), and copying it into the
-//! backups directory atomically with a checksum check. The local meaning of the seed's
+//! Uploaded dump files: what a file is (by its content, not its name), and copying it into
+//! `uploads/` on the backups volume atomically with a checksum check. Uploads never sit among the
+//! backups: a file named like a nightly bundle cannot become "the newest backup" or be counted by
+//! retention. The local meaning of the seed's
 //! `pg.restore.upload`; the restore itself is [`crate::logical`].
 //!
 //! Accepted: a pgkeep bundle or any `.tar.gz` (checked further once extracted), a gzip-compressed
@@ -92,6 +94,21 @@ pub fn sniff(path: &Path) -> Result<FileKind, FsError> {
         return Ok(FileKind::Sql);
     }
     Ok(FileKind::Other("binary data of an unknown kind".into()))
+}
+
+/// The directory uploads are kept in on the backups volume.
+pub const UPLOADS_DIR: &str = "uploads";
+
+/// `<backups>/uploads`, created (0700) when missing.
+pub fn uploads_dir(backups: &Path) -> Result<PathBuf, FsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = backups.join(UPLOADS_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(FsError::new("create directory", &dir, e)),
+    }
+    Ok(dir)
 }
 
 /// Copy `src` into `dir` under its own file name: written as a hidden partial, fsynced, renamed;

@@ -720,3 +720,166 @@ fn double_mount_never_starts_postgres() {
     }
     site.print_timings();
 }
+
+/// Issue 21: flows under drift and hostile input. `deploy` while the database is scaled to 0
+/// keeps 0 replicas; an upload named `x$(PGPASSWORD).sql` never expands into the password (not
+/// in any output, nor in any pod's log), and when its restore is refused the upload is removed
+/// from the backups volume; a PGDATA emptied by an unfinished bootstrap (its marker in the
+/// volume root, as a bootstrap Job killed mid-extraction leaves it) is not initialized into an
+/// empty database when the Deployment is scaled up.
+#[test]
+fn drift_and_hostile_input_never_change_what_they_must_not() {
+    let site = Site::new("drift");
+    site.pgkeep_ok("deploy", &["deploy", "--wait"]);
+    let replicas = || {
+        kubectl_ok(&[
+            "-n",
+            &site.ns,
+            "get",
+            "deployment",
+            "postgres",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+
+    // --- deploy during a scale-down keeps 0 replicas.
+    site.pgkeep_ok("scale 0", &["scale", "0"]);
+    let out = site.pgkeep_ok("deploy (scaled to 0)", &["deploy"]);
+    assert!(out.contains("replicas kept at 0"), "deploy says so: {out}");
+    assert_eq!(replicas(), "0", "deploy kept 0 replicas");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(replicas(), "0", "still 0");
+    site.pgkeep_ok("scale 1", &["scale", "1"]);
+
+    // --- an upload named with $(PGPASSWORD): refused (the database is not empty), no trace of
+    // the password anywhere, and the refused upload does not stay on the backups volume.
+    site.sql("CREATE TABLE keep_me(x int); INSERT INTO keep_me VALUES (1);");
+    let password = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "secret",
+        "postgres-superuser",
+        "-o",
+        "go-template={{.data.password | base64decode}}",
+    ]);
+    assert!(password.len() >= 16, "read the password from the Secret");
+    let dir = tempfile::tempdir().unwrap();
+    let name = "x$(PGPASSWORD).sql";
+    let file = dir.path().join(name);
+    std::fs::write(&file, "CREATE TABLE from_upload(x int);\n").unwrap();
+    let out = site.pgkeep(
+        "restore upload x$(PGPASSWORD).sql (not empty: refused)",
+        &["restore", "upload", file.to_str().unwrap()],
+    );
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("is not empty"), "refused by the Job: {all}");
+    assert!(
+        all.contains(name),
+        "the name is passed on as written: {all}"
+    );
+    assert!(
+        !all.contains(&password),
+        "the password leaked into the output"
+    );
+    let pods = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {end}",
+    ]);
+    for pod in pods.split_whitespace() {
+        let logs = run(kubectl().args(["-n", &site.ns, "logs", pod, "--all-containers"]));
+        let logs = text(&logs.stdout) + &text(&logs.stderr);
+        assert!(
+            !logs.contains(&password),
+            "the password leaked into pod/{pod}'s log"
+        );
+    }
+    let jobs = kubectl_ok(&["-n", &site.ns, "get", "jobs", "-o", "yaml"]);
+    assert!(
+        !jobs.contains(&password),
+        "the password is in a Job's spec or status"
+    );
+    assert!(
+        jobs.contains("x$$(PGPASSWORD).sql"),
+        "the Job's env holds the escaped name"
+    );
+    assert!(
+        !site.volume("pgbackups").join(name).exists(),
+        "the refused upload was removed from the backups volume"
+    );
+    assert_eq!(site.sql("SELECT count(*) FROM keep_me"), "1");
+
+    // --- an unfinished bootstrap's marker: no initdb on the empty PGDATA at scale-up.
+    site.pgkeep_ok("scale 0 (before the simulated bootstrap)", &["scale", "0"]);
+    let pgroot = site.volume("pgdata-big");
+    let pgdata = pgroot.join("data");
+    for e in std::fs::read_dir(&pgdata).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let marker = pgroot.join(".pgkeep-bootstrap-in-progress");
+    std::fs::write(&marker, "left by a killed bootstrap\n").unwrap();
+    std::os::unix::fs::chown(&marker, Some(999), Some(999)).unwrap();
+    kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "scale",
+        "deployment/postgres",
+        "--replicas=1",
+    ]);
+    let mut db_log = String::new();
+    site.wait_for("the db container to refuse and exit", 180, || {
+        let pods = kubectl_ok(&[
+            "-n",
+            &site.ns,
+            "get",
+            "pods",
+            "-l",
+            "app=postgres",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        let Some(pod) = pods.split_whitespace().next() else {
+            return false;
+        };
+        let code = site.pod_jsonpath(
+            pod,
+            "{.status.containerStatuses[?(@.name==\"db\")].lastState.terminated.exitCode}{.status.containerStatuses[?(@.name==\"db\")].state.terminated.exitCode}",
+        );
+        if code.trim().is_empty() {
+            return false;
+        }
+        assert!(code.trim().starts_with('3'), "the db container exits 3: {code}");
+        db_log.clear();
+        for previous in [false, true] {
+            let mut cmd = kubectl();
+            cmd.args(["-n", &site.ns, "logs", pod, "-c", "db"]);
+            if previous {
+                cmd.arg("--previous");
+            }
+            let out = run(&mut cmd);
+            db_log.push_str(&text(&out.stdout));
+            db_log.push_str(&text(&out.stderr));
+        }
+        true
+    });
+    assert!(
+        db_log.contains(".pgkeep-bootstrap-in-progress"),
+        "serve names the marker: {db_log}"
+    );
+    assert!(
+        !pgdata.join("PG_VERSION").exists(),
+        "no empty database was initialized"
+    );
+    site.print_timings();
+}

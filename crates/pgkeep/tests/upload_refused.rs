@@ -25,7 +25,9 @@ fn tar_gz_with_nothing_to_restore(path: &Path) {
 fn a_refused_upload_in_place_is_removed_only_when_it_was_uploaded_for_this_restore() {
     let c = TempCluster::start();
     c.psql("postgres", "create database records");
-    let upload = c.backups().join("records_dump_20261201.tar.gz");
+    // Where the CLI puts an upload on the backups volume: uploads/, never among the backups.
+    std::fs::create_dir_all(c.backups().join("uploads")).unwrap();
+    let upload = c.backups().join("uploads/records_dump_20261201.tar.gz");
     for (flag, kept) in [(None, true), (Some("--remove-if-refused"), false)] {
         tar_gz_with_nothing_to_restore(&upload);
         let mut cmd = Command::cargo_bin("pgkeep").unwrap();

@@ -59,7 +59,8 @@ pub fn restore_from_dump(s: &Settings) -> Job {
     job(s, RESTORE_FROM_DUMP, Component::Restore, pod)
 }
 
-/// The seed's `pg.restore.upload`: restore a dump file uploaded to the backups volume.
+/// The seed's `pg.restore.upload`: restore a dump file uploaded to `uploads/` on the backups
+/// volume.
 pub fn restore_from_upload(s: &Settings) -> Job {
     let file_arg = format!("$({UPLOAD_FILE_ENV})");
     let mut pod = client_pod(
@@ -72,7 +73,7 @@ pub fn restore_from_upload(s: &Settings) -> Job {
     let env = pod.containers[0].env.get_or_insert_with(Vec::new);
     env.push(super::common::env(
         UPLOAD_FILE_ENV,
-        format!("{}/upload.tar.gz", s.paths.backups.display()),
+        format!("{}/uploads/upload.tar.gz", s.paths.backups.display()),
     ));
     job(s, RESTORE_FROM_UPLOAD, Component::Restore, pod)
 }

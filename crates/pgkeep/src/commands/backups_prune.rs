@@ -1,5 +1,7 @@
-//! `pgkeep backups prune [--dry-run]`: keep the newest `retention.nightly` logical and
-//! `retention.basebackups` physical bundles, and remove archived WAL older than what the oldest
+//! `pgkeep backups prune [--dry-run] [--delete-damaged]`: keep the newest `retention.nightly`
+//! logical and `retention.basebackups` physical bundles that verify (newest by the stop time in
+//! their manifests), report bundles that fail verification (never counted as kept; removed only
+//! with `--delete-damaged`), and remove archived WAL older than what the oldest
 //! kept base backup needs (history files are always kept). The engine's `retention` module
 //! decides; this command shows the plan and applies it. With `--kube` it runs as a one-off Job
 //! made from the physical backup CronJob, which mounts both volumes.
@@ -13,6 +15,9 @@ pub struct Args {
     /// Show what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also remove bundles that fail verification (by default they are only reported).
+    #[arg(long)]
+    pub delete_damaged: bool,
     /// Print the plan (and result) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -27,24 +32,48 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         if args.dry_run {
             a.push("--dry-run");
         }
+        if args.delete_damaged {
+            a.push("--delete-damaged");
+        }
         if args.json {
             a.push("--json");
         }
         return crate::kube::run_local_from_cronjob(&ctx, &cron, "backups-prune", &a).await;
     }
     let s = ctx.settings();
-    let plan = retention::plan(
-        &s.paths.backups,
-        &s.paths.wal_archive,
-        s.retention.nightly,
-        s.retention.basebackups,
-    )?;
+    let pg = pgkeep_engine::tools::PgBin::locate()?;
+    let (backups, wal_archive) = (s.paths.backups.clone(), s.paths.wal_archive.clone());
+    let (nightly, basebackups) = (s.retention.nightly, s.retention.basebackups);
+    let delete_damaged = args.delete_damaged;
+    let plan = tokio::task::spawn_blocking(move || {
+        retention::plan(
+            &pg,
+            &backups,
+            &wal_archive,
+            nightly,
+            basebackups,
+            delete_damaged,
+        )
+    })
+    .await??;
     let verb = if args.dry_run {
         "would remove"
     } else {
         "removing"
     };
     if !args.json {
+        for d in &plan.damaged {
+            println!(
+                "damaged {}: fails verification, not counted as kept{}: {}",
+                d.backup.name,
+                if args.delete_damaged {
+                    ""
+                } else {
+                    " (--delete-damaged removes it)"
+                },
+                d.reason.lines().next().unwrap_or_default()
+            );
+        }
         for b in &plan.remove {
             println!("{verb} {}", b.name);
         }

@@ -32,9 +32,13 @@ pub struct RestoreArgs {
     /// Parallel pg_restore jobs (default: the number of cores).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
-    /// Restore over a non-empty database: drop and recreate the dump's objects.
+    /// Restore over a non-empty database: the dump is loaded into a scratch database and, only
+    /// when that succeeded, swapped in for the old one (which is then dropped).
     #[arg(long)]
     pub clean: bool,
+    /// With --clean: keep the replaced database as `<db>__pgkeep_old_<stamp>`.
+    #[arg(long)]
+    pub keep_old: bool,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -81,6 +85,7 @@ pub async fn restore(
             jobs: args.jobs.unwrap_or_else(logical::default_jobs),
             clean: args.clean,
             keep_going: args.keep_going,
+            keep_old: args.keep_old,
         },
         progress: Arc::new(BarProgress::default()),
         staging_in: None,
@@ -99,7 +104,7 @@ pub async fn restore(
         }
         crate::output::confirm(
             &format!(
-                "Database `{}` holds {} objects. --clean drops and recreates the objects of {}.",
+                "Database `{}` holds {} objects. --clean replaces it with {} (loaded into a scratch database first, swapped in only when that succeeded).",
                 prepared.database(),
                 prepared.target_objects(),
                 prepared.archive().display()
@@ -151,9 +156,37 @@ fn render(s: &RestoreSummary) -> String {
             s.extensions_created.join(", ")
         ));
     }
+    let names = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
     out.push_str(&format!(
-        "materialized views refreshed: {}\n{} tables, {} rows, {} errors, {:.1}s\n",
-        s.matviews_refreshed, s.tables, s.rows, s.errors, s.duration_secs
+        "materialized views refreshed: {}\n",
+        names(&s.matviews_refreshed)
+    ));
+    if !s.matviews_unpopulated.is_empty() {
+        out.push_str(&format!(
+            "materialized views left unpopulated (as at backup time): {}\n",
+            names(&s.matviews_unpopulated)
+        ));
+    }
+    for k in &s.skipped_statements {
+        out.push_str(&format!(
+            "skipped {k} (the role pgkeep connects as is left as it is)\n"
+        ));
+    }
+    for p in &s.passed_over {
+        out.push_str(&format!("passed over {p}: it fails verification\n"));
+    }
+    if let Some(old) = &s.kept_old {
+        out.push_str(&format!("the replaced database is kept as `{old}`\n"));
+    }
+    out.push_str(&format!(
+        "{} tables, {} rows, {} errors, {:.1}s\n",
+        s.tables, s.rows, s.errors, s.duration_secs
     ));
     for e in &s.error_messages {
         out.push_str(&format!("  error: {e}\n"));
@@ -174,6 +207,7 @@ pub(crate) fn dump_job(s: &Settings, args: &Args, yes: bool) -> Job {
     }
     for (on, flag) in [
         (r.clean, "--clean"),
+        (r.keep_old, "--keep-old"),
         (yes, "--yes"),
         (r.keep_going, "--keep-going"),
         (r.json, "--json"),
@@ -196,7 +230,7 @@ async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         let k = &ctx.settings().kube;
         crate::output::confirm(
             &format!(
-                "This restores a dump with --clean into the database of deployment/{} in namespace {}, dropping and recreating the dump's objects.",
+                "This restores a dump with --clean into the database of deployment/{} in namespace {}, replacing the database once the dump has loaded.",
                 k.deployment, k.namespace
             ),
             r.yes,

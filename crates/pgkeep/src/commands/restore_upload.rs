@@ -1,10 +1,10 @@
 //! `pgkeep restore upload FILE` (local meaning of the seed's restore-from-upload job): copy FILE
-//! into the backups directory atomically with a checksum check, then restore it. Accepted: a
+//! into `uploads/` on the backups volume (never among the backups) atomically with a checksum check, then restore it. Accepted: a
 //! pgkeep bundle, any .tar.gz with a *.dir directory dump or *.sql / *.sql.gz files, a bare
 //! .sql, .sql.gz or custom-format .dump; anything else is refused with what was found.
 //!
 //! `--kube`: the same refusal and the same confirmation before anything is sent; then the
-//! backups-loader pod up, FILE streamed into it under its own name with a progress bar (the
+//! backups-loader pod up, FILE streamed into its `uploads/` under its own name with a progress bar (the
 //! checksum verified in the pod by `pgkeep receive` before it becomes visible; an identical
 //! file already there is reused, a different one refused), then the restore-from-upload Job,
 //! pointed at that file and given these options, and its outcome with its last 50 log lines.
@@ -52,7 +52,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         }
         .into());
     }
-    let (copied, created) = upload::copy_into(&args.file, &ctx.settings().paths.backups)?;
+    let uploads = upload::uploads_dir(&ctx.settings().paths.backups)?;
+    let (copied, created) = upload::copy_into(&args.file, &uploads)?;
     tracing::info!(path = %copied.display(), "uploaded");
     // When the upload turns out not to be restorable (checked before the database is touched),
     // the copy is removed again: a refused upload leaves the backups directory as it was.
@@ -102,6 +103,7 @@ fn restore_flags(r: &RestoreArgs) -> Vec<String> {
     }
     for (on, flag) in [
         (r.clean, "--clean"),
+        (r.keep_old, "--keep-old"),
         (r.yes, "--yes"),
         (r.keep_going, "--keep-going"),
         (r.json, "--json"),
@@ -131,7 +133,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         // As the local restore asks before --clean drops anything; the Job then has --yes.
         crate::output::confirm(
             &format!(
-                "This restores {} with --clean into the database of deployment/{} in namespace {}, dropping and recreating the dump's objects.",
+                "This restores {} with --clean into the database of deployment/{} in namespace {}, replacing the database once the dump has loaded.",
                 args.file.display(),
                 s.kube.deployment,
                 s.kube.namespace
@@ -140,7 +142,11 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         args.restore.yes = true;
     }
-    let dest = format!("{}/{name}", s.paths.backups.display());
+    let dest = format!(
+        "{}/{}/{name}",
+        s.paths.backups.display(),
+        upload::UPLOADS_DIR
+    );
     let (cluster, _server) = crate::kube::connect(&ctx).await?;
     let loader = jobs::backups_loader(s);
     let upload = UploadRequest {
@@ -224,6 +230,7 @@ mod tests {
         RestoreArgs {
             jobs: Some(4),
             clean,
+            keep_old: false,
             yes,
             keep_going: false,
             json: false,
@@ -235,7 +242,7 @@ mod tests {
         let s = Settings::default();
         let job = upload_job(
             &s,
-            "/backups/records_dump_20251102.tar.gz",
+            "/backups/uploads/records_dump_20251102.tar.gz",
             &restore_args(true, true),
         );
         let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
@@ -263,7 +270,7 @@ mod tests {
         assert_eq!(file.len(), 1);
         assert_eq!(
             file[0].value.as_deref(),
-            Some("/backups/records_dump_20251102.tar.gz")
+            Some("/backups/uploads/records_dump_20251102.tar.gz")
         );
     }
 
