@@ -23,7 +23,7 @@
 //! WAL archive is only read: a superseded directory is read where it lies instead of being moved
 //! back into the archive root.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,52 @@ pub enum RecoveryError {
         "recovery stopped because an archived WAL file could not be restored (damaged or unreadable){log}\nhint: see the error above; repair or restore the file in the archive, then run the bootstrap again"
     )]
     ArchiveDamaged { log: String },
+    #[error(
+        "the replay server's socket directory {dir} (paths.run_dir / PGKEEP_RUN_DIR) {reason}; nothing was changed\nhint: create it and make it writable by uid {uid} (e.g. `install -d -o {uid} -g {gid} -m 2775 {dir}`), or point PGKEEP_RUN_DIR at a directory that uid {uid} can write"
+    )]
+    RunDirUnusable {
+        dir: PathBuf,
+        uid: u32,
+        gid: u32,
+        reason: String,
+    },
+    #[error(
+        "port {port} is taken in {dir}: another PostgreSQL (pid {pid}) listens there, so the replay server could not start; nothing was changed\nhint: stop that server, or give the bootstrap another port (PGPORT / postgres.port)"
+    )]
+    PortInUse {
+        port: u16,
+        dir: PathBuf,
+        pid: String,
+    },
+    #[error(
+        "the recovery target {target} lies after {branch}, where timeline {child} branched off timeline {parent}{when}: timeline {parent} went on past that point until timeline {child} replaced it, so it is not clear which history you mean; nothing was changed\nhint: --target-timeline {parent} recovers timeline {parent}'s own history at that target (what it was before timeline {child} began); --target-timeline {child} or latest follows timeline {child} (and what branched from it later)"
+    )]
+    TargetAfterBranch {
+        target: String,
+        branch: String,
+        when: String,
+        parent: u32,
+        child: u32,
+    },
+    #[error("--target-timeline {timeline}: {reason}; nothing was changed\nhint: {hint}")]
+    BadTimeline {
+        timeline: String,
+        reason: String,
+        hint: String,
+    },
+    #[error(
+        "an earlier bootstrap was interrupted: PostgreSQL (pid {pid}) is still running on {pgdata} with pgkeep's recovery settings in postgresql.auto.conf ({state}); nothing was changed\nhint: {hint}"
+    )]
+    InterruptedBootstrap {
+        pgdata: PathBuf,
+        pid: i32,
+        state: &'static str,
+        hint: String,
+    },
+    #[error(
+        "recovery ended and the recovery settings were removed, but PostgreSQL did not start again with its own configuration (the replay server had pgkeep's socket directory and no TCP); PGDATA holds the recovered data\nhint: read the server log {log_file}, fix the configuration and start it (pg_ctl -D PGDATA start){log}"
+    )]
+    RestartFailed { log_file: PathBuf, log: String },
     #[error("PostgreSQL stopped during recovery{log}\nhint: read the server log named above")]
     ServerDied { log: String },
     #[error(
@@ -204,6 +250,11 @@ impl RecoveryError {
             | NoRoomToKeepOld { .. }
             | BadTarget { .. }
             | ForeignContent { .. }
+            | RunDirUnusable { .. }
+            | PortInUse { .. }
+            | InterruptedBootstrap { .. }
+            | TargetAfterBranch { .. }
+            | BadTimeline { .. }
             | Repo(_) => ExitClass::Refused,
             _ => ExitClass::Failed,
         }
@@ -225,6 +276,46 @@ impl std::fmt::Display for RecoveryTarget {
             RecoveryTarget::Time(t) => write!(f, "time {t}"),
             RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
             RecoveryTarget::Name(n) => write!(f, "restore point `{n}`"),
+        }
+    }
+}
+
+/// Which timeline recovery follows (`recovery_target_timeline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineChoice {
+    /// The newest timeline whose history descends from the backup's (PostgreSQL's `latest`).
+    Latest,
+    /// The backup's own timeline: later branches are not followed.
+    Current,
+    /// This timeline (the backup's or one descending from it).
+    Id(u32),
+}
+
+impl std::str::FromStr for TimelineChoice {
+    type Err = RecoveryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "latest" => Ok(TimelineChoice::Latest),
+            "current" => Ok(TimelineChoice::Current),
+            n => match n.parse::<u32>() {
+                Ok(id) if id >= 1 => Ok(TimelineChoice::Id(id)),
+                _ => Err(RecoveryError::BadTimeline {
+                    timeline: s.to_owned(),
+                    reason: "not a timeline".into(),
+                    hint: "give a timeline number (1, 2, ...), `latest` or `current`".into(),
+                }),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TimelineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimelineChoice::Latest => f.write_str("latest"),
+            TimelineChoice::Current => f.write_str("current"),
+            TimelineChoice::Id(n) => write!(f, "{n}"),
         }
     }
 }
@@ -291,10 +382,19 @@ pub struct BootstrapRequest {
     pub pgdata: PathBuf,
     pub wal_archive: PathBuf,
     pub backups: PathBuf,
+    /// The data owner (see [`existing_data_owner`] for the default a caller should use).
     pub uid: u32,
     pub gid: u32,
+    /// The replay server's socket directory (paths.run_dir): it listens there only, whatever the
+    /// restored configuration says, until recovery has ended. Ignored with a [`Sandbox`].
+    pub run_dir: PathBuf,
+    /// The replay server's port (postgres.port). Ignored with a [`Sandbox`].
+    pub port: u16,
     pub from: Option<String>,
     pub target: Option<RecoveryTarget>,
+    /// `--target-timeline`; None: `latest`, not chosen (a time or LSN target after a later
+    /// timeline's branch point is then refused as ambiguous).
+    pub target_timeline: Option<TimelineChoice>,
     pub keep_old: bool,
     pub leave_running: bool,
     /// The pgkeep program PostgreSQL runs as restore_command.
@@ -370,6 +470,8 @@ pub struct Plan {
     /// The newest archived segment on the timeline path recovery follows, and its start: without
     /// a target, replay must get at least that far.
     pub newest_archived: Option<(String, Lsn)>,
+    /// The timeline recovery follows (written as recovery_target_timeline).
+    pub target_timeline: TimelineChoice,
 }
 
 /// Where recovery ended.
@@ -393,7 +495,7 @@ pub struct BootstrapReport {
 
 /// Check everything that can be checked without changing anything. See the module docs.
 pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
-    datadir::ensure_stopped(&req.pgdata)?;
+    check_not_running(&req.pgdata)?;
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
     check_pgdata_contents(&req.pgdata)?;
     let bundle = match &req.from {
@@ -434,8 +536,13 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         check_target(t, &facts, &bundle.name)?;
     }
     check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
-    let newest_archived =
-        check_archive_wal(&manifest.members, &facts, &archive, req.target.as_ref())?;
+    let newest_archived = check_archive_wal(
+        &manifest.members,
+        &facts,
+        &archive,
+        req.target.as_ref(),
+        req.target_timeline,
+    )?;
     let data_bytes = manifest
         .members
         .iter()
@@ -452,7 +559,12 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     let pgdata_entries = std::fs::read_dir(&req.pgdata)
         .map(|rd| rd.count())
         .unwrap_or(0);
-    datadir::ensure_stopped(&req.pgdata)?;
+    RunAs::data_owner(req.uid, req.gid)?;
+    if req.sandbox.is_none() {
+        check_run_dir(&req.run_dir, req.uid, req.gid)?;
+        check_port_free(&req.run_dir, req.port)?;
+    }
+    check_not_running(&req.pgdata)?;
     Ok(Plan {
         bundle,
         facts,
@@ -463,7 +575,176 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         archive_handover,
         restore_from,
         newest_archived,
+        target_timeline: req.target_timeline.unwrap_or(TimelineChoice::Latest),
     })
+}
+
+/// The owner a bootstrap should give the data when the settings do not name one: the owner of
+/// PGDATA when it holds anything, else of the data volume root (a plain host's cluster belongs
+/// to `postgres`, whatever uid the image default says). None when neither can be read.
+pub fn existing_data_owner(pgroot: &Path, pgdata: &Path) -> Option<(u32, u32)> {
+    let has_entries = std::fs::read_dir(pgdata).is_ok_and(|mut rd| rd.next().is_some());
+    let from = if has_entries { pgdata } else { pgroot };
+    std::fs::metadata(from).ok().map(|m| (m.uid(), m.gid()))
+}
+
+/// No postmaster runs on PGDATA; when one does and pgkeep's recovery block is still in
+/// postgresql.auto.conf, an earlier bootstrap was killed after it started its server: say so.
+fn check_not_running(pgdata: &Path) -> Result<(), RecoveryError> {
+    let Some(pid) = datadir::running_postmaster(pgdata) else {
+        return Ok(());
+    };
+    let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap_or_default();
+    if !auto.lines().any(|l| l == BLOCK_BEGIN) {
+        return Err(datadir::DatadirError::PostmasterRunning {
+            pid,
+            pgdata: pgdata.to_owned(),
+        }
+        .into());
+    }
+    let d = pgdata.display();
+    let (state, hint) = if pgdata.join("recovery.signal").exists() {
+        (
+            "still replaying WAL: it has not been promoted",
+            format!(
+                "stop it (`pg_ctl -D {d} stop -m fast`, as the data owner) and run the bootstrap again; it starts over from the base backup"
+            ),
+        )
+    } else {
+        (
+            "recovery has ended and it was promoted, but the bootstrap did not finish its cleanup",
+            format!(
+                "to keep what it recovered: stop it (`pg_ctl -D {d} stop -m fast`, as the data owner), delete the lines from `{BLOCK_BEGIN}` to `{BLOCK_END}` in {d}/postgresql.auto.conf, remove {} beside PGDATA, and start it normally; or stop it and run the bootstrap again to start over",
+                crate::bootmark::FILE_NAME
+            ),
+        )
+    };
+    Err(RecoveryError::InterruptedBootstrap {
+        pgdata: pgdata.to_owned(),
+        pid,
+        state,
+        hint,
+    })
+}
+
+/// The replay server's socket directory exists and the data owner can create its socket there.
+fn check_run_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), RecoveryError> {
+    let unusable = |reason: String| RecoveryError::RunDirUnusable {
+        dir: dir.to_owned(),
+        uid,
+        gid,
+        reason,
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Err(unusable(format!("cannot be used ({e})"))),
+    };
+    if !meta.is_dir() {
+        return Err(unusable("is not a directory".into()));
+    }
+    let writable = if !fsutil::is_root() {
+        rustix::fs::access(
+            dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_ok()
+    } else {
+        let mode = meta.mode();
+        if uid == 0 {
+            true
+        } else if meta.uid() == uid {
+            mode & 0o300 == 0o300
+        } else if meta.gid() == gid || in_supplementary_group(uid, meta.gid()) {
+            mode & 0o030 == 0o030
+        } else {
+            mode & 0o003 == 0o003
+        }
+    };
+    if !writable {
+        return Err(unusable(format!(
+            "is not writable by uid {uid}, the data owner (it belongs to {}:{} with mode {:o})",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the account `uid` is a member of group `gid` by /etc/group.
+fn in_supplementary_group(uid: u32, gid: u32) -> bool {
+    let Some(name) = crate::server::account_name(uid) else {
+        return false;
+    };
+    std::fs::read_to_string("/etc/group").is_ok_and(|text| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            f.len() >= 4
+                && f[2].parse::<u32>().ok() == Some(gid)
+                && f[3].split(',').any(|m| m == name)
+        })
+    })
+}
+
+/// No live PostgreSQL holds the socket `PORT` in `dir` (its lock file names a running process).
+fn check_port_free(dir: &Path, port: u16) -> Result<(), RecoveryError> {
+    let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
+    let Ok(text) = std::fs::read_to_string(&lock) else {
+        return Ok(());
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    let alive = rustix::process::Pid::from_raw(pid.abs()).is_some_and(|p| {
+        match rustix::process::test_kill_process(p) {
+            Ok(()) => true,
+            Err(e) => e == rustix::io::Errno::PERM,
+        }
+    });
+    if alive {
+        return Err(RecoveryError::PortInUse {
+            port,
+            dir: dir.to_owned(),
+            pid: pid.abs().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the replay server listens: the sandbox's private socket, else the run dir.
+fn replay_socket(req: &BootstrapRequest) -> (PathBuf, u16) {
+    match &req.sandbox {
+        Some(sb) => (sb.socket_dir.clone(), sb.port),
+        None => (req.run_dir.clone(), req.port),
+    }
+}
+
+/// The `pg_ctl -o` options of the replay server (read by `/bin/sh`, so each word is quoted):
+/// its socket directory and port, and no TCP, whatever the restored configuration says.
+pub fn replay_server_options(socket_dir: &Path, port: u16) -> String {
+    let dir = socket_dir.display().to_string();
+    // unix_socket_directories is a comma-separated list: a name with a separator is quoted.
+    let dir = if dir.contains([',', '"', ' ', '\t']) {
+        format!("\"{}\"", dir.replace('"', "\"\""))
+    } else {
+        dir
+    };
+    [
+        "-c".to_owned(),
+        "listen_addresses=".to_owned(),
+        "-c".to_owned(),
+        format!("unix_socket_directories={dir}"),
+        "-p".to_owned(),
+        port.to_string(),
+    ]
+    .iter()
+    .map(|w| crate::tools::shell_quote(w))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// When the archive root does not hold the bundle's system's WAL but a superseded directory of
@@ -697,19 +978,27 @@ fn archive_path(
     facts: &PhysicalFacts,
     archive: &Archive,
     files: &[wal::ArchivedFile],
+    choice: TimelineChoice,
 ) -> Result<ArchivePath, RecoveryError> {
     let seg = facts.wal_segment_size;
     let mut latest = facts.timeline;
-    while archive
-        .find(&format!("{:08X}.history", latest + 1))
-        .is_some()
-    {
-        latest += 1;
+    match choice {
+        TimelineChoice::Latest => {
+            while archive
+                .find(&format!("{:08X}.history", latest + 1))
+                .is_some()
+            {
+                latest += 1;
+            }
+        }
+        TimelineChoice::Current => {}
+        TimelineChoice::Id(n) => latest = chosen_timeline(facts, archive, n)?,
     }
-    if let Some(above) = files
-        .iter()
-        .filter(|f| f.wal.timeline > latest)
-        .min_by_key(|f| (f.wal.timeline, f.name.clone()))
+    if choice == TimelineChoice::Latest
+        && let Some(above) = files
+            .iter()
+            .filter(|f| f.wal.timeline > latest)
+            .min_by_key(|f| (f.wal.timeline, f.name.clone()))
     {
         return Err(RecoveryError::MissingHistory {
             archive: archive.dir().to_owned(),
@@ -737,6 +1026,135 @@ fn archive_path(
     })
 }
 
+/// An explicit `--target-timeline N`: the backup's timeline, or one whose history file is in the
+/// archive and descends from it.
+fn chosen_timeline(facts: &PhysicalFacts, archive: &Archive, n: u32) -> Result<u32, RecoveryError> {
+    let bad = |reason: String, hint: String| RecoveryError::BadTimeline {
+        timeline: n.to_string(),
+        reason,
+        hint,
+    };
+    if n == facts.timeline {
+        return Ok(n);
+    }
+    if n < facts.timeline {
+        return Err(bad(
+            format!(
+                "the backup was taken on timeline {}, after timeline {n} ended",
+                facts.timeline
+            ),
+            format!(
+                "pick a backup taken on timeline {n} with --from (`pgkeep backups list`), or a timeline from {} up",
+                facts.timeline
+            ),
+        ));
+    }
+    let history = match archive.find(&format!("{n:08X}.history")) {
+        Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
+        None => {
+            return Err(bad(
+                format!(
+                    "the WAL archive {} has no {n:08X}.history, so timeline {n} is unknown",
+                    archive.dir().display()
+                ),
+                "check the number (timelines in the archive: the NNNNNNNN.history files), or use latest".into(),
+            ));
+        }
+    };
+    let branches = history_branches(&history);
+    match branches
+        .iter()
+        .find(|(parent, _)| *parent == facts.timeline)
+    {
+        Some((_, at)) if *at >= facts.stop_lsn => Ok(n),
+        Some((_, at)) => Err(bad(
+            format!(
+                "timeline {n} left timeline {} at {at}, before the backup's end ({})",
+                facts.timeline, facts.stop_lsn
+            ),
+            "use an older backup (--from) that ends before that point".into(),
+        )),
+        None => Err(bad(
+            format!(
+                "timeline {n} does not descend from timeline {}, the backup's",
+                facts.timeline
+            ),
+            format!("use a backup taken on timeline {n}'s path (--from), or another timeline"),
+        )),
+    }
+}
+
+/// The switch points of a history file: (parent timeline, LSN where the next one began).
+fn history_branches(history: &str) -> Vec<(u32, Lsn)> {
+    history
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The time a history line's reason names (`before 2026-11-25 19:30:00.123+00`), if any: the
+/// time target of the recovery that started the next timeline.
+fn history_branch_time(history: &str, parent: u32) -> Option<jiff::Timestamp> {
+    history.lines().find_map(|line| {
+        let mut f = line.splitn(3, char::is_whitespace);
+        if f.next()?.parse::<u32>().ok()? != parent {
+            return None;
+        }
+        let reason = f.nth(1)?.trim();
+        let t = reason
+            .strip_prefix("before ")
+            .or_else(|| reason.strip_prefix("after "))?;
+        parse_pg_time(t)
+    })
+}
+
+/// Without a chosen timeline, a time or LSN target past the point where a timeline newer than the
+/// backup's branched off the path is ambiguous (the parent went on past it; `latest` would
+/// silently take the child's history): refused, naming the branch and both timelines.
+fn check_target_before_branches(
+    facts: &PhysicalFacts,
+    archive: &Archive,
+    path: &ArchivePath,
+    target: &RecoveryTarget,
+) -> Result<(), RecoveryError> {
+    if path.latest == facts.timeline {
+        return Ok(());
+    }
+    let history = match archive.find(&format!("{:08X}.history", path.latest)) {
+        Some((p, _)) => std::fs::read_to_string(&p).unwrap_or_default(),
+        None => return Ok(()),
+    };
+    let branches = history_branches(&history);
+    for (i, (parent, at)) in branches.iter().enumerate() {
+        if *parent < facts.timeline || *at < facts.start_lsn {
+            continue;
+        }
+        let child = branches.get(i + 1).map_or(path.latest, |(t, _)| *t);
+        let after = match target {
+            RecoveryTarget::Lsn(l) => *l > *at,
+            RecoveryTarget::Time(t) => {
+                history_branch_time(&history, *parent).is_some_and(|b| *t > b)
+            }
+            RecoveryTarget::Name(_) => false,
+        };
+        if after {
+            return Err(RecoveryError::TargetAfterBranch {
+                target: target.to_string(),
+                branch: at.to_string(),
+                when: history_branch_time(&history, *parent)
+                    .map(|b| format!(" (by a recovery to time {b})"))
+                    .unwrap_or_default(),
+                parent: *parent,
+                child,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Every segment recovery will read, from the backup's start to the newest archived segment on
 /// the path (to an LSN target's segment with one: time and name targets have no known place in
 /// the WAL yet), must be in the archive or the bundle, and every archived one must belong where
@@ -749,6 +1167,7 @@ fn check_archive_wal(
     facts: &PhysicalFacts,
     archive: &Archive,
     target: Option<&RecoveryTarget>,
+    choice: Option<TimelineChoice>,
 ) -> Result<Option<(String, Lsn)>, RecoveryError> {
     let until = match target {
         Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
@@ -760,7 +1179,17 @@ fn check_archive_wal(
         return Ok(None);
     };
     let seg = facts.wal_segment_size;
-    let path = archive_path(facts, archive, &files)?;
+    let path = archive_path(
+        facts,
+        archive,
+        &files,
+        choice.unwrap_or(TimelineChoice::Latest),
+    )?;
+    if choice.is_none()
+        && let Some(t) = target
+    {
+        check_target_before_branches(facts, archive, &path, t)?;
+    }
     let Some((&newest, newest_file)) = path.on_path.iter().next_back() else {
         return Ok(None);
     };
@@ -923,12 +1352,13 @@ pub async fn execute(
     let started = Instant::now();
     let run_as = RunAs::data_owner(req.uid, req.gid)?;
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
-    datadir::ensure_stopped(&req.pgdata)?;
+    check_not_running(&req.pgdata)?;
     // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
     let marked = req.sandbox.is_none();
     if marked {
         crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
     }
+    clean_stale_staging(&req.pgdata)?;
     let old_at = clear_pgdata(req, plan)?;
     extract_into_pgdata(req, plan)?;
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
@@ -936,8 +1366,18 @@ pub async fn execute(
     let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
     write_recovery_settings(req, plan, &overrides)?;
     let log_file = open_log_file(req, run_as)?;
-    start_postgres(pg, &req.pgdata, &log_file, run_as)?;
-    let ended = match wait_for_recovery_end(conn, req, plan, &log_file).await {
+    let (socket_dir, port) = replay_socket(req);
+    start_postgres(
+        pg,
+        &req.pgdata,
+        &log_file,
+        run_as,
+        Some(&replay_server_options(&socket_dir, port)),
+    )?;
+    let mut replay_conn = conn.clone();
+    replay_conn.host = socket_dir.display().to_string();
+    replay_conn.port = port;
+    let ended = match wait_for_recovery_end(&replay_conn, req, plan, &log_file).await {
         Ok(e) => e,
         Err(e) => {
             // The server may still be up (timeout) or half-down: stop it, keep the settings so
@@ -951,9 +1391,20 @@ pub async fn execute(
         return Err(e);
     }
     remove_recovery_settings(&req.pgdata)?;
-    if req.leave_running {
-        let db = Db::connect(&conn.with_db("postgres")).await?;
+    if req.leave_running && req.sandbox.is_some() {
+        let db = Db::connect(&replay_conn.with_db("postgres")).await?;
         db.reload_conf().await?;
+    } else if req.leave_running {
+        // The replay server listens only on pgkeep's socket: start it again as configured.
+        crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
+        if start_postgres(pg, &req.pgdata, &log_file, run_as, None).is_err()
+            || !wait_started(&req.pgdata).await
+        {
+            return Err(RecoveryError::RestartFailed {
+                log_file: log_file.clone(),
+                log: log_tail(&log_file, 15),
+            });
+        }
     } else {
         crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
     }
@@ -1055,17 +1506,85 @@ fn clear_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<Option<PathBuf>, 
     Ok(aside)
 }
 
-/// Step: extract the bundle next to PGDATA (same volume), then move the data directory in.
+/// The name prefix of a bootstrap's staging directory beside PGDATA (`.pgkeep-bootstrap-HOST-PID`,
+/// earlier versions `.pgkeep-bootstrap-PID`); the bootstrap marker shares the prefix but is a file.
+const STAGING_PREFIX: &str = ".pgkeep-bootstrap-";
+
+/// Step: remove the staging directories that killed bootstraps left beside PGDATA (each as large
+/// as the database), by the run-mark rules: only when their run is known to be gone, never a
+/// live one's. Returns what was removed.
+pub fn clean_stale_staging(pgdata: &Path) -> Result<Vec<PathBuf>, RecoveryError> {
+    let parent = pgdata.parent().unwrap_or(Path::new("/"));
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Ok(removed);
+    };
+    for entry in rd {
+        let entry = entry.fs_ctx("read directory", parent)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+            continue;
+        };
+        let path = entry.path();
+        if name == crate::bootmark::FILE_NAME
+            || !entry
+                .file_type()
+                .is_ok_and(|t| t.is_dir() && !t.is_symlink())
+        {
+            continue;
+        }
+        let gone = match crate::runmark::holder(&path) {
+            crate::runmark::Holder::Gone => true,
+            crate::runmark::Holder::Us | crate::runmark::Holder::Running(_) => false,
+            // No pid file (yet): the name tells the run (`HOST-PID`, or an earlier version's
+            // `PID`); a run on another host, or a name that does not parse, only by its age.
+            crate::runmark::Holder::Unknown => {
+                let (host, pid) = match rest.rsplit_once('-') {
+                    Some((host, pid)) => (Some(host), pid),
+                    None => (None, rest),
+                };
+                let here = host.is_none_or(|h| h == crate::runmark::this_host());
+                match pid.parse::<u32>() {
+                    Ok(pid) if here => {
+                        crate::runmark::judge(pid, None, Duration::default)
+                            == crate::runmark::Holder::Gone
+                    }
+                    _ => crate::runmark::quiet_for(&path) > crate::runmark::FOREIGN_STALE_AFTER,
+                }
+            }
+        };
+        if !gone {
+            tracing::info!(path = %path.display(), "leaving a staging directory a running bootstrap uses");
+            continue;
+        }
+        std::fs::remove_dir_all(&path).fs_ctx("remove stale staging", &path)?;
+        tracing::info!(path = %path.display(), "removed the staging directory an interrupted bootstrap left behind");
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Step: extract the bundle next to PGDATA (same volume) into a staging directory marked as this
+/// run's (a `pid` file with a heartbeat, so a later run can tell it was left by a killed one),
+/// then move the data directory in.
 fn extract_into_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<(), RecoveryError> {
     let parent = req.pgdata.parent().unwrap_or(Path::new("/"));
-    let staging = parent.join(format!(".pgkeep-bootstrap-{}", std::process::id()));
+    let label = crate::runmark::run_label("pgkeep-bootstrap");
+    let staging = parent.join(format!(".{label}"));
     if staging.exists() {
+        // Our own label: left by an earlier run with this PID on this host, which is gone.
         std::fs::remove_dir_all(&staging).fs_ctx("remove", &staging)?;
     }
-    tracing::info!(bundle = %plan.bundle.name, "extracting");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .fs_ctx("create directory", &staging)?;
+    let heartbeat = crate::runmark::mark(&staging).fs_ctx("write", &staging.join("pid"))?;
+    tracing::info!(bundle = %plan.bundle.name, staging = %staging.display(), "extracting");
     let result = (|| {
-        bundle::extract(&plan.bundle.path, &staging)?;
-        let data = staging.join(DATA_PREFIX.trim_end_matches('/'));
+        let unpacked = staging.join("bundle");
+        bundle::extract(&plan.bundle.path, &unpacked)?;
+        let data = unpacked.join(DATA_PREFIX.trim_end_matches('/'));
         for entry in std::fs::read_dir(&data).fs_ctx("read directory", &data)? {
             let entry = entry.fs_ctx("read directory", &data)?;
             let to = req.pgdata.join(entry.file_name());
@@ -1078,6 +1597,7 @@ fn extract_into_pgdata(req: &BootstrapRequest, plan: &Plan) -> Result<(), Recove
         fsutil::fsync_dir(&req.pgdata)?;
         Ok::<_, RecoveryError>(())
     })();
+    drop(heartbeat);
     let _ = std::fs::remove_dir_all(&staging);
     result
 }
@@ -1165,25 +1685,13 @@ fn required_parameter_overrides(
     Ok(needed)
 }
 
-/// Quote for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
 /// The restore_command pgkeep writes: every segment is checked to belong to `system`.
 pub fn restore_command(pgkeep: &Path, archive: &Path, system: &str) -> String {
     format!(
         "{} wal fetch --archive {} --sysid {} %f %p",
-        sh_quote(&pgkeep.to_string_lossy()),
-        sh_quote(&archive.to_string_lossy()),
-        sh_quote(system)
+        crate::tools::shell_quote(&pgkeep.to_string_lossy()),
+        crate::tools::shell_quote(&archive.to_string_lossy()),
+        crate::tools::shell_quote(system)
     )
 }
 
@@ -1208,7 +1716,10 @@ fn write_recovery_settings(
         ),
     ));
     block.push_str(&conf_line("recovery_target_action", "promote"));
-    block.push_str(&conf_line("recovery_target_timeline", "latest"));
+    block.push_str(&conf_line(
+        "recovery_target_timeline",
+        &plan.target_timeline.to_string(),
+    ));
     block.push_str(&conf_line("hot_standby", "on"));
     if let Some(t) = &plan.target {
         for (k, v) in t.settings() {
@@ -1340,17 +1851,41 @@ fn start_postgres(
     pgdata: &Path,
     log_file: &Path,
     run_as: Option<RunAs>,
+    options: Option<&str>,
 ) -> Result<(), RecoveryError> {
-    tracing::info!(log = %log_file.display(), "starting PostgreSQL to replay WAL");
-    let cmd = pg
+    tracing::info!(log = %log_file.display(), options = options.unwrap_or(""), "starting PostgreSQL");
+    let mut cmd = pg
         .cmd("pg_ctl")
         .arg("-D")
         .arg(pgdata)
         .arg("-l")
-        .arg(log_file)
-        .args(["-W", "start"]);
-    RunAs::apply(run_as, cmd).run()?;
+        .arg(log_file);
+    if let Some(o) = options {
+        cmd = cmd.arg("-o").arg(o);
+    }
+    RunAs::apply(run_as, cmd.args(["-W", "start"])).run()?;
     Ok(())
+}
+
+/// After a start without waiting: whether the postmaster came up and accepts connections
+/// (postmaster.pid's status line says `ready`) within a minute.
+async fn wait_started(pgdata: &Path) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap_or_default();
+        if datadir::running_postmaster(pgdata).is_some()
+            && pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready")
+        {
+            return true;
+        }
+        if datadir::running_postmaster(pgdata).is_none()
+            && started.elapsed() > Duration::from_secs(10)
+        {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 struct Ended {
@@ -1567,8 +2102,11 @@ mod tests {
             backups: t.path().join("backups"),
             uid: 0,
             gid: 0,
+            run_dir: t.path().join("run"),
+            port: 5432,
             from: None,
             target: None,
+            target_timeline: None,
             keep_old: false,
             leave_running: false,
             pgkeep_exe: "pgkeep".into(),
@@ -1698,7 +2236,8 @@ mod tests {
         let a = Archive::new(t.path());
         let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
         let touch = |n: &str| std::fs::write(t.path().join(n), "x").unwrap();
-        let path = |a: &Archive| archive_path(&facts, a, &a.list().unwrap());
+        let path =
+            |a: &Archive| archive_path(&facts, a, &a.list().unwrap(), TimelineChoice::Latest);
         for n in [
             "000000010000000000000002",
             "000000010000000000000003.zst",
@@ -1745,6 +2284,7 @@ mod tests {
             archive_handover: None,
             restore_from: "w".into(),
             newest_archived: Some(("000000010000000000000007".into(), Lsn(0x700_0000))),
+            target_timeline: TimelineChoice::Latest,
         };
         let ended = |end: &str| Ended {
             end_lsn: Some(end.into()),
@@ -1798,5 +2338,159 @@ mod tests {
             next_needed_segment("", &facts).unwrap(),
             "000000010000000000000002"
         );
+    }
+
+    #[test]
+    fn stale_staging_of_dead_runs_is_removed_never_a_live_ones_nor_the_marker() {
+        let t = tempfile::tempdir().unwrap();
+        let pgdata = t.path().join("data");
+        std::fs::create_dir(&pgdata).unwrap();
+        let host = crate::runmark::this_host();
+        let mk = |name: &str, pid_file: Option<String>| {
+            let d = t.path().join(name);
+            std::fs::create_dir_all(d.join("bundle")).unwrap();
+            if let Some(text) = pid_file {
+                std::fs::write(d.join("pid"), text).unwrap();
+            }
+            d
+        };
+        let dead = mk(
+            ".pgkeep-bootstrap-dead",
+            Some(format!("999999999 {host}\n")),
+        );
+        let old_version = mk(".pgkeep-bootstrap-999999998", None);
+        let ours = mk(
+            &format!(".pgkeep-bootstrap-{host}-{}", std::process::id()),
+            Some(crate::runmark::pid_file_text()),
+        );
+        let elsewhere = mk(
+            ".pgkeep-bootstrap-other-pod-1",
+            Some("1 other-pod\n".into()),
+        );
+        let unmarked_here = mk(&format!(".pgkeep-bootstrap-{host}-999999997"), None);
+        let marker = t.path().join(crate::bootmark::FILE_NAME);
+        std::fs::write(&marker, "bundle\n").unwrap();
+        let removed = clean_stale_staging(&pgdata).unwrap();
+        assert!(!dead.exists() && !old_version.exists() && !unmarked_here.exists());
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(ours.exists(), "a live run's staging stays");
+        assert!(elsewhere.exists(), "another host's fresh staging stays");
+        assert!(marker.exists() && pgdata.exists());
+    }
+
+    #[test]
+    fn the_replay_server_gets_its_socket_and_no_tcp_on_the_command_line() {
+        assert_eq!(
+            replay_server_options(Path::new("/run/pg"), 5433),
+            "-c listen_addresses= -c unix_socket_directories=/run/pg -p 5433"
+        );
+        // pg_ctl hands -o to /bin/sh; the GUC is a comma-separated list.
+        assert_eq!(
+            replay_server_options(Path::new("/tmp/it's, here"), 5432),
+            r#"-c listen_addresses= -c 'unix_socket_directories="/tmp/it'\''s, here"' -p 5432"#
+        );
+    }
+
+    #[test]
+    fn the_run_dir_and_port_are_checked_before_anything_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("missing");
+        let e = check_run_dir(&missing, 101, 104).unwrap_err();
+        assert!(matches!(e, RecoveryError::RunDirUnusable { .. }), "{e}");
+        assert_eq!(e.exit_class(), ExitClass::Refused);
+        check_port_free(t.path(), 5432).unwrap();
+        let lock = t.path().join(".s.PGSQL.5432.lock");
+        std::fs::write(&lock, "999999999\n/data\n").unwrap();
+        check_port_free(t.path(), 5432).unwrap();
+        std::fs::write(&lock, format!("{}\n/data\n", std::process::id())).unwrap();
+        let e = check_port_free(t.path(), 5432).unwrap_err();
+        assert!(e.to_string().contains("port 5432 is taken"), "{e}");
+    }
+
+    #[test]
+    fn timelines_are_chosen_and_ambiguous_targets_refused_naming_the_branch() {
+        assert_eq!(
+            "latest".parse::<TimelineChoice>().unwrap(),
+            TimelineChoice::Latest
+        );
+        assert_eq!(
+            "current".parse::<TimelineChoice>().unwrap(),
+            TimelineChoice::Current
+        );
+        assert_eq!(
+            "3".parse::<TimelineChoice>().unwrap(),
+            TimelineChoice::Id(3)
+        );
+        assert!("0".parse::<TimelineChoice>().is_err());
+        assert!("newest".parse::<TimelineChoice>().is_err());
+
+        let t = tempfile::tempdir().unwrap();
+        let a = Archive::new(t.path());
+        let facts = PhysicalFacts::for_test(1, "0/2000028", "0/3000100");
+        std::fs::write(
+            t.path().join("00000002.history"),
+            "1\t0/5000100\tbefore 2026-11-25 19:30:00.000000+00\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("00000003.history"),
+            "1\t0/5000100\tbefore 2026-11-25 19:30:00.000000+00\n2\t0/7000200\tno recovery target specified\n",
+        )
+        .unwrap();
+        assert_eq!(
+            history_branch_time(
+                &std::fs::read_to_string(t.path().join("00000003.history")).unwrap(),
+                1
+            ),
+            Some("2026-11-25T19:30:00Z".parse().unwrap())
+        );
+        let files = a.list().unwrap();
+        let path = archive_path(&facts, &a, &files, TimelineChoice::Latest).unwrap();
+        assert_eq!(path.latest, 3);
+        let check =
+            |target: RecoveryTarget| check_target_before_branches(&facts, &a, &path, &target);
+        check(RecoveryTarget::Lsn("0/5000000".parse().unwrap())).unwrap();
+        let e = check(RecoveryTarget::Lsn("0/6000000".parse().unwrap())).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("0/5000100, where timeline 2 branched off timeline 1"),
+            "{e}"
+        );
+        let e = check(RecoveryTarget::Lsn("0/8000000".parse().unwrap())).unwrap_err();
+        assert!(
+            e.to_string().contains("timeline 2 branched off timeline 1"),
+            "{e}"
+        );
+        check(RecoveryTarget::Time(
+            "2026-11-25T19:00:00Z".parse().unwrap(),
+        ))
+        .unwrap();
+        let e = check(RecoveryTarget::Time(
+            "2026-11-25T20:00:00Z".parse().unwrap(),
+        ))
+        .unwrap_err();
+        assert_eq!(e.exit_class(), ExitClass::Refused);
+
+        // Chosen timelines: the backup's, a descendant, not an older or unknown one.
+        assert_eq!(
+            archive_path(&facts, &a, &files, TimelineChoice::Current)
+                .unwrap()
+                .latest,
+            1
+        );
+        assert_eq!(
+            archive_path(&facts, &a, &files, TimelineChoice::Id(2))
+                .unwrap()
+                .latest,
+            2
+        );
+        let e = archive_path(&facts, &a, &files, TimelineChoice::Id(4)).unwrap_err();
+        assert!(e.to_string().contains("no 00000004.history"), "{e}");
+        let late = PhysicalFacts::for_test(1, "0/6000028", "0/6000100");
+        let e = archive_path(&late, &a, &files, TimelineChoice::Id(2)).unwrap_err();
+        assert!(e.to_string().contains("before the backup's end"), "{e}");
+        let on2 = PhysicalFacts::for_test(2, "0/6000028", "0/6000100");
+        let e = archive_path(&on2, &a, &files, TimelineChoice::Id(1)).unwrap_err();
+        assert!(e.to_string().contains("after timeline 1 ended"), "{e}");
     }
 }

@@ -494,7 +494,9 @@ fn failed(command: String, status: ExitStatus, stderr: &str) -> ToolError {
     }
 }
 
-fn shell_quote(s: &str) -> String {
+/// Quote one word for a POSIX shell (for `display` and for option strings a program hands to
+/// `/bin/sh`, like `pg_ctl -o`).
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,%@+".contains(c))

@@ -88,6 +88,7 @@ pub struct Options {
     archive_command: Option<String>,
     no_start: bool,
     data_checksums: bool,
+    socket_on_command_line: bool,
 }
 
 impl Options {
@@ -106,6 +107,14 @@ impl Options {
     /// initdb only; do not start the server.
     pub fn no_start(mut self) -> Self {
         self.no_start = true;
+        self
+    }
+
+    /// Give the socket directory only on the server's command line (`pg_ctl -o "-k DIR"`), not
+    /// in postgresql.conf, like a plain host's cluster whose service passes it: a base backup
+    /// then carries no socket directory, and its restored server would use the compiled-in one.
+    pub fn socket_on_command_line(mut self) -> Self {
+        self.socket_on_command_line = true;
         self
     }
 
@@ -129,6 +138,7 @@ pub struct TempCluster {
     gid: u32,
     password: String,
     running: AtomicBool,
+    socket_on_command_line: bool,
 }
 
 impl TempCluster {
@@ -158,6 +168,7 @@ impl TempCluster {
             gid,
             password,
             running: AtomicBool::new(false),
+            socket_on_command_line: opts.socket_on_command_line,
         };
         for d in [
             c.pgroot(),
@@ -213,10 +224,13 @@ impl TempCluster {
         let _ = std::fs::remove_file(&pwfile);
         assert!(out.status.success(), "initdb failed:\n{}", lossy(&out));
         let mut conf = String::from("\n# pgkeep-testkit\n");
-        conf.push_str(&format!(
-            "unix_socket_directories = '{}'\nlisten_addresses = '127.0.0.1'\n",
-            self.run_dir().display()
-        ));
+        if !opts.socket_on_command_line {
+            conf.push_str(&format!(
+                "unix_socket_directories = '{}'\n",
+                self.run_dir().display()
+            ));
+        }
+        conf.push_str("listen_addresses = '127.0.0.1'\n");
         // Throwaway clusters: durability is not what these tests measure.
         conf.push_str("fsync = off\nmax_connections = 30\nshared_buffers = 32MB\n");
         conf.push_str("max_wal_senders = 4\nwal_level = replica\n");
@@ -261,8 +275,12 @@ impl TempCluster {
         cmd.arg("-D")
             .arg(self.pgdata())
             .arg("-l")
-            .arg(self.log_file())
-            .args(["-w", "-t", "60", "start"]);
+            .arg(self.log_file());
+        if self.socket_on_command_line {
+            cmd.arg("-o")
+                .arg(format!("-k '{}'", self.run_dir().display()));
+        }
+        cmd.args(["-w", "-t", "60", "start"]);
         let out = run(cmd);
         if out.status.success() {
             self.running.store(true, Ordering::SeqCst);

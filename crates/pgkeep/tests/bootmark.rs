@@ -119,9 +119,16 @@ fn a_bootstrap_killed_after_emptying_pgdata_leaves_the_marker_and_a_finished_one
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let staging = c.pgroot().join(format!(".pgkeep-bootstrap-{}", child.id()));
+    // `.pgkeep-bootstrap-HOST-PID`, marked with a pid file (see recovery::clean_stale_staging).
+    let suffix = format!("-{}", child.id());
+    let staging_exists = || {
+        std::fs::read_dir(c.pgroot()).unwrap().flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".pgkeep-bootstrap-") && n.ends_with(&suffix) && e.path().is_dir()
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !staging.exists() {
+    while !staging_exists() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the bootstrap ended before extracting"

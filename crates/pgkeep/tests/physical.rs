@@ -1253,3 +1253,259 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     assert_eq!(checksum(&c), at_rp, "exactly as at the restore point");
     assert_ne!(at_rp, all);
 }
+
+/// pgkeep without the settings that name the data owner (a plain host: PGKEEP_UID/GID unset).
+fn pgkeep_plain_host(c: &TempCluster, extra_env: &[(&str, &str)], args: &[&str]) -> Output {
+    let env: Vec<(String, String)> = c
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "PGKEEP_UID" && k != "PGKEEP_GID")
+        .collect();
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env_remove("PGKEEP_UID")
+        .env_remove("PGKEEP_GID")
+        .envs(env)
+        .envs(extra_env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Issue 12 item 6: a cluster that `serve` did not configure (its socket directory given only
+/// on the server's command line, owned by `postgres`, not uid 999). The replay server listens on
+/// the run dir whatever the restored configuration says, the data keeps its owner, and a run dir
+/// the owner cannot write is refused before PGDATA is touched.
+#[test]
+fn a_plain_host_cluster_is_replayed_on_the_run_dir_socket_and_keeps_its_owner() {
+    let c = TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            bin().display()
+        ))
+        .socket_on_command_line()
+        .start();
+    assert_ne!(
+        c.uid(),
+        999,
+        "the test needs an owner other than the default"
+    );
+    let conf = std::fs::read_to_string(c.pgdata().join("postgresql.conf")).unwrap();
+    assert!(
+        !conf
+            .lines()
+            .any(|l| l.trim_start().starts_with("unix_socket_directories")),
+        "{conf}"
+    );
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    c.psql(
+        "postgres",
+        "create table after_backup(x int); insert into after_backup values (42)",
+    );
+    let all = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    // A run dir the data owner cannot write: refused (exit 3) before PGDATA is touched.
+    let locked = c.root().join("root-only-run");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let before = fingerprint(&c.pgdata());
+    let err = failed(
+        pgkeep_plain_host(
+            &c,
+            &[("PGKEEP_RUN_DIR", locked.to_str().unwrap())],
+            &["bootstrap", "basebackup", "--yes", "--timeout", "60"],
+        ),
+        3,
+    );
+    assert!(
+        err.contains(&format!("is not writable by uid {}", c.uid())),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+    assert!(!c.pgroot().join(".pgkeep-bootstrap-in-progress").exists());
+
+    let out = ok(pgkeep_plain_host(
+        &c,
+        &[],
+        &["bootstrap", "basebackup", "--yes", "--timeout", "120"],
+    ));
+    assert!(out.contains("recovery ended at"), "{out}");
+    for p in [
+        c.pgdata(),
+        c.pgdata().join("PG_VERSION"),
+        c.pgdata().join("base"),
+        c.pgdata().join("postgresql.auto.conf"),
+    ] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (c.uid(), c.gid()),
+            "{} keeps its owner",
+            p.display()
+        );
+    }
+    c.restart();
+    assert_eq!(checksum(&c), all, "every committed write is back");
+    assert_eq!(c.psql("postgres", "select x from after_backup"), "42");
+}
+
+/// The `.pgkeep-bootstrap-*` staging directories beside PGDATA.
+fn bootstrap_staging(c: &TempCluster) -> Vec<PathBuf> {
+    std::fs::read_dir(c.pgroot())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".pgkeep-bootstrap-")
+                && e.file_type().unwrap().is_dir()
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Spawn `bootstrap basebackup --yes`, wait until `ready` says so, then SIGKILL it.
+fn kill_bootstrap_when(c: &TempCluster, what: &str, ready: impl Fn() -> bool) {
+    let mut child = std::process::Command::new(bin())
+        .envs(c.env())
+        .args(["bootstrap", "basebackup", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the bootstrap ended before {what}"
+        );
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// Issue 19 item 6: a bootstrap killed with SIGKILL while it extracts leaves its staging
+/// directory (as large as the database); the next bootstrap removes it. One killed while its
+/// replay server runs leaves that server running with the recovery settings: the next run says
+/// what happened and what to do, and after doing it a bootstrap succeeds.
+#[test]
+fn a_killed_bootstraps_staging_is_removed_and_its_running_server_explained() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "3", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let all = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    // Killed while extracting: its staging directory stays behind.
+    kill_bootstrap_when(&c, "a staging directory", || {
+        bootstrap_staging(&c)
+            .iter()
+            .any(|d| d.join("bundle").exists() || d.join("data").exists())
+    });
+    let left = bootstrap_staging(&c);
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    // The next one removes it; killed once its replay server runs.
+    kill_bootstrap_when(&c, "the replay server", || {
+        c.pgdata().join("postmaster.pid").exists()
+    });
+    assert!(!left[0].exists(), "a dead run's staging is removed");
+    assert!(bootstrap_staging(&c).is_empty());
+
+    // The server it started still runs with pgkeep's recovery settings: explained, refused.
+    let err = failed(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]), 3);
+    assert!(
+        err.contains("an earlier bootstrap was interrupted"),
+        "{err}"
+    );
+    assert!(err.contains("pg_ctl -D"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    // Doing what it says (stop it, bootstrap again) recovers every commit.
+    c.stop();
+    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    assert!(bootstrap_staging(&c).is_empty());
+    c.restart();
+    assert_eq!(checksum(&c), all);
+}
+
+fn utc_now(c: &TempCluster) -> String {
+    c.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+/// Issue 19 item 4: after a PITR to A (timeline 2), a "corrected" PITR to a later B on
+/// timeline 1 used to follow `latest` into timeline 2 and silently return A. Without a chosen
+/// timeline it is refused (branch point and timelines named, PGDATA untouched); with
+/// `--target-timeline 1` timeline 1's state at B comes back.
+#[test]
+fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
+    let c = archiving_cluster();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    backup(&c);
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let at_a = checksum(&c);
+    let a = utc_now(&c);
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let at_b = checksum(&c);
+    let b = utc_now(&c);
+    std::thread::sleep(Duration::from_millis(50));
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    let out = ok(pgkeep(
+        &c,
+        &["bootstrap", "basebackup", "--target-time", &a, "--yes"],
+    ));
+    assert!(out.contains("timeline 2"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_a);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    assert!(c.wal_archive().join("00000002.history").exists());
+
+    let before = fingerprint(&c.pgdata());
+    let err = failed(
+        pgkeep(
+            &c,
+            &["bootstrap", "basebackup", "--target-time", &b, "--yes"],
+        ),
+        3,
+    );
+    assert!(
+        err.contains("where timeline 2 branched off timeline 1"),
+        "{err}"
+    );
+    assert!(err.contains("--target-timeline 1"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
+
+    let out = ok(pgkeep(
+        &c,
+        &[
+            "bootstrap",
+            "basebackup",
+            "--target-time",
+            &b,
+            "--target-timeline",
+            "1",
+            "--yes",
+        ],
+    ));
+    assert!(out.contains("timeline 3"), "{out}");
+    c.restart();
+    assert_eq!(checksum(&c), at_b, "timeline 1's state at B");
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgkeep_engine::db::ConnParams;
-use pgkeep_engine::recovery::{self, BootstrapRequest, RecoveryTarget};
+use pgkeep_engine::recovery::{self, BootstrapRequest, RecoveryTarget, TimelineChoice};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
 
@@ -36,6 +36,11 @@ pub struct Args {
     /// Recover up to this restore point (pg_create_restore_point).
     #[arg(long, group = "target")]
     pub target_name: Option<String>,
+    /// The timeline to follow: a number, `latest` (the newest descending from the backup's) or
+    /// `current` (the backup's own). Default: latest; a --target-time/--target-lsn past the point
+    /// where a newer timeline branched off is then refused as ambiguous until one is chosen.
+    #[arg(long, value_name = "N|latest|current", value_parser = parse_timeline)]
+    pub target_timeline: Option<TimelineChoice>,
     /// Move PGDATA's current contents to a timestamped sibling directory instead of removing them.
     #[arg(long)]
     pub keep_old: bool,
@@ -66,15 +71,19 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     let s = ctx.settings();
     let target = recovery_target(&args)?;
+    let (uid, gid) = data_owner(&ctx);
     let req = BootstrapRequest {
         pgroot: s.paths.pgroot.clone(),
         pgdata: s.paths.pgdata.clone(),
         wal_archive: s.paths.wal_archive.clone(),
         backups: s.paths.backups.clone(),
-        uid: s.postgres.uid,
-        gid: s.postgres.gid,
+        uid,
+        gid,
+        run_dir: s.paths.run_dir.clone(),
+        port: s.postgres.port,
         from: args.from.clone(),
         target,
+        target_timeline: args.target_timeline,
         keep_old: args.keep_old,
         leave_running: args.leave_running,
         pgkeep_exe: std::env::current_exe().context("locating the pgkeep program")?,
@@ -157,6 +166,41 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The data owner: PGKEEP_UID / PGKEEP_GID (or postgres.uid/gid in the config file, or a flag)
+/// when given, else the owner of the existing PGDATA (of the volume root when PGDATA is empty),
+/// so a plain host's cluster stays its account's instead of becoming the image default's.
+fn data_owner(ctx: &Ctx) -> (u32, u32) {
+    let s = ctx.settings();
+    let explicit = |key: &str| {
+        ctx.resolved
+            .sources
+            .get(key)
+            .is_some_and(|src| *src != pgkeep_engine::settings::Source::Default)
+    };
+    let found = recovery::existing_data_owner(&s.paths.pgroot, &s.paths.pgdata);
+    let uid = match found {
+        Some((uid, _)) if !explicit("postgres.uid") => uid,
+        _ => s.postgres.uid,
+    };
+    let gid = match found {
+        Some((_, gid)) if !explicit("postgres.gid") => gid,
+        _ => s.postgres.gid,
+    };
+    if (uid, gid) != (s.postgres.uid, s.postgres.gid) {
+        tracing::info!(
+            uid,
+            gid,
+            "the data owner is the owner of the existing data (PGKEEP_UID/PGKEEP_GID not set)"
+        );
+    }
+    (uid, gid)
+}
+
+fn parse_timeline(s: &str) -> Result<TimelineChoice, String> {
+    s.parse()
+        .map_err(|e: recovery::RecoveryError| e.to_string())
+}
+
 fn recovery_target(args: &Args) -> anyhow::Result<Option<RecoveryTarget>> {
     Ok(if let Some(t) = &args.target_time {
         Some(RecoveryTarget::Time(recovery::parse_target_time(t)?))
@@ -184,6 +228,9 @@ fn job_args(args: &Args, target: &Option<RecoveryTarget>) -> Vec<String> {
         Some(RecoveryTarget::Lsn(l)) => out.extend(["--target-lsn".to_owned(), l.to_string()]),
         Some(RecoveryTarget::Name(n)) => out.extend(["--target-name".to_owned(), n.clone()]),
         None => {}
+    }
+    if let Some(tl) = &args.target_timeline {
+        out.extend(["--target-timeline".to_owned(), tl.to_string()]);
     }
     if args.keep_old {
         out.push("--keep-old".to_owned());
@@ -311,6 +358,29 @@ mod tests {
             passed(&["--target-name", "before-migration"]),
             ["--target-name", "before-migration", "--timeout", "3600"]
         );
+        assert_eq!(
+            passed(&["--target-lsn", "0/5000060", "--target-timeline", "2"]),
+            [
+                "--target-lsn",
+                "0/5000060",
+                "--target-timeline",
+                "2",
+                "--timeout",
+                "3600"
+            ]
+        );
+        assert_eq!(
+            passed(&["--target-timeline", "current"])[..2],
+            ["--target-timeline", "current"]
+        );
+        let bad = [
+            "pgkeep",
+            "bootstrap",
+            "basebackup",
+            "--target-timeline",
+            "newest",
+        ];
+        assert!(Cli::try_parse_from(bad).is_err());
     }
 
     #[test]
