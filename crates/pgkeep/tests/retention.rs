@@ -67,7 +67,10 @@ fn every_successful_backup_applies_retention_and_a_failed_one_removes_nothing() 
     ok(run(&c, &config, &["backup", "physical"]));
     let first = bundles(&c, "basebackup-");
     assert_eq!(first.len(), 1);
-    c.psql("postgres", "insert into t select g from generate_series(1, 1000) g");
+    c.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 1000) g",
+    );
     c.switch_wal_and_wait_archived();
     let wal_before = file_names(&c.wal_archive());
     let out = ok(run(&c, &config, &["backup", "physical"]));
