@@ -192,7 +192,8 @@ fn tar_list(path: &Path) -> Vec<String> {
 }
 
 fn backup(c: &TempCluster) -> PathBuf {
-    let out = ok(pgkeep(c).args(["backup", "logical", "--json"]));
+    // Retention after the backup has its own test (tests/retention.rs).
+    let out = ok(pgkeep(c).args(["backup", "logical", "--json", "--no-prune"]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     PathBuf::from(report["path"].as_str().unwrap())
 }

@@ -48,8 +48,9 @@ fn every_successful_backup_applies_retention_and_a_failed_one_removes_nothing() 
     let c = archiving_cluster();
     let config = c.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nnightly = 2\nbasebackups = 1\n").unwrap();
+    c.psql("postgres", "create database records");
     c.psql(
-        "postgres",
+        "records",
         "create table t as select g from generate_series(1, 1000) g",
     );
 
@@ -68,7 +69,7 @@ fn every_successful_backup_applies_retention_and_a_failed_one_removes_nothing() 
     let first = bundles(&c, "basebackup-");
     assert_eq!(first.len(), 1);
     c.psql(
-        "postgres",
+        "records",
         "insert into t select g from generate_series(1, 1000) g",
     );
     c.switch_wal_and_wait_archived();

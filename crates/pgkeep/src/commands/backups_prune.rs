@@ -149,15 +149,8 @@ pub(crate) async fn after_backup(ctx: &Ctx) -> anyhow::Result<()> {
     }
     tracing::info!(
         step = "prune",
-        kept = plan.keep.len(),
-        removed_backups = report.removed_backups.len(),
-        removed_wal = report.removed_wal,
-        removed_wal_bytes = report.removed_wal_bytes,
-        "retention: {} nightly, {} basebackups",
         nightly,
-        basebackups
-    );
-    eprintln!(
+        basebackups,
         "retention: kept {} backups, removed {} backups and {} WAL files ({} bytes)",
         plan.keep.len(),
         report.removed_backups.len(),
