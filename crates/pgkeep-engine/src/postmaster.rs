@@ -83,6 +83,9 @@ pub struct ServeConfig {
     pub initdb_dir: PathBuf,
     /// `archive_command`, e.g. `pgkeep wal push %p`.
     pub archive_command: String,
+    /// `archive_timeout` in seconds (0: off): the bound on how long a commit can wait in an
+    /// unfinished segment before it is archived.
+    pub archive_timeout: u32,
     /// The WAL archive archive_command writes to: a new system (initdb) takes its root over
     /// ([`crate::archive_owner::supersede`]).
     pub wal_archive: PathBuf,
@@ -126,6 +129,10 @@ pub fn managed_conf(cfg: &ServeConfig) -> ManagedConf {
         .set("wal_level", "replica")
         .set("archive_mode", "on")
         .set("archive_command", &cfg.archive_command)
+        // A quiet server would otherwise keep its last commits in an unfinished segment for
+        // hours: switch (and archive) at least this often. An idle switch costs little in the
+        // archive (the rest of the segment is zeros, which zstd stores in a few hundred bytes).
+        .set("archive_timeout", format!("{}s", cfg.archive_timeout))
         // The container's log is stderr (`kubectl logs`).
         .set("logging_collector", "off")
         .set("log_destination", "stderr")
@@ -587,6 +594,7 @@ mod tests {
             database: "records".into(),
             initdb_dir: "/docker-entrypoint-initdb.d".into(),
             archive_command: "pgkeep wal push %p".into(),
+            archive_timeout: 60,
             wal_archive: "/wal-archive".into(),
         };
         let text = managed_conf(&cfg).render();
@@ -597,6 +605,7 @@ mod tests {
             "wal_level = 'replica'",
             "archive_mode = 'on'",
             "archive_command = 'pgkeep wal push %p'",
+            "archive_timeout = '60s'",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }

@@ -165,6 +165,10 @@ pub struct Wal {
     pub compress: Compression,
     /// zstd level: -7..=-1 are zstd's fast modes, 1..=19 store smaller and take longer.
     pub zstd_level: i32,
+    /// Seconds after which `serve`'s PostgreSQL switches to a new WAL segment even when the
+    /// current one is not full (`archive_timeout`), so a quiet server still archives what it
+    /// committed within this bound; 0 turns it off.
+    pub archive_timeout: u32,
 }
 
 impl Default for Settings {
@@ -231,6 +235,7 @@ impl Default for Settings {
             wal: Wal {
                 compress: Compression::Zstd,
                 zstd_level: crate::wal::DEFAULT_ZSTD_LEVEL,
+                archive_timeout: 60,
             },
         }
     }
@@ -279,6 +284,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_STORAGE_CLASS", "kube.storage_class"),
     ("PGKEEP_WAL_COMPRESS", "wal.compress"),
     ("PGKEEP_WAL_ZSTD_LEVEL", "wal.zstd_level"),
+    ("PGKEEP_WAL_ARCHIVE_TIMEOUT", "wal.archive_timeout"),
 ];
 
 /// Settings plus where each value came from.

@@ -578,6 +578,52 @@ fn lossy(out: &Output) -> String {
     )
 }
 
+/// A cluster archiving with `PGKEEP wal push` (the pgkeep binary under test) into its site's WAL
+/// archive (the archive path is relative to PGDATA, where PostgreSQL runs archive_command).
+pub fn archiving_cluster(pgkeep: &Path) -> TempCluster {
+    TempCluster::options()
+        .archive_command(&format!(
+            "{} wal push --archive ../../wal-archive %p",
+            pgkeep.display()
+        ))
+        .start()
+}
+
+/// Deterministic, poorly compressible bytes (xorshift).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Noise headed like WAL segment `name` of `len` bytes (PostgreSQL 15 page headers of system 7
+/// on every 8 KiB page), so `wal fetch` takes it as the segment its name says.
+pub fn wal_like(name: &str, len: usize, seed: u64) -> Vec<u8> {
+    let mut data = noise(len, seed);
+    let tli = u32::from_str_radix(&name[..8], 16).expect("a WAL name");
+    let segno = u64::from_str_radix(&name[8..16], 16).expect("a WAL name")
+        * (0x1_0000_0000 / len as u64)
+        + u64::from_str_radix(&name[16..24], 16).expect("a WAL name");
+    for (i, page) in data.chunks_mut(8192).enumerate() {
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        page[2..4].copy_from_slice(&(if i == 0 { 2u16 } else { 0 }).to_le_bytes());
+        page[4..8].copy_from_slice(&tli.to_le_bytes());
+        page[8..16].copy_from_slice(&(segno * len as u64 + i as u64 * 8192).to_le_bytes());
+        if i == 0 {
+            page[24..32].copy_from_slice(&7u64.to_le_bytes());
+            page[32..36].copy_from_slice(&(len as u32).to_le_bytes());
+            page[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        }
+    }
+    data
+}
+
 /// The names in `dir`, sorted.
 pub fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

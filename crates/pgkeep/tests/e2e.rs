@@ -573,6 +573,18 @@ fn seed_flows_in_order() {
         "77",
         "the host's dump is restored"
     );
+    // --clean replaces the whole database (loaded into a scratch database, then swapped in):
+    // what the dump does not have is gone, and no scratch or old database is left.
+    assert_eq!(
+        site.sql("SELECT count(*) FROM pg_tables WHERE tablename = 'fixture'"),
+        "0",
+        "the database is exactly the dump"
+    );
+    assert_eq!(
+        site.sql("SELECT count(*) FROM pg_database WHERE datname LIKE '%\\_\\_pgkeep\\_%'"),
+        "0",
+        "no scratch or replaced database left behind"
+    );
 
     // --- pg.debug.perms, pg.space, status.
     let out = site.pgkeep_ok("debug perms", &["debug", "perms"]);
@@ -584,7 +596,7 @@ fn seed_flows_in_order() {
     for want in [
         "/var/lib/postgresql",
         "/wal-archive",
-        "public.fixture",
+        "public.from_host",
         "records",
     ] {
         assert!(out.contains(want), "space shows {want}: {out}");

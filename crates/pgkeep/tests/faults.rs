@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgkeep_testkit::{TempCluster, file_names, output_text};
+use pgkeep_testkit::{TempCluster, archiving_cluster, file_names, output_text, wal_like};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("pgkeep")
@@ -152,12 +152,7 @@ fn hidden_only(dir: &Path) -> Vec<String> {
 }
 
 fn records_cluster() -> TempCluster {
-    let c = TempCluster::options()
-        .archive_command(&format!(
-            "{} wal push --archive ../../wal-archive %p",
-            bin().display()
-        ))
-        .start();
+    let c = archiving_cluster(&bin());
     c.psql("postgres", "create database records");
     c.psql(
         "records",
@@ -232,36 +227,11 @@ fn killed_restore_takes_pg_restore_with_it_and_the_rerun_succeeds() {
     );
 }
 
-/// 16 MiB that zstd cannot shrink (so level 19 takes seconds), headed like segment `name` of a
-/// PostgreSQL 15 system 7 (a page header on every 8 KiB page), so `wal fetch` takes it as the
-/// segment its name says.
+/// 16 MiB that zstd cannot shrink (so level 19 takes seconds), headed like the segment its
+/// file name says, so `wal fetch` takes it as that segment.
 fn noise_segment(path: &Path) -> Vec<u8> {
-    let size = 16usize << 20;
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut data: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
     let name = path.file_name().unwrap().to_str().unwrap();
-    let tli = u32::from_str_radix(&name[..8], 16).unwrap();
-    let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * (0x1_0000_0000 / size as u64)
-        + u64::from_str_radix(&name[16..], 16).unwrap();
-    for (i, page) in data.chunks_mut(8192).enumerate() {
-        page[..24].fill(0);
-        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        page[2..4].copy_from_slice(&(if i == 0 { 2u16 } else { 0 }).to_le_bytes());
-        page[4..8].copy_from_slice(&tli.to_le_bytes());
-        page[8..16].copy_from_slice(&(segno * size as u64 + i as u64 * 8192).to_le_bytes());
-        if i == 0 {
-            page[24..32].copy_from_slice(&7u64.to_le_bytes());
-            page[32..36].copy_from_slice(&(size as u32).to_le_bytes());
-            page[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        }
-    }
+    let data = wal_like(name, 16 << 20, 0x9E37_79B9_7F4A_7C15);
     std::fs::write(path, &data).unwrap();
     data
 }

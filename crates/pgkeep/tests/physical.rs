@@ -9,19 +9,10 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 use pgkeep_engine::bundle::{self, BundleKind, BundleWriter};
-use pgkeep_testkit::TempCluster;
+use pgkeep_testkit::{TempCluster, archiving_cluster};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn archiving_cluster() -> TempCluster {
-    TempCluster::options()
-        .archive_command(&format!(
-            "{} wal push --archive ../../wal-archive %p",
-            bin().display()
-        ))
-        .start()
 }
 
 fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
@@ -101,7 +92,7 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (u64, i64)> {
 
 #[test]
 fn point_in_time_recovery_to_a_target_time() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     let bundle = c.backups().join(&name);
@@ -172,7 +163,7 @@ fn point_in_time_recovery_to_a_target_time() {
 
 #[test]
 fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_switch() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "300", "-c", "2"]);
@@ -244,7 +235,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
 /// old one's back, every committed write of the old system replayed.
 #[test]
 fn bootstrap_hands_the_archive_back_from_a_newer_system() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
@@ -325,7 +316,7 @@ fn without_wal(src: &Path, dir: &Path, name: &str) {
 
 #[test]
 fn bad_input_destroys_nothing() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     c.psql(
         "postgres",
         "create table precious(x int); insert into precious values (42)",
@@ -490,7 +481,7 @@ fn foreign_free_start(bundle: &Path) -> String {
 
 #[test]
 fn prune_keeps_what_the_oldest_kept_backup_needs() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     let config = c.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
     let run = |args: &[&str]| {
@@ -568,7 +559,7 @@ fn prune_keeps_what_the_oldest_kept_backup_needs() {
 
 #[test]
 fn space_and_status_report_the_site() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     c.psql("postgres", "create database records");
     c.psql(
         "records",
@@ -624,7 +615,7 @@ fn space_and_status_report_the_site() {
 /// restore stands, and the error says so and what to run.
 #[test]
 fn scale_up_comes_after_recovery_and_a_failed_one_keeps_the_restore() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
@@ -778,7 +769,7 @@ fn first_segment_in(pg_wal: &Path) -> PathBuf {
 /// segment whose headers are right but one of whose records is damaged (its CRC fails).
 #[test]
 fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touched() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     let at_backup = zst_segments(&c.wal_archive());
@@ -881,7 +872,7 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
 #[test]
 fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
     // System A: an early backup (pruned), WAL, a kept backup.
-    let a = archiving_cluster();
+    let a = archiving_cluster(&bin());
     let config = a.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
     pgbench(&a, &["-i", "-s", "1", "-q"]);
@@ -1009,7 +1000,7 @@ fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
 /// drill fails; with the file back, the bootstrap follows timeline 2.
 #[test]
 fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
@@ -1074,7 +1065,7 @@ fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
 /// segment does not stand in the way, and the data is exactly as at the target.
 #[test]
 fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     let start = foreign_free_start(&c.backups().join(&name));
@@ -1150,7 +1141,7 @@ fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
 /// twice is warned about (PostgreSQL stops at the first), and an existing one is reached exactly.
 #[test]
 fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
@@ -1397,7 +1388,7 @@ fn kill_bootstrap_when(c: &TempCluster, what: &str, ready: impl Fn() -> bool) {
 /// what happened and what to do, and after doing it a bootstrap succeeds.
 #[test]
 fn a_killed_bootstraps_staging_is_removed_and_its_running_server_explained() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "3", "-q"]);
     backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
@@ -1451,7 +1442,7 @@ fn utc_now(c: &TempCluster) -> String {
 /// `--target-timeline 1` timeline 1's state at B comes back.
 #[test]
 fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);

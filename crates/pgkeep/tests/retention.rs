@@ -6,19 +6,10 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, file_names, output_text};
+use pgkeep_testkit::{TempCluster, archiving_cluster, file_names, output_text};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn archiving_cluster() -> TempCluster {
-    TempCluster::options()
-        .archive_command(&format!(
-            "{} wal push --archive ../../wal-archive %p",
-            bin().display()
-        ))
-        .start()
 }
 
 fn run(c: &TempCluster, config: &std::path::Path, args: &[&str]) -> Output {
@@ -45,7 +36,7 @@ fn bundles(c: &TempCluster, prefix: &str) -> Vec<String> {
 
 #[test]
 fn every_successful_backup_applies_retention_and_a_failed_one_removes_nothing() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     let config = c.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nnightly = 2\nbasebackups = 1\n").unwrap();
     c.psql("postgres", "create database records");

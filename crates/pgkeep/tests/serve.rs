@@ -258,6 +258,11 @@ fn first_start_initializes_second_reuses_and_sigterm_stops_cleanly() {
     assert_eq!(site.query("show wal_level"), "replica");
     assert_eq!(site.query("show listen_addresses"), "127.0.0.1");
     assert!(site.query("show archive_command").ends_with(" wal push %p"));
+    assert_eq!(
+        site.query("show archive_timeout"),
+        "1min",
+        "wal.archive_timeout's default"
+    );
     assert_eq!(site.query("select current_database()"), "records");
     // The server runs as the data owner, never root.
     assert_eq!(

@@ -4,21 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use pgkeep_testkit::TempCluster;
+use pgkeep_testkit::{TempCluster, archiving_cluster, noise, wal_like};
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-/// A cluster archiving with `pgkeep wal push` into its site's WAL archive (the archive path is
-/// relative to PGDATA, where PostgreSQL runs archive_command).
-fn archiving_cluster() -> TempCluster {
-    TempCluster::options()
-        .archive_command(&format!(
-            "{} wal push --archive ../../wal-archive %p",
-            bin().display()
-        ))
-        .start()
 }
 
 fn pgkeep(c: &TempCluster) -> Command {
@@ -44,7 +33,7 @@ fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
-    let c = archiving_cluster();
+    let c = archiving_cluster(&bin());
     let name = c.switch_wal_and_wait_archived();
     let archived = c.wal_archive().join(format!("{name}.zst"));
     assert!(archived.is_file(), "compressed with zstd by default");
@@ -94,19 +83,6 @@ fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
     assert_eq!(listing(&c.wal_archive()), before);
 }
 
-/// Deterministic, poorly compressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// The hidden partial files of pushes of `name` (each writer has its own).
 fn partials(archive: &std::path::Path, name: &str) -> Vec<String> {
     std::fs::read_dir(archive)
@@ -114,27 +90,6 @@ fn partials(archive: &std::path::Path, name: &str) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&format!(".{name}.zst~")) && n.ends_with(".partial"))
         .collect()
-}
-
-/// Noise headed like WAL segment `name` of `len` bytes (PostgreSQL 15 page headers of system 7
-/// on every 8 KiB page), so `wal fetch` takes it as the segment its name says.
-fn wal_like(name: &str, len: usize, seed: u64) -> Vec<u8> {
-    let mut data = noise(len, seed);
-    let tli = u32::from_str_radix(&name[..8], 16).unwrap();
-    let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * (0x1_0000_0000 / len as u64)
-        + u64::from_str_radix(&name[16..], 16).unwrap();
-    for (i, page) in data.chunks_mut(8192).enumerate() {
-        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        page[2..4].copy_from_slice(&(if i == 0 { 2u16 } else { 0 }).to_le_bytes());
-        page[4..8].copy_from_slice(&tli.to_le_bytes());
-        page[8..16].copy_from_slice(&(segno * len as u64 + i as u64 * 8192).to_le_bytes());
-        if i == 0 {
-            page[24..32].copy_from_slice(&7u64.to_le_bytes());
-            page[32..36].copy_from_slice(&(len as u32).to_le_bytes());
-            page[36..40].copy_from_slice(&8192u32.to_le_bytes());
-        }
-    }
-    data
 }
 
 #[test]

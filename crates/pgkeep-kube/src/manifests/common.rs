@@ -231,6 +231,8 @@ pub fn server_env(s: &Settings) -> Vec<EnvVar> {
     // For archive_command (`pgkeep wal push`), which PostgreSQL runs in this container.
     e.push(env("PGKEEP_WAL_COMPRESS", s.wal.compress));
     e.push(env("PGKEEP_WAL_ZSTD_LEVEL", s.wal.zstd_level));
+    // For `serve`, which manages archive_timeout.
+    e.push(env("PGKEEP_WAL_ARCHIVE_TIMEOUT", s.wal.archive_timeout));
     e.push(secret_env(s, "POSTGRES_PASSWORD"));
     e
 }

@@ -58,6 +58,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         database: s.postgres.database.clone(),
         initdb_dir: args.initdb_dir,
         archive_command: archive_command(),
+        archive_timeout: s.wal.archive_timeout,
         wal_archive: s.paths.wal_archive.clone(),
     };
     // Before anything else, so a SIGTERM during initialization is not lost.
