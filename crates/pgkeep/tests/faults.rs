@@ -394,3 +394,109 @@ fn two_logical_backups_at_once_both_land_under_their_own_names() {
         "{left:?}"
     );
 }
+
+#[test]
+fn a_push_stopped_by_sigterm_publishes_nothing_and_the_retry_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let name = "000000010000000000000044";
+    let seg = t.path().join(name);
+    let original = noise_segment(&seg);
+    let mut p = push(&archive, &seg, "19");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while partials(&archive).is_empty() {
+        assert!(Instant::now() < deadline, "the push never started writing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    signal(p.id() as i32, Signal::SIGTERM);
+    let status = p.wait().unwrap();
+    assert!(!status.success(), "stopped by SIGTERM");
+    assert!(
+        hidden_only(&archive).is_empty(),
+        "nothing under a final name: {:?}",
+        file_names(&archive)
+    );
+    // PostgreSQL retries: the segment lands whole.
+    let retry = push(&archive, &seg, "1").wait_with_output().unwrap();
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let fetched = t.path().join("fetched");
+    Command::cargo_bin("pgkeep")
+        .unwrap()
+        .env("PGKEEP_CONFIG", "/dev/null")
+        .args(["wal", "fetch", "--archive"])
+        .arg(&archive)
+        .arg(name)
+        .arg(&fetched)
+        .assert()
+        .success();
+    assert!(std::fs::read(&fetched).unwrap() == original);
+}
+
+#[test]
+fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database() {
+    let c = archiving_cluster(&bin());
+    c.psql(
+        "postgres",
+        "create table kept(x text); \
+         insert into kept select repeat('x', 400) || g from generate_series(1, 100000) g",
+    );
+    let out = pgkeep(&c).args(["backup", "physical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.psql("postgres", "insert into kept values ('after the backup')");
+    let count = c.psql("postgres", "select count(*) from kept");
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    let mut child = spawn_pgkeep(&c, &["bootstrap", "basebackup", "--yes"]);
+    let suffix = format!("-{}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let extracting = std::fs::read_dir(c.pgroot()).unwrap().flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".pgkeep-bootstrap-") && n.ends_with(&suffix) && e.path().is_dir()
+        });
+        if extracting {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the bootstrap ended before extracting"
+        );
+        assert!(Instant::now() < deadline, "the bootstrap never extracted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(child.id() as i32, Signal::SIGTERM);
+    assert!(!child.wait().unwrap().success(), "stopped by SIGTERM");
+    // The marker stays, so nothing starts an empty database on the emptied PGDATA; no server
+    // runs; the rerun cleans up and recovers every row.
+    assert!(
+        c.pgroot()
+            .join(pgkeep_engine::bootmark::FILE_NAME)
+            .is_file(),
+        "the marker of the unfinished bootstrap stays"
+    );
+    assert!(
+        !c.pgdata().join("postmaster.pid").exists(),
+        "no server runs"
+    );
+    let out = pgkeep(&c)
+        .args(["bootstrap", "basebackup", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from kept"), count);
+    let left: Vec<String> = file_names(&c.pgroot())
+        .into_iter()
+        .filter(|n| n.starts_with(".pgkeep-bootstrap-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the stopped run's staging is gone: {left:?}"
+    );
+}
