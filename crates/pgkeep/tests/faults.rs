@@ -75,23 +75,36 @@ fn processes() -> Vec<Proc> {
     out
 }
 
-/// Wait until `parent` runs a child called `comm`; returns its PID.
-fn wait_for_child(parent: &mut Child, comm: &str) -> i32 {
+/// Wait until `parent` runs a child called `comm`; its PID, or None when `parent` ended first.
+fn wait_for_child(parent: &mut Child, comm: &str) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(p) = processes()
             .into_iter()
             .find(|p| p.ppid == parent.id() as i32 && p.comm == comm)
         {
-            return p.pid;
+            return Some(p.pid);
         }
-        assert!(
-            parent.try_wait().unwrap().is_none(),
-            "pgkeep ended before it started {comm}"
-        );
+        if parent.try_wait().unwrap().is_some() {
+            return None;
+        }
         assert!(Instant::now() < deadline, "{comm} never started");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Whether process `pid` is stopped (state T), not running, gone or a zombie.
+fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let close = stat.rfind(')')?;
+            stat[close + 1..]
+                .split_whitespace()
+                .next()
+                .map(|st| st == "T")
+        })
+        .unwrap_or(false)
 }
 
 /// Processes whose command line mentions `needle`, after giving the kernel a moment to deliver
@@ -115,25 +128,57 @@ fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap();
 }
 
-/// Kill pgkeep (`child`) with `sig` while its tool `comm` is frozen mid-run (SIGSTOP, so the
-/// moment is exact), and check that the tool does not outlive it.
-fn kill_while_running(child: &mut Child, comm: &str, sig: Signal, needle: &str) {
-    let tool = wait_for_child(child, comm);
-    signal(tool, Signal::SIGSTOP);
-    signal(child.id() as i32, sig);
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "pgkeep was killed by {sig}");
-    let left = survivors(needle);
-    // Leave nothing behind for the rest of the suite, whatever the verdict.
-    for l in &left {
-        if let Some(pid) = l.split(' ').next().and_then(|p| p.parse().ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+/// Kill pgkeep with `sig` while its tool `comm` is frozen mid-run (SIGSTOP, so the moment is
+/// exact), and check that the tool does not outlive it. A tool can finish before it is caught
+/// (small data, a fast machine): that round proves nothing, so `after_miss` undoes what the
+/// finished run published and the run starts again.
+fn kill_while_running(
+    spawn: &dyn Fn() -> Child,
+    comm: &str,
+    sig: Signal,
+    needle: &str,
+    after_miss: &dyn Fn(),
+) {
+    for _ in 0..20 {
+        let mut child = spawn();
+        let caught = wait_for_child(&mut child, comm).filter(|&tool| {
+            kill(Pid::from_raw(tool), Signal::SIGSTOP).is_ok() && {
+                // A zombie takes the signal too; only a stopped tool is caught mid-run.
+                std::thread::sleep(Duration::from_millis(20));
+                is_stopped(tool)
+            }
+        });
+        if caught.is_none() {
+            let _ = child.wait();
+            after_miss();
+            continue;
+        }
+        signal(child.id() as i32, sig);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "pgkeep was killed by {sig}");
+        let left = survivors(needle);
+        // Leave nothing behind for the rest of the suite, whatever the verdict.
+        for l in &left {
+            if let Some(pid) = l.split(' ').next().and_then(|p| p.parse().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "{comm} outlived pgkeep killed by {sig}: {left:?}"
+        );
+        return;
+    }
+    panic!("{comm} finished before it could be caught, 20 times");
+}
+
+/// Remove the bundles named `prefix*` a run that was not caught published.
+fn remove_published(dir: &Path, prefix: &str) {
+    for n in file_names(dir) {
+        if n.starts_with(prefix) {
+            std::fs::remove_file(dir.join(n)).unwrap();
         }
     }
-    assert!(
-        left.is_empty(),
-        "{comm} outlived pgkeep killed by {sig}: {left:?}"
-    );
 }
 
 /// Directory entries less the verification results retention remembers (`.pgkeep-verified.json`).
@@ -156,7 +201,7 @@ fn records_cluster() -> TempCluster {
     c.psql("postgres", "create database records");
     c.psql(
         "records",
-        "create table big as select g as id, md5(g::text) as t from generate_series(1, 50000) g",
+        "create table big as select g as id, md5(g::text) as t from generate_series(1, 200000) g",
     );
     c
 }
@@ -166,8 +211,13 @@ fn killed_logical_backup_takes_pg_dump_with_it_and_the_rerun_succeeds() {
     let c = records_cluster();
     let backups = c.backups().display().to_string();
     for sig in [Signal::SIGKILL, Signal::SIGTERM] {
-        let mut child = spawn_pgkeep(&c, &["backup", "logical", "-j", "2"]);
-        kill_while_running(&mut child, "pg_dump", sig, &backups);
+        kill_while_running(
+            &|| spawn_pgkeep(&c, &["backup", "logical", "-j", "2", "--no-prune"]),
+            "pg_dump",
+            sig,
+            &backups,
+            &|| remove_published(&c.backups(), "nightly-"),
+        );
         assert!(
             hidden_only(&c.backups()).is_empty(),
             "nothing under a final name after {sig}: {:?}",
@@ -185,8 +235,13 @@ fn killed_logical_backup_takes_pg_dump_with_it_and_the_rerun_succeeds() {
 fn killed_physical_backup_takes_pg_basebackup_with_it_and_its_partial_goes_at_the_next_run() {
     let c = records_cluster();
     for sig in [Signal::SIGKILL, Signal::SIGTERM] {
-        let mut child = spawn_pgkeep(&c, &["backup", "physical"]);
-        kill_while_running(&mut child, "pg_basebackup", sig, "pgkeep basebackup-");
+        kill_while_running(
+            &|| spawn_pgkeep(&c, &["backup", "physical", "--no-prune"]),
+            "pg_basebackup",
+            sig,
+            "pgkeep basebackup-",
+            &|| remove_published(&c.backups(), "basebackup-"),
+        );
         assert!(
             hidden_only(&c.backups()).is_empty(),
             "nothing under a final name after {sig}: {:?}",
@@ -210,8 +265,13 @@ fn killed_restore_takes_pg_restore_with_it_and_the_rerun_succeeds() {
     let want = c.psql("records", "select count(*), sum(id) from big");
     let backups = c.backups().display().to_string();
     for sig in [Signal::SIGKILL, Signal::SIGTERM] {
-        let mut child = spawn_pgkeep(&c, &["restore", "dump", "--clean", "--yes"]);
-        kill_while_running(&mut child, "pg_restore", sig, &backups);
+        kill_while_running(
+            &|| spawn_pgkeep(&c, &["restore", "dump", "--clean", "--yes"]),
+            "pg_restore",
+            sig,
+            &backups,
+            &|| {},
+        );
     }
     let out = pgkeep(&c)
         .args(["restore", "dump", "--clean", "--yes"])
