@@ -86,9 +86,15 @@ impl Site {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("pgkeep"));
+        let mut c = self.pgkeep();
         c.args(["serve", "--listen", "127.0.0.1", "--initdb-dir"])
             .arg(self.initdb_dir());
+        c
+    }
+
+    /// pgkeep with this site's settings (no password in its environment).
+    fn pgkeep(&self) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("pgkeep"));
         for k in [
             "PGHOST",
             "PGDATABASE",
@@ -115,6 +121,18 @@ impl Site {
             .env("PGKEEP_PG_BIN", &self.bin)
             .stdin(Stdio::null());
         c
+    }
+
+    /// The postmaster's pid, from postmaster.pid.
+    fn postmaster_pid(&self) -> i32 {
+        std::fs::read_to_string(self.pgdata().join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Start serve with its output in serve-N.log.
@@ -478,14 +496,7 @@ fn postgres_dying_ends_serve_with_its_status() {
     let mut child = site.spawn(1, &[("POSTGRES_PASSWORD", PASSWORD)]);
     let g = Guard(&mut child);
     site.wait_ready(g.0, 1);
-    let pid: i32 = std::fs::read_to_string(site.pgdata().join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = site.postmaster_pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -493,4 +504,152 @@ fn postgres_dying_ends_serve_with_its_status() {
     .unwrap();
     let st = wait_exit(g.0, Duration::from_secs(60)).expect("serve exits when postgres dies");
     assert_eq!(st.code(), Some(128 + 9), "{}", site.read_log(1));
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The recovery point of archive_command archiving as `serve` configures it: a quiet server
+/// archives its commits within `archive_timeout`, also right after a start (PostgreSQL's
+/// checkpointer ignores archive_timeout until its first wake-up, up to checkpoint_timeout after
+/// a start, unless serve wakes it). Commits with known ids for a while, then the whole server
+/// is killed with SIGKILL right after an acknowledged commit, PGDATA is removed as if the data
+/// volume were lost, and `bootstrap basebackup` recovers from the base backup and the archive:
+/// every commit acknowledged longer ago than the bound (2 x archive_timeout plus generous
+/// slack for a loaded machine) must be back, and what is missing is only the newest commits.
+#[test]
+fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
+    const TIMEOUT_S: u64 = 2;
+    let site = Site::new();
+    let wal = site.path("wal");
+    std::os::unix::fs::chown(&wal, Some(site.uid), Some(site.gid)).unwrap();
+    let timeout = TIMEOUT_S.to_string();
+    let env = [
+        ("POSTGRES_PASSWORD", PASSWORD),
+        ("PGKEEP_WAL_ARCHIVE_TIMEOUT", timeout.as_str()),
+    ];
+    let mut child = site.spawn(1, &env);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    site.query("create table acked(id int primary key, at timestamptz not null default now())");
+    let out = site
+        .pgkeep()
+        .args(["backup", "physical", "--no-prune"])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        pgkeep_testkit::output_text(&out)
+    );
+    // A restart (a rollout, a node drain): the base backup's checkpoint woke the checkpointer of
+    // the first server, so the commits go to a freshly started one, as after any restart.
+    assert_eq!(site.stop(g.0, 1).code(), Some(0), "{}", site.read_log(1));
+    drop(g);
+    let mut child = site.spawn(2, &env);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 2);
+
+    // Single-row commits, one at a time, each acknowledged before the next; a quiet gap in the
+    // middle so the newest segment is idle for longer than the timeout at least once.
+    let mut acked: Vec<(i32, Instant)> = Vec::new();
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(16) {
+        id += 1;
+        site.query(&format!("insert into acked(id) values ({id})"));
+        acked.push((id, Instant::now()));
+        let pause = if (6..8).contains(&started.elapsed().as_secs()) {
+            1000
+        } else {
+            100
+        };
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    // Right after the last acknowledged commit: the postmaster and all its processes at once,
+    // as when the node dies.
+    let pm = site.postmaster_pid();
+    let procs = children_of(pm);
+    let killed_at = Instant::now();
+    for p in std::iter::once(pm).chain(procs) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let st = wait_exit(g.0, Duration::from_secs(60)).expect("serve exits when postgres dies");
+    assert_eq!(st.code(), Some(128 + 9), "{}", site.read_log(2));
+    drop(g);
+
+    // The data volume is gone; the archive and the backups volume are what is left.
+    std::fs::remove_dir_all(site.pgdata()).unwrap();
+    let out = site
+        .pgkeep()
+        .args(["bootstrap", "basebackup", "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        pgkeep_testkit::output_text(&out)
+    );
+    let mut child = site.spawn(3, &env);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 3);
+    let recovered: Vec<i32> = site
+        .query("select id from acked order by id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    site.stop(g.0, 3);
+
+    let n = recovered.len();
+    assert_eq!(
+        recovered,
+        (1..=n as i32).collect::<Vec<_>>(),
+        "what came back is every commit up to a point, with no gap"
+    );
+    let lost: Vec<&(i32, Instant)> = acked.iter().filter(|(id, _)| *id > n as i32).collect();
+    let bound = Duration::from_secs(2 * TIMEOUT_S + 6);
+    if let Some((id, at)) = lost.first() {
+        let age = killed_at.duration_since(*at);
+        assert!(
+            age < bound,
+            "commit {id}, acknowledged {age:?} before the data volume was lost, is missing: \
+             archive_timeout={TIMEOUT_S}s did not bound the loss ({} of {} commits lost)\n{}",
+            lost.len(),
+            acked.len(),
+            site.read_log(2)
+        );
+    }
+    println!(
+        "archive_command only, archive_timeout {TIMEOUT_S} s: {} commits acknowledged, {} lost \
+         (the oldest lost one acknowledged {:?} before the kill)",
+        acked.len(),
+        lost.len(),
+        lost.first()
+            .map(|(_, at)| killed_at.duration_since(*at))
+            .unwrap_or_default()
+    );
 }

@@ -82,7 +82,10 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     // Spawned here, on the main thread, never on a blocking-pool thread: a parent-death signal
     // (when the runner sets one) follows the spawning thread, not the process.
-    let pm = Postmaster::spawn(&pg, &cfg.pgdata, prepared.run_as)?;
+    let mut pm = Postmaster::spawn(&pg, &cfg.pgdata, prepared.run_as)?;
+    if cfg.archive_timeout > 0 {
+        pm = pm.arm_archive_timeout(&cfg.pgdata);
+    }
     let status = pm.supervise(&mut signals).await?;
     let code = postmaster::exit_code(status);
     if code == 0 {
