@@ -50,7 +50,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn query_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
+pub(crate) fn query_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
     move |e| DbError::Query {
         what,
         message: describe(&e),

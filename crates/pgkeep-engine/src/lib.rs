@@ -33,6 +33,7 @@ pub mod upload;
 pub mod wal;
 pub mod walcheck;
 pub mod walscan;
+pub mod walstream;
 
 /// How an error should end the process (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,6 +86,8 @@ pub struct ServeConfig {
     /// `archive_timeout` in seconds (0: off): the bound on how long a commit can wait in an
     /// unfinished segment before it is archived.
     pub archive_timeout: u32,
+    /// `wal.stream = sync`: commits wait for `pgkeep wal stream` (application_name `pgkeep`).
+    pub synchronous_stream: bool,
     /// The WAL archive archive_command writes to: a new system (initdb) takes its root over
     /// ([`crate::archive_owner::supersede`]).
     pub wal_archive: PathBuf,
@@ -133,6 +135,17 @@ pub fn managed_conf(cfg: &ServeConfig) -> ManagedConf {
         // hours: switch (and archive) at least this often. An idle switch costs little in the
         // archive (the rest of the segment is zeros, which zstd stores in a few hundred bytes).
         .set("archive_timeout", format!("{}s", cfg.archive_timeout))
+        // `wal.stream = sync`: a commit is acknowledged once `pgkeep wal stream` has flushed its
+        // WAL on the archive volume (and waits while the stream is down); otherwise no
+        // synchronous standby, whatever an earlier start set.
+        .set(
+            "synchronous_standby_names",
+            if cfg.synchronous_stream {
+                crate::walstream::APPLICATION_NAME
+            } else {
+                ""
+            },
+        )
         // The container's log is stderr (`kubectl logs`).
         .set("logging_collector", "off")
         .set("log_destination", "stderr")
@@ -291,8 +304,12 @@ fn first_start(
             .arg(&cfg.pgdata)
             .arg("-l")
             .arg(&log)
-            // Socket only, no archiving: nobody else can connect while scripts run.
-            .args(["-o", "-c listen_addresses='' -c archive_mode=off"])
+            // Socket only, no archiving and no synchronous standby (no stream runs yet, and
+            // the init scripts' commits must not wait for one): nobody else can connect.
+            .args([
+                "-o",
+                "-c listen_addresses='' -c archive_mode=off -c synchronous_standby_names=''",
+            ])
             .args(["-w", "-t", "300", "start"]),
     );
     let started = start.run();
@@ -638,9 +655,20 @@ mod tests {
             initdb_dir: "/docker-entrypoint-initdb.d".into(),
             archive_command: "pgkeep wal push %p".into(),
             archive_timeout: 60,
+            synchronous_stream: false,
             wal_archive: "/wal-archive".into(),
         };
         let text = managed_conf(&cfg).render();
+        assert!(text.contains("synchronous_standby_names = ''"), "{text}");
+        let sync = managed_conf(&ServeConfig {
+            synchronous_stream: true,
+            ..cfg.clone()
+        })
+        .render();
+        assert!(
+            sync.contains("synchronous_standby_names = 'pgkeep'"),
+            "{sync}"
+        );
         for want in [
             "listen_addresses = '*'",
             "port = '5433'",

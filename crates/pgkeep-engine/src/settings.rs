@@ -169,6 +169,21 @@ pub struct Wal {
     /// current one is not full (`archive_timeout`), so a quiet server still archives what it
     /// committed within this bound; 0 turns it off.
     pub archive_timeout: u32,
+    /// WAL streaming into the archive (`pgkeep wal stream`) next to archive_command: `off`,
+    /// `async` (the stream keeps what it received; a bounded, small loss) or `sync` (`serve`
+    /// makes PostgreSQL wait for the stream's flush before acknowledging a commit: nothing
+    /// acknowledged is lost with the data volume, and commits wait while the stream is down).
+    pub stream: StreamMode,
+}
+
+/// `wal.stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamMode {
+    #[default]
+    Off,
+    Async,
+    Sync,
 }
 
 impl Default for Settings {
@@ -236,6 +251,7 @@ impl Default for Settings {
                 compress: Compression::Zstd,
                 zstd_level: crate::wal::DEFAULT_ZSTD_LEVEL,
                 archive_timeout: 60,
+                stream: StreamMode::Off,
             },
         }
     }
@@ -285,6 +301,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_WAL_COMPRESS", "wal.compress"),
     ("PGKEEP_WAL_ZSTD_LEVEL", "wal.zstd_level"),
     ("PGKEEP_WAL_ARCHIVE_TIMEOUT", "wal.archive_timeout"),
+    ("PGKEEP_WAL_STREAM", "wal.stream"),
 ];
 
 /// Settings plus where each value came from.

@@ -757,7 +757,21 @@ impl Archive {
         let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
             name: name.to_owned(),
         })?;
-        let Some((src, c)) = self.find(name) else {
+        // The archive root first (complete segments); else what `wal stream` received, which
+        // may be the partial last segment of a server that is gone.
+        let streamed = || {
+            (wal.kind == WalKind::Segment)
+                .then(|| {
+                    crate::walstream::find_streamed(
+                        &self.dir,
+                        name,
+                        expect.and_then(|e| e.system_identifier),
+                    )
+                })
+                .flatten()
+                .map(|p| (p, Compression::None))
+        };
+        let Some((src, c)) = self.find(name).or_else(streamed) else {
             return Ok(FetchOutcome::Missing);
         };
         let dir = match dest.parent() {

@@ -216,6 +216,9 @@ pub enum WalCommand {
     Push(commands::wal_push::Args),
     /// restore_command: fetch one WAL file from the archive (`pgkeep wal fetch %f %p`).
     Fetch(commands::wal_fetch::Args),
+    /// Stream WAL into the archive as it is written (replication slot; `--synchronous` for a
+    /// recovery point of zero), in the foreground until stopped.
+    Stream(commands::wal_stream::Args),
 }
 
 #[derive(Debug, Subcommand)]

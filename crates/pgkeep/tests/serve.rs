@@ -528,28 +528,98 @@ fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// The recovery point of archive_command archiving as `serve` configures it: a quiet server
-/// archives its commits within `archive_timeout`, also right after a start (PostgreSQL's
-/// checkpointer ignores archive_timeout until its first wake-up, up to checkpoint_timeout after
-/// a start, unless serve wakes it). Commits with known ids for a while, then the whole server
-/// is killed with SIGKILL right after an acknowledged commit, PGDATA is removed as if the data
-/// volume were lost, and `bootstrap basebackup` recovers from the base backup and the archive:
-/// every commit acknowledged longer ago than the bound (2 x archive_timeout plus generous
-/// slack for a loaded machine) must be back, and what is missing is only the newest commits.
-#[test]
-fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
-    const TIMEOUT_S: u64 = 2;
+/// How WAL leaves the server in [`lose_the_data_volume`].
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// archive_command only, with this archive_timeout (seconds).
+    ArchiveTimeout(u64),
+    /// `wal stream` next to archive_command (archive_timeout off), synchronous or not.
+    Stream { sync: bool },
+}
+
+/// What [`lose_the_data_volume`] saw.
+struct Loss {
+    acked: usize,
+    /// For each acknowledged commit that did not come back: how long before the kill it was
+    /// acknowledged, oldest first.
+    lost: Vec<Duration>,
+}
+
+/// `pgkeep wal stream` as the data owner (as in the db pod), logging to stream.log.
+fn spawn_stream(site: &Site, sync: bool) -> Child {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(site.path("stream.log")).unwrap();
+    let mut c = site.pgkeep();
+    c.args(["wal", "stream"]);
+    if sync {
+        c.arg("--synchronous");
+    }
+    c.env("PGHOST", "127.0.0.1")
+        .env("PGPASSWORD", PASSWORD)
+        .uid(site.uid)
+        .gid(site.gid)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log));
+    c.spawn().expect("start pgkeep wal stream")
+}
+
+/// Wait until `wal stream` streams (in sync mode: as the synchronous standby).
+fn wait_streaming(site: &Site, st: &mut Child, sync: bool) {
+    let want = if sync { "sync" } else { "async" };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while site.query(
+        "select coalesce(max(sync_state), '') from pg_stat_replication \
+         where application_name = 'pgkeep' and state = 'streaming'",
+    ) != want
+    {
+        let log = || std::fs::read_to_string(site.path("stream.log")).unwrap_or_default();
+        if let Some(code) = st.try_wait().unwrap() {
+            panic!("wal stream exited ({code}):\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not connect:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The recovery point of one way of getting WAL off the server, measured: a base backup; a
+/// restart (a rollout, a node drain: the base backup's checkpoint woke the first server's
+/// checkpointer, and the commits must go to a freshly started one, as after any restart); single-
+/// row commits with known ids for 16 s, each acknowledged before the next, with a quiet stretch
+/// in the middle; SIGKILL of every server process right after an acknowledged commit, as when
+/// the node dies; PGDATA removed as if the data volume were lost; `bootstrap basebackup` from the
+/// base backup, the archive and (when streaming) the spool; then which commits came back. What
+/// came back must be every commit up to a point, with no gap.
+fn lose_the_data_volume(mode: Mode) -> Loss {
     let site = Site::new();
     let wal = site.path("wal");
     std::os::unix::fs::chown(&wal, Some(site.uid), Some(site.gid)).unwrap();
-    let timeout = TIMEOUT_S.to_string();
+    let (timeout, stream) = match mode {
+        Mode::ArchiveTimeout(t) => (t.to_string(), "off"),
+        Mode::Stream { sync: false } => ("0".to_owned(), "async"),
+        Mode::Stream { sync: true } => ("0".to_owned(), "sync"),
+    };
     let env = [
         ("POSTGRES_PASSWORD", PASSWORD),
         ("PGKEEP_WAL_ARCHIVE_TIMEOUT", timeout.as_str()),
+        ("PGKEEP_WAL_STREAM", stream),
     ];
     let mut child = site.spawn(1, &env);
     let g = Guard(&mut child);
     site.wait_ready(g.0, 1);
+    // The stream runs beside the server from the start, as in the db pod; it reconnects by
+    // itself across the restart below.
+    let mut streamer = match mode {
+        Mode::Stream { sync } => {
+            let mut st = spawn_stream(&site, sync);
+            wait_streaming(&site, &mut st, sync);
+            Some(st)
+        }
+        Mode::ArchiveTimeout(_) => None,
+    };
     site.query("create table acked(id int primary key, at timestamptz not null default now())");
     let out = site
         .pgkeep()
@@ -563,16 +633,16 @@ fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
         "{}",
         pgkeep_testkit::output_text(&out)
     );
-    // A restart (a rollout, a node drain): the base backup's checkpoint woke the checkpointer of
-    // the first server, so the commits go to a freshly started one, as after any restart.
     assert_eq!(site.stop(g.0, 1).code(), Some(0), "{}", site.read_log(1));
     drop(g);
     let mut child = site.spawn(2, &env);
     let g = Guard(&mut child);
     site.wait_ready(g.0, 2);
 
-    // Single-row commits, one at a time, each acknowledged before the next; a quiet gap in the
-    // middle so the newest segment is idle for longer than the timeout at least once.
+    if let Some(st) = streamer.as_mut() {
+        wait_streaming(&site, st, matches!(mode, Mode::Stream { sync: true }));
+    }
+
     let mut acked: Vec<(i32, Instant)> = Vec::new();
     let started = Instant::now();
     let mut id = 0;
@@ -587,8 +657,6 @@ fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
         };
         std::thread::sleep(Duration::from_millis(pause));
     }
-    // Right after the last acknowledged commit: the postmaster and all its processes at once,
-    // as when the node dies.
     let pm = site.postmaster_pid();
     let procs = children_of(pm);
     let killed_at = Instant::now();
@@ -601,8 +669,18 @@ fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
     let st = wait_exit(g.0, Duration::from_secs(60)).expect("serve exits when postgres dies");
     assert_eq!(st.code(), Some(128 + 9), "{}", site.read_log(2));
     drop(g);
+    if let Some(mut st) = streamer.take() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(st.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let code = wait_exit(&mut st, Duration::from_secs(60)).expect("wal stream stops");
+        let log = std::fs::read_to_string(site.path("stream.log")).unwrap_or_default();
+        assert_eq!(code.code(), Some(0), "{log}");
+    }
 
-    // The data volume is gone; the archive and the backups volume are what is left.
+    // The data volume is gone; the archive volume and the backups volume are what is left.
     std::fs::remove_dir_all(site.pgdata()).unwrap();
     let out = site
         .pgkeep()
@@ -630,26 +708,69 @@ fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
         (1..=n as i32).collect::<Vec<_>>(),
         "what came back is every commit up to a point, with no gap"
     );
-    let lost: Vec<&(i32, Instant)> = acked.iter().filter(|(id, _)| *id > n as i32).collect();
-    let bound = Duration::from_secs(2 * TIMEOUT_S + 6);
-    if let Some((id, at)) = lost.first() {
-        let age = killed_at.duration_since(*at);
-        assert!(
-            age < bound,
-            "commit {id}, acknowledged {age:?} before the data volume was lost, is missing: \
-             archive_timeout={TIMEOUT_S}s did not bound the loss ({} of {} commits lost)\n{}",
-            lost.len(),
-            acked.len(),
-            site.read_log(2)
-        );
-    }
+    let lost = acked
+        .iter()
+        .filter(|(id, _)| *id > n as i32)
+        .map(|(_, at)| killed_at.duration_since(*at))
+        .collect::<Vec<_>>();
     println!(
-        "archive_command only, archive_timeout {TIMEOUT_S} s: {} commits acknowledged, {} lost \
-         (the oldest lost one acknowledged {:?} before the kill)",
+        "{mode:?}: {} commits acknowledged, {} lost (the oldest lost one acknowledged {:?} before \
+         the kill)",
         acked.len(),
         lost.len(),
-        lost.first()
-            .map(|(_, at)| killed_at.duration_since(*at))
-            .unwrap_or_default()
+        lost.first().copied().unwrap_or_default()
     );
+    Loss {
+        acked: acked.len(),
+        lost,
+    }
+}
+
+/// archive_command as `serve` configures it: a quiet server archives its commits within
+/// `archive_timeout`, also right after a start (PostgreSQL's checkpointer ignores archive_timeout
+/// until its first wake-up, up to checkpoint_timeout after a clean start, unless serve wakes
+/// it). Every commit acknowledged longer ago than the bound (2 x archive_timeout plus generous
+/// slack for a loaded machine) must come back.
+#[test]
+fn archive_timeout_bounds_what_losing_the_data_volume_costs() {
+    const TIMEOUT_S: u64 = 2;
+    let loss = lose_the_data_volume(Mode::ArchiveTimeout(TIMEOUT_S));
+    let bound = Duration::from_secs(2 * TIMEOUT_S + 6);
+    if let Some(age) = loss.lost.first() {
+        assert!(
+            *age < bound,
+            "a commit acknowledged {age:?} before the data volume was lost is missing: \
+             archive_timeout={TIMEOUT_S}s did not bound the loss ({} of {} commits lost)",
+            loss.lost.len(),
+            loss.acked
+        );
+    }
+}
+
+/// `wal stream --synchronous` with `wal.stream = sync`: nothing acknowledged is lost with the
+/// data volume (archive_timeout off, so only the stream can deliver the last segment).
+#[test]
+fn synchronous_streaming_loses_no_acknowledged_commit_with_the_data_volume() {
+    let loss = lose_the_data_volume(Mode::Stream { sync: true });
+    assert!(
+        loss.lost.is_empty(),
+        "{} of {} acknowledged commits lost with synchronous streaming",
+        loss.lost.len(),
+        loss.acked
+    );
+}
+
+/// `wal stream` without `--synchronous`: at most what was in flight is lost (archive_timeout
+/// off, so without the stream every commit since the last full segment would be gone).
+#[test]
+fn asynchronous_streaming_loses_at_most_what_was_in_flight() {
+    let loss = lose_the_data_volume(Mode::Stream { sync: false });
+    if let Some(age) = loss.lost.first() {
+        assert!(
+            *age < Duration::from_secs(3),
+            "a commit acknowledged {age:?} before the kill is missing ({} of {} lost)",
+            loss.lost.len(),
+            loss.acked
+        );
+    }
 }

@@ -26,6 +26,7 @@ pub mod space;
 pub mod status;
 pub mod wal_fetch;
 pub mod wal_push;
+pub mod wal_stream;
 pub mod wipe;
 
 use crate::cli::{
@@ -53,6 +54,7 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Backup(BackupCommand::Physical(a)) => backup_physical::run(a, ctx).await,
         Command::Wal(WalCommand::Push(a)) => wal_push::run(a, ctx).await,
         Command::Wal(WalCommand::Fetch(a)) => wal_fetch::run(a, ctx).await,
+        Command::Wal(WalCommand::Stream(a)) => wal_stream::run(a, ctx).await,
         Command::PrepDirs(a) => prep_dirs::run(a, ctx).await,
         Command::Serve(a) => serve::run(a, ctx).await,
         Command::Render(a) => render::run(a, ctx).await,

@@ -59,6 +59,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         initdb_dir: args.initdb_dir,
         archive_command: archive_command(),
         archive_timeout: s.wal.archive_timeout,
+        synchronous_stream: s.wal.stream == pgkeep_engine::settings::StreamMode::Sync,
         wal_archive: s.paths.wal_archive.clone(),
     };
     // Before anything else, so a SIGTERM during initialization is not lost.
