@@ -72,6 +72,7 @@ pub struct Settings {
     pub schedule: Schedule,
     pub retention: Retention,
     pub wal: Wal,
+    pub lint: Lint,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -171,6 +172,14 @@ pub struct Wal {
     pub archive_timeout: u32,
 }
 
+/// `pgkeep lint`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lint {
+    /// Fail (exit 1) on warnings too, not only on errors (`--strict`).
+    pub strict: bool,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         let version = env!("CARGO_PKG_VERSION");
@@ -237,6 +246,7 @@ impl Default for Settings {
                 zstd_level: crate::wal::DEFAULT_ZSTD_LEVEL,
                 archive_timeout: 60,
             },
+            lint: Lint { strict: false },
         }
     }
 }
@@ -285,6 +295,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_WAL_COMPRESS", "wal.compress"),
     ("PGKEEP_WAL_ZSTD_LEVEL", "wal.zstd_level"),
     ("PGKEEP_WAL_ARCHIVE_TIMEOUT", "wal.archive_timeout"),
+    ("PGKEEP_LINT_STRICT", "lint.strict"),
 ];
 
 /// Settings plus where each value came from.
