@@ -306,7 +306,13 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
         for m in c
             .mounts
             .iter()
-            .filter(|m| m.path == pgdata && m.persistent() && m.sub_path.is_none() && !m.read_only)
+            // A claim's root: block storage formatted ext4 has lost+found there.
+            .filter(|m| {
+                m.path == pgdata
+                    && m.kind == VolumeKind::Claim
+                    && m.sub_path.is_none()
+                    && !m.read_only
+            })
         {
             out.push(at.finding(
                 &DATA_AT_PGDATA,
@@ -478,14 +484,31 @@ fn server_rules(at: &At<'_>, c: &Container<'_>, kind: &str, out: &mut Vec<Findin
     let name = Some(c.name);
     let Some(pgdata) = c.pgdata() else { return };
     match c.data_mount() {
-        None => out.push(at.finding(
-            &DATA_ON_EMPTYDIR,
-            name,
-            format!(
-                "no volume is mounted over PGDATA {}: the database lives in the container (or the image's anonymous volume) and is deleted with the pod",
-                pgdata.display()
-            ),
-        )),
+        None => {
+            let info = c.image_info();
+            let old_habit = if info.official_postgres
+                && info.major.is_some_and(|m| m >= 18)
+                && c.mounts
+                    .iter()
+                    .any(|m| m.path == norm("/var/lib/postgresql/data"))
+            {
+                format!(
+                    " (postgres {} keeps PGDATA under /var/lib/postgresql/{}/docker, so the volume at /var/lib/postgresql/data holds no data: mount it at /var/lib/postgresql)",
+                    info.major.unwrap_or_default(),
+                    info.major.unwrap_or_default()
+                )
+            } else {
+                String::new()
+            };
+            out.push(at.finding(
+                &DATA_ON_EMPTYDIR,
+                name,
+                format!(
+                    "no volume is mounted over PGDATA {}: the database lives in the container (or the image's anonymous volume) and is deleted with the pod{old_habit}",
+                    pgdata.display()
+                ),
+            ))
+        }
         Some(m) if m.kind == VolumeKind::EmptyDir => out.push(at.finding(
             &DATA_ON_EMPTYDIR,
             name,

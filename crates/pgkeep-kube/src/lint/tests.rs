@@ -599,6 +599,17 @@ fn data_on_an_empty_dir_or_on_no_volume_is_an_error() {
     let r = lint_yaml(&deployment("postgres:18", only_archive, PGDATA_ENV, ""));
     assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
     assert!(r.findings[0].message.contains("no volume"));
+    // The postgres 17 habit on an 18 image: the volume at .../data, PGDATA elsewhere.
+    let old_habit = "            - {name: data, mountPath: /var/lib/postgresql/data}\n            - {name: wal-archive, mountPath: /wal-archive}\n";
+    let r = lint_yaml(&deployment("postgres:18.1", old_habit, "", ""));
+    assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
+    assert!(
+        r.findings[0]
+            .message
+            .contains("/var/lib/postgresql/18/docker"),
+        "{}",
+        r.findings[0].message
+    );
     // A Job (a client or a scratch restore) is not the server.
     let r = lint_yaml(CRON);
     assert!(!ids(&r).contains(&"PGK013"), "{}", report::human(&r));
@@ -618,6 +629,13 @@ fn host_path_data_needs_a_node_pin() {
         "      nodeSelector: {kubernetes.io/hostname: node-a}\n      containers:\n",
     );
     let r = lint_yaml(&pinned);
+    assert!(r.findings.is_empty(), "{}", report::human(&r));
+    // A host directory at PGDATA itself is not a volume root with lost+found.
+    let at_pgdata = pinned.replace(
+        "{name: data, mountPath: /var/lib/postgresql}",
+        "{name: data, mountPath: /var/lib/postgresql/data}",
+    );
+    let r = lint_yaml(&at_pgdata);
     assert!(r.findings.is_empty(), "{}", report::human(&r));
 }
 
