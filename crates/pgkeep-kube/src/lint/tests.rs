@@ -610,6 +610,14 @@ fn data_on_an_empty_dir_or_on_no_volume_is_an_error() {
         "{}",
         r.findings[0].message
     );
+    // Options for the image's entrypoint still run the server.
+    let r = lint_yaml(
+        &deployment("postgres:18", only_archive, PGDATA_ENV, "").replace(
+            "          env:\n",
+            "          args: [-c, shared_buffers=256MB]\n          env:\n",
+        ),
+    );
+    assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
     // A Job (a client or a scratch restore) is not the server.
     let r = lint_yaml(CRON);
     assert!(!ids(&r).contains(&"PGK013"), "{}", report::human(&r));

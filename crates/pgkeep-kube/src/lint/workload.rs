@@ -301,8 +301,16 @@ impl<'a> Container<'a> {
             return false;
         }
         let argv = self.argv();
-        if argv.is_empty() {
-            return true;
+        let has_command = at(self.raw, &["command"]).is_some_and(|c| !c.is_null());
+        if !has_command {
+            // The image's entrypoint runs with the args: the postgres image's treats options
+            // (`-c ...`) as options to postgres, the pgkeep image's default is `serve`.
+            match argv.first() {
+                None => return true,
+                Some(a) if self.image_info().pgkeep => return *a == "serve",
+                Some(a) if a.starts_with('-') => return true,
+                Some(_) => {}
+            }
         }
         if self.image_info().pgkeep || argv.iter().any(|w| w.ends_with("pgkeep")) {
             return self.runs_pgkeep_serve();
@@ -406,6 +414,8 @@ impl ImageInfo {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -431,6 +441,64 @@ mod tests {
         assert!(i.pgkeep && !i.official_postgres);
         let i = ImageInfo::parse("bitnami/postgresql:16");
         assert!(!i.official_postgres);
+    }
+
+    #[test]
+    fn which_container_runs_the_server() {
+        let cases: &[(&str, serde_json::Value, bool)] = &[
+            ("image default", json!({"image": "postgres:16"}), true),
+            (
+                "options for the entrypoint",
+                json!({"image": "postgres:16", "args": ["-c", "shared_buffers=1GB"]}),
+                true,
+            ),
+            (
+                "postgres with options",
+                json!({"image": "postgres:16", "args": ["postgres", "-c", "fsync=on"]}),
+                true,
+            ),
+            (
+                "a wrapper script that execs the entrypoint",
+                json!({"image": "postgres:16", "command": ["sh", "-c", "ulimit -n 4096; exec docker-entrypoint.sh postgres"]}),
+                true,
+            ),
+            (
+                "a dump loop naming the postgres user",
+                json!({"image": "postgres:16", "command": ["sh", "-c", "while true; do pg_dump -U postgres app > /b/x; sleep 60; done"]}),
+                false,
+            ),
+            (
+                "a client through the entrypoint",
+                json!({"image": "postgres:16", "args": ["pg_dumpall", "-h", "db"]}),
+                false,
+            ),
+            ("pgkeep's default", json!({"image": "pgkeep:1-pg18"}), true),
+            (
+                "pgkeep serve as args",
+                json!({"image": "pgkeep:1-pg18", "args": ["serve"]}),
+                true,
+            ),
+            (
+                "a pgkeep job",
+                json!({"image": "pgkeep:1-pg18", "command": ["pgkeep", "backup", "logical"]}),
+                false,
+            ),
+            (
+                "the data volume read-only",
+                json!({"image": "postgres:16", "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data", "readOnly": true}]}),
+                false,
+            ),
+            ("another image", json!({"image": "busybox"}), false),
+        ];
+        for (what, c, want) in cases {
+            let mut c = c.clone();
+            c["name"] = json!("c");
+            let pod = json!({"containers": [c.clone()], "initContainers": [c]});
+            let vols = volumes(&pod);
+            let cs = containers(&pod, &vols);
+            assert!(!cs[0].runs_server(), "{what}: an init container never is");
+            assert_eq!(cs[1].runs_server(), *want, "{what}");
+        }
     }
 
     #[test]
