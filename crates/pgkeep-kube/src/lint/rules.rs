@@ -81,7 +81,8 @@ pub const UID_MISMATCH: Rule = Rule {
     id: "PGK005",
     name: "uid-mismatch",
     severity: Severity::Warning,
-    summary: "The runAsUser of a PostgreSQL container is not the image family's postgres uid.",
+    summary: "The runAsUser of a PostgreSQL container is not the image family's postgres uid \
+              (or runAsNonRoot is set without one, on an image whose user is root).",
     fix: "Set runAsUser/runAsGroup/fsGroup to the uid of the image's postgres account: 999 for \
           the Debian-based postgres and pgkeep images, 70 for postgres:*-alpine. initdb refuses a \
           uid without an account, and files created under another uid cannot be read by the \
@@ -437,6 +438,16 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
                 ),
             ));
         }
+    }
+    if info.official_postgres && uid.is_none() && c.run_as_non_root() {
+        out.push(at.finding(
+            &UID_MISMATCH,
+            name,
+            format!(
+                "runAsNonRoot is true but no runAsUser is set: the user of image {} is root, so the kubelet refuses to start the container (CreateContainerConfigError)",
+                c.image
+            ),
+        ));
     }
     // PGK010: archiving needs an archive volume.
     if let Some(why) = archiving_on(c, sources) {

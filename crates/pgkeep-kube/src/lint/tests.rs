@@ -203,6 +203,12 @@ fn uid_must_match_the_image_family() {
     let text = deployment("postgres:18", GOOD_MOUNTS, PGDATA_ENV, "")
         .replace("runAsUser: 999", "runAsUser: 1000");
     assert_eq!(ids(&lint_yaml(&text)), ["PGK005"]);
+    // runAsNonRoot without a uid on the official image (USER root): the kubelet refuses it.
+    let text = deployment("postgres:18", GOOD_MOUNTS, PGDATA_ENV, "")
+        .replace("        runAsUser: 999\n", "");
+    let r = lint_yaml(&text);
+    assert_eq!(ids(&r), ["PGK005"], "{}", report::human(&r));
+    assert!(r.findings[0].message.contains("kubelet refuses"));
 }
 
 #[test]
