@@ -72,6 +72,7 @@ pub struct Settings {
     pub schedule: Schedule,
     pub retention: Retention,
     pub wal: Wal,
+    pub lint: Lint,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -186,6 +187,14 @@ pub enum StreamMode {
     Sync,
 }
 
+/// `pgkeep lint`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lint {
+    /// Fail (exit 1) on warnings too, not only on errors (`--strict`).
+    pub strict: bool,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         let version = env!("CARGO_PKG_VERSION");
@@ -253,6 +262,7 @@ impl Default for Settings {
                 archive_timeout: 60,
                 stream: StreamMode::Off,
             },
+            lint: Lint { strict: false },
         }
     }
 }
@@ -302,6 +312,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_WAL_ZSTD_LEVEL", "wal.zstd_level"),
     ("PGKEEP_WAL_ARCHIVE_TIMEOUT", "wal.archive_timeout"),
     ("PGKEEP_WAL_STREAM", "wal.stream"),
+    ("PGKEEP_LINT_STRICT", "lint.strict"),
 ];
 
 /// Settings plus where each value came from.

@@ -26,6 +26,7 @@ spec:
           securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
           env: [{name: PGDATA, value: /var/lib/postgresql/data}]
           volumeMounts:
+            - {name: data, mountPath: /var/lib/postgresql}
             - {name: data, mountPath: /var/lib/postgresql/data}
       volumes:
         - {name: data, persistentVolumeClaim: {claimName: pgdata-big}}
@@ -50,7 +51,11 @@ fn rendered_tree_is_written_and_lints_clean() {
             .unwrap()
             .contains("kind: Deployment")
     );
-    let out = pgkeep().arg("lint").arg(t.path()).output().unwrap();
+    let out = pgkeep()
+        .args(["lint", "--strict"])
+        .arg(t.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("no findings in 16 file(s)"), "{stdout}");
@@ -90,12 +95,16 @@ fn lint_reports_errors_in_every_format_and_exits_1() {
     let human = String::from_utf8_lossy(&out.stdout);
     assert!(
         human.contains(
-            "error[PGK001 data-volume-at-pgdata]: Deployment record-platform/postgres, container db"
+            "error[PGK002 data-volume-mounted-twice]: Deployment record-platform/postgres, container db"
         ),
         "{human}"
     );
+    assert!(
+        human.contains("warning[PGK001 data-volume-at-pgdata]"),
+        "{human}"
+    );
     assert!(human.contains("fix: "), "{human}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lint found 1 error(s)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lint found 1 error(s);"));
 
     let out = pgkeep()
         .args(["lint", "--format", "json"])
@@ -105,8 +114,10 @@ fn lint_reports_errors_in_every_format_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["errors"], 1);
-    assert_eq!(j["findings"][0]["rule"], "PGK001");
-    assert_eq!(j["findings"][0]["file"], f.display().to_string());
+    assert_eq!(j["warnings"], 1);
+    assert_eq!(j["findings"][1]["rule"], "PGK002");
+    assert_eq!(j["findings"][1]["severity"], "error");
+    assert_eq!(j["findings"][1]["file"], f.display().to_string());
 
     let out = pgkeep()
         .args(["lint", "--format", "sarif"])
@@ -116,7 +127,8 @@ fn lint_reports_errors_in_every_format_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["version"], "2.1.0");
-    assert_eq!(s["runs"][0]["results"][0]["ruleId"], "PGK001");
+    assert_eq!(s["runs"][0]["results"][1]["ruleId"], "PGK002");
+    assert_eq!(s["runs"][0]["results"][1]["level"], "error");
 }
 
 #[test]
@@ -131,4 +143,104 @@ fn warnings_alone_exit_0() {
     let out = pgkeep().arg("lint").arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning[PGK009"));
+}
+
+#[test]
+fn strict_fails_on_warnings_from_the_flag_the_environment_or_the_config() {
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("cron.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec:\n  schedule: \"0 6 * * *\"\n  jobTemplate: {spec: {template: {spec: {containers: []}}}}\n",
+    )
+    .unwrap();
+    let strict_failure = |out: std::process::Output| {
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "lint found 0 error(s) and 1 warning(s), and strict mode fails on warnings"
+            ),
+            "{stderr}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("warning[PGK009"));
+    };
+    strict_failure(
+        pgkeep()
+            .args(["lint", "--strict"])
+            .arg(&f)
+            .output()
+            .unwrap(),
+    );
+    strict_failure(
+        pgkeep()
+            .arg("lint")
+            .arg(&f)
+            .env("PGKEEP_LINT_STRICT", "true")
+            .output()
+            .unwrap(),
+    );
+    let config = t.path().join("pgkeep.toml");
+    std::fs::write(&config, "[lint]\nstrict = true\n").unwrap();
+    strict_failure(
+        pgkeep()
+            .arg("lint")
+            .arg(&f)
+            .env("PGKEEP_CONFIG", &config)
+            .output()
+            .unwrap(),
+    );
+    // A value that is not a boolean is refused, naming the setting.
+    let out = pgkeep()
+        .arg("lint")
+        .arg(&f)
+        .env("PGKEEP_LINT_STRICT", "yes please")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lint.strict"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn corpus_safe_patterns_exit_0_and_data_loss_exits_1_naming_it() {
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pgkeep-kube/tests/lint-corpus");
+    for name in [
+        "1-pod-subpath",
+        "2-statefulset-pgdata-subdir",
+        "3-statefulset-volume-root",
+        "6-statefulset-backup-sidecar",
+    ] {
+        let out = pgkeep()
+            .arg("lint")
+            .arg(corpus.join(format!("{name}.yaml")))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stdout}");
+        assert!(stdout.contains("0 error(s)"), "{name}: {stdout}");
+    }
+    for (name, want) in [
+        (
+            "4-deployment-rolling-rwo",
+            "error[PGK007 rwo-rolling-update]: Deployment postgres: strategy is RollingUpdate (the default) with ReadWriteOnce claim(s) pg-pvc",
+        ),
+        (
+            "5-deployment-emptydir",
+            "error[PGK013 data-not-persistent]: Deployment postgres, container postgres: PGDATA /var/lib/postgresql/data is on volume `storage` (emptyDir)",
+        ),
+    ] {
+        let out = pgkeep()
+            .arg("lint")
+            .arg(corpus.join(format!("{name}.yaml")))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stdout}");
+        assert!(stdout.contains(want), "{name}: {stdout}");
+    }
 }

@@ -1,6 +1,8 @@
 //! `pgkeep lint`: checks Kubernetes YAML, rendered by pgkeep or written by a person, for the
 //! pitfalls that lose PostgreSQL data or weaken the pod, and reports each finding with a rule
-//! id, a severity, the object and file, and a one-paragraph fix.
+//! id, a severity, the object and file, and a one-paragraph fix. The safe patterns people
+//! publish (a `subPath` mount, PGDATA in a subdirectory of the mount, the official image's
+//! entrypoint switching to postgres, a sidecar reading the data volume) are not errors.
 //!
 //! The checks work on untyped documents (a hand-written file need not match any schema to be
 //! checked) and are pure functions of the loaded files, except that a kustomization's
@@ -18,6 +20,8 @@ use serde::Serialize;
 pub use load::{LintError, Source, load_paths};
 pub use rules::{RULES, Rule};
 
+/// How bad a finding is. `Error` is kept for configurations that lose data or block
+/// recovery (they fail `pgkeep lint`); everything else is a `Warning` (fails only `--strict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::load::Source;
-use super::workload::{self, Container, arr, at, norm, str_at};
+use super::workload::{self, Container, VolumeKind, arr, at, norm, str_at};
 use super::{Finding, Severity};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,14 +23,17 @@ pub struct Rule {
 pub const DATA_AT_PGDATA: Rule = Rule {
     id: "PGK001",
     name: "data-volume-at-pgdata",
-    severity: Severity::Error,
-    summary: "A volume is mounted at PGDATA itself, so PGDATA is a mount point.",
-    fix: "Mount the data volume only at the parent directory (/var/lib/postgresql) and keep \
-          PGDATA=/var/lib/postgresql/data as a plain subdirectory of it. A mount point cannot be \
-          removed or emptied by initdb (`directory exists but is not empty`, e.g. because of \
-          lost+found), and whatever is mounted there decides where the data really lives. If the \
-          volume already holds a cluster at its root, scale to 0, move the files into a `data` \
-          subdirectory (or wipe and restore), then change the mount.",
+    severity: Severity::Warning,
+    summary: "The root of a volume is mounted at PGDATA itself (no subPath, no PGDATA \
+              subdirectory): initdb refuses it when it holds lost+found.",
+    fix: "Keep PGDATA a subdirectory of the volume: set PGDATA=/var/lib/postgresql/data/pgdata \
+          (the official image's documented pattern), or add `subPath: postgres` to the mount, or \
+          mount the volume at the parent (/var/lib/postgresql) with PGDATA=/var/lib/postgresql/data. \
+          The root of an ext4-backed volume (most cloud block storage) holds lost+found, initdb \
+          refuses a non-empty directory (`directory exists but is not empty`) and the pod \
+          crash-loops on its first start; a mount point also cannot be removed or emptied by a \
+          wipe. If the volume already holds a cluster at its root, scale to 0, move the files into \
+          a subdirectory (or wipe and restore), then change PGDATA or the mount.",
 };
 
 pub const DOUBLE_MOUNT: Rule = Rule {
@@ -61,21 +64,25 @@ pub const VOLUME_SHADOWING: Rule = Rule {
 pub const ROOT_CONTAINER: Rule = Rule {
     id: "PGK004",
     name: "root-container",
-    severity: Severity::Error,
-    summary: "A container runs as root (or as the image's user, root for the postgres image) \
-              with a persistent volume or with more than the chown capabilities.",
+    severity: Severity::Warning,
+    summary: "A container runs as root with a writable persistent volume or with more than the \
+              chown capabilities (the official image's entrypoint switches to postgres itself).",
     fix: "Run PostgreSQL, its init step and every Job as the data owner: set runAsUser and \
           runAsGroup to 999 (70 for Alpine images), runAsNonRoot: true, and fsGroup 999 on the \
-          pod. Root-squash volumes (NFS) deny root, and root needs no access to the data. Only a \
-          step that chowns an emptyDir (fix-run) may run as root, with capabilities drop: [ALL] \
-          and add: [CHOWN, FOWNER], and without a persistent volume.",
+          pod. The official image's entrypoint started as root chowns PGDATA and then runs the \
+          server as postgres, which works on local and block storage; it breaks on a \
+          root-squashed NFS export (root is mapped to nobody, the chown is denied, the pod \
+          crash-loops), and root needs no access to the data. Only a step that chowns an \
+          emptyDir (fix-run) may run as root, with capabilities drop: [ALL] and add: [CHOWN, \
+          FOWNER], and without a persistent volume.",
 };
 
 pub const UID_MISMATCH: Rule = Rule {
     id: "PGK005",
     name: "uid-mismatch",
-    severity: Severity::Error,
-    summary: "The runAsUser of a PostgreSQL container is not the image family's postgres uid.",
+    severity: Severity::Warning,
+    summary: "The runAsUser of a PostgreSQL container is not the image family's postgres uid \
+              (or runAsNonRoot is set without one, on an image whose user is root).",
     fix: "Set runAsUser/runAsGroup/fsGroup to the uid of the image's postgres account: 999 for \
           the Debian-based postgres and pgkeep images, 70 for postgres:*-alpine. initdb refuses a \
           uid without an account, and files created under another uid cannot be read by the \
@@ -143,7 +150,7 @@ pub const ARCHIVE_WITHOUT_VOLUME: Rule = Rule {
 pub const SECRET_LITERAL: Rule = Rule {
     id: "PGK011",
     name: "secret-literal-password",
-    severity: Severity::Error,
+    severity: Severity::Warning,
     summary: "A Secret in the files carries a literal password.",
     fix: "Remove the password from the file (and from version control history) and rotate it. \
           Let `pgkeep deploy` create the Secret with a random password when it is missing, or \
@@ -163,6 +170,46 @@ pub const HARDENING: Rule = Rule {
           the data owner; a root chown step needs only CHOWN and FOWNER added back.",
 };
 
+pub const DATA_ON_EMPTYDIR: Rule = Rule {
+    id: "PGK013",
+    name: "data-not-persistent",
+    severity: Severity::Error,
+    summary: "PGDATA of a server container is on an emptyDir or on no volume at all: the \
+              database is deleted with the pod.",
+    fix: "Put PGDATA on a PersistentVolumeClaim (a Deployment's `persistentVolumeClaim` volume or \
+          a StatefulSet's volumeClaimTemplates), mounted at /var/lib/postgresql with \
+          PGDATA=/var/lib/postgresql/data. An emptyDir, the container's own filesystem and the \
+          image's anonymous VOLUME all vanish when the pod is deleted, evicted or rescheduled \
+          (a node drain, a rollout), and the next pod starts with an empty database. Take a \
+          logical backup now if data was written.",
+};
+
+pub const HOSTPATH_UNPINNED: Rule = Rule {
+    id: "PGK014",
+    name: "hostpath-without-node-pin",
+    severity: Severity::Warning,
+    summary: "PGDATA is on a hostPath volume but the pod is not pinned to one node.",
+    fix: "Use a PersistentVolumeClaim (a local PersistentVolume carries its node affinity), or pin \
+          the pod to the node that holds the directory (`nodeSelector: {kubernetes.io/hostname: \
+          NODE}` or a required nodeAffinity). On a multi-node cluster an unpinned pod can be \
+          scheduled on another node, where it finds an empty directory and initializes a new, \
+          empty database while the data stays behind on the old node.",
+};
+
+pub const FLOATING_IMAGE: Rule = Rule {
+    id: "PGK015",
+    name: "floating-postgres-image",
+    severity: Severity::Warning,
+    summary: "The server runs a postgres image without a major version in its tag (`latest`, \
+              untagged, `alpine`...).",
+    fix: "Pin the major version (e.g. `postgres:18.1-bookworm`, or a digest). A floating tag \
+          follows new major releases: the next pull (a restart on a new node, a rollout) brings \
+          a server that refuses the existing data directory (`database files are incompatible \
+          with server`) until you downgrade or run pg_upgrade. A linter cannot see the \
+          PG_VERSION of an existing volume, so a pinned major that differs from the data is not \
+          caught here: read `$PGDATA/PG_VERSION` in the pod before changing the image.",
+};
+
 pub const RULES: &[&Rule] = &[
     &DATA_AT_PGDATA,
     &DOUBLE_MOUNT,
@@ -176,6 +223,9 @@ pub const RULES: &[&Rule] = &[
     &ARCHIVE_WITHOUT_VOLUME,
     &SECRET_LITERAL,
     &HARDENING,
+    &DATA_ON_EMPTYDIR,
+    &HOSTPATH_UNPINNED,
+    &FLOATING_IMAGE,
 ];
 
 /// Where a finding is.
@@ -222,7 +272,8 @@ pub fn check_all(sources: &[Source]) -> Vec<Finding> {
                 _ => {}
             }
             if let Some(pod) = workload::pod_spec(&d.value) {
-                for c in workload::containers(pod) {
+                let vols = workload::workload_volumes(&d.value);
+                for c in workload::containers(pod, &vols) {
                     container_rules(&at, &c, sources, &mut out);
                 }
             }
@@ -242,23 +293,38 @@ fn is_kustomization(path: &Path, doc: &Value) -> bool {
 
 fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut Vec<Finding>) {
     let name = Some(c.name);
-    // PGK001, PGK002, PGK003: where the data lives.
+    let kind = str_at(at.doc, &["kind"]).unwrap_or("");
+    let job = matches!(kind, "Job" | "CronJob");
+    // A regular container of a long-running pod that does not run the server (a backup or
+    // monitoring sidecar) does not decide where the data lives.
+    let sidecar = !c.init && !job && !c.runs_server();
+    let info = c.image_info();
+    // PGK001, PGK003: where the data lives.
     if c.is_postgres()
+        && !sidecar
         && let Some(pgdata) = c.pgdata()
     {
-        for m in c.mounts.iter().filter(|m| m.path == pgdata) {
+        for m in c
+            .mounts
+            .iter()
+            // A claim's root: block storage formatted ext4 has lost+found there.
+            .filter(|m| {
+                m.path == pgdata
+                    && m.kind == VolumeKind::Claim
+                    && m.sub_path.is_none()
+                    && !m.read_only
+            })
+        {
             out.push(at.finding(
                 &DATA_AT_PGDATA,
                 name,
                 format!(
-                    "volume `{}`{} is mounted at PGDATA {} itself",
-                    m.volume,
-                    m.claim.map(|c| format!(" (claim {c})")).unwrap_or_default(),
+                    "{} is mounted at PGDATA {} itself, without subPath, so PGDATA is the root of the volume: on an ext4-backed volume it holds lost+found, initdb refuses the non-empty directory and the pod crash-loops on its first start",
+                    m.describe(),
                     pgdata.display()
                 ),
             ));
         }
-        let info = c.image_info();
         let volume_dir = norm("/var/lib/postgresql/data");
         if info.official_postgres
             && info.major.is_some_and(|m| m <= 17)
@@ -283,11 +349,15 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
             ));
         }
     }
+    // PGK013, PGK014, PGK015: the server of a long-running pod.
+    if c.runs_server() && !job {
+        server_rules(at, c, kind, out);
+    }
     let persistent: Vec<_> = c.mounts.iter().filter(|m| m.persistent()).collect();
     let mut reported = BTreeSet::new();
     for (i, a) in persistent.iter().enumerate() {
         for b in &persistent[i + 1..] {
-            if a.claim == b.claim
+            if a.storage() == b.storage()
                 && (a.path.starts_with(&b.path) || b.path.starts_with(&a.path))
                 && reported.insert((a.path.clone(), b.path.clone()))
             {
@@ -295,8 +365,8 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
                     &DOUBLE_MOUNT,
                     name,
                     format!(
-                        "claim {} is mounted at {} and again at {}",
-                        a.claim.unwrap_or_default(),
+                        "{} is mounted at {} and again at {}",
+                        a.storage(),
                         a.path.display(),
                         b.path.display()
                     ),
@@ -304,13 +374,17 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
             }
         }
     }
-    // PGK004: root.
+    // PGK004: root. Read-only mounts do not count: root cannot leave files behind there.
+    let writable: Vec<_> = persistent.iter().filter(|m| !m.read_only).collect();
     let uid = c.run_as_user();
+    let entrypoint_switch = uid.is_none() && info.official_postgres && c.runs_server();
     let root = match uid {
-        Some(0) => Some("runs as root (runAsUser: 0)".to_owned()),
+        Some(0) => Some("runs as root (runAsUser: 0)"),
+        None if !c.run_as_non_root() && entrypoint_switch => Some(
+            "starts the official image's entrypoint as root (it chowns PGDATA, then runs the server as the postgres user)",
+        ),
         None if !c.run_as_non_root() => Some(
-            "sets no runAsUser and no runAsNonRoot, so it runs as the image's user (root for the postgres image)"
-                .to_owned(),
+            "sets no runAsUser and no runAsNonRoot, so it runs as the image's user (often root)",
         ),
         _ => None,
     };
@@ -321,10 +395,17 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
             .into_iter()
             .filter(|a| a != "CHOWN" && a != "FOWNER")
             .collect();
-        let problem = if let Some(m) = persistent.first() {
+        let problem = if let Some(m) = writable.first() {
+            let consequence = match writable.iter().find(|m| is_nfs(m, at.doc, sources)) {
+                Some(nfs) => format!(
+                    "; {} is NFS: on an export with root_squash (the NFS default) root is mapped to nobody, its chown/mkdir there is denied and the pod crash-loops",
+                    nfs.describe()
+                ),
+                None => "; a hardening gap that breaks on a root-squashed NFS volume (root is mapped to nobody, the chown is denied, the pod crash-loops)".to_owned(),
+            };
             Some(format!(
-                "{why} and mounts persistent volume `{}` at {}",
-                m.volume,
+                "{why} and writes to persistent {} at {}{consequence}",
+                m.describe(),
                 m.path.display()
             ))
         } else if !dropped_all {
@@ -339,7 +420,6 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
         }
     }
     // PGK005: the image family's uid.
-    let info = c.image_info();
     if (info.official_postgres || info.pgkeep || c.env("PGDATA").is_some())
         && let Some(uid) = uid.filter(|u| *u != 0)
     {
@@ -358,6 +438,16 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
                 ),
             ));
         }
+    }
+    if info.official_postgres && uid.is_none() && c.run_as_non_root() {
+        out.push(at.finding(
+            &UID_MISMATCH,
+            name,
+            format!(
+                "runAsNonRoot is true but no runAsUser is set: the user of image {} is root, so the kubelet refuses to start the container (CreateContainerConfigError)",
+                c.image
+            ),
+        ));
     }
     // PGK010: archiving needs an archive volume.
     if let Some(why) = archiving_on(c, sources) {
@@ -397,6 +487,115 @@ fn container_rules(at: &At<'_>, c: &Container<'_>, sources: &[Source], out: &mut
     if !missing.is_empty() {
         out.push(at.finding(&HARDENING, name, format!("missing: {}", missing.join(", "))));
     }
+}
+
+/// PGDATA on storage that dies with the pod, or on one node's disk with no pin to that node,
+/// and a floating image tag.
+fn server_rules(at: &At<'_>, c: &Container<'_>, kind: &str, out: &mut Vec<Finding>) {
+    let name = Some(c.name);
+    let Some(pgdata) = c.pgdata() else { return };
+    match c.data_mount() {
+        None => {
+            let info = c.image_info();
+            let old_habit = if info.official_postgres
+                && info.major.is_some_and(|m| m >= 18)
+                && c.mounts
+                    .iter()
+                    .any(|m| m.path == norm("/var/lib/postgresql/data"))
+            {
+                format!(
+                    " (postgres {} keeps PGDATA under /var/lib/postgresql/{}/docker, so the volume at /var/lib/postgresql/data holds no data: mount it at /var/lib/postgresql)",
+                    info.major.unwrap_or_default(),
+                    info.major.unwrap_or_default()
+                )
+            } else {
+                String::new()
+            };
+            out.push(at.finding(
+                &DATA_ON_EMPTYDIR,
+                name,
+                format!(
+                    "no volume is mounted over PGDATA {}: the database lives in the container (or the image's anonymous volume) and is deleted with the pod{old_habit}",
+                    pgdata.display()
+                ),
+            ))
+        }
+        Some(m) if m.kind == VolumeKind::EmptyDir => out.push(at.finding(
+            &DATA_ON_EMPTYDIR,
+            name,
+            format!(
+                "PGDATA {} is on {} at {}: the database is deleted with the pod",
+                pgdata.display(),
+                m.describe(),
+                m.path.display()
+            ),
+        )),
+        Some(m) if m.kind == VolumeKind::HostPath && kind != "DaemonSet" && !pinned(c.pod) => {
+            out.push(at.finding(
+                &HOSTPATH_UNPINNED,
+                name,
+                format!(
+                    "PGDATA {} is on {} at {} and the pod has no nodeName, nodeSelector or required nodeAffinity: on a multi-node cluster a rescheduled pod starts an empty database on another node",
+                    pgdata.display(),
+                    m.describe(),
+                    m.path.display()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let info = c.image_info();
+    if info.official_postgres && info.major.is_none() && !info.digest {
+        out.push(at.finding(
+            &FLOATING_IMAGE,
+            name,
+            format!(
+                "image {} (tag `{}`) names no major version: a restart can pull a new major that refuses the existing data directory",
+                if c.image.is_empty() { "(none)" } else { c.image },
+                info.tag
+            ),
+        ));
+    }
+}
+
+/// The pod is tied to one node.
+fn pinned(pod: &Value) -> bool {
+    let non_empty = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Null) | None => false,
+        Some(_) => true,
+    };
+    non_empty(pod.get("nodeName"))
+        || non_empty(pod.get("nodeSelector"))
+        || non_empty(at(
+            pod,
+            &[
+                "affinity",
+                "nodeAffinity",
+                "requiredDuringSchedulingIgnoredDuringExecution",
+            ],
+        ))
+}
+
+/// An NFS volume: mounted inline, or a claim (in the inputs, or a StatefulSet's template)
+/// whose storage class names NFS.
+fn is_nfs(m: &workload::Mount<'_>, doc: &Value, sources: &[Source]) -> bool {
+    if m.kind == VolumeKind::Nfs {
+        return true;
+    }
+    let Some(claim) = m.claim else { return false };
+    let nfs_class = |spec: &Value| {
+        str_at(spec, &["storageClassName"]).is_some_and(|c| c.to_ascii_lowercase().contains("nfs"))
+    };
+    arr(doc, &["spec", "volumeClaimTemplates"]).any(|t| {
+        str_at(t, &["metadata", "name"]) == Some(claim) && t.get("spec").is_some_and(&nfs_class)
+    }) || sources.iter().flat_map(|s| &s.docs).any(|d| {
+        str_at(&d.value, &["kind"]) == Some("PersistentVolumeClaim")
+            && str_at(&d.value, &["metadata", "name"]) == Some(claim)
+            && d.value.get("spec").is_some_and(&nfs_class)
+    })
 }
 
 fn is_data_mount(c: &Container<'_>, m: &workload::Mount<'_>) -> bool {

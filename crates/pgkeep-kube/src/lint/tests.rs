@@ -73,7 +73,10 @@ fn seed_incorrect_configuration_is_flagged() {
     let r = lint_yaml(&deployment("postgres:16", mounts, PGDATA_ENV, ""));
     assert_eq!(ids(&r), ["PGK001"], "{}", report::human(&r));
     let f = &r.findings[0];
-    assert_eq!(f.severity, Severity::Error);
+    // A crash loop on first start, not data loss: a warning that says why.
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.message.contains("lost+found"), "{}", f.message);
+    assert!(f.message.contains("crash-loops"), "{}", f.message);
     assert_eq!(f.object.kind, "Deployment");
     assert_eq!(f.object.namespace.as_deref(), Some("record-platform"));
     assert_eq!(f.object.name, "postgres");
@@ -200,6 +203,12 @@ fn uid_must_match_the_image_family() {
     let text = deployment("postgres:18", GOOD_MOUNTS, PGDATA_ENV, "")
         .replace("runAsUser: 999", "runAsUser: 1000");
     assert_eq!(ids(&lint_yaml(&text)), ["PGK005"]);
+    // runAsNonRoot without a uid on the official image (USER root): the kubelet refuses it.
+    let text = deployment("postgres:18", GOOD_MOUNTS, PGDATA_ENV, "")
+        .replace("        runAsUser: 999\n", "");
+    let r = lint_yaml(&text);
+    assert_eq!(ids(&r), ["PGK005"], "{}", report::human(&r));
+    assert!(r.findings[0].message.contains("kubelet refuses"));
 }
 
 #[test]
@@ -373,17 +382,18 @@ fn outputs_carry_rule_object_file_and_fix() {
     let mounts = "            - {name: data, mountPath: /var/lib/postgresql/data}\n";
     let r = lint_yaml(&deployment("postgres:16", mounts, PGDATA_ENV, ""));
     let h = report::human(&r);
-    assert!(h.starts_with("error[PGK001 data-volume-at-pgdata]: Deployment record-platform/postgres, container db:"), "{h}");
+    assert!(h.starts_with("warning[PGK001 data-volume-at-pgdata]: Deployment record-platform/postgres, container db:"), "{h}");
     assert!(h.contains("--> case.yaml:1"), "{h}");
     assert!(
-        h.contains("fix: Mount the data volume only at the parent"),
+        h.contains("fix: Keep PGDATA a subdirectory of the volume"),
         "{h}"
     );
-    assert!(h.contains("1 error(s), 0 warning(s)"), "{h}");
+    assert!(h.contains("0 error(s), 1 warning(s)"), "{h}");
     let j = report::json(&r);
-    assert_eq!(j["errors"], 1);
+    assert_eq!(j["errors"], 0);
+    assert_eq!(j["warnings"], 1);
     assert_eq!(j["findings"][0]["rule"], "PGK001");
-    assert_eq!(j["findings"][0]["severity"], "error");
+    assert_eq!(j["findings"][0]["severity"], "warning");
     assert_eq!(j["findings"][0]["object"]["kind"], "Deployment");
     assert_eq!(j["findings"][0]["file"], "case.yaml");
     let s = report::sarif(&r, "1.2.3");
@@ -395,7 +405,7 @@ fn outputs_carry_rule_object_file_and_fix() {
         RULES.len()
     );
     assert_eq!(run["results"][0]["ruleId"], "PGK001");
-    assert_eq!(run["results"][0]["level"], "error");
+    assert_eq!(run["results"][0]["level"], "warning");
     assert_eq!(
         run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
         "case.yaml"
@@ -420,4 +430,248 @@ fn missing_paths_and_empty_dirs_are_errors() {
     let t = tempdir();
     let err = lint_paths(&[t.path().to_owned()]).unwrap_err();
     assert!(err.to_string().contains("no YAML files"), "{err}");
+}
+
+#[test]
+fn severities_mean_data_loss_or_blocked_recovery() {
+    let errors: Vec<&str> = RULES
+        .iter()
+        .filter(|r| r.severity == Severity::Error)
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "data-volume-mounted-twice",
+            "image-volume-shadowing",
+            "pvc-in-kustomization",
+            "rwo-rolling-update",
+            "multiple-replicas",
+            "archive-without-volume",
+            "data-not-persistent",
+        ]
+    );
+}
+
+#[test]
+fn a_subpath_mount_at_pgdata_is_safe() {
+    let mounts = "            - {name: data, mountPath: /var/lib/postgresql/data, subPath: postgres}\n            - {name: wal-archive, mountPath: /wal-archive}\n";
+    let r = lint_yaml(&deployment("postgres:16", mounts, PGDATA_ENV, ""));
+    assert!(r.findings.is_empty(), "{}", report::human(&r));
+    // Without the subPath: the volume root.
+    let r = lint_yaml(&deployment(
+        "postgres:16",
+        &mounts.replace(", subPath: postgres", ""),
+        PGDATA_ENV,
+        "",
+    ));
+    assert_eq!(ids(&r), ["PGK001"], "{}", report::human(&r));
+}
+
+const STATEFULSET: &str = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: pg}
+spec:
+  serviceName: pg
+  replicas: 1
+  selector: {matchLabels: {app: pg}}
+  template:
+    metadata: {labels: {app: pg}}
+    spec:
+      securityContext: {runAsUser: 999, runAsGroup: 999, fsGroup: 999, runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: postgres
+          image: postgres:17
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+          env:
+            - {name: PGDATA, value: /var/lib/postgresql/data/pgdata}
+          volumeMounts:
+            - {name: pgdata, mountPath: /var/lib/postgresql/data}
+  volumeClaimTemplates:
+    - metadata: {name: pgdata}
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources: {requests: {storage: 10Gi}}
+"#;
+
+#[test]
+fn pgdata_in_a_subdirectory_of_a_claim_template_is_safe() {
+    let r = lint_yaml(STATEFULSET);
+    assert!(r.findings.is_empty(), "{}", report::human(&r));
+    // PGDATA at the template's mount point: the claim is seen through the template.
+    let r = lint_yaml(&STATEFULSET.replace(
+        "/var/lib/postgresql/data/pgdata",
+        "/var/lib/postgresql/data",
+    ));
+    assert_eq!(ids(&r), ["PGK001"], "{}", report::human(&r));
+    assert!(
+        r.findings[0].message.contains("claim pgdata"),
+        "{}",
+        r.findings[0].message
+    );
+}
+
+#[test]
+fn the_official_entrypoint_as_root_is_a_warning_that_names_nfs() {
+    let text = STATEFULSET.replace(
+        "runAsUser: 999, runAsGroup: 999, fsGroup: 999, runAsNonRoot: true, ",
+        "",
+    );
+    let r = lint_yaml(&text);
+    assert_eq!(ids(&r), ["PGK004"], "{}", report::human(&r));
+    let f = &r.findings[0];
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(
+        f.message.contains("official image's entrypoint"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("root-squashed NFS"), "{}", f.message);
+    // On an NFS storage class the concrete breakage is named.
+    let nfs = text.replace(
+        "accessModes: [ReadWriteOnce]",
+        "storageClassName: nfs-client\n        accessModes: [ReadWriteOnce]",
+    );
+    let r = lint_yaml(&nfs);
+    assert_eq!(ids(&r), ["PGK004"], "{}", report::human(&r));
+    assert!(
+        r.findings[0].message.contains("is NFS"),
+        "{}",
+        r.findings[0].message
+    );
+    assert_eq!(r.errors(), 0);
+}
+
+#[test]
+fn a_sidecar_reading_the_data_volume_is_not_the_server() {
+    let sidecar = r#"        - name: backup
+          image: postgres:17
+          command: [sh, -c, "while true; do pg_dump -h 127.0.0.1 -U postgres app > /backups/app.sql; sleep 86400; done"]
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+          volumeMounts:
+            - {name: pgdata, mountPath: /var/lib/postgresql/data, readOnly: true}
+  volumeClaimTemplates:
+"#;
+    let text = STATEFULSET
+        .replace(
+            "/var/lib/postgresql/data/pgdata",
+            "/var/lib/postgresql/data",
+        )
+        .replace("  volumeClaimTemplates:\n", sidecar);
+    let r = lint_yaml(&text);
+    // Only the server's own mount: the read-only sidecar mount is neither PGK001 nor PGK002.
+    assert_eq!(ids(&r), ["PGK001"], "{}", report::human(&r));
+    assert_eq!(r.findings[0].container.as_deref(), Some("postgres"));
+    // As root the read-only sidecar leaves nothing behind on the volume: no PGK004 for it.
+    let root = text.replace(
+        "runAsUser: 999, runAsGroup: 999, fsGroup: 999, runAsNonRoot: true, ",
+        "",
+    );
+    let r = lint_yaml(&root);
+    assert!(
+        r.findings
+            .iter()
+            .all(|f| f.container.as_deref() != Some("backup")),
+        "{}",
+        report::human(&r)
+    );
+    // Written to as root, it is.
+    let r = lint_yaml(&root.replace(", readOnly: true", ""));
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.rule == "PGK004" && f.container.as_deref() == Some("backup")),
+        "{}",
+        report::human(&r)
+    );
+}
+
+#[test]
+fn data_on_an_empty_dir_or_on_no_volume_is_an_error() {
+    let text = deployment("postgres:18", GOOD_MOUNTS, PGDATA_ENV, "").replace(
+        "          persistentVolumeClaim: {claimName: pgdata-big}\n",
+        "          emptyDir: {}\n",
+    );
+    let r = lint_yaml(&text);
+    assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
+    assert_eq!(r.findings[0].severity, Severity::Error);
+    assert!(
+        r.findings[0].message.contains("emptyDir"),
+        "{}",
+        r.findings[0].message
+    );
+    assert!(r.findings[0].message.contains("deleted with the pod"));
+    let only_archive = "            - {name: wal-archive, mountPath: /wal-archive}\n";
+    let r = lint_yaml(&deployment("postgres:18", only_archive, PGDATA_ENV, ""));
+    assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
+    assert!(r.findings[0].message.contains("no volume"));
+    // The postgres 17 habit on an 18 image: the volume at .../data, PGDATA elsewhere.
+    let old_habit = "            - {name: data, mountPath: /var/lib/postgresql/data}\n            - {name: wal-archive, mountPath: /wal-archive}\n";
+    let r = lint_yaml(&deployment("postgres:18.1", old_habit, "", ""));
+    assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
+    assert!(
+        r.findings[0]
+            .message
+            .contains("/var/lib/postgresql/18/docker"),
+        "{}",
+        r.findings[0].message
+    );
+    // Options for the image's entrypoint still run the server.
+    let r = lint_yaml(
+        &deployment("postgres:18", only_archive, PGDATA_ENV, "").replace(
+            "          env:\n",
+            "          args: [-c, shared_buffers=256MB]\n          env:\n",
+        ),
+    );
+    assert_eq!(ids(&r), ["PGK013"], "{}", report::human(&r));
+    // A Job (a client or a scratch restore) is not the server.
+    let r = lint_yaml(CRON);
+    assert!(!ids(&r).contains(&"PGK013"), "{}", report::human(&r));
+}
+
+#[test]
+fn host_path_data_needs_a_node_pin() {
+    let text = deployment("postgres:18", GOOD_MOUNTS, PGDATA_ENV, "").replace(
+        "          persistentVolumeClaim: {claimName: pgdata-big}\n",
+        "          hostPath: {path: /srv/pg, type: DirectoryOrCreate}\n",
+    );
+    let r = lint_yaml(&text);
+    assert_eq!(ids(&r), ["PGK014"], "{}", report::human(&r));
+    assert_eq!(r.findings[0].severity, Severity::Warning);
+    let pinned = text.replace(
+        "      containers:\n",
+        "      nodeSelector: {kubernetes.io/hostname: node-a}\n      containers:\n",
+    );
+    let r = lint_yaml(&pinned);
+    assert!(r.findings.is_empty(), "{}", report::human(&r));
+    // A host directory at PGDATA itself is not a volume root with lost+found.
+    let at_pgdata = pinned.replace(
+        "{name: data, mountPath: /var/lib/postgresql}",
+        "{name: data, mountPath: /var/lib/postgresql/data}",
+    );
+    let r = lint_yaml(&at_pgdata);
+    assert!(r.findings.is_empty(), "{}", report::human(&r));
+}
+
+#[test]
+fn floating_postgres_images_are_a_warning() {
+    for image in [
+        "postgres",
+        "postgres:latest",
+        "docker.io/library/postgres:alpine",
+    ] {
+        let r = lint_yaml(&deployment(image, GOOD_MOUNTS, PGDATA_ENV, ""));
+        let f = r.findings.iter().find(|f| f.rule == "PGK015");
+        let f = f.unwrap_or_else(|| panic!("{image}: {}", report::human(&r)));
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(f.message.contains("new major"), "{}", f.message);
+    }
+    for image in ["postgres:18.1", "postgres:latest@sha256:0123abcd"] {
+        let r = lint_yaml(&deployment(image, GOOD_MOUNTS, PGDATA_ENV, ""));
+        assert!(
+            !ids(&r).contains(&"PGK015"),
+            "{image}: {}",
+            report::human(&r)
+        );
+    }
 }

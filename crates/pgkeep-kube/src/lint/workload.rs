@@ -57,23 +57,77 @@ pub fn norm(p: &str) -> PathBuf {
     out
 }
 
+/// What backs a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// A PersistentVolumeClaim, or a StatefulSet's volumeClaimTemplate.
+    Claim,
+    /// Deleted with the pod.
+    EmptyDir,
+    /// A directory of the node the pod runs on.
+    HostPath,
+    /// An NFS export mounted directly.
+    Nfs,
+    ConfigMap,
+    /// Anything else (secret, projected, csi, ...), or a mount naming no volume.
+    Other,
+}
+
 /// One volume of a pod.
 #[derive(Debug, Clone)]
 pub struct Volume<'a> {
     pub name: &'a str,
-    /// The claim name when the volume is a PersistentVolumeClaim.
+    pub kind: VolumeKind,
+    /// The claim name when the volume is a PersistentVolumeClaim (or a claim template).
     pub claim: Option<&'a str>,
     pub config_map: Option<&'a str>,
 }
 
 pub fn volumes(pod: &Value) -> Vec<Volume<'_>> {
     arr(pod, &["volumes"])
-        .map(|v| Volume {
-            name: str_at(v, &["name"]).unwrap_or(""),
-            claim: str_at(v, &["persistentVolumeClaim", "claimName"]),
-            config_map: str_at(v, &["configMap", "name"]),
+        .map(|v| {
+            let claim = str_at(v, &["persistentVolumeClaim", "claimName"]);
+            let config_map = str_at(v, &["configMap", "name"]);
+            let kind = if claim.is_some() {
+                VolumeKind::Claim
+            } else if v.get("emptyDir").is_some() {
+                VolumeKind::EmptyDir
+            } else if v.get("hostPath").is_some() {
+                VolumeKind::HostPath
+            } else if v.get("nfs").is_some() {
+                VolumeKind::Nfs
+            } else if config_map.is_some() {
+                VolumeKind::ConfigMap
+            } else {
+                VolumeKind::Other
+            };
+            Volume {
+                name: str_at(v, &["name"]).unwrap_or(""),
+                kind,
+                claim,
+                config_map,
+            }
         })
         .collect()
+}
+
+/// The volumes of a workload document: its pod's, plus a StatefulSet's volumeClaimTemplates
+/// (claims named after the template).
+pub fn workload_volumes(doc: &Value) -> Vec<Volume<'_>> {
+    let mut out = pod_spec(doc).map(volumes).unwrap_or_default();
+    for t in arr(doc, &["spec", "volumeClaimTemplates"]) {
+        if let Some(name) = str_at(t, &["metadata", "name"])
+            && !out.iter().any(|v| v.name == name)
+        {
+            out.push(Volume {
+                name,
+                kind: VolumeKind::Claim,
+                claim: Some(name),
+                config_map: None,
+            });
+        }
+    }
+    out
 }
 
 /// One volume mount of a container, with its volume resolved.
@@ -81,14 +135,42 @@ pub fn volumes(pod: &Value) -> Vec<Volume<'_>> {
 pub struct Mount<'a> {
     pub volume: &'a str,
     pub path: PathBuf,
+    pub kind: VolumeKind,
     pub claim: Option<&'a str>,
     pub config_map: Option<&'a str>,
+    /// `subPath`: the mount shows a subdirectory of the volume, not its root.
+    pub sub_path: Option<&'a str>,
+    pub read_only: bool,
 }
 
 impl Mount<'_> {
     /// Storage that outlives the pod.
     pub fn persistent(&self) -> bool {
-        self.claim.is_some()
+        matches!(
+            self.kind,
+            VolumeKind::Claim | VolumeKind::HostPath | VolumeKind::Nfs
+        )
+    }
+
+    /// What the mount shows: the claim, else the pod volume (two volumes naming one claim
+    /// are the same storage).
+    pub fn storage(&self) -> String {
+        match self.claim {
+            Some(c) => format!("claim {c}"),
+            None => format!("volume {}", self.volume),
+        }
+    }
+
+    /// `volume `data` (claim pgdata-big)` for messages.
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            VolumeKind::Claim => self.claim.map(|c| format!(" (claim {c})")),
+            VolumeKind::EmptyDir => Some(" (emptyDir)".to_owned()),
+            VolumeKind::HostPath => Some(" (hostPath)".to_owned()),
+            VolumeKind::Nfs => Some(" (nfs)".to_owned()),
+            _ => None,
+        };
+        format!("volume `{}`{}", self.volume, what.unwrap_or_default())
     }
 }
 
@@ -96,6 +178,8 @@ impl Mount<'_> {
 #[derive(Debug, Clone)]
 pub struct Container<'a> {
     pub name: &'a str,
+    /// An init container (runs to completion before the pod's containers start).
+    pub init: bool,
     pub image: &'a str,
     pub raw: &'a Value,
     pub pod: &'a Value,
@@ -185,10 +269,70 @@ impl<'a> Container<'a> {
         }
         None
     }
+
+    /// The mount PGDATA lives on: the deepest mount whose path holds PGDATA.
+    pub fn data_mount(&self) -> Option<&Mount<'a>> {
+        let pgdata = self.pgdata()?;
+        self.mounts
+            .iter()
+            .filter(|m| pgdata.starts_with(&m.path))
+            .max_by_key(|m| m.path.components().count())
+    }
+
+    /// Words of command + args split on whitespace and shell separators, for recognising
+    /// what a container runs.
+    fn words(&self) -> Vec<&'a str> {
+        self.argv()
+            .into_iter()
+            .flat_map(|w| w.split(|c: char| c.is_whitespace() || ";&|()`$\"'".contains(c)))
+            .filter(|w| !w.is_empty())
+            .collect()
+    }
+
+    /// Runs the PostgreSQL server (or initdb) on PGDATA: a postgres-family container that
+    /// keeps the image's command, starts the entrypoint, `postgres`, `pg_ctl start` or
+    /// `pgkeep serve`. A container that only runs client tools (pg_dump, pg_basebackup, a
+    /// backup loop) or mounts its data volume read-only is a sidecar, not the server.
+    pub fn runs_server(&self) -> bool {
+        if self.init || !self.is_postgres() {
+            return false;
+        }
+        if self.data_mount().is_some_and(|m| m.read_only) {
+            return false;
+        }
+        let argv = self.argv();
+        let has_command = at(self.raw, &["command"]).is_some_and(|c| !c.is_null());
+        if !has_command {
+            // The image's entrypoint runs with the args: the postgres image's treats options
+            // (`-c ...`) as options to postgres, the pgkeep image's default is `serve`.
+            match argv.first() {
+                None => return true,
+                Some(a) if self.image_info().pgkeep => return *a == "serve",
+                Some(a) if a.starts_with('-') => return true,
+                Some(_) => {}
+            }
+        }
+        if self.image_info().pgkeep || argv.iter().any(|w| w.ends_with("pgkeep")) {
+            return self.runs_pgkeep_serve();
+        }
+        let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
+        let words = self.words();
+        let first = base(argv[0]);
+        first == "postgres"
+            || first == "postmaster"
+            || words.iter().any(|w| {
+                let b = base(w);
+                b == "docker-entrypoint.sh" || b == "postmaster"
+            })
+            || words
+                .windows(2)
+                .any(|p| p[0] == "exec" && base(p[1]) == "postgres")
+            || (words.iter().any(|w| base(w) == "pg_ctl") && words.contains(&"start"))
+    }
 }
 
-pub fn containers(pod: &Value) -> Vec<Container<'_>> {
-    let vols = volumes(pod);
+/// The containers (init first) of a pod whose volumes are `vols`.
+pub fn containers<'a>(pod: &'a Value, vols: &[Volume<'a>]) -> Vec<Container<'a>> {
     let mut out = Vec::new();
     for key in ["initContainers", "containers"] {
         for c in arr(pod, &[key]) {
@@ -199,13 +343,19 @@ pub fn containers(pod: &Value) -> Vec<Container<'_>> {
                     Mount {
                         volume,
                         path: norm(str_at(m, &["mountPath"]).unwrap_or("/")),
+                        kind: v.map(|v| v.kind).unwrap_or(VolumeKind::Other),
                         claim: v.and_then(|v| v.claim),
                         config_map: v.and_then(|v| v.config_map),
+                        sub_path: str_at(m, &["subPath"])
+                            .or_else(|| str_at(m, &["subPathExpr"]))
+                            .filter(|p| !p.trim_matches('/').is_empty()),
+                        read_only: m.get("readOnly").and_then(|v| v.as_bool()) == Some(true),
                     }
                 })
                 .collect();
             out.push(Container {
                 name: str_at(c, &["name"]).unwrap_or("(no name)"),
+                init: key == "initContainers",
                 image: str_at(c, &["image"]).unwrap_or(""),
                 raw: c,
                 pod,
@@ -227,6 +377,10 @@ pub struct ImageInfo {
     pub major: Option<u32>,
     /// An Alpine variant (postgres uid 70 rather than 999).
     pub alpine: bool,
+    /// The tag as written (`latest` when there is none).
+    pub tag: String,
+    /// Pinned by digest (`@sha256:...`): the same image on every pull.
+    pub digest: bool,
 }
 
 impl ImageInfo {
@@ -252,12 +406,16 @@ impl ImageInfo {
             pgkeep: last.contains("pgkeep"),
             major: digits.parse().ok(),
             alpine: tag.contains("alpine"),
+            tag: tag.to_owned(),
+            digest: image.contains('@'),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -276,11 +434,71 @@ mod tests {
         let i = ImageInfo::parse("mirror.gcr.io/library/postgres:14");
         assert!(i.official_postgres);
         let i = ImageInfo::parse("postgres");
-        assert!(i.official_postgres && i.major.is_none());
+        assert!(i.official_postgres && i.major.is_none() && i.tag == "latest" && !i.digest);
+        let i = ImageInfo::parse("postgres:alpine@sha256:abcd");
+        assert!(i.official_postgres && i.major.is_none() && i.digest);
         let i = ImageInfo::parse("registry.example:5000/team/pgkeep:0.1.0-pg18");
         assert!(i.pgkeep && !i.official_postgres);
         let i = ImageInfo::parse("bitnami/postgresql:16");
         assert!(!i.official_postgres);
+    }
+
+    #[test]
+    fn which_container_runs_the_server() {
+        let cases: &[(&str, serde_json::Value, bool)] = &[
+            ("image default", json!({"image": "postgres:16"}), true),
+            (
+                "options for the entrypoint",
+                json!({"image": "postgres:16", "args": ["-c", "shared_buffers=1GB"]}),
+                true,
+            ),
+            (
+                "postgres with options",
+                json!({"image": "postgres:16", "args": ["postgres", "-c", "fsync=on"]}),
+                true,
+            ),
+            (
+                "a wrapper script that execs the entrypoint",
+                json!({"image": "postgres:16", "command": ["sh", "-c", "ulimit -n 4096; exec docker-entrypoint.sh postgres"]}),
+                true,
+            ),
+            (
+                "a dump loop naming the postgres user",
+                json!({"image": "postgres:16", "command": ["sh", "-c", "while true; do pg_dump -U postgres app > /b/x; sleep 60; done"]}),
+                false,
+            ),
+            (
+                "a client through the entrypoint",
+                json!({"image": "postgres:16", "args": ["pg_dumpall", "-h", "db"]}),
+                false,
+            ),
+            ("pgkeep's default", json!({"image": "pgkeep:1-pg18"}), true),
+            (
+                "pgkeep serve as args",
+                json!({"image": "pgkeep:1-pg18", "args": ["serve"]}),
+                true,
+            ),
+            (
+                "a pgkeep job",
+                json!({"image": "pgkeep:1-pg18", "command": ["pgkeep", "backup", "logical"]}),
+                false,
+            ),
+            (
+                "the data volume read-only",
+                json!({"image": "postgres:16", "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data", "readOnly": true}]}),
+                false,
+            ),
+            ("another image", json!({"image": "busybox"}), false),
+        ];
+        for (what, c, want) in cases {
+            let mut c = c.clone();
+            c["name"] = json!("c");
+            let pod = json!({"containers": [c.clone()], "initContainers": [c]});
+            let vols = volumes(&pod);
+            let cs = containers(&pod, &vols);
+            assert!(!cs[0].runs_server(), "{what}: an init container never is");
+            assert_eq!(cs[1].runs_server(), *want, "{what}");
+        }
     }
 
     #[test]

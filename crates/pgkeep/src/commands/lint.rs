@@ -1,7 +1,7 @@
 //! `pgkeep lint`: check Kubernetes YAML files or directories (multi-document, kustomization
 //! files; rendered by pgkeep or written by hand) for the pitfalls that lose data. Findings go to
 //! stdout (human text, `--format json` or `--format sarif`); the exit code is 1 when any
-//! finding is an error.
+//! finding is an error, or with `--strict` (setting `lint.strict`) any finding at all.
 
 use std::path::PathBuf;
 
@@ -24,26 +24,40 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+    /// Fail on warnings too (setting `lint.strict`, PGKEEP_LINT_STRICT).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Lint found errors (exit 1).
 #[derive(Debug)]
 pub struct LintFailed {
     pub errors: usize,
+    /// Counted only under --strict.
+    pub warnings: usize,
 }
 
 impl std::fmt::Display for LintFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "lint found {} error(s); each finding above says how to fix it",
-            self.errors
-        )
+        if self.warnings > 0 {
+            write!(
+                f,
+                "lint found {} error(s) and {} warning(s), and strict mode fails on warnings; each finding above says how to fix it",
+                self.errors, self.warnings
+            )
+        } else {
+            write!(
+                f,
+                "lint found {} error(s); each finding above says how to fix it",
+                self.errors
+            )
+        }
     }
 }
 impl std::error::Error for LintFailed {}
 
-pub async fn run(args: Args, _ctx: Ctx) -> anyhow::Result<()> {
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+    let strict = args.strict || ctx.settings().lint.strict;
     let paths = if args.paths.is_empty() {
         vec![PathBuf::from(".")]
     } else {
@@ -55,8 +69,13 @@ pub async fn run(args: Args, _ctx: Ctx) -> anyhow::Result<()> {
         Format::Json => crate::output::print_json(&report::json(&r))?,
         Format::Sarif => crate::output::print_json(&report::sarif(&r, env!("CARGO_PKG_VERSION")))?,
     }
-    if r.errors() > 0 {
-        return Err(LintFailed { errors: r.errors() }.into());
+    let warnings = if strict { r.warnings() } else { 0 };
+    if r.errors() > 0 || warnings > 0 {
+        return Err(LintFailed {
+            errors: r.errors(),
+            warnings,
+        }
+        .into());
     }
     Ok(())
 }
