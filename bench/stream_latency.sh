@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): what `wal.stream = sync` costs a committing client. pgbench (TPC-B,
+# one client, so every transaction waits for its own commit) against one throwaway cluster with
+# archive_command = `pgkeep wal push`, in three modes interleaved ROUNDS times:
+#   off    no stream
+#   async  `pgkeep wal stream` beside the server
+#   sync   `pgkeep wal stream --synchronous` and synchronous_standby_names = 'pgkeep'
+# Prints each mode's best TPS and mean latency, and sync's latency / off's.
+#
+# Usage: bench/stream_latency.sh [SECONDS=15] ; env: ROUNDS (2), PGKEEP (target/debug/pgkeep),
+# PGKEEP_PG_BIN, BENCH_DIR (/var/tmp). Runs as root (the server and the stream run as postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-15}
+ROUNDS=${ROUNDS:-2}
+PGBIN=${PGKEEP_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+PGKEEP=${PGKEEP:-$PWD/target/debug/pgkeep}
+[ -x "$PGKEEP" ] || cargo build -p pgkeep
+U=postgres
+DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/pgkeep-stream-bench.XXXX")
+chown $U "$DIR"; chmod 755 "$DIR"
+PORT=55433
+as() { runuser -u $U -- env "$@"; }
+cleanup() {
+    [ -n "${STREAM:-}" ] && kill "$STREAM" 2>/dev/null || true
+    as "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+mkdir -p "$DIR/wal" && chown $U "$DIR/wal"
+as "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
+cat >> "$DIR/data/postgresql.conf" <<EOF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$DIR'
+archive_mode = on
+archive_command = '$PGKEEP wal push --archive $DIR/wal %p'
+EOF
+as "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w start >/dev/null
+PSQL() { as "$PGBIN/psql" -h "$DIR" -p $PORT -U postgres -Atqc "$1" postgres; }
+as "$PGBIN/pgbench" -h "$DIR" -p $PORT -U postgres -i -s 5 -q postgres >/dev/null 2>&1
+ENV=(PGKEEP_CONFIG=/dev/null PGHOST="$DIR" PGPORT=$PORT PGUSER=postgres PGKEEP_DATABASE=postgres PGKEEP_WAL_ARCHIVE="$DIR/wal" PGKEEP_PG_BIN="$PGBIN")
+
+run_mode() {
+    local mode=$1 out
+    STREAM=
+    PSQL "alter system set synchronous_standby_names = '$([ "$mode" = sync ] && echo pgkeep)'" >/dev/null
+    PSQL "select pg_reload_conf()" >/dev/null
+    if [ "$mode" != off ]; then
+        as "${ENV[@]}" "$PGKEEP" wal stream $([ "$mode" = sync ] && echo --synchronous) 2>>"$DIR/stream.log" &
+        STREAM=$!
+        local n=0
+        until [ "$(PSQL "select count(*) from pg_stat_replication where application_name = 'pgkeep' and state = 'streaming'")" = 1 ]; do
+            n=$((n + 1)); [ $n -lt 150 ] || { echo "the stream did not connect:" >&2; tail -5 "$DIR/stream.log" >&2; exit 1; }
+            sleep 0.2
+        done
+    fi
+    out=$(as "$PGBIN/pgbench" -h "$DIR" -p $PORT -U postgres -n -c 1 -T "$SECONDS_PER_RUN" postgres 2>&1)
+    if [ -n "$STREAM" ]; then kill "$STREAM"; wait "$STREAM" 2>/dev/null || true; STREAM=; fi
+    echo "$mode $(echo "$out" | awk '/^tps/{print $3} /latency average/{print $4}' | tr '\n' ' ')"
+}
+: > "$DIR/results"
+for r in $(seq "$ROUNDS"); do
+    for m in off async sync; do run_mode $m | tee -a "$DIR/results"; done
+done
+echo "best of $ROUNDS (tps, latency ms):"
+for m in off async sync; do
+    sort -k2 -nr "$DIR/results" | awk -v m=$m '$1==m{print; exit}'
+done | tee "$DIR/best"
+awk '$1=="off"{o=$3} $1=="sync"{s=$3} END{printf "sync latency / off latency: %.2fx\n", s/o}' "$DIR/best"
