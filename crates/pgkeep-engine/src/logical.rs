@@ -1941,9 +1941,9 @@ async fn drop_database(admin: &Db, name: &str) -> Result<(), LogicalError> {
     Ok(())
 }
 
-/// Put `scratch` in the place of `database`: no new connections to the old one, its sessions
-/// ended, both renamed in one transaction (retried while a session holds on), then the old one
-/// dropped, or kept as `<db>__pgkeep_old_<stamp>`. Returns the kept name. When it fails, the old
+/// Put `scratch` in the place of `database`: the sessions of both ended and both renamed in one
+/// transaction (retried while a session holds on), then the old one dropped, or kept as
+/// `<db>__pgkeep_old_<stamp>`. Returns the kept name. When it fails, the old
 /// database is as it was.
 async fn swap(
     admin: &Db,
@@ -1954,66 +1954,74 @@ async fn swap(
 ) -> Result<Option<String>, DbError> {
     let c = admin.client();
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
-    let old = side_name(database, &format!("{OLD_INFIX}{stamp}"));
-    let (q_db, q_scratch, q_old) = (
-        quote_ident(database),
-        quote_ident(scratch),
-        quote_ident(&old),
-    );
-    if exists {
-        c.batch_execute(&format!(
-            "alter database {q_db} with allow_connections false"
-        ))
-        .await
-        .map_err(query_err("closing the target database to new connections"))?;
+    // A name no database has: an earlier restore killed after its swap (before it dropped the
+    // old database) may have left one with the same stamp.
+    let mut old = side_name(database, &format!("{OLD_INFIX}{stamp}"));
+    for n in 2.. {
+        let taken: bool = c
+            .query_one(
+                "select exists (select 1 from pg_database where datname = $1)",
+                &[&old],
+            )
+            .await
+            .map_err(query_err("choosing a name for the replaced database"))?
+            .get(0);
+        if !taken {
+            break;
+        }
+        old = side_name(database, &format!("{OLD_INFIX}{stamp}_{n}"));
     }
+    let q_old = quote_ident(&old);
+    // One statement, one transaction: end the sessions of both databases (again and again
+    // until none is left, for a pool that reconnects), then both renames. All or nothing: if a
+    // session will not end, or pgkeep dies and the server ends the statement (it does so when it
+    // cannot write to a dead client), the old database is as it was, open to connections. A
+    // separately committed "no new connections" step would be left behind by a kill at the
+    // wrong moment (found by tests/faults.rs).
+    let (l_db, l_scratch) = (
+        crate::db::quote_literal(database),
+        crate::db::quote_literal(scratch),
+    );
     let renames = if exists {
         format!(
-            "begin; alter database {q_db} rename to {q_old}; alter database {q_scratch} rename to {q_db}; commit"
+            "execute format('alter database %I rename to %I', {l_db}, {}); \
+             execute format('alter database %I rename to %I', {l_scratch}, {l_db});",
+            crate::db::quote_literal(&old)
         )
     } else {
-        format!("alter database {q_scratch} rename to {q_db}")
+        format!("execute format('alter database %I rename to %I', {l_scratch}, {l_db});")
     };
+    let swap = format!(
+        "do $pgkeep_swap$ declare left_over int; begin \
+         for i in 1..500 loop \
+         perform pg_stat_clear_snapshot(); \
+         perform pg_terminate_backend(pid) from pg_stat_activity \
+         where datname in ({l_db}, {l_scratch}) and pid <> pg_backend_pid(); \
+         perform pg_stat_clear_snapshot(); \
+         select count(*) into left_over from pg_stat_activity \
+         where datname in ({l_db}, {l_scratch}) and pid <> pg_backend_pid(); \
+         exit when left_over = 0; \
+         perform pg_sleep(0.01); \
+         end loop; \
+         {renames} \
+         end $pgkeep_swap$"
+    );
     let mut attempt = 0;
     loop {
         attempt += 1;
-        c.query(
-            "select pg_terminate_backend(pid, 5000) from pg_stat_activity              where datname = any($1) and pid <> pg_backend_pid()",
-            &[&vec![database.to_owned(), scratch.to_owned()]],
-        )
-        .await
-        .map_err(query_err("ending sessions on the databases being swapped"))?;
-        match c.batch_execute(&renames).await {
+        match c.batch_execute(&swap).await {
             Ok(()) => break,
-            Err(e) => {
-                let _ = c.batch_execute("rollback").await;
-                if attempt < 10 {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    continue;
-                }
-                if exists {
-                    let _ = c
-                        .batch_execute(&format!(
-                            "alter database {q_db} with allow_connections true"
-                        ))
-                        .await;
-                }
-                return Err(query_err("swapping the restored database in")(e));
+            Err(e) if attempt < 10 => {
+                tracing::debug!("swap attempt {attempt} failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
+            Err(e) => return Err(query_err("swapping the restored database in")(e)),
         }
     }
     if !exists {
         return Ok(None);
     }
     if keep_old {
-        if let Err(e) = c
-            .batch_execute(&format!(
-                "alter database {q_old} with allow_connections true"
-            ))
-            .await
-        {
-            tracing::warn!("could not reopen {old} to connections: {e}");
-        }
         tracing::info!(old = %old, "the replaced database is kept");
         return Ok(Some(old));
     }

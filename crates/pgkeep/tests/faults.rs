@@ -560,3 +560,256 @@ fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database
         "the stopped run's staging is gone: {left:?}"
     );
 }
+
+/// SIGKILL of pgkeep at `points` moments spread evenly over a normal run of `args` (measured
+/// first), so every step is hit, not only the one where a tool runs: writing and fsyncing the
+/// bundle, the rename, verification, retention. After each kill: no child outlives pgkeep
+/// (`needle` in a command line), and `check` holds; `reset` undoes what a run that finished
+/// before its kill published. Returns how many kills landed before the run would have ended.
+fn kill_sweep(
+    c: &TempCluster,
+    args: &[&str],
+    points: u32,
+    needle: &str,
+    check: &dyn Fn(u32),
+    reset: &dyn Fn(),
+) -> u32 {
+    let started = Instant::now();
+    let out = pgkeep(c).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let whole = started.elapsed();
+    reset();
+    let mut landed = 0;
+    for k in 1..=points {
+        let mut child = spawn_pgkeep(c, args);
+        std::thread::sleep(whole * k / (points + 1));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
+            signal(child.id() as i32, Signal::SIGKILL);
+            landed += 1;
+        }
+        let _ = child.wait();
+        let left = survivors(needle);
+        for l in &left {
+            if let Some(pid) = l.split(' ').next().and_then(|p| p.parse().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "a child outlived pgkeep killed at {k}/{} of {args:?}: {left:?}",
+            points + 1
+        );
+        check(k);
+        if !killed {
+            reset();
+        }
+    }
+    landed
+}
+
+/// Every file under a final name in the backups directory verifies (none at all is fine).
+fn published_bundles_verify(c: &TempCluster, at: u32) {
+    if file_names(&c.backups())
+        .iter()
+        .all(|n| !(n.starts_with("nightly-") || n.starts_with("basebackup-")))
+    {
+        return;
+    }
+    let out = pgkeep(c).args(["backups", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "after a kill at point {at}, a published bundle does not verify: {}\n{:?}",
+        output_text(&out),
+        file_names(&c.backups())
+    );
+}
+
+#[test]
+fn a_logical_backup_killed_at_any_step_publishes_nothing_damaged_and_the_rerun_succeeds() {
+    let c = records_cluster();
+    let backups = c.backups().display().to_string();
+    let landed = kill_sweep(
+        &c,
+        &["backup", "logical", "-j", "2", "--no-prune"],
+        8,
+        &backups,
+        &|at| published_bundles_verify(&c, at),
+        &|| remove_published(&c.backups(), "nightly-"),
+    );
+    assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
+    let out = pgkeep(&c).args(["backup", "logical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    published_bundles_verify(&c, 0);
+    assert!(
+        file_names(&c.backups())
+            .iter()
+            .all(|n| !n.ends_with(".partial")),
+        "the rerun swept the killed runs' partial files: {:?}",
+        file_names(&c.backups())
+    );
+}
+
+#[test]
+fn a_physical_backup_killed_at_any_step_publishes_nothing_damaged_and_the_rerun_succeeds() {
+    let c = records_cluster();
+    let landed = kill_sweep(
+        &c,
+        &["backup", "physical", "--no-prune"],
+        8,
+        "pgkeep basebackup-",
+        &|at| published_bundles_verify(&c, at),
+        &|| remove_published(&c.backups(), "basebackup-"),
+    );
+    assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
+    let out = pgkeep(&c).args(["backup", "physical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    published_bundles_verify(&c, 0);
+    assert!(
+        file_names(&c.backups())
+            .iter()
+            .all(|n| !n.ends_with(".partial")),
+        "the rerun swept the killed runs' partial files: {:?}",
+        file_names(&c.backups())
+    );
+}
+
+/// `restore dump --clean` killed at any step (verifying the bundle, restoring into the scratch
+/// database, checking it, swapping it in, dropping the old one): the database is always whole
+/// (the old content or the restored one), and the rerun succeeds.
+#[test]
+fn a_restore_killed_at_any_step_never_leaves_the_database_missing_or_partial() {
+    let c = records_cluster();
+    let out = pgkeep(&c).args(["backup", "logical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let want = c.psql("records", "select count(*), sum(id) from big");
+    let backups = c.backups().display().to_string();
+    let landed = kill_sweep(
+        &c,
+        &["restore", "dump", "--clean", "--yes"],
+        8,
+        &backups,
+        &|at| {
+            assert_eq!(
+                c.try_psql("records", "select count(*), sum(id) from big"),
+                Ok(want.clone()),
+                "after a kill at point {at} the database is not whole"
+            )
+        },
+        &|| {},
+    );
+    assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
+    let out = pgkeep(&c)
+        .args(["restore", "dump", "--clean", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.psql("records", "select count(*), sum(id) from big"), want);
+    let dbs = c.psql(
+        "postgres",
+        "select string_agg(datname, ',' order by datname) from pg_database",
+    );
+    // (A kill between the swap and the drop of the replaced database can leave it as
+    // `records__pgkeep_old_*`: data the user meant to drop, never data lost.)
+    assert!(
+        !dbs.contains(pgkeep_engine::logical::SCRATCH_SUFFIX),
+        "no scratch database left after the rerun: {dbs}"
+    );
+}
+
+/// The swap step of `restore dump --clean`, pinned down: a session on the database that cannot
+/// end (its backend frozen with SIGSTOP, so pg_terminate_backend waits for it) holds the swap
+/// after the old database was closed to new connections; pgkeep is killed right then. Once
+/// the session goes away, the database must be open and whole: a killed restore never leaves
+/// it closed with nothing swapped in.
+#[test]
+fn a_restore_killed_while_swapping_never_leaves_the_database_closed() {
+    let c = records_cluster();
+    let out = pgkeep(&c).args(["backup", "logical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let want = c.psql("records", "select count(*), sum(id) from big");
+    let mut holder = c
+        .server_cmd("psql")
+        .args(["-X", "-d", "records", "-c", "select pg_sleep(600)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let backend: i32 = loop {
+        let pid = c.psql(
+            "postgres",
+            "select coalesce(max(pid), 0) from pg_stat_activity \
+             where datname = 'records' and query like 'select pg_sleep%'",
+        );
+        if pid != "0" {
+            break pid.parse().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holding session never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(backend, Signal::SIGSTOP);
+    let log = c.root().join("restore.log");
+    let mut child = std::process::Command::new(bin())
+        .envs(c.env())
+        .env("PGKEEP_DATABASE", "records")
+        .args(["restore", "dump", "--clean", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The swap has begun once the old database is closed to new connections (what earlier
+    // versions did first) or the swap statement runs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let swapping = c.psql(
+            "postgres",
+            "select (select not datallowconn from pg_database where datname = 'records') \
+             or exists (select 1 from pg_stat_activity where query like 'do $pgkeep_swap$%')",
+        );
+        if swapping == "t" {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "restore ended before its swap was held:\n{}",
+            log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the swap never started:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id() as i32, Signal::SIGKILL);
+    let _ = child.wait();
+    signal(backend, Signal::SIGCONT);
+    let _ = holder.wait();
+    // The server finishes what it was sent: the swap, or the old database reopened.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.try_psql("records", "select count(*), sum(id) from big") {
+            Ok(got) => {
+                assert_eq!(got, want);
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the database stays unusable after a restore killed while swapping: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = pgkeep(&c)
+        .args(["restore", "dump", "--clean", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.psql("records", "select count(*), sum(id) from big"), want);
+}
