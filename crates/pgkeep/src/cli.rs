@@ -65,6 +65,10 @@ pub struct Global {
     /// Only warnings and errors.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// With --kube: act with the settings deployed in the cluster (the ConfigMap the pods read)
+    /// where they differ from the local ones, instead of refusing destructive work.
+    #[arg(long, global = true)]
+    pub use_deployed: bool,
 }
 
 /// What every command gets: resolved settings and the output preferences.
@@ -74,6 +78,8 @@ pub struct Ctx {
     pub log_format: LogFormat,
     pub verbose: u8,
     pub quiet: bool,
+    /// `--use-deployed`.
+    pub use_deployed: bool,
 }
 
 impl Ctx {
@@ -106,6 +112,7 @@ impl Global {
             log_format: self.log_format,
             verbose: self.verbose,
             quiet: self.quiet,
+            use_deployed: self.use_deployed,
         })
     }
 }

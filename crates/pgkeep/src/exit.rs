@@ -67,6 +67,9 @@ pub fn code(err: &anyhow::Error) -> u8 {
         if cause.is::<Refused>() {
             return REFUSED;
         }
+        if let Some(pgkeep_kube::ops::OpsError::SettingsDiffer { .. }) = cause.downcast_ref() {
+            return REFUSED;
+        }
         if let Some(RemoteExit(code)) = cause.downcast_ref::<RemoteExit>() {
             return u8::try_from(*code)
                 .ok()

@@ -11,6 +11,7 @@ use pgkeep_engine::settings::Settings;
 use pgkeep_kube::manifests::{self, BASE_DIR, JOBS_DIR, Object};
 use pgkeep_kube::ops::apply::ServerVersion;
 use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
+use pgkeep_kube::ops::deployed::{Intent, check_deployed};
 use pgkeep_kube::ops::exec::KubeLogs;
 use pgkeep_kube::ops::flows;
 use pgkeep_kube::ops::job::{self as ops_job, JobRunOptions};
@@ -64,6 +65,20 @@ pub async fn connect(ctx: &Ctx) -> anyhow::Result<(Cluster, ServerVersion)> {
             opts.namespace
         )
     })
+}
+
+/// [`connect`], then compare the local settings with the deployed ones (the ConfigMap every
+/// pod reads; see `ops::deployed`): print the differences, refuse `Intent::Destroy` work while
+/// they differ, or with `--use-deployed` return a context holding the deployed settings.
+pub async fn connect_checked(ctx: &Ctx, intent: Intent) -> anyhow::Result<(Cluster, Ctx)> {
+    let (cluster, _server) = connect(ctx).await?;
+    let check = check_deployed(&cluster, ctx.settings(), &intent, ctx.use_deployed).await?;
+    for n in &check.notes {
+        eprintln!("{n}");
+    }
+    let mut ctx = ctx.clone();
+    ctx.resolved.settings = check.settings;
+    Ok((cluster, ctx))
 }
 
 /// Resolves when Ctrl-C is pressed (never, if the handler cannot be installed).
@@ -146,19 +161,28 @@ pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
 /// `kubectl create job --from=cronjob/NAME`: a Job from the CronJob as it is on the server,
 /// run as [`run_job`].
 pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
-    run_from_cronjob(ctx, cronjob, &format!("{cronjob}-manual"), None).await
+    run_from_cronjob(
+        ctx,
+        cronjob,
+        &format!("{cronjob}-manual"),
+        None,
+        Intent::Read,
+    )
+    .await
 }
 
 /// A one-off Job made from a CronJob as it is on the server (its image, volumes and
 /// environment) that runs `pgkeep ARGS --local` instead of the CronJob's own command, run as
-/// [`run_job`]. For work that needs exactly the volumes a backup CronJob mounts.
+/// [`run_job`]. For work that needs exactly the volumes a backup CronJob mounts. The Job reads
+/// the deployed settings; `intent` says whether differing local ones only warn or refuse.
 pub async fn run_local_from_cronjob(
     ctx: &Ctx,
     cronjob: &str,
     job_name: &str,
     args: &[&str],
+    intent: Intent,
 ) -> anyhow::Result<()> {
-    run_from_cronjob(ctx, cronjob, job_name, Some(args)).await
+    run_from_cronjob(ctx, cronjob, job_name, Some(args), intent).await
 }
 
 /// A Job from the CronJob on the server, with its command replaced when `args` are given.
@@ -167,8 +191,9 @@ async fn run_from_cronjob(
     cronjob: &str,
     job_name: &str,
     args: Option<&[&str]>,
+    intent: Intent,
 ) -> anyhow::Result<()> {
-    let (cluster, _server) = connect(ctx).await?;
+    let (cluster, _ctx) = connect_checked(ctx, intent).await?;
     let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
     let mut job = ops_job::job_from_cronjob(&cron, job_name)?;
     if let Some(args) = args {
@@ -412,7 +437,10 @@ mod tests {
             .iter()
             .map(|o| o["kind"].as_str().unwrap_or("").to_owned())
             .collect();
-        assert_eq!(kinds, ["Deployment", "Service", "CronJob", "CronJob"]);
+        assert_eq!(
+            kinds,
+            ["ConfigMap", "Deployment", "Service", "CronJob", "CronJob"]
+        );
         let pvcs: Vec<String> = base_pvcs(&s)
             .iter()
             .map(|p| p.metadata.name.clone().unwrap_or_default())

@@ -112,6 +112,16 @@ pub enum OpsError {
         hint: String,
     },
 
+    #[error(
+        "refusing to {action}: the local settings differ from the deployed ones (configmap/{configmap}), which the pods read:{keys}\nhint: nothing was changed; run `pgkeep --kube deploy` to deploy these settings, or pass --use-deployed to act with the deployed ones"
+    )]
+    SettingsDiffer {
+        action: String,
+        configmap: String,
+        /// One `\n  key: here X, deployed Y` per differing key.
+        keys: String,
+    },
+
     #[error("invalid object: {message}\nhint: {hint}")]
     InvalidObject { message: String, hint: String },
 

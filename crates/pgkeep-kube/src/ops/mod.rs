@@ -10,6 +10,7 @@
 //!
 //! One file per concern:
 //! - [`connect`]: kubeconfig (current or named context), in-cluster config, reachability probe.
+//! - [`deployed`]: the deployed settings (ConfigMap) against the CLI's; refusal on drift.
 //! - [`pvc`]: create missing PersistentVolumeClaims, report existing ones, never change them.
 //! - [`secret`]: the superuser Secret, created with a random password only when missing.
 //! - [`apply`]: server-side apply (field manager `pgkeep`) and adaptation to old servers.
@@ -26,6 +27,7 @@
 
 pub mod apply;
 pub mod connect;
+pub mod deployed;
 pub mod error;
 pub mod events;
 pub mod exec;

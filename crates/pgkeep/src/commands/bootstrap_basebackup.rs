@@ -269,7 +269,11 @@ async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         ),
         args.yes,
     )?;
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, ctx) = crate::kube::connect_checked(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("bootstrap from a base backup".into()),
+    )
+    .await?;
     let job = basebackup_job(ctx.settings(), &args)?;
     crate::kube::bootstrap(&ctx, &cluster, job).await
 }

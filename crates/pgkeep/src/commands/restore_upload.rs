@@ -142,12 +142,17 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         args.restore.yes = true;
     }
+    let (cluster, ctx) = crate::kube::connect_checked(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("restore an upload into the database".into()),
+    )
+    .await?;
+    let s = ctx.settings();
     let dest = format!(
         "{}/{}/{name}",
         s.paths.backups.display(),
         upload::UPLOADS_DIR
     );
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
     let loader = jobs::backups_loader(s);
     let upload = UploadRequest {
         pod: loader

@@ -67,7 +67,11 @@ async fn wipe_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         ),
         args.yes,
     )?;
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, ctx) = crate::kube::connect_checked(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("wipe the data volume".into()),
+    )
+    .await?;
     let job = pgkeep_kube::manifests::jobs::wipe(ctx.settings());
     crate::kube::scale_down_and_run(&ctx, &cluster, job).await
 }
