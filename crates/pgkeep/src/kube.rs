@@ -106,9 +106,17 @@ fn print_scaled_down(scaled: &pgkeep_kube::ops::scale::Scaled) {
     );
 }
 
-/// A wait of `secs` seconds, polling every two seconds.
+/// A wait of `secs` seconds, polling every two seconds, that shows pod states and new events
+/// and ends early on a crash loop or an image that cannot be pulled (`ops::watch`).
 pub fn wait_secs(secs: u64) -> Wait {
-    Wait::new(Duration::from_secs(secs), Duration::from_secs(2))
+    Wait::new(Duration::from_secs(secs), Duration::from_secs(2)).watched()
+}
+
+/// How the CLI runs Jobs: the default options, with the wait for the Job's pod watched.
+pub fn job_options() -> JobRunOptions {
+    let mut o = JobRunOptions::default();
+    o.wait = o.wait.watched();
+    o
 }
 
 /// The base objects `deploy` applies: everything in the rendered base except the PVCs and the
@@ -145,15 +153,8 @@ pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
         cluster: cluster.clone(),
     };
     let mut sink = stdout_sink();
-    let outcome = ops_job::run_job(
-        cluster,
-        job,
-        &logs,
-        &mut sink,
-        ctrl_c(),
-        &JobRunOptions::default(),
-    )
-    .await?;
+    let outcome =
+        ops_job::run_job(cluster, job, &logs, &mut sink, ctrl_c(), &job_options()).await?;
     println!("{outcome}");
     Ok(())
 }
@@ -241,12 +242,12 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
         &rbac,
         &k.deployment,
         &k.app,
-        Wait::default(),
+        Wait::default().watched(),
         job,
         &logs,
         &mut sink,
         ctrl_c(),
-        &JobRunOptions::default(),
+        &job_options(),
     )
     .await?;
     print_scaled_down(&report.scaled);
@@ -257,7 +258,7 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
                 cluster,
                 &k.deployment,
                 &k.app,
-                Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)),
+                Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)).watched(),
             )
             .await
             .with_context(|| {
@@ -307,12 +308,12 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
         cluster,
         &k.deployment,
         &k.app,
-        Wait::default(),
+        Wait::default().watched(),
         job,
         &logs,
         &mut sink,
         ctrl_c(),
-        &JobRunOptions::default(),
+        &job_options(),
     )
     .await?;
     print_scaled_down(&scaled);

@@ -105,6 +105,10 @@ pub enum OpsError {
     #[error("{0}")]
     JobFailed(Box<JobFailure>),
 
+    /// A waited-for pod has a container that will not start by waiting (see `ops::watch`).
+    #[error("{0}")]
+    PodFailing(Box<super::watch::PodFailure>),
+
     #[error("refusing to {action}: {why}\nhint: {hint}")]
     Refused {
         action: String,

@@ -23,6 +23,7 @@
 //!   and the upload protocol (`pgkeep receive --size N --sha256 H DEST`).
 //! - [`flows`]: the seed's multi-step flows (deploy, scale down + Job, restore upload, debug
 //!   perms, a command in the db pod).
+//! - [`watch`]: what a wait shows (pod states, new events) and its early end on a crash loop.
 //! - [`fake`]: recording fakes of those traits, for tests of the flows without a kubelet.
 
 pub mod apply;
@@ -38,6 +39,7 @@ pub mod pods;
 pub mod pvc;
 pub mod scale;
 pub mod secret;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -94,6 +96,9 @@ impl std::fmt::Debug for Cluster {
 pub struct Wait {
     pub timeout: Duration,
     pub interval: Duration,
+    /// Report pod states and events while waiting and end early on a crash loop or an image
+    /// that cannot be pulled ([`watch`]); off by default (no extra requests).
+    pub watch: bool,
 }
 
 impl Default for Wait {
@@ -102,12 +107,25 @@ impl Default for Wait {
         Wait {
             timeout: Duration::from_secs(300),
             interval: Duration::from_secs(2),
+            watch: false,
         }
     }
 }
 
 impl Wait {
     pub fn new(timeout: Duration, interval: Duration) -> Self {
-        Wait { timeout, interval }
+        Wait {
+            timeout,
+            interval,
+            watch: false,
+        }
+    }
+
+    /// The same wait, watched ([`Wait::watch`]).
+    pub fn watched(self) -> Self {
+        Wait {
+            watch: true,
+            ..self
+        }
     }
 }

@@ -20,7 +20,7 @@ use pgkeep_engine::upload::{self, FileKind};
 use pgkeep_kube::manifests::jobs;
 use pgkeep_kube::ops::exec::{KubeExec, KubeLogs, UploadPhase, UploadProgress, UploadRequest};
 use pgkeep_kube::ops::flows;
-use pgkeep_kube::ops::job::{JobOutcome, JobRunOptions};
+use pgkeep_kube::ops::job::JobOutcome;
 
 use crate::cli::Ctx;
 use crate::commands::restore_dump::{RestoreArgs, restore};
@@ -195,7 +195,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &logs,
         &mut std::io::sink(),
         crate::kube::ctrl_c(),
-        &JobRunOptions::default(),
+        &crate::kube::job_options(),
     )
     .await;
     bar.finish_and_clear();
