@@ -17,7 +17,7 @@ use crate::commands;
     long_about = "Run a hardened single-instance PostgreSQL on Kubernetes and keep it recoverable.\n\n\
         Every data command has a local meaning (act on this machine's paths and PostgreSQL) and a \
         kube meaning (run the same command in the cluster). Choose with --local / --kube or PGKEEP_TARGET.\n\n\
-        Exit codes: 0 success, 1 failure, 2 usage error or not implemented, 3 refused by a safety check.",
+        Exit codes: 0 success, 1 failure, 2 usage error or not implemented, 3 refused by a safety check, 130 interrupted by Ctrl-C before a destructive step.",
     after_help = "The seed's Makefile targets map to: pvc ensure (pg.pvc.ensure), deploy (pg.deploy), \
         scale 0|1 (pg.scale0/pg.scale1), restore dump (pg.restore.dump), bootstrap basebackup \
         (pg.bootstrap.basebackup), wipe (pg.wipe), loader up|down (pg.backups.loader/.rm), \

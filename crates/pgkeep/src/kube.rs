@@ -81,6 +81,52 @@ pub async fn connect_checked(ctx: &Ctx, intent: Intent) -> anyhow::Result<(Clust
     Ok((cluster, ctx))
 }
 
+/// The stop signal of a destructive flow (SIGINT: Ctrl-C), registered when it is installed, so
+/// that a Ctrl-C at any later moment is seen, even while no one is waiting for it (and even
+/// when SIGINT was ignored, as for a background job of a script). Install it right after the
+/// confirmation prompt, before the first request: from then on Ctrl-C aborts the flow before
+/// its Job exists (undoing what it can, `ops::flows`), and only stops following it after.
+pub struct Stop(tokio::signal::unix::Signal);
+
+impl Stop {
+    pub fn install() -> anyhow::Result<Stop> {
+        let sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("installing the Ctrl-C (SIGINT) handler")?;
+        Ok(Stop(sig))
+    }
+
+    /// Resolves at the next Ctrl-C (or at once for one that came already).
+    pub async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The signal as the stop future the flows take.
+    pub async fn into_future(mut self) {
+        self.recv().await
+    }
+}
+
+/// [`connect_checked`] for a destructive flow, with `stop` watched: a Ctrl-C here aborts before
+/// anything was changed.
+pub async fn connect_checked_stoppable(
+    ctx: &Ctx,
+    intent: Intent,
+    stop: &mut Stop,
+) -> anyhow::Result<(Cluster, Ctx)> {
+    tokio::select! {
+        biased;
+        _ = stop.recv() => Err(pgkeep_kube::ops::OpsError::Interrupted {
+            when: "(Ctrl-C) while connecting to the cluster".into(),
+            state: "nothing was changed".into(),
+            hint: "run the command again when you are ready".into(),
+        }
+        .into()),
+        r = connect_checked(ctx, intent) => r,
+    }
+}
+
 /// Resolves when Ctrl-C is pressed (never, if the handler cannot be installed).
 pub async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
@@ -230,7 +276,7 @@ pub fn overlay_job_objects(s: &Settings, file: &str) -> Vec<Value> {
 /// `bootstrap basebackup --kube`: apply the rendered bootstrap RBAC, scale the Deployment to 0
 /// (waiting for its pods to go), run the bootstrap Job and follow it. The Job scales the
 /// Deployment up itself when recovery has ended, so no "scale up again" hint here.
-pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job, stop: Stop) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
     let rbac = overlay_job_objects(ctx.settings(), manifests::files::BOOTSTRAP_RBAC);
     let logs = KubeLogs {
@@ -246,7 +292,7 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
         job,
         &logs,
         &mut sink,
-        ctrl_c(),
+        stop.into_future(),
         &job_options(),
     )
     .await?;
@@ -297,8 +343,14 @@ pub async fn scale_up_in_job(ctx: &Ctx, deployment: &str, app: &str) -> anyhow::
     Ok(())
 }
 
-/// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`].
-pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+/// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`]; `stop` watched
+/// throughout (Ctrl-C before the Job exists scales back and fails with what state things are in).
+pub async fn scale_down_and_run(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    job: Job,
+    stop: Stop,
+) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
     let logs = KubeLogs {
         cluster: cluster.clone(),
@@ -312,7 +364,7 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
         job,
         &logs,
         &mut sink,
-        ctrl_c(),
+        stop.into_future(),
         &job_options(),
     )
     .await?;

@@ -105,6 +105,16 @@ pub enum OpsError {
     #[error("{0}")]
     JobFailed(Box<JobFailure>),
 
+    /// The stop signal (Ctrl-C) arrived before the destructive Job was created; what was
+    /// undone and the state the cluster is in.
+    #[error("interrupted {when}: {state}\nhint: {hint}")]
+    Interrupted {
+        /// `before the wipe Job was created`.
+        when: String,
+        state: String,
+        hint: String,
+    },
+
     /// A waited-for pod has a container that will not start by waiting (see `ops::watch`).
     #[error("{0}")]
     PodFailing(Box<super::watch::PodFailure>),

@@ -142,9 +142,12 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         args.restore.yes = true;
     }
-    let (cluster, ctx) = crate::kube::connect_checked(
+    // From the first request on, Ctrl-C aborts before the restore Job exists (upload included).
+    let mut stop = crate::kube::Stop::install()?;
+    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("restore an upload into the database".into()),
+        &mut stop,
     )
     .await?;
     let s = ctx.settings();
@@ -194,7 +197,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         upload_job(s, &dest, &args.restore),
         &logs,
         &mut std::io::sink(),
-        crate::kube::ctrl_c(),
+        stop.into_future(),
         &crate::kube::job_options(),
     )
     .await;
