@@ -1,5 +1,7 @@
-//! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings, a
-//! Ctrl-C stop future for followed Jobs, and stdout as the log sink. The local code paths use
+//! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings (and
+//! the check of the local settings against the deployed ones, [`connect_checked`]), the
+//! Ctrl-C stop of the destructive flows ([`Stop`]) and of followed Jobs, and stdout as the log
+//! sink. The local code paths use
 //! nothing here except [`scale_up_in_job`], the last step of `bootstrap basebackup --scale-up`
 //! in the bootstrap Job's pod (in-cluster service account).
 
