@@ -302,14 +302,23 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job, stop: Stop) -> an
     println!("{}", report.job);
     match &report.job {
         ops_job::JobOutcome::Succeeded { .. } => {
-            let rolled = pgkeep_kube::ops::scale::wait_rollout(
-                cluster,
-                &k.deployment,
-                &k.app,
-                Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)).watched(),
-            )
-            .await
-            .with_context(|| {
+            // The flow's own SIGINT handler stays installed: Ctrl-C must still end this wait.
+            let waited = tokio::select! {
+                r = pgkeep_kube::ops::scale::wait_rollout(
+                    cluster,
+                    &k.deployment,
+                    &k.app,
+                    Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)).watched(),
+                ) => r,
+                _ = ctrl_c() => {
+                    println!(
+                        "stopped waiting (Ctrl-C); deployment/{} is scaled up and its pod keeps starting (`pgkeep --kube scale 1` waits for it)",
+                        k.deployment
+                    );
+                    return Ok(());
+                }
+            };
+            let rolled = waited.with_context(|| {
                 format!(
                     "the bootstrap Job succeeded and scaled deployment/{} up, but no pod became Ready",
                     k.deployment

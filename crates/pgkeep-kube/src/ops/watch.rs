@@ -104,7 +104,8 @@ impl PodWatch {
             }
             let events = events_or_note(cluster, "Pod", &name).await;
             for e in &events {
-                if self.events.insert(e.clone()) {
+                // An event that repeats (`(x2)`, `(x3)`, ...) is reported once.
+                if self.events.insert(without_count(e)) {
                     tracing::info!(target: "pgkeep::wait", "{e}");
                 }
             }
@@ -124,6 +125,19 @@ impl PodWatch {
         }
         Ok(())
     }
+}
+
+/// An event line without its repeat count (`Warning BackOff pod/x (x3): m` → `... pod/x: m`).
+fn without_count(line: &str) -> String {
+    if let Some(start) = line.find(" (x")
+        && let Some(len) = line[start + 3..].find("):")
+        && line[start + 3..start + 3 + len]
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return format!("{}{}", &line[..start], &line[start + 4 + len..]);
+    }
+    line.to_owned()
 }
 
 /// The container's last lines (its last run's, for a crash-looping one), or one line saying
@@ -201,5 +215,26 @@ impl std::fmt::Display for PodFailure {
             )
         };
         write!(f, "hint: {hint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_event_is_the_same_event() {
+        assert_eq!(
+            without_count("Warning FailedCreatePodSandBox pod/p (x12): no pause image"),
+            "Warning FailedCreatePodSandBox pod/p: no pause image"
+        );
+        assert_eq!(
+            without_count("Warning FailedCreatePodSandBox pod/p: no pause image"),
+            "Warning FailedCreatePodSandBox pod/p: no pause image"
+        );
+        assert_eq!(
+            without_count("Normal Pulled pod/p: image (xyz): present"),
+            "Normal Pulled pod/p: image (xyz): present"
+        );
     }
 }
