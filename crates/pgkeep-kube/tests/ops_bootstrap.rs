@@ -123,7 +123,9 @@ async fn bootstrap_applies_rbac_scales_down_then_runs_the_job_with_its_options()
             let x = expect(&mut h, "PATCH", BINDING).await;
             x.assert_query_is(&[("fieldManager", "pgkeep"), ("force", "true")]);
             echo(x);
-            // Only then: scale to 0 and wait for the pods to go.
+            // Only then: read the replicas (to scale back to on Ctrl-C), scale to 0 and wait for
+            // the pods to go.
+            expect(&mut h, "GET", SCALE).await.ok(json!({ "apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": { "name": "postgres" }, "spec": { "replicas": 1 } }));
             let x = expect(&mut h, "PATCH", SCALE).await;
             assert_eq!(x.body, json!({ "spec": { "replicas": 0 } }));
             x.ok(json!({ "apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": { "name": "postgres" }, "spec": { "replicas": 0 } }));

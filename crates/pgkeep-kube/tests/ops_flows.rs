@@ -207,6 +207,9 @@ async fn wipe_scales_down_first_then_runs_the_job_with_its_complete_log() {
             (r, sink)
         },
         |mut h| async move {
+            // The replicas it has are read first (to scale back to on Ctrl-C).
+            expect(&mut h, "GET", "/apis/apps/v1/namespaces/record-platform/deployments/postgres/scale").await
+                .ok(json!({ "apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": { "name": "postgres" }, "spec": { "replicas": 1 } }));
             let x = expect(&mut h, "PATCH", "/apis/apps/v1/namespaces/record-platform/deployments/postgres/scale").await;
             assert_eq!(x.body, json!({ "spec": { "replicas": 0 } }));
             x.ok(json!({ "apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": { "name": "postgres" }, "spec": { "replicas": 0 } }));

@@ -17,7 +17,7 @@ use crate::commands;
     long_about = "Run a hardened single-instance PostgreSQL on Kubernetes and keep it recoverable.\n\n\
         Every data command has a local meaning (act on this machine's paths and PostgreSQL) and a \
         kube meaning (run the same command in the cluster). Choose with --local / --kube or PGKEEP_TARGET.\n\n\
-        Exit codes: 0 success, 1 failure, 2 usage error or not implemented, 3 refused by a safety check.",
+        Exit codes: 0 success, 1 failure, 2 usage error or not implemented, 3 refused by a safety check, 130 interrupted by Ctrl-C before a destructive step.",
     after_help = "The seed's Makefile targets map to: pvc ensure (pg.pvc.ensure), deploy (pg.deploy), \
         scale 0|1 (pg.scale0/pg.scale1), restore dump (pg.restore.dump), bootstrap basebackup \
         (pg.bootstrap.basebackup), wipe (pg.wipe), loader up|down (pg.backups.loader/.rm), \
@@ -65,6 +65,10 @@ pub struct Global {
     /// Only warnings and errors.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// With --kube: act with the settings deployed in the cluster (the ConfigMap the pods read)
+    /// where they differ from the local ones, instead of refusing destructive work.
+    #[arg(long, global = true)]
+    pub use_deployed: bool,
 }
 
 /// What every command gets: resolved settings and the output preferences.
@@ -74,6 +78,8 @@ pub struct Ctx {
     pub log_format: LogFormat,
     pub verbose: u8,
     pub quiet: bool,
+    /// `--use-deployed`.
+    pub use_deployed: bool,
 }
 
 impl Ctx {
@@ -106,6 +112,7 @@ impl Global {
             log_format: self.log_format,
             verbose: self.verbose,
             quiet: self.quiet,
+            use_deployed: self.use_deployed,
         })
     }
 }

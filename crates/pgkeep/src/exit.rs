@@ -5,6 +5,8 @@ use pgkeep_engine::ExitClass;
 pub const FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 pub const REFUSED: u8 = 3;
+/// Interrupted by Ctrl-C (SIGINT) before the destructive step; the shell's 128 + 2.
+pub const INTERRUPTED: u8 = 130;
 
 /// A command that a later version implements.
 #[derive(Debug)]
@@ -66,6 +68,12 @@ pub fn code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<Refused>() {
             return REFUSED;
+        }
+        if let Some(pgkeep_kube::ops::OpsError::SettingsDiffer { .. }) = cause.downcast_ref() {
+            return REFUSED;
+        }
+        if let Some(pgkeep_kube::ops::OpsError::Interrupted { .. }) = cause.downcast_ref() {
+            return INTERRUPTED;
         }
         if let Some(RemoteExit(code)) = cause.downcast_ref::<RemoteExit>() {
             return u8::try_from(*code)

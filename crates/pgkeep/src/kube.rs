@@ -1,5 +1,7 @@
-//! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings, a
-//! Ctrl-C stop future for followed Jobs, and stdout as the log sink. The local code paths use
+//! Glue shared by the `--kube` meaning of the commands: a [`Cluster`] from the settings (and
+//! the check of the local settings against the deployed ones, [`connect_checked`]), the
+//! Ctrl-C stop of the destructive flows ([`Stop`]) and of followed Jobs, and stdout as the log
+//! sink. The local code paths use
 //! nothing here except [`scale_up_in_job`], the last step of `bootstrap basebackup --scale-up`
 //! in the bootstrap Job's pod (in-cluster service account).
 
@@ -11,6 +13,7 @@ use pgkeep_engine::settings::Settings;
 use pgkeep_kube::manifests::{self, BASE_DIR, JOBS_DIR, Object};
 use pgkeep_kube::ops::apply::ServerVersion;
 use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
+use pgkeep_kube::ops::deployed::{Intent, check_deployed};
 use pgkeep_kube::ops::exec::KubeLogs;
 use pgkeep_kube::ops::flows;
 use pgkeep_kube::ops::job::{self as ops_job, JobRunOptions};
@@ -66,6 +69,66 @@ pub async fn connect(ctx: &Ctx) -> anyhow::Result<(Cluster, ServerVersion)> {
     })
 }
 
+/// [`connect`], then compare the local settings with the deployed ones (the ConfigMap every
+/// pod reads; see `ops::deployed`): print the differences, refuse `Intent::Destroy` work while
+/// they differ, or with `--use-deployed` return a context holding the deployed settings.
+pub async fn connect_checked(ctx: &Ctx, intent: Intent) -> anyhow::Result<(Cluster, Ctx)> {
+    let (cluster, _server) = connect(ctx).await?;
+    let check = check_deployed(&cluster, ctx.settings(), &intent, ctx.use_deployed).await?;
+    for n in &check.notes {
+        eprintln!("{n}");
+    }
+    let mut ctx = ctx.clone();
+    ctx.resolved.settings = check.settings;
+    Ok((cluster, ctx))
+}
+
+/// The stop signal of a destructive flow (SIGINT: Ctrl-C), registered when it is installed, so
+/// that a Ctrl-C at any later moment is seen, even while no one is waiting for it (and even
+/// when SIGINT was ignored, as for a background job of a script). Install it right after the
+/// confirmation prompt, before the first request: from then on Ctrl-C aborts the flow before
+/// its Job exists (undoing what it can, `ops::flows`), and only stops following it after.
+pub struct Stop(tokio::signal::unix::Signal);
+
+impl Stop {
+    pub fn install() -> anyhow::Result<Stop> {
+        let sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("installing the Ctrl-C (SIGINT) handler")?;
+        Ok(Stop(sig))
+    }
+
+    /// Resolves at the next Ctrl-C (or at once for one that came already).
+    pub async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The signal as the stop future the flows take.
+    pub async fn into_future(mut self) {
+        self.recv().await
+    }
+}
+
+/// [`connect_checked`] for a destructive flow, with `stop` watched: a Ctrl-C here aborts before
+/// anything was changed.
+pub async fn connect_checked_stoppable(
+    ctx: &Ctx,
+    intent: Intent,
+    stop: &mut Stop,
+) -> anyhow::Result<(Cluster, Ctx)> {
+    tokio::select! {
+        biased;
+        _ = stop.recv() => Err(pgkeep_kube::ops::OpsError::Interrupted {
+            when: "(Ctrl-C) while connecting to the cluster".into(),
+            state: "nothing was changed".into(),
+            hint: "run the command again when you are ready".into(),
+        }
+        .into()),
+        r = connect_checked(ctx, intent) => r,
+    }
+}
+
 /// Resolves when Ctrl-C is pressed (never, if the handler cannot be installed).
 pub async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
@@ -91,9 +154,17 @@ fn print_scaled_down(scaled: &pgkeep_kube::ops::scale::Scaled) {
     );
 }
 
-/// A wait of `secs` seconds, polling every two seconds.
+/// A wait of `secs` seconds, polling every two seconds, that shows pod states and new events
+/// and ends early on a crash loop or an image that cannot be pulled (`ops::watch`).
 pub fn wait_secs(secs: u64) -> Wait {
-    Wait::new(Duration::from_secs(secs), Duration::from_secs(2))
+    Wait::new(Duration::from_secs(secs), Duration::from_secs(2)).watched()
+}
+
+/// How the CLI runs Jobs: the default options, with the wait for the Job's pod watched.
+pub fn job_options() -> JobRunOptions {
+    let mut o = JobRunOptions::default();
+    o.wait = o.wait.watched();
+    o
 }
 
 /// The base objects `deploy` applies: everything in the rendered base except the PVCs and the
@@ -130,15 +201,8 @@ pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
         cluster: cluster.clone(),
     };
     let mut sink = stdout_sink();
-    let outcome = ops_job::run_job(
-        cluster,
-        job,
-        &logs,
-        &mut sink,
-        ctrl_c(),
-        &JobRunOptions::default(),
-    )
-    .await?;
+    let outcome =
+        ops_job::run_job(cluster, job, &logs, &mut sink, ctrl_c(), &job_options()).await?;
     println!("{outcome}");
     Ok(())
 }
@@ -146,19 +210,28 @@ pub async fn run_job(cluster: &Cluster, job: Job) -> anyhow::Result<()> {
 /// `kubectl create job --from=cronjob/NAME`: a Job from the CronJob as it is on the server,
 /// run as [`run_job`].
 pub async fn run_cronjob(ctx: &Ctx, cronjob: &str) -> anyhow::Result<()> {
-    run_from_cronjob(ctx, cronjob, &format!("{cronjob}-manual"), None).await
+    run_from_cronjob(
+        ctx,
+        cronjob,
+        &format!("{cronjob}-manual"),
+        None,
+        Intent::Read,
+    )
+    .await
 }
 
 /// A one-off Job made from a CronJob as it is on the server (its image, volumes and
 /// environment) that runs `pgkeep ARGS --local` instead of the CronJob's own command, run as
-/// [`run_job`]. For work that needs exactly the volumes a backup CronJob mounts.
+/// [`run_job`]. For work that needs exactly the volumes a backup CronJob mounts. The Job reads
+/// the deployed settings; `intent` says whether differing local ones only warn or refuse.
 pub async fn run_local_from_cronjob(
     ctx: &Ctx,
     cronjob: &str,
     job_name: &str,
     args: &[&str],
+    intent: Intent,
 ) -> anyhow::Result<()> {
-    run_from_cronjob(ctx, cronjob, job_name, Some(args)).await
+    run_from_cronjob(ctx, cronjob, job_name, Some(args), intent).await
 }
 
 /// A Job from the CronJob on the server, with its command replaced when `args` are given.
@@ -167,8 +240,9 @@ async fn run_from_cronjob(
     cronjob: &str,
     job_name: &str,
     args: Option<&[&str]>,
+    intent: Intent,
 ) -> anyhow::Result<()> {
-    let (cluster, _server) = connect(ctx).await?;
+    let (cluster, _ctx) = connect_checked(ctx, intent).await?;
     let cron = ops_job::fetch_cronjob(&cluster, cronjob).await?;
     let mut job = ops_job::job_from_cronjob(&cron, job_name)?;
     if let Some(args) = args {
@@ -204,7 +278,7 @@ pub fn overlay_job_objects(s: &Settings, file: &str) -> Vec<Value> {
 /// `bootstrap basebackup --kube`: apply the rendered bootstrap RBAC, scale the Deployment to 0
 /// (waiting for its pods to go), run the bootstrap Job and follow it. The Job scales the
 /// Deployment up itself when recovery has ended, so no "scale up again" hint here.
-pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job, stop: Stop) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
     let rbac = overlay_job_objects(ctx.settings(), manifests::files::BOOTSTRAP_RBAC);
     let logs = KubeLogs {
@@ -216,26 +290,35 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result
         &rbac,
         &k.deployment,
         &k.app,
-        Wait::default(),
+        Wait::default().watched(),
         job,
         &logs,
         &mut sink,
-        ctrl_c(),
-        &JobRunOptions::default(),
+        stop.into_future(),
+        &job_options(),
     )
     .await?;
     print_scaled_down(&report.scaled);
     println!("{}", report.job);
     match &report.job {
         ops_job::JobOutcome::Succeeded { .. } => {
-            let rolled = pgkeep_kube::ops::scale::wait_rollout(
-                cluster,
-                &k.deployment,
-                &k.app,
-                Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)),
-            )
-            .await
-            .with_context(|| {
+            // The flow's own SIGINT handler stays installed: Ctrl-C must still end this wait.
+            let waited = tokio::select! {
+                r = pgkeep_kube::ops::scale::wait_rollout(
+                    cluster,
+                    &k.deployment,
+                    &k.app,
+                    Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)).watched(),
+                ) => r,
+                _ = ctrl_c() => {
+                    println!(
+                        "stopped waiting (Ctrl-C); deployment/{} is scaled up and its pod keeps starting (`pgkeep --kube scale 1` waits for it)",
+                        k.deployment
+                    );
+                    return Ok(());
+                }
+            };
+            let rolled = waited.with_context(|| {
                 format!(
                     "the bootstrap Job succeeded and scaled deployment/{} up, but no pod became Ready",
                     k.deployment
@@ -271,8 +354,14 @@ pub async fn scale_up_in_job(ctx: &Ctx, deployment: &str, app: &str) -> anyhow::
     Ok(())
 }
 
-/// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`].
-pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyhow::Result<()> {
+/// Scale the Deployment to 0 (waiting for its pods to go), then [`run_job`]; `stop` watched
+/// throughout (Ctrl-C before the Job exists scales back and fails with what state things are in).
+pub async fn scale_down_and_run(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    job: Job,
+    stop: Stop,
+) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
     let logs = KubeLogs {
         cluster: cluster.clone(),
@@ -282,12 +371,12 @@ pub async fn scale_down_and_run(ctx: &Ctx, cluster: &Cluster, job: Job) -> anyho
         cluster,
         &k.deployment,
         &k.app,
-        Wait::default(),
+        Wait::default().watched(),
         job,
         &logs,
         &mut sink,
-        ctrl_c(),
-        &JobRunOptions::default(),
+        stop.into_future(),
+        &job_options(),
     )
     .await?;
     print_scaled_down(&scaled);
@@ -412,7 +501,10 @@ mod tests {
             .iter()
             .map(|o| o["kind"].as_str().unwrap_or("").to_owned())
             .collect();
-        assert_eq!(kinds, ["Deployment", "Service", "CronJob", "CronJob"]);
+        assert_eq!(
+            kinds,
+            ["ConfigMap", "Deployment", "Service", "CronJob", "CronJob"]
+        );
         let pvcs: Vec<String> = base_pvcs(&s)
             .iter()
             .map(|p| p.metadata.name.clone().unwrap_or_default())

@@ -895,3 +895,98 @@ fn drift_and_hostile_input_never_change_what_they_must_not() {
     );
     site.print_timings();
 }
+
+/// Issue 21 items 1 and 3: a real SIGINT two seconds into `wipe --yes` (the db pod is still
+/// going away) aborts before the wipe Job exists, scales back and leaves the data; the settings
+/// of pgkeep.toml reach the pods through the deployed ConfigMap, and a local change not
+/// deployed refuses a real prune, naming the key.
+#[test]
+fn ctrl_c_before_the_wipe_job_leaves_the_data_and_settings_reach_the_pods() {
+    let site = Site::new("sigint");
+    let toml = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        format!("{toml}\n[retention]\nnightly = 30\n"),
+    )
+    .unwrap();
+    site.pgkeep_ok("deploy", &["deploy", "--wait"]);
+    site.sql("CREATE TABLE keep_me(x int); INSERT INTO keep_me VALUES (1);");
+
+    // --- the prune Job reads the deployed retention (30, not the built-in 7).
+    let out = site.pgkeep_ok("prune --dry-run", &["backups", "prune", "--dry-run"]);
+    assert!(
+        out.contains("retention: 30 nightly"),
+        "the pod applies the deployed retention: {out}"
+    );
+    // --- a local change that was not deployed: a real prune is refused, naming the key.
+    std::fs::write(
+        site.config(),
+        format!("{toml}\n[retention]\nnightly = 12\n"),
+    )
+    .unwrap();
+    let out = site.pgkeep("prune (settings differ)", &["backups", "prune"]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(
+        all.contains("retention.nightly: here 12, deployed 30"),
+        "{all}"
+    );
+    std::fs::write(
+        site.config(),
+        format!("{toml}\n[retention]\nnightly = 30\n"),
+    )
+    .unwrap();
+
+    // --- Ctrl-C (a real SIGINT) two seconds into `wipe --yes`.
+    println!("\n=== wipe --yes, SIGINT after 2 s");
+    let child = Command::new(env!("CARGO_BIN_EXE_pgkeep"))
+        .args(["--kube", "wipe", "--yes"])
+        .env("PGKEEP_CONFIG", site.config())
+        .env_remove("PGKEEP_TARGET")
+        .current_dir(site.config_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let kill = run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    assert!(kill.status.success(), "kill -INT: {}", text(&kill.stderr));
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out.stdout) + &text(&out.stderr);
+    print!("{all}");
+    assert_eq!(out.status.code(), Some(130), "{all}");
+    assert!(
+        all.contains("interrupted (Ctrl-C) before the pgdata-wipe-full Job was created"),
+        "{all}"
+    );
+    let jobs = kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "get",
+        "jobs",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert!(!jobs.contains("pgdata-wipe-full"), "no wipe Job: {jobs}");
+    assert_eq!(
+        kubectl_ok(&[
+            "-n",
+            &site.ns,
+            "get",
+            "deployment",
+            "postgres",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ]),
+        "1",
+        "scaled back to the replica it had"
+    );
+    site.pgkeep_ok("scale 1 (after the interrupted wipe)", &["scale", "1"]);
+    assert_eq!(
+        site.sql("SELECT count(*) FROM keep_me"),
+        "1",
+        "the data is there"
+    );
+    assert!(site.volume("pgdata-big").join("data/PG_VERSION").exists());
+    site.print_timings();
+}

@@ -41,6 +41,7 @@ pub(crate) fn client_pod(
     all_mounts.push(tmp_mount());
     let mut all_volumes = volumes;
     all_volumes.push(tmp_volume());
+    all_volumes.push(settings_volume(s));
     PodSpec {
         restart_policy: Some("Never".to_owned()),
         automount_service_account_token: Some(false),

@@ -22,6 +22,13 @@ pub const VOL_BACKUPS: &str = "backups";
 pub const VOL_RUN: &str = "run";
 pub const VOL_TMP: &str = "tmp";
 pub const VOL_INIT: &str = "init";
+pub const VOL_SETTINGS: &str = "settings";
+
+/// Where every pgkeep container finds the deployed settings (the ConfigMap of
+/// [`super::config`]), and the variable that points the settings loader at them.
+pub const SETTINGS_DIR: &str = "/etc/pgkeep";
+pub const SETTINGS_FILE: &str = "pgkeep.toml";
+pub const CONFIG_ENV: &str = "PGKEEP_CONFIG";
 
 /// Where the db container finds its one-time init scripts (the official image's convention).
 pub const INITDB_DIR: &str = "/docker-entrypoint-initdb.d";
@@ -298,6 +305,26 @@ pub fn init_volume(s: &Settings) -> Volume {
     }
 }
 
+/// The name of the ConfigMap holding the settings the pods read (`pgkeep.toml`).
+pub fn settings_config_map(s: &Settings) -> String {
+    format!("{}-settings", s.kube.deployment)
+}
+
+/// The settings ConfigMap as a volume. Not optional: a pod without its settings would run on
+/// built-in defaults (e.g. retention 7 where the operator set 30), so it waits, with an event
+/// naming the missing ConfigMap, until `pgkeep deploy` creates it.
+pub fn settings_volume(s: &Settings) -> Volume {
+    Volume {
+        name: VOL_SETTINGS.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: settings_config_map(s),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn mount(name: &str, path: impl std::fmt::Display, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
@@ -327,14 +354,25 @@ pub fn init_mount() -> VolumeMount {
     mount(VOL_INIT, INITDB_DIR, true)
 }
 
-/// A container of the pgkeep image running `pgkeep ARGS...` as the data owner.
+pub fn settings_mount() -> VolumeMount {
+    mount(VOL_SETTINGS, SETTINGS_DIR, true)
+}
+
+/// A container of the pgkeep image running `pgkeep ARGS...` as the data owner. It reads its
+/// settings from the deployed ConfigMap ([`settings_mount`], `PGKEEP_CONFIG`; the pod spec
+/// must carry [`settings_volume`]).
 pub fn pgkeep_container(
     s: &Settings,
     name: &str,
     args: &[&str],
-    env: Vec<EnvVar>,
-    mounts: Vec<VolumeMount>,
+    mut env: Vec<EnvVar>,
+    mut mounts: Vec<VolumeMount>,
 ) -> Container {
+    env.push(self::env(
+        CONFIG_ENV,
+        format!("{SETTINGS_DIR}/{SETTINGS_FILE}"),
+    ));
+    mounts.push(settings_mount());
     Container {
         name: name.to_owned(),
         image: Some(s.kube.image.clone()),

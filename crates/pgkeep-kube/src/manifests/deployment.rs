@@ -121,6 +121,7 @@ pub fn pod_spec(s: &Settings) -> PodSpec {
             run_volume(),
             tmp_volume(),
             init_volume(s),
+            settings_volume(s),
         ]),
         ..Default::default()
     }
@@ -306,7 +307,10 @@ mod tests {
         assert_eq!(caps.add.as_deref().unwrap(), ["CHOWN", "FOWNER"]);
         assert_eq!(
             mounts(fix),
-            [(VOL_RUN.into(), "/var/run/postgresql".into())]
+            [
+                (VOL_RUN.into(), "/var/run/postgresql".into()),
+                (VOL_SETTINGS.into(), SETTINGS_DIR.into())
+            ]
         );
         let prep = container(&pod, "prep-dirs");
         assert_eq!(prep.image, Some(s().kube.image));

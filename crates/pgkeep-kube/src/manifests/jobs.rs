@@ -214,7 +214,7 @@ pub fn backups_loader(s: &Settings) -> Pod {
             security_context: Some(pod_security(s)),
             termination_grace_period_seconds: Some(LOADER_GRACE_SECONDS),
             containers: vec![c],
-            volumes: Some(vec![backups_volume(s), tmp_volume()]),
+            volumes: Some(vec![backups_volume(s), tmp_volume(), settings_volume(s)]),
             ..Default::default()
         }),
         status: None,

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod common;
+pub mod config;
 pub mod deployment;
 pub mod jobs;
 pub mod kustomization;
@@ -28,6 +29,7 @@ pub const JOBS_DIR: &str = "infra/k8s/overlays/dev/jobs";
 pub enum Object {
     Pvc(k8s_openapi::api::core::v1::PersistentVolumeClaim),
     Secret(k8s_openapi::api::core::v1::Secret),
+    ConfigMap(k8s_openapi::api::core::v1::ConfigMap),
     Deployment(k8s_openapi::api::apps::v1::Deployment),
     Service(k8s_openapi::api::core::v1::Service),
     CronJob(k8s_openapi::api::batch::v1::CronJob),
@@ -44,6 +46,7 @@ impl Object {
         match self {
             Object::Pvc(_) => "PersistentVolumeClaim",
             Object::Secret(_) => "Secret",
+            Object::ConfigMap(_) => "ConfigMap",
             Object::Deployment(_) => "Deployment",
             Object::Service(_) => "Service",
             Object::CronJob(_) => "CronJob",
@@ -64,6 +67,7 @@ impl Object {
         match self {
             Object::Pvc(o) => v(o),
             Object::Secret(o) => v(o),
+            Object::ConfigMap(o) => v(o),
             Object::Deployment(o) => v(o),
             Object::Service(o) => v(o),
             Object::CronJob(o) => v(o),
@@ -160,6 +164,7 @@ pub mod files {
     pub const PVC_WAL: &str = "wal-archive-pvc.yaml";
     pub const PVC_BACKUPS: &str = "backups-pvc.yaml";
     pub const SECRET: &str = "secret.superuser.yaml";
+    pub const SETTINGS: &str = "configmap-settings.yaml";
     pub const DEPLOY: &str = "deploy.yaml";
     pub const SERVICE: &str = "service.yaml";
     pub const CRON_LOGICAL: &str = "cronjob-backup-logical.yaml";
@@ -212,6 +217,12 @@ pub fn render(s: &Settings) -> Tree {
         ),
         File::new(
             BASE_DIR,
+            SETTINGS,
+            &["The settings every pgkeep container reads (PGKEEP_CONFIG); no secret is in it."],
+            vec![Object::ConfigMap(config::settings_config_map_object(s))],
+        ),
+        File::new(
+            BASE_DIR,
             DEPLOY,
             &[],
             vec![Object::Deployment(deployment::deployment(s))],
@@ -240,7 +251,7 @@ pub fn render(s: &Settings) -> Tree {
             &["PVCs and the Secret are deliberately not listed (see their files)."],
             vec![Object::Kustomization(Kustomization::new(
                 ns,
-                &[DEPLOY, SERVICE, CRON_LOGICAL, CRON_PHYSICAL],
+                &[SETTINGS, DEPLOY, SERVICE, CRON_LOGICAL, CRON_PHYSICAL],
             ))],
         ),
         File::new(

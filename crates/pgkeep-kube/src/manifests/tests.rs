@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use pgkeep_engine::settings::Settings;
 use serde::Serialize;
@@ -54,6 +56,7 @@ fn every_object_round_trips_through_its_type() {
             let back = match obj {
                 Object::Pvc(_) => round_trip::<PersistentVolumeClaim>(&f.path, i, doc),
                 Object::Secret(_) => round_trip::<Secret>(&f.path, i, doc),
+                Object::ConfigMap(_) => round_trip::<ConfigMap>(&f.path, i, doc),
                 Object::Deployment(_) => round_trip::<Deployment>(&f.path, i, doc),
                 Object::Service(_) => round_trip::<Service>(&f.path, i, doc),
                 Object::CronJob(_) => round_trip::<CronJob>(&f.path, i, doc),
@@ -72,7 +75,7 @@ fn every_object_round_trips_through_its_type() {
             kinds.insert(obj.kind());
         }
     }
-    assert_eq!(kinds.len(), 11, "every kind is exercised: {kinds:?}");
+    assert_eq!(kinds.len(), 12, "every kind is exercised: {kinds:?}");
 }
 
 #[test]

@@ -105,11 +105,35 @@ pub enum OpsError {
     #[error("{0}")]
     JobFailed(Box<JobFailure>),
 
+    /// The stop signal (Ctrl-C) arrived before the destructive Job was created; what was
+    /// undone and the state the cluster is in.
+    #[error("interrupted {when}: {state}\nhint: {hint}")]
+    Interrupted {
+        /// `before the wipe Job was created`.
+        when: String,
+        state: String,
+        hint: String,
+    },
+
+    /// A waited-for pod has a container that will not start by waiting (see `ops::watch`).
+    #[error("{0}")]
+    PodFailing(Box<super::watch::PodFailure>),
+
     #[error("refusing to {action}: {why}\nhint: {hint}")]
     Refused {
         action: String,
         why: String,
         hint: String,
+    },
+
+    #[error(
+        "refusing to {action}: the local settings differ from the deployed ones (configmap/{configmap}), which the pods read:{keys}\nhint: nothing was changed; run `pgkeep --kube deploy` to deploy these settings, or pass --use-deployed to act with the deployed ones"
+    )]
+    SettingsDiffer {
+        action: String,
+        configmap: String,
+        /// One `\n  key: here X, deployed Y` per differing key.
+        keys: String,
     },
 
     #[error("invalid object: {message}\nhint: {hint}")]

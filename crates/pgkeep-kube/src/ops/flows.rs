@@ -20,10 +20,19 @@
 //! - [`exec_in_db`] (`pg.sanity`, `pg.space`, status): a command in the Ready db pod.
 //!
 //! Confirmation prompts (`--yes`) belong to the commands, before these are called.
+//!
+//! **The stop signal (Ctrl-C) is watched from the first request of every destructive flow.**
+//! Before the destructive Job exists, it aborts the flow with [`OpsError::Interrupted`]: what
+//! was changed is undone where it can be (the Deployment is scaled back to the replicas it had
+//! when the flow began) and the error says what state the cluster is in. Once the Job exists,
+//! the stop signal only stops following it ([`JobOutcome::Detached`]): the Job runs on.
 
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
+use std::pin::Pin;
+
+use futures::FutureExt as _;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
@@ -129,8 +138,79 @@ pub async fn deploy(
     })
 }
 
-/// `pg.wipe` / `pg.bootstrap.basebackup`: scale `deployment` to 0, wait until its pods
-/// (`app=<app>`) are gone, then [`run_job`]. Returns the scale report and the Job's outcome.
+/// The name a Job is created under (its prefix), for messages.
+fn job_label(job: &Job) -> String {
+    job.metadata
+        .name
+        .clone()
+        .or_else(|| job.metadata.generate_name.clone())
+        .unwrap_or_else(|| "destructive".into())
+}
+
+/// Whether the stop signal has arrived (without waiting for it).
+fn stopped<S: Future<Output = ()>>(stop: &mut Pin<&mut S>) -> bool {
+    stop.as_mut().now_or_never().is_some()
+}
+
+/// `GET deployments/NAME/scale`: the replicas the Deployment has now.
+pub async fn current_replicas(cluster: &Cluster, deployment: &str) -> Result<i32, OpsError> {
+    use super::error::{Op, classify};
+    let s = cluster
+        .api::<k8s_openapi::api::apps::v1::Deployment>()
+        .get_scale(deployment)
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                cluster,
+                Op::new("get", "deployments/scale", deployment)
+                    .hint_404("deploy it first with `pgkeep deploy`, or check --namespace"),
+            )
+        })?;
+    Ok(s.spec.and_then(|s| s.replicas).unwrap_or(0))
+}
+
+/// Interrupted before `job` was created, after the Deployment may have been scaled down:
+/// scale it back to `found` replicas (not waiting) and say where things stand.
+async fn interrupted_after_scale(
+    cluster: &Cluster,
+    deployment: &str,
+    app: &str,
+    found: i32,
+    job: &str,
+) -> OpsError {
+    let when = format!("(Ctrl-C) before the {job} Job was created");
+    let untouched = "no Job was created and the data volume was not touched";
+    let (state, hint) = if found == 0 {
+        (
+            format!("{untouched}; deployment/{deployment} stays at 0 replicas, as it was"),
+            "run the command again when you are ready".to_owned(),
+        )
+    } else {
+        match scale(cluster, deployment, app, found, None).await {
+            Ok(_) => (
+                format!(
+                    "{untouched}; deployment/{deployment} was scaled back to {found} replica(s), as it was, and its pod is starting again"
+                ),
+                format!(
+                    "`pgkeep --kube scale {found}` waits until it is Ready; run the command again when you are ready"
+                ),
+            ),
+            Err(e) => (
+                format!(
+                    "{untouched}; deployment/{deployment} may be left at 0 replicas: scaling it back to {found} failed: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+                format!("run `pgkeep --kube scale {found}` to start the database again"),
+            ),
+        }
+    };
+    OpsError::Interrupted { when, state, hint }
+}
+
+/// `pg.wipe` / `pg.bootstrap.basebackup`: read the replicas the Deployment has, scale it to 0,
+/// wait until its pods (`app=<app>`) are gone, then [`run_job`]. Returns the scale report and
+/// the Job's outcome. `stop` is watched throughout (see the module docs).
 #[allow(clippy::too_many_arguments)]
 pub async fn scale_down_and_run<L, W, S>(
     cluster: &Cluster,
@@ -148,7 +228,29 @@ where
     W: Write + Send,
     S: Future<Output = ()>,
 {
-    let scaled = scale(cluster, deployment, app, 0, Some(scale_wait)).await?;
+    let mut stop = std::pin::pin!(stop);
+    let label = job_label(&job);
+    // `biased`: a stop that arrived together with an answer wins (tests rely on it).
+    let found = tokio::select! {
+        biased;
+        _ = stop.as_mut() => return Err(OpsError::Interrupted {
+            when: format!("(Ctrl-C) before the {label} Job was created"),
+            state: "nothing was changed".into(),
+            hint: "run the command again when you are ready".into(),
+        }),
+        r = current_replicas(cluster, deployment) => r?,
+    };
+    let scaled = tokio::select! {
+        biased;
+        _ = stop.as_mut() => {
+            return Err(interrupted_after_scale(cluster, deployment, app, found, &label).await)
+        }
+        r = scale(cluster, deployment, app, 0, Some(scale_wait)) => r,
+    };
+    let scaled = scaled?;
+    if stopped(&mut stop) {
+        return Err(interrupted_after_scale(cluster, deployment, app, found, &label).await);
+    }
     let outcome = run_job(cluster, job, logs, sink, stop, opts).await?;
     Ok((scaled, outcome))
 }
@@ -183,7 +285,16 @@ where
     W: Write + Send,
     S: Future<Output = ()>,
 {
-    let rbac = apply_objects(cluster, rbac, ApplyOptions::default()).await?;
+    let mut stop = std::pin::pin!(stop);
+    let rbac = tokio::select! {
+        biased;
+        _ = stop.as_mut() => return Err(OpsError::Interrupted {
+            when: format!("(Ctrl-C) before the {} Job was created", job_label(&job)),
+            state: format!("deployment/{deployment} and its data were not touched (the bootstrap ServiceAccount, Role and RoleBinding may have been applied; they are harmless)"),
+            hint: "run the command again when you are ready".into(),
+        }),
+        r = apply_objects(cluster, rbac, ApplyOptions::default()) => r?,
+    };
     for a in &rbac {
         tracing::info!("{a}");
     }
@@ -248,11 +359,47 @@ where
     W: Write + Send,
     S: Future<Output = ()>,
 {
-    let loader = loader_up(cluster, loader, loader_wait).await?;
-    let (uploaded, reused) = match remote_sha256(exec, upload).await? {
-        None => (upload_file(exec, local, upload, progress).await?, false),
+    let mut stop = std::pin::pin!(stop);
+    let when = "(Ctrl-C) before the restore Job was created";
+    let loader = tokio::select! {
+        biased;
+        _ = stop.as_mut() => return Err(OpsError::Interrupted {
+            when: when.into(),
+            state: "nothing was uploaded or restored; the backups-loader pod may be left running".into(),
+            hint: "`pgkeep --kube loader down` removes the loader pod; run the command again when you are ready".into(),
+        }),
+        r = loader_up(cluster, loader, loader_wait) => r?,
+    };
+    let interrupted_upload = || {
+        OpsError::Interrupted {
+        when: when.into(),
+        state: format!(
+            "nothing was restored; the upload was cut off before it finished, and the receiver in pod/{} publishes {} only once all of it has arrived with the right checksum",
+            upload.pod, upload.dest
+        ),
+        hint: "run the command again when you are ready (`pgkeep --kube loader down` removes the loader pod)".into(),
+    }
+    };
+    let theirs = tokio::select! {
+        biased;
+        _ = stop.as_mut() => return Err(interrupted_upload()),
+        r = remote_sha256(exec, upload) => r?,
+    };
+    let (uploaded, reused) = match theirs {
+        None => {
+            let sent = tokio::select! {
+                biased;
+                _ = stop.as_mut() => return Err(interrupted_upload()),
+                r = upload_file(exec, local, upload, progress) => r?,
+            };
+            (sent, false)
+        }
         Some(theirs) => {
-            let (size, ours) = hash_file(local, progress).await?;
+            let (size, ours) = tokio::select! {
+                biased;
+                _ = stop.as_mut() => return Err(interrupted_upload()),
+                r = hash_file(local, progress) => r?,
+            };
             if theirs != ours {
                 return Err(OpsError::Upload {
                     path: local.display().to_string(),
@@ -273,6 +420,33 @@ where
             (uploaded, true)
         }
     };
+    if stopped(&mut stop) {
+        // Uploaded for this restore and not restored: removed again, like a refused upload.
+        let removed = if reused {
+            "it was there before and stays".to_owned()
+        } else {
+            let rm = ExecRequest {
+                pod: upload.pod.clone(),
+                container: upload.container.clone(),
+                command: vec!["rm".into(), "-f".into(), "--".into(), upload.dest.clone()],
+            };
+            match exec.exec(&rm, None).await {
+                Ok(out) if out.success() => "it was removed again".to_owned(),
+                _ => format!(
+                    "removing it failed; remove it with `kubectl -n {} exec {} -- rm {}`",
+                    cluster.namespace, upload.pod, uploaded.dest
+                ),
+            }
+        };
+        return Err(OpsError::Interrupted {
+            when: when.into(),
+            state: format!(
+                "nothing was restored; {} had been uploaded: {removed}",
+                uploaded.dest
+            ),
+            hint: "run the command again when you are ready (`pgkeep --kube loader down` removes the loader pod)".into(),
+        });
+    }
     let mut job = job;
     if !reused {
         // Uploaded for this restore: the Job removes it again when the restore is refused.

@@ -37,6 +37,7 @@ use super::error::{JobFailure, Op, api_code, classify};
 use super::events::events_or_note;
 use super::exec::LogStream;
 use super::pods::{pod_details, pod_name, pod_phase, pods_with_labels};
+use super::watch::PodWatch;
 use super::{Cluster, OpsError, Wait};
 
 /// Options of [`run_job`].
@@ -179,11 +180,24 @@ where
     let mut followed: Vec<String> = Vec::new();
     let mut ring: VecDeque<String> = VecDeque::with_capacity(opts.tail_lines + 1);
     let mut since = Instant::now();
+    let mut watch = PodWatch::new();
     loop {
         let pods = tokio::select! {
             r = pods_with_labels(cluster, &selector) => r?,
             _ = &mut stop => return Ok(detached()),
         };
+        if opts.wait.watch {
+            // The pods not followed yet: a pod that cannot pull its image ends the wait.
+            let waiting: Vec<Pod> = pods
+                .iter()
+                .filter(|p| !started(p) && !followed.iter().any(|f| f == pod_name(p)))
+                .cloned()
+                .collect();
+            tokio::select! {
+                r = watch.observe(cluster, &waiting, true) => r?,
+                _ = &mut stop => return Ok(detached()),
+            }
+        }
         for pod in &pods {
             let pname = pod_name(pod).to_string();
             if followed.contains(&pname) || !started(pod) {

@@ -10,6 +10,7 @@
 //!
 //! One file per concern:
 //! - [`connect`]: kubeconfig (current or named context), in-cluster config, reachability probe.
+//! - [`deployed`]: the deployed settings (ConfigMap) against the CLI's; refusal on drift.
 //! - [`pvc`]: create missing PersistentVolumeClaims, report existing ones, never change them.
 //! - [`secret`]: the superuser Secret, created with a random password only when missing.
 //! - [`apply`]: server-side apply (field manager `pgkeep`) and adaptation to old servers.
@@ -22,10 +23,12 @@
 //!   and the upload protocol (`pgkeep receive --size N --sha256 H DEST`).
 //! - [`flows`]: the seed's multi-step flows (deploy, scale down + Job, restore upload, debug
 //!   perms, a command in the db pod).
+//! - [`watch`]: what a wait shows (pod states, new events) and its early end on a crash loop.
 //! - [`fake`]: recording fakes of those traits, for tests of the flows without a kubelet.
 
 pub mod apply;
 pub mod connect;
+pub mod deployed;
 pub mod error;
 pub mod events;
 pub mod exec;
@@ -36,6 +39,7 @@ pub mod pods;
 pub mod pvc;
 pub mod scale;
 pub mod secret;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -92,6 +96,9 @@ impl std::fmt::Debug for Cluster {
 pub struct Wait {
     pub timeout: Duration,
     pub interval: Duration,
+    /// Report pod states and events while waiting and end early on a crash loop or an image
+    /// that cannot be pulled ([`watch`]); off by default (no extra requests).
+    pub watch: bool,
 }
 
 impl Default for Wait {
@@ -100,12 +107,25 @@ impl Default for Wait {
         Wait {
             timeout: Duration::from_secs(300),
             interval: Duration::from_secs(2),
+            watch: false,
         }
     }
 }
 
 impl Wait {
     pub fn new(timeout: Duration, interval: Duration) -> Self {
-        Wait { timeout, interval }
+        Wait {
+            timeout,
+            interval,
+            watch: false,
+        }
+    }
+
+    /// The same wait, watched ([`Wait::watch`]).
+    pub fn watched(self) -> Self {
+        Wait {
+            watch: true,
+            ..self
+        }
     }
 }

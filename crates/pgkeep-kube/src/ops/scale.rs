@@ -11,6 +11,10 @@
 //! `GET .../deployments/NAME` until the new template is rolled out and available, fails early
 //! when the Deployment reports `ProgressDeadlineExceeded`, and on timeout reports the pods and
 //! their events.
+//!
+//! With [`Wait::watch`] both report pod states and events while they wait and end early on a
+//! container that cannot start ([`super::watch`]): after each look at the pods (each
+//! `GET .../deployments/NAME` for a rollout, followed by the pod list), the watch's requests.
 
 use std::time::Duration;
 
@@ -20,6 +24,7 @@ use tokio::time::Instant;
 
 use super::error::{Op, classify};
 use super::pods::{is_ready, pod_details, pod_name, pods_with_labels};
+use super::watch::PodWatch;
 use super::{Cluster, OpsError, Wait};
 
 /// What [`scale`] did.
@@ -72,6 +77,7 @@ pub async fn scale(
     };
     let selector = format!("app={app}");
     let start = Instant::now();
+    let mut watch = PodWatch::new();
     loop {
         let pods = pods_with_labels(cluster, &selector).await?;
         let done = if replicas == 0 {
@@ -88,6 +94,10 @@ pub async fn scale(
                 ready_pod,
                 waited: start.elapsed(),
             });
+        }
+        if wait.watch {
+            // A crash-looping pod that is being scaled away is no reason to stop waiting.
+            watch.observe(cluster, &pods, replicas == 1).await?;
         }
         if start.elapsed() >= wait.timeout {
             let (what, hint) = if replicas == 0 {
@@ -134,6 +144,7 @@ pub async fn wait_rollout(
 ) -> Result<RolledOut, OpsError> {
     let api = cluster.api::<Deployment>();
     let start = Instant::now();
+    let mut watch = PodWatch::new();
     loop {
         let d = api.get(deployment).await.map_err(|e| {
             classify(
@@ -162,6 +173,10 @@ pub async fn wait_rollout(
                 });
             }
             Rollout::Waiting(_) => {}
+        }
+        if wait.watch {
+            let pods = pods_with_labels(cluster, &format!("app={app}")).await?;
+            watch.observe(cluster, &pods, true).await?;
         }
         if start.elapsed() >= wait.timeout {
             let Rollout::Waiting(progress) = state else {

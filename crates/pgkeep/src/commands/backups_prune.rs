@@ -11,6 +11,7 @@
 //! bounded without anyone running prune.
 
 use pgkeep_engine::retention;
+use pgkeep_kube::ops::deployed::Intent;
 
 use crate::cli::Ctx;
 
@@ -42,7 +43,14 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         if args.json {
             a.push("--json");
         }
-        return crate::kube::run_local_from_cronjob(&ctx, &cron, "backups-prune", &a).await;
+        // The Job applies the deployed retention; a dry run shows it, a real prune is refused
+        // while the local settings (what the user believes) differ.
+        let intent = if args.dry_run {
+            Intent::Read
+        } else {
+            Intent::Destroy("prune backups and WAL".into())
+        };
+        return crate::kube::run_local_from_cronjob(&ctx, &cron, "backups-prune", &a, intent).await;
     }
     let s = ctx.settings();
     let pg = pgkeep_engine::tools::PgBin::locate()?;

@@ -269,9 +269,16 @@ async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         ),
         args.yes,
     )?;
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    // From the first request on, Ctrl-C aborts before the bootstrap Job exists.
+    let mut stop = crate::kube::Stop::install()?;
+    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("bootstrap from a base backup".into()),
+        &mut stop,
+    )
+    .await?;
     let job = basebackup_job(ctx.settings(), &args)?;
-    crate::kube::bootstrap(&ctx, &cluster, job).await
+    crate::kube::bootstrap(&ctx, &cluster, job, stop).await
 }
 
 /// The bootstrap Job with this command's options (user input in the args escaped for the

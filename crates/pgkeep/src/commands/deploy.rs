@@ -9,6 +9,7 @@ use pgkeep_engine::settings::Target;
 use pgkeep_kube::manifests::common::SECRET_PASSWORD_KEY;
 use pgkeep_kube::manifests::storage::superuser_secret_template;
 use pgkeep_kube::ops::flows::{DeployInput, DeployOptions, deploy};
+use tracing::Instrument as _;
 
 use crate::cli::Ctx;
 
@@ -44,7 +45,10 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         deployment: s.kube.deployment.clone(),
         app: s.kube.app.clone(),
     };
-    let report = deploy(&cluster, &input, &opts).await?;
+    // The span is the spinner on a terminal while --wait watches the rollout.
+    let report = deploy(&cluster, &input, &opts)
+        .instrument(tracing::info_span!("deploy", deployment = %s.kube.deployment))
+        .await?;
     println!("server: {}", report.server);
     for n in &report.notes {
         println!("note: {n}");

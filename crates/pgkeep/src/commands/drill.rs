@@ -193,5 +193,12 @@ async fn drill_kube(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
-    crate::kube::run_local_from_cronjob(ctx, &cron, "drill", &a).await
+    crate::kube::run_local_from_cronjob(
+        ctx,
+        &cron,
+        "drill",
+        &a,
+        pgkeep_kube::ops::deployed::Intent::Read,
+    )
+    .await
 }

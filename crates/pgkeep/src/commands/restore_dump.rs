@@ -237,7 +237,11 @@ async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         yes = true;
     }
+    let (cluster, ctx) = crate::kube::connect_checked(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("restore a dump into the database".into()),
+    )
+    .await?;
     let job = dump_job(ctx.settings(), &args, yes);
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
     crate::kube::run_job(&cluster, job).await
 }

@@ -20,7 +20,7 @@ use pgkeep_engine::upload::{self, FileKind};
 use pgkeep_kube::manifests::jobs;
 use pgkeep_kube::ops::exec::{KubeExec, KubeLogs, UploadPhase, UploadProgress, UploadRequest};
 use pgkeep_kube::ops::flows;
-use pgkeep_kube::ops::job::{JobOutcome, JobRunOptions};
+use pgkeep_kube::ops::job::JobOutcome;
 
 use crate::cli::Ctx;
 use crate::commands::restore_dump::{RestoreArgs, restore};
@@ -142,12 +142,20 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         args.restore.yes = true;
     }
+    // From the first request on, Ctrl-C aborts before the restore Job exists (upload included).
+    let mut stop = crate::kube::Stop::install()?;
+    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("restore an upload into the database".into()),
+        &mut stop,
+    )
+    .await?;
+    let s = ctx.settings();
     let dest = format!(
         "{}/{}/{name}",
         s.paths.backups.display(),
         upload::UPLOADS_DIR
     );
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
     let loader = jobs::backups_loader(s);
     let upload = UploadRequest {
         pod: loader
@@ -189,8 +197,8 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         upload_job(s, &dest, &args.restore),
         &logs,
         &mut std::io::sink(),
-        crate::kube::ctrl_c(),
-        &JobRunOptions::default(),
+        stop.into_future(),
+        &crate::kube::job_options(),
     )
     .await;
     bar.finish_and_clear();

@@ -3,6 +3,7 @@
 //! Kubernetes only (`--kube`): 0 waits until the db pods are gone, 1 until one is Ready.
 
 use pgkeep_engine::settings::Target;
+use tracing::Instrument as _;
 
 use crate::cli::Ctx;
 
@@ -22,6 +23,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     let (cluster, _server) = crate::kube::connect(&ctx).await?;
     let k = &ctx.settings().kube;
+    // The span is the spinner on a terminal; the wait logs pod states and events under it.
     let scaled = pgkeep_kube::ops::scale::scale(
         &cluster,
         &k.deployment,
@@ -29,6 +31,11 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         i32::from(args.replicas),
         Some(crate::kube::wait_secs(args.timeout)),
     )
+    .instrument(tracing::info_span!(
+        "scale",
+        deployment = %k.deployment,
+        replicas = args.replicas
+    ))
     .await?;
     match &scaled.ready_pod {
         Some(pod) => println!(

@@ -67,7 +67,14 @@ async fn wipe_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         ),
         args.yes,
     )?;
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    // From the first request on, Ctrl-C aborts before the wipe Job exists (and scales back).
+    let mut stop = crate::kube::Stop::install()?;
+    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+        &ctx,
+        pgkeep_kube::ops::deployed::Intent::Destroy("wipe the data volume".into()),
+        &mut stop,
+    )
+    .await?;
     let job = pgkeep_kube::manifests::jobs::wipe(ctx.settings());
-    crate::kube::scale_down_and_run(&ctx, &cluster, job).await
+    crate::kube::scale_down_and_run(&ctx, &cluster, job, stop).await
 }
