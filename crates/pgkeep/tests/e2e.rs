@@ -601,9 +601,12 @@ fn seed_flows_in_order() {
     ] {
         assert!(out.contains(want), "space shows {want}: {out}");
     }
-    let out = site.pgkeep_ok("status", &["status"]);
+    // No restore drill has run yet, so status reports the site unhealthy and exits 1.
+    let out = site.pgkeep("status", &["status"]);
+    assert_eq!(out.status.code(), Some(1), "status exits 1 without a drill");
+    let out = text(&out.stdout) + &text(&out.stderr);
     assert!(
-        out.contains("server:      up") && out.contains("primary"),
+        out.contains("server:      up") && out.contains("primary") && out.contains("drill_too_old"),
         "status: {out}"
     );
 

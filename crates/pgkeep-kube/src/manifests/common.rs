@@ -37,6 +37,7 @@ pub enum Component {
     Bootstrap,
     Wipe,
     Loader,
+    Drill,
 }
 
 impl Component {
@@ -50,6 +51,7 @@ impl Component {
             Component::Bootstrap => "bootstrap",
             Component::Wipe => "wipe",
             Component::Loader => "backups-loader",
+            Component::Drill => "drill",
         }
     }
 }
@@ -296,6 +298,12 @@ pub fn init_volume(s: &Settings) -> Volume {
         }),
         ..Default::default()
     }
+}
+
+/// `m`, read-only (what the metrics container reports on it only reads).
+pub fn read_only(mut m: VolumeMount) -> VolumeMount {
+    m.read_only = Some(true);
+    m
 }
 
 fn mount(name: &str, path: impl std::fmt::Display, read_only: bool) -> VolumeMount {
