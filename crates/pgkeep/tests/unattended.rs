@@ -252,6 +252,12 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
     let used = ((st.f_blocks - st.f_bfree) * st.f_frsize) as f64;
     let expect = free / (used / (2.0 * 86400.0));
     assert!(f > expect * 0.5 && f < expect * 2.0, "{f} vs {expect}");
+    // `space` shows the same forecast per volume.
+    let v: serde_json::Value = serde_json::from_str(&ok(pgkeep(&c, &["space", "--json"]))).unwrap();
+    let sf = v["full_forecast_seconds"]["backups"].as_f64().unwrap();
+    assert!(sf > expect * 0.5 && sf < expect * 2.0, "{sf} vs {expect}");
+    let text = ok(pgkeep(&c, &["space"]));
+    assert!(text.contains("backups      full in about"), "{text}");
     let ok_backup = ok(pgkeep(&c, &["backup", "logical", "--no-prune"]));
     assert!(!ok_backup.is_empty());
     let out = pgkeep(&c, &["status", "--json", "--min-free-percent", "0"]);
