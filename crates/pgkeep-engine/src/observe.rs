@@ -89,6 +89,9 @@ pub struct Observation {
     /// The earliest point a point-in-time recovery can reach: the stop time of the oldest kept
     /// base backup (where its restore becomes consistent).
     pub recovery_window_start: Option<jiff::Timestamp>,
+    /// The records per kind; a kind with bundles but no success record (bundles taken before
+    /// records existed) gets its newest bundle as the last success (start = stop = the
+    /// bundle's stop time).
     pub runs: BTreeMap<RunKind, KindSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records_error: Option<String>,
@@ -298,6 +301,31 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
             .filter_map(|b| bundle_stop(b, &records))
             .min();
     }
+    let mut runs = results::summarize(&records);
+    // Bundles taken before records existed (an upgrade) still count as successes.
+    if let Ok(all) = repo::list(site.backups) {
+        for (kind, bk) in [
+            (RunKind::Logical, BackupKind::Logical),
+            (RunKind::Physical, BackupKind::Physical),
+        ] {
+            let sum = runs.entry(kind).or_default();
+            if sum.last_success.is_some() {
+                continue;
+            }
+            if let Some(b) = all.iter().rev().find(|b| b.kind == bk)
+                && let Some(stop) = bundle_stop(b, &records)
+            {
+                let mut r = Record::finish(kind, stop, results::Outcome::Success);
+                r.stop = stop;
+                r.size = Some(b.size);
+                r.bundle = Some(b.name.clone());
+                sum.last_success = Some(r.clone());
+                if sum.last.as_ref().is_none_or(|l| l.stop < stop) {
+                    sum.last = Some(r);
+                }
+            }
+        }
+    }
     let volumes = vec![
         volume("data", site.pgroot, &records, now, sql_now),
         volume("wal_archive", site.wal_archive, &records, now, None),
@@ -313,7 +341,7 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
         archive_lag_seconds,
         backups_kept,
         recovery_window_start,
-        runs: results::summarize(&records),
+        runs,
         records_error,
         volumes,
         archive_timeout,

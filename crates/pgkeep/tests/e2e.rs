@@ -608,7 +608,9 @@ fn seed_flows_in_order() {
     let all = text(&out.stdout) + &text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "status: {all}");
     assert!(
-        all.contains("server:      up") && all.contains("primary") && all.contains("health:      ok"),
+        all.contains("server:      up")
+            && all.contains("primary")
+            && all.contains("health:      ok"),
         "status: {all}"
     );
     // The metrics container's exposition shows the backups and the drill.

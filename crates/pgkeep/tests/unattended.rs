@@ -347,3 +347,30 @@ fn listen_serves_metrics_per_scrape_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM ends it cleanly: {status:?}");
 }
+
+#[test]
+fn bundles_without_records_count_as_successes() {
+    // Bundles taken before result records existed (an upgrade): the newest one is the last
+    // success, so neither the metric nor the alert says "no backup".
+    let c = TempCluster::start();
+    c.psql("postgres", "create database records");
+    let l: serde_json::Value = serde_json::from_str(&ok(pgkeep(
+        &c,
+        &["backup", "logical", "--json", "--no-prune"],
+    )))
+    .unwrap();
+    std::fs::remove_dir_all(c.backups().join("results")).unwrap();
+    let m = metrics(&c);
+    let t = m[r#"pgkeep_backup_last_success_timestamp_seconds{kind="logical"}"#];
+    let finished = epoch(&l["finished_at"]);
+    // The manifest's stop time, or at worst the minute in the bundle's name.
+    assert!(
+        t <= finished + 0.01 && t > finished - 61.0,
+        "{t} vs {finished}"
+    );
+    assert_eq!(
+        m[r#"pgkeep_backup_last_size_bytes{kind="logical"}"#],
+        l["size"].as_f64().unwrap()
+    );
+    assert!(!m.contains_key(r#"pgkeep_backup_last_success_timestamp_seconds{kind="physical"}"#));
+}
