@@ -63,9 +63,10 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// Free bytes as a percentage of the size: what the `PgkeepVolumeLow` alert computes from
+    /// `pgkeep_volume_free_bytes / pgkeep_volume_size_bytes`.
     pub fn free_percent(&self) -> Option<f64> {
-        (self.error.is_none() && self.used + self.free > 0)
-            .then(|| self.free as f64 * 100.0 / (self.used + self.free) as f64)
+        (self.error.is_none() && self.size > 0).then(|| self.free as f64 * 100.0 / self.size as f64)
     }
 }
 
@@ -521,6 +522,99 @@ mod tests {
 
     fn t(s: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn healthy(now: jiff::Timestamp) -> Observation {
+        let ok = |kind, age: i64| {
+            let mut r = Record::finish(kind, now, results::Outcome::Success);
+            r.stop = now - jiff::SignedDuration::from_secs(age);
+            KindSummary {
+                last: Some(r.clone()),
+                last_success: Some(r),
+                last_failure: None,
+            }
+        };
+        Observation {
+            at: now,
+            up: true,
+            server_error: None,
+            archiver: None,
+            ready_segments: Some(0),
+            archive_newest: None,
+            archive_lag_seconds: Some(0.0),
+            backups_kept: None,
+            recovery_window_start: None,
+            runs: BTreeMap::from([
+                (RunKind::Logical, ok(RunKind::Logical, 3600)),
+                (RunKind::Physical, ok(RunKind::Physical, 86400)),
+                (RunKind::Drill, ok(RunKind::Drill, 86400)),
+            ]),
+            records_error: None,
+            volumes: vec![Volume {
+                name: "backups",
+                path: "/backups".into(),
+                size: 1000,
+                used: 500,
+                free: 500,
+                forecast_seconds: None,
+                error: None,
+            }],
+            archive_timeout: 60,
+        }
+    }
+
+    fn checks(o: &Observation) -> Vec<&'static str> {
+        problems(o).into_iter().map(|p| p.check).collect()
+    }
+
+    #[test]
+    fn health_rules() {
+        let now = t(0);
+        assert_eq!(checks(&healthy(now)), Vec::<&str>::new());
+        let mut o = healthy(now);
+        o.volumes[0].free = 99; // 9.9% of the size
+        o.volumes[0].forecast_seconds = Some(2.0 * 86400.0);
+        assert_eq!(checks(&o), ["volume_low", "volume_forecast"]);
+        assert_eq!(
+            problems_with(&o, 5.0)
+                .into_iter()
+                .map(|p| p.check)
+                .collect::<Vec<_>>(),
+            ["volume_forecast"]
+        );
+        let mut o = healthy(now);
+        o.volumes[0].forecast_seconds = Some(4.0 * 86400.0);
+        o.archive_lag_seconds = Some(121.0);
+        o.ready_segments = Some(9);
+        o.up = false;
+        assert_eq!(checks(&o), ["server_down", "wal_backlog", "archive_lag"]);
+        o.archive_timeout = 0;
+        assert!(
+            !checks(&o).contains(&"archive_lag"),
+            "no bound without a timeout"
+        );
+        // Too old: logical past 26 h, drill past 8 days; the last physical failed.
+        let mut o = healthy(now);
+        let s = o.runs.get_mut(&RunKind::Logical).unwrap();
+        s.last_success.as_mut().unwrap().stop = now - jiff::SignedDuration::from_secs(27 * 3600);
+        let d = o.runs.get_mut(&RunKind::Drill).unwrap();
+        d.last_success.as_mut().unwrap().stop = now - jiff::SignedDuration::from_secs(9 * 86400);
+        let p = o.runs.get_mut(&RunKind::Physical).unwrap();
+        let mut failed = Record::finish(RunKind::Physical, now, results::Outcome::Failure);
+        failed.stop = now;
+        p.last = Some(failed.with_error("disk full"));
+        assert_eq!(
+            checks(&o),
+            ["backup_too_old", "backup_failed", "drill_too_old"]
+        );
+        assert!(problems(&o)[1].message.contains("disk full"));
+        // Nothing recorded at all.
+        let mut o = healthy(now);
+        o.runs.clear();
+        assert_eq!(
+            checks(&o),
+            ["backup_too_old", "backup_too_old", "drill_too_old"]
+        );
     }
 
     #[test]
