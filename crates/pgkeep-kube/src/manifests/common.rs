@@ -38,6 +38,7 @@ pub enum Component {
     Wipe,
     Loader,
     Drill,
+    Monitoring,
 }
 
 impl Component {
@@ -52,6 +53,7 @@ impl Component {
             Component::Wipe => "wipe",
             Component::Loader => "backups-loader",
             Component::Drill => "drill",
+            Component::Monitoring => "monitoring",
         }
     }
 }

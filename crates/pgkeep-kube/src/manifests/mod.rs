@@ -22,6 +22,8 @@ pub use kustomization::Kustomization;
 pub const BASE_DIR: &str = "infra/k8s/base/postgres";
 pub const OVERLAY_DIR: &str = "infra/k8s/overlays/dev";
 pub const JOBS_DIR: &str = "infra/k8s/overlays/dev/jobs";
+/// The optional overlay for the Prometheus operator (PrometheusRule, PodMonitor).
+pub const OPERATOR_DIR: &str = "infra/k8s/overlays/prometheus-operator";
 /// Not Kubernetes objects: the Prometheus rules file, for Prometheus's `rule_files`.
 pub const PROMETHEUS_DIR: &str = "infra/prometheus";
 
@@ -42,6 +44,8 @@ pub enum Object {
     Kustomization(Kustomization),
     /// A Prometheus rule file (not a Kubernetes object).
     PrometheusRules(monitoring::RuleFile),
+    PrometheusRule(monitoring::PrometheusRule),
+    PodMonitor(monitoring::PodMonitor),
 }
 
 impl Object {
@@ -59,6 +63,8 @@ impl Object {
             Object::RoleBinding(_) => "RoleBinding",
             Object::Kustomization(_) => "Kustomization",
             Object::PrometheusRules(_) => "PrometheusRules",
+            Object::PrometheusRule(_) => "PrometheusRule",
+            Object::PodMonitor(_) => "PodMonitor",
         }
     }
 
@@ -80,6 +86,8 @@ impl Object {
             Object::RoleBinding(o) => v(o),
             Object::Kustomization(o) => v(o),
             Object::PrometheusRules(o) => v(o),
+            Object::PrometheusRule(o) => v(o),
+            Object::PodMonitor(o) => v(o),
         }
     }
 
@@ -180,6 +188,8 @@ pub mod files {
     pub const RESTORE_FROM_UPLOAD: &str = "restore-from-upload.yaml";
     pub const LOADER: &str = "backups-loader.yaml";
     pub const RULES: &str = "pgkeep-rules.yaml";
+    pub const PROMETHEUS_RULE: &str = "prometheusrule.yaml";
+    pub const POD_MONITOR: &str = "podmonitor.yaml";
 }
 
 /// Render the whole stack for these settings.
@@ -328,6 +338,31 @@ pub fn render(s: &Settings) -> Tree {
                 "under `rule_files`. Each alert is explained in pgkeep's README, \"Running unattended\".",
             ],
             vec![Object::PrometheusRules(monitoring::rules(s))],
+        ),
+        File::new(
+            OPERATOR_DIR,
+            KUSTOMIZATION,
+            &[
+                "Optional: the base plus the same alerts as a PrometheusRule and a PodMonitor for the",
+                "Prometheus operator (its CRDs must be installed; its ruleSelector and podMonitorSelector",
+                "must match these objects' labels). Apply with `kubectl apply -k` instead of the dev overlay.",
+            ],
+            vec![Object::Kustomization(Kustomization::new(
+                ns,
+                &["../../base/postgres", PROMETHEUS_RULE, POD_MONITOR],
+            ))],
+        ),
+        File::new(
+            OPERATOR_DIR,
+            PROMETHEUS_RULE,
+            &["The alerts of infra/prometheus/pgkeep-rules.yaml, for the Prometheus operator."],
+            vec![Object::PrometheusRule(monitoring::prometheus_rule(s))],
+        ),
+        File::new(
+            OPERATOR_DIR,
+            POD_MONITOR,
+            &["Scrapes `pgkeep metrics` on the db pod's `metrics` port."],
+            vec![Object::PodMonitor(monitoring::pod_monitor(s))],
         ),
     ];
     Tree { files }

@@ -6,12 +6,92 @@
 //! Typed (serde, unknown fields refused) so the snapshot round-trips through the type like the
 //! Kubernetes objects do; `promtool check rules` and `promtool test rules` validate it in
 //! `crates/pgkeep/tests/rules.rs`.
+//!
+//! For the Prometheus operator, the optional overlay `infra/k8s/overlays/prometheus-operator`
+//! holds the same rules as a `PrometheusRule` and a `PodMonitor` scraping the db pod's
+//! `metrics` port ([`prometheus_rule`], [`pod_monitor`]).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use pgkeep_engine::observe;
 use pgkeep_engine::settings::Settings;
 use serde::{Deserialize, Serialize};
+
+use super::common::{Component, db_selector, meta};
+
+/// The operator's API group and version.
+pub const OPERATOR_API: &str = "monitoring.coreos.com/v1";
+
+/// `monitoring.coreos.com/v1` PrometheusRule: the rule file as a custom resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusRule {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: RuleFile,
+}
+
+/// `monitoring.coreos.com/v1` PodMonitor (the subset pgkeep writes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodMonitor {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PodMonitorSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodMonitorSpec {
+    pub selector: LabelSelector,
+    pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodMetricsEndpoint {
+    pub port: String,
+    pub path: String,
+    pub interval: String,
+}
+
+/// The object name of both operator resources.
+pub fn operator_name(s: &Settings) -> String {
+    format!("{}-pgkeep", s.kube.deployment)
+}
+
+/// [`rules`] as a PrometheusRule.
+pub fn prometheus_rule(s: &Settings) -> PrometheusRule {
+    PrometheusRule {
+        api_version: OPERATOR_API.to_owned(),
+        kind: "PrometheusRule".to_owned(),
+        metadata: meta(s, &operator_name(s), Component::Monitoring),
+        spec: rules(s),
+    }
+}
+
+/// A PodMonitor scraping `/metrics` on the db pod's `metrics` port every 30 seconds.
+pub fn pod_monitor(s: &Settings) -> PodMonitor {
+    PodMonitor {
+        api_version: OPERATOR_API.to_owned(),
+        kind: "PodMonitor".to_owned(),
+        metadata: meta(s, &operator_name(s), Component::Monitoring),
+        spec: PodMonitorSpec {
+            selector: LabelSelector {
+                match_labels: Some(db_selector(s)),
+                ..Default::default()
+            },
+            pod_metrics_endpoints: vec![PodMetricsEndpoint {
+                port: super::deployment::METRICS_CONTAINER.to_owned(),
+                path: "/metrics".to_owned(),
+                interval: "30s".to_owned(),
+            }],
+        },
+    }
+}
 
 /// A Prometheus rule file (`groups:`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +283,19 @@ pub fn rules(s: &Settings) -> RuleFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_monitor_selects_the_db_pod_and_its_metrics_port() {
+        let s = Settings::default();
+        let m = pod_monitor(&s);
+        let pod_labels = super::super::common::labels(&s, Component::Database);
+        for (k, v) in m.spec.selector.match_labels.as_ref().unwrap() {
+            assert_eq!(pod_labels.get(k), Some(v), "{k}");
+        }
+        assert_eq!(m.spec.pod_metrics_endpoints[0].port, "metrics");
+        assert_eq!(m.metadata.namespace.as_deref(), Some("record-platform"));
+        assert_eq!(prometheus_rule(&s).spec, rules(&s));
+    }
 
     #[test]
     fn every_alert_the_issue_asks_for_is_there() {

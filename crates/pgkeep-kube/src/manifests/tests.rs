@@ -66,6 +66,12 @@ fn every_object_round_trips_through_its_type() {
                 Object::PrometheusRules(_) => {
                     round_trip::<super::monitoring::RuleFile>(&f.path, i, doc)
                 }
+                Object::PrometheusRule(_) => {
+                    round_trip::<super::monitoring::PrometheusRule>(&f.path, i, doc)
+                }
+                Object::PodMonitor(_) => {
+                    round_trip::<super::monitoring::PodMonitor>(&f.path, i, doc)
+                }
             };
             assert_eq!(
                 back, expected,
@@ -75,7 +81,7 @@ fn every_object_round_trips_through_its_type() {
             kinds.insert(obj.kind());
         }
     }
-    assert_eq!(kinds.len(), 12, "every kind is exercised: {kinds:?}");
+    assert_eq!(kinds.len(), 14, "every kind is exercised: {kinds:?}");
 }
 
 #[test]
