@@ -357,6 +357,24 @@ pub fn archiver_verdict(
 }
 
 impl Db {
+    /// What the server occupies on the data volume by its own account: every database plus
+    /// pg_wal (the forecast's stand-in where the data volume is not mounted).
+    pub async fn footprint(&self) -> Result<u64, DbError> {
+        let r = self
+            .client()
+            .query_one(
+                "select ((select coalesce(sum(pg_database_size(oid)), 0) from pg_database) \
+                 + (select coalesce(sum(size), 0) from pg_ls_waldir()))::int8",
+                &[],
+            )
+            .await
+            .map_err(|e| DbError::Query {
+                what: "reading database and pg_wal sizes",
+                message: e.to_string(),
+            })?;
+        Ok(r.get::<_, i64>(0).max(0) as u64)
+    }
+
     pub async fn archiver_status(&self) -> Result<ArchiverStatus, DbError> {
         let r = self
             .client()

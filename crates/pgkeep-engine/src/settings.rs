@@ -146,6 +146,9 @@ pub struct Pvcs {
 pub struct Schedule {
     pub logical: String,
     pub physical: String,
+    /// The weekly restore drill (`pgkeep drill`): by default three hours after the weekly
+    /// physical backup, in the same time zone.
+    pub drill: String,
     pub timezone: String,
 }
 
@@ -250,6 +253,7 @@ impl Default for Settings {
             schedule: Schedule {
                 logical: "0 6 * * *".into(),
                 physical: "20 6 * * 0".into(),
+                drill: "20 9 * * 0".into(),
                 timezone: "America/New_York".into(),
             },
             retention: Retention {

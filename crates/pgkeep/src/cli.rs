@@ -160,6 +160,8 @@ pub enum Command {
     Lint(commands::lint::Args),
     /// Server, archiver and backup health at a glance.
     Status(commands::status::Args),
+    /// Prometheus metrics: backups, drills, WAL archiving, volumes (stdout, or served with --listen).
+    Metrics(commands::metrics::Args),
     /// The backup repository.
     #[command(subcommand)]
     Backups(BackupsCommand),

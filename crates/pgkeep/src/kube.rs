@@ -406,6 +406,35 @@ pub async fn run_local_in_db(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
     pass_through(out, args, "the db pod")
 }
 
+/// Like [`run_local_in_db`], in another container of the db pod (the `metrics` container, which
+/// mounts the backups volume as well).
+pub async fn run_local_in_container(
+    ctx: &Ctx,
+    container: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let (cluster, _) = connect(ctx).await?;
+    let s = ctx.settings();
+    let exec = pgkeep_kube::ops::exec::KubeExec {
+        cluster: cluster.clone(),
+    };
+    let out = pgkeep_kube::ops::flows::exec_in_db(
+        &cluster,
+        &s.kube.app,
+        container,
+        &exec,
+        local_command(args),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "running `pgkeep {}` in the db pod's {container} container",
+            args.join(" ")
+        )
+    })?;
+    pass_through(out, args, "the db pod")
+}
+
 /// Like [`run_local_in_db`], in the backups-loader pod (the one long-running pod that mounts
 /// the backups volume), which is created first when missing and left running.
 pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
@@ -503,7 +532,14 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["ConfigMap", "Deployment", "Service", "CronJob", "CronJob"]
+            [
+                "ConfigMap",
+                "Deployment",
+                "Service",
+                "CronJob",
+                "CronJob",
+                "CronJob"
+            ]
         );
         let pvcs: Vec<String> = base_pvcs(&s)
             .iter()

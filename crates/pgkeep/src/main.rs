@@ -9,6 +9,7 @@ mod commands;
 mod exit;
 mod kube;
 mod output;
+mod record;
 
 use std::process::ExitCode;
 

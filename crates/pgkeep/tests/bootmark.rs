@@ -20,6 +20,20 @@ fn pgkeep(c: &TempCluster) -> Command {
     cmd
 }
 
+/// Output of `pgkeep status`, which exits 1 here: the site is not healthy (no restore drill is
+/// recorded, among others), and says so.
+fn unhealthy(out: Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "status should exit 1:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -142,7 +156,7 @@ fn a_bootstrap_killed_after_emptying_pgdata_leaves_the_marker_and_a_finished_one
     assert!(marker.is_file(), "the killed bootstrap left its marker");
     assert!(!c.pgdata().join("PG_VERSION").exists());
 
-    let status = ok(pgkeep(&c).args(["status"]).output().unwrap());
+    let status = unhealthy(pgkeep(&c).args(["status"]).output().unwrap());
     assert!(status.contains("UNFINISHED"), "{status}");
     let perms: serde_json::Value = serde_json::from_str(&ok(pgkeep(&c)
         .args(["debug", "perms", "--json"])

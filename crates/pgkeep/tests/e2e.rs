@@ -601,11 +601,31 @@ fn seed_flows_in_order() {
     ] {
         assert!(out.contains(want), "space shows {want}: {out}");
     }
-    let out = site.pgkeep_ok("status", &["status"]);
+    // Backups and a drill have run (their records are on the backups volume, read by the
+    // metrics container): healthy, exit 0. The hostPath volumes share this machine's disk, so
+    // the free-space floor is lowered here.
+    let out = site.pgkeep("status", &["status", "--min-free-percent", "0"]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "status: {all}");
     assert!(
-        out.contains("server:      up") && out.contains("primary"),
-        "status: {out}"
+        all.contains("server:      up")
+            && all.contains("primary")
+            && all.contains("health:      ok"),
+        "status: {all}"
     );
+    // The metrics container's exposition shows the backups and the drill.
+    let m = site.pgkeep_ok("metrics (metrics container)", &["metrics"]);
+    for want in [
+        "pgkeep_up 1.0",
+        "pgkeep_backup_last_success_timestamp_seconds{kind=\"logical\"}",
+        "pgkeep_backup_last_success_timestamp_seconds{kind=\"physical\"}",
+        "pgkeep_drill_last_result 1.0",
+        "pgkeep_volume_free_bytes{volume=\"backups\"}",
+    ] {
+        assert!(m.contains(want), "metrics lack {want}: {m}");
+    }
+    // The drill CronJob was deployed with the base.
+    kubectl_ok(&["-n", &site.ns, "get", "cronjob", "postgres-drill"]);
 
     // --- pvc ensure against bound claims whose desired size differs: reported, not patched.
     let cfg = std::fs::read_to_string(site.config()).unwrap();

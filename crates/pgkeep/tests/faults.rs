@@ -182,17 +182,20 @@ fn remove_published(dir: &Path, prefix: &str) {
 }
 
 /// Directory entries less the verification results retention remembers (`.pgkeep-verified.json`).
+/// The names without the verification catalog and the result records' directory (every backup
+/// run, whatever its outcome, leaves a record there).
 fn without_catalog(names: Vec<String>) -> Vec<String> {
     names
         .into_iter()
-        .filter(|n| n != pgkeep_engine::catalog::VERIFIED_FILE)
+        .filter(|n| n != pgkeep_engine::catalog::VERIFIED_FILE && n != pgkeep_engine::results::DIR)
         .collect()
 }
 
+/// The names that are not hidden, without the result records' directory.
 fn hidden_only(dir: &Path) -> Vec<String> {
     file_names(dir)
         .into_iter()
-        .filter(|n| !n.starts_with('.'))
+        .filter(|n| !n.starts_with('.') && n != pgkeep_engine::results::DIR)
         .collect()
 }
 

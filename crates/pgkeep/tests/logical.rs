@@ -6,7 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, file_names, output_text};
+use pgkeep_testkit::{TempCluster, output_text};
+
+/// The backups directory's names, without the result records' directory (every backup run
+/// leaves a record there; tests/unattended.rs checks them).
+fn file_names(dir: &Path) -> Vec<String> {
+    pgkeep_testkit::file_names(dir)
+        .into_iter()
+        .filter(|n| n != pgkeep_engine::results::DIR)
+        .collect()
+}
 
 /// What breaks dump/restore: roles with passwords and memberships, grants, contrib extensions,
 /// quoted mixed-case and non-ASCII schema names, a partitioned table, a materialized view on a

@@ -24,6 +24,20 @@ fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Output of `pgkeep status`, which exits 1 here: the site is not healthy (no restore drill is
+/// recorded, among others), and says so.
+fn unhealthy(out: Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "status should exit 1:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -594,7 +608,7 @@ fn space_and_status_report_the_site() {
     assert!(text.contains("Largest tables in records"), "{text}");
 
     let status: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["status", "--json"]))).unwrap();
+        serde_json::from_str(&unhealthy(pgkeep(&c, &["status", "--json"]))).unwrap();
     assert_eq!(status["server"]["up"], true);
     assert_eq!(status["server"]["in_recovery"], false);
     assert_eq!(status["archiver"]["verdict"], "ok", "{status}");
@@ -603,10 +617,10 @@ fn space_and_status_report_the_site() {
 
     c.stop();
     let status: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["status", "--json"]))).unwrap();
+        serde_json::from_str(&unhealthy(pgkeep(&c, &["status", "--json"]))).unwrap();
     assert_eq!(status["server"]["up"], false);
     assert!(status["wal_archive"]["files"].as_u64().unwrap() >= 1);
-    let text = ok(pgkeep(&c, &["status"]));
+    let text = unhealthy(pgkeep(&c, &["status"]));
     assert!(text.contains("DOWN"), "{text}");
 }
 

@@ -1,5 +1,6 @@
 //! The backup CronJobs (batch/v1): nightly `pgkeep backup logical` and weekly
-//! `pgkeep backup physical`, on the settings' schedules in the settings' time zone.
+//! `pgkeep backup physical`, and the weekly restore drill (`pgkeep drill`), on the settings'
+//! schedules in the settings' time zone.
 //!
 //! Kubernetes 1.20 (the e2e cluster) serves CronJob only as batch/v1beta1 and has no
 //! `timeZone` (1.25+). The API layer, not this module, adapts: on a server older than 1.21 it
@@ -27,6 +28,10 @@ pub fn logical_name(s: &Settings) -> String {
 
 pub fn physical_name(s: &Settings) -> String {
     format!("{}-backup-physical", s.kube.deployment)
+}
+
+pub fn drill_name(s: &Settings) -> String {
+    format!("{}-drill", s.kube.deployment)
 }
 
 /// A pod spec for a one-shot pgkeep container connecting to the database through the Service.
@@ -133,6 +138,20 @@ pub fn physical_cronjob(s: &Settings) -> CronJob {
     )
 }
 
+/// Weekly restore drill (`pgkeep drill`), a few hours after the physical backup: the same pod
+/// as the physical backup's (backups volume for the bundles, its scratch directory and its
+/// result record; the WAL archive for the replay), running `drill`.
+pub fn drill_cronjob(s: &Settings) -> CronJob {
+    let pod = client_pod(
+        s,
+        "drill",
+        &["drill"],
+        vec![backups_mount(s), wal_mount(s)],
+        vec![backups_volume(s), wal_volume(s)],
+    );
+    cron(s, drill_name(s), Component::Drill, &s.schedule.drill, pod)
+}
+
 /// A Job created from a CronJob's template (what `kubectl create job --from=cronjob/...` does).
 pub fn job_from_cronjob(cron: &CronJob, name: &str) -> Job {
     let spec = cron.spec.as_ref().expect("rendered CronJobs have a spec");
@@ -211,6 +230,17 @@ mod tests {
             );
         }
         assert!(mount_paths(&pod(&physical_cronjob(&s))).contains(&"/wal-archive".to_owned()));
+        // The drill: Sunday, three hours after the physical backup, same zone, both volumes.
+        let d = drill_cronjob(&s);
+        let spec = d.spec.clone().unwrap();
+        assert_eq!(spec.schedule, "20 9 * * 0");
+        assert_eq!(spec.time_zone.as_deref(), Some("America/New_York"));
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        assert_eq!(pod(&d).containers[0].args.as_deref().unwrap(), ["drill"]);
+        let paths = mount_paths(&pod(&d));
+        assert!(
+            paths.contains(&"/backups".to_owned()) && paths.contains(&"/wal-archive".to_owned())
+        );
         assert!(!mount_paths(&pod(&logical_cronjob(&s))).contains(&"/wal-archive".to_owned()));
     }
 

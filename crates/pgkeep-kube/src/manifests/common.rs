@@ -44,6 +44,8 @@ pub enum Component {
     Bootstrap,
     Wipe,
     Loader,
+    Drill,
+    Monitoring,
 }
 
 impl Component {
@@ -57,6 +59,8 @@ impl Component {
             Component::Bootstrap => "bootstrap",
             Component::Wipe => "wipe",
             Component::Loader => "backups-loader",
+            Component::Drill => "drill",
+            Component::Monitoring => "monitoring",
         }
     }
 }
@@ -323,6 +327,12 @@ pub fn settings_volume(s: &Settings) -> Volume {
         }),
         ..Default::default()
     }
+}
+
+/// `m`, read-only (what the metrics container reports on it only reads).
+pub fn read_only(mut m: VolumeMount) -> VolumeMount {
+    m.read_only = Some(true);
+    m
 }
 
 fn mount(name: &str, path: impl std::fmt::Display, read_only: bool) -> VolumeMount {

@@ -3,7 +3,9 @@
 //! Pod layout, from the seed's "Root-Squash" section made safe: `fix-run` (root, CAP_CHOWN and
 //! CAP_FOWNER only, no persistent volume) prepares the socket emptyDir 999:999 0775; `prep-dirs`
 //! (uid 999) runs the mount guard and makes PGDATA 0700; `db` (uid 999) runs `pgkeep serve`. The
-//! data volume is mounted ONLY at the volume root, PGDATA is its `data` subdirectory.
+//! data volume is mounted ONLY at the volume root, PGDATA is its `data` subdirectory. `metrics`
+//! (uid 999) serves `pgkeep metrics` on port 9187 (named `metrics`), with read-only mounts of
+//! the three volumes and the socket directory it reports on.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,11 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 120;
 
 /// The port's name on the container, used by the Service.
 pub const PORT_NAME: &str = "postgres";
+
+/// The db pod's container serving `/metrics` (`pgkeep metrics --listen`).
+pub const METRICS_CONTAINER: &str = "metrics";
+/// Its port, named `metrics`.
+pub const METRICS_PORT: u16 = 9187;
 
 fn pg_isready(s: &Settings) -> ExecAction {
     ExecAction {
@@ -51,6 +58,46 @@ fn probe(s: &Settings, period: i32, timeout: i32, failures: i32) -> Probe {
         failure_threshold: Some(failures),
         ..Default::default()
     }
+}
+
+/// `pgkeep metrics --listen 0.0.0.0:9187`: reads PostgreSQL over the socket, pg_wal's
+/// archive_status, the WAL archive, the backups volume (bundles and result records) and statvfs
+/// of each; writes nothing, so every mount is read-only.
+fn metrics_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
+    let listen = format!("0.0.0.0:{METRICS_PORT}");
+    let mut e = settings_env(s);
+    e.push(env("PGHOST", s.paths.run_dir.display()));
+    e.push(env("PGKEEP_WAL_ARCHIVE_TIMEOUT", s.wal.archive_timeout));
+    let mut c = pgkeep_container(
+        s,
+        METRICS_CONTAINER,
+        &["metrics", "--listen", &listen],
+        e,
+        vec![
+            read_only(data_mount(s)),
+            read_only(wal_mount(s)),
+            read_only(backups_mount(s)),
+            read_only(run_mount(s)),
+        ],
+    );
+    c.ports = Some(vec![ContainerPort {
+        name: Some(METRICS_CONTAINER.to_owned()),
+        container_port: METRICS_PORT.into(),
+        protocol: Some("TCP".to_owned()),
+        ..Default::default()
+    }]);
+    c.resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("10m".to_owned())),
+            ("memory".to_owned(), Quantity("32Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("128Mi".to_owned()),
+        )])),
+        ..Default::default()
+    });
+    c
 }
 
 /// The pod's containers and volumes.
@@ -114,7 +161,7 @@ pub fn pod_spec(s: &Settings) -> PodSpec {
         security_context: Some(pod_security(s)),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         init_containers: Some(vec![fix_run, prep_dirs]),
-        containers: vec![db],
+        containers: vec![db, metrics_container(s)],
         volumes: Some(vec![
             data_volume(s),
             wal_volume(s),
@@ -122,6 +169,7 @@ pub fn pod_spec(s: &Settings) -> PodSpec {
             tmp_volume(),
             init_volume(s),
             settings_volume(s),
+            backups_volume(s),
         ]),
         ..Default::default()
     }
@@ -212,8 +260,9 @@ mod tests {
         let tl = spec.template.metadata.unwrap().labels.unwrap();
         assert_eq!(tl["app"], "postgres");
         let pod = spec.template.spec.unwrap();
-        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(pod.containers.len(), 2);
         assert_eq!(pod.containers[0].name, "db");
+        assert_eq!(pod.containers[1].name, "metrics");
         assert_eq!(
             pod.containers[0].args.as_deref(),
             Some(&["serve".to_owned()][..])
@@ -374,6 +423,46 @@ mod tests {
         assert_eq!(req["memory"], Quantity("512Mi".into()));
         assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("2Gi".into()));
         assert!(pod.termination_grace_period_seconds.unwrap() >= 60);
+    }
+
+    #[test]
+    fn metrics_container_serves_9187_and_only_reads() {
+        let pod = pod_spec(&s());
+        let m = container(&pod, "metrics");
+        assert_eq!(m.image, Some(s().kube.image));
+        assert_eq!(
+            m.args.as_deref().unwrap(),
+            ["metrics", "--listen", "0.0.0.0:9187"]
+        );
+        let port = &m.ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("metrics"), 9187)
+        );
+        let mounts: Vec<_> = m.volume_mounts.iter().flatten().collect();
+        let paths: Vec<&str> = mounts.iter().map(|v| v.mount_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/var/lib/postgresql",
+                "/wal-archive",
+                "/backups",
+                "/var/run/postgresql",
+                "/etc/pgkeep"
+            ]
+        );
+        assert!(
+            mounts.iter().all(|v| v.read_only == Some(true)),
+            "{mounts:?}"
+        );
+        let sc = m.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_user, Some(999));
+        let env = m.env.as_ref().unwrap();
+        assert!(
+            !env.iter().any(|e| e.name.contains("PASSWORD")),
+            "the metrics container needs no password (peer over the socket)"
+        );
     }
 
     #[test]

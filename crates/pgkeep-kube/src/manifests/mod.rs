@@ -8,6 +8,7 @@ pub mod config;
 pub mod deployment;
 pub mod jobs;
 pub mod kustomization;
+pub mod monitoring;
 pub mod storage;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,10 @@ pub use kustomization::Kustomization;
 pub const BASE_DIR: &str = "infra/k8s/base/postgres";
 pub const OVERLAY_DIR: &str = "infra/k8s/overlays/dev";
 pub const JOBS_DIR: &str = "infra/k8s/overlays/dev/jobs";
+/// The optional overlay for the Prometheus operator (PrometheusRule, PodMonitor).
+pub const OPERATOR_DIR: &str = "infra/k8s/overlays/prometheus-operator";
+/// Not Kubernetes objects: the Prometheus rules file, for Prometheus's `rule_files`.
+pub const PROMETHEUS_DIR: &str = "infra/prometheus";
 
 /// One rendered object, typed. (Not boxed: a render holds a handful of them.)
 #[allow(clippy::large_enum_variant)]
@@ -39,6 +44,10 @@ pub enum Object {
     Role(k8s_openapi::api::rbac::v1::Role),
     RoleBinding(k8s_openapi::api::rbac::v1::RoleBinding),
     Kustomization(Kustomization),
+    /// A Prometheus rule file (not a Kubernetes object).
+    PrometheusRules(monitoring::RuleFile),
+    PrometheusRule(monitoring::PrometheusRule),
+    PodMonitor(monitoring::PodMonitor),
 }
 
 impl Object {
@@ -56,6 +65,9 @@ impl Object {
             Object::Role(_) => "Role",
             Object::RoleBinding(_) => "RoleBinding",
             Object::Kustomization(_) => "Kustomization",
+            Object::PrometheusRules(_) => "PrometheusRules",
+            Object::PrometheusRule(_) => "PrometheusRule",
+            Object::PodMonitor(_) => "PodMonitor",
         }
     }
 
@@ -77,6 +89,9 @@ impl Object {
             Object::Role(o) => v(o),
             Object::RoleBinding(o) => v(o),
             Object::Kustomization(o) => v(o),
+            Object::PrometheusRules(o) => v(o),
+            Object::PrometheusRule(o) => v(o),
+            Object::PodMonitor(o) => v(o),
         }
     }
 
@@ -169,6 +184,7 @@ pub mod files {
     pub const SERVICE: &str = "service.yaml";
     pub const CRON_LOGICAL: &str = "cronjob-backup-logical.yaml";
     pub const CRON_PHYSICAL: &str = "cronjob-backup-physical.yaml";
+    pub const CRON_DRILL: &str = "cronjob-drill.yaml";
     pub const KUSTOMIZATION: &str = "kustomization.yaml";
     pub const RESTORE_FROM_DUMP: &str = "restore-from-dump.yaml";
     pub const BOOTSTRAP: &str = "bootstrap-from-basebackup.yaml";
@@ -176,6 +192,9 @@ pub mod files {
     pub const WIPE: &str = "pgdata-wipe-full.yaml";
     pub const RESTORE_FROM_UPLOAD: &str = "restore-from-upload.yaml";
     pub const LOADER: &str = "backups-loader.yaml";
+    pub const RULES: &str = "pgkeep-rules.yaml";
+    pub const PROMETHEUS_RULE: &str = "prometheusrule.yaml";
+    pub const POD_MONITOR: &str = "podmonitor.yaml";
 }
 
 /// Render the whole stack for these settings.
@@ -247,11 +266,24 @@ pub fn render(s: &Settings) -> Tree {
         ),
         File::new(
             BASE_DIR,
+            CRON_DRILL,
+            &[],
+            vec![Object::CronJob(backup::drill_cronjob(s))],
+        ),
+        File::new(
+            BASE_DIR,
             KUSTOMIZATION,
             &["PVCs and the Secret are deliberately not listed (see their files)."],
             vec![Object::Kustomization(Kustomization::new(
                 ns,
-                &[SETTINGS, DEPLOY, SERVICE, CRON_LOGICAL, CRON_PHYSICAL],
+                &[
+                    SETTINGS,
+                    DEPLOY,
+                    SERVICE,
+                    CRON_LOGICAL,
+                    CRON_PHYSICAL,
+                    CRON_DRILL,
+                ],
             ))],
         ),
         File::new(
@@ -316,6 +348,40 @@ pub fn render(s: &Settings) -> Tree {
             &["pgkeep loader up --kube / pgkeep loader down --kube"],
             vec![Object::Pod(jobs::backups_loader(s))],
         ),
+        File::new(
+            PROMETHEUS_DIR,
+            RULES,
+            &[
+                "Prometheus alerting rules on `pgkeep metrics` (the db pod's `metrics` port): list this file",
+                "under `rule_files`. Each alert is explained in pgkeep's README, \"Running unattended\".",
+            ],
+            vec![Object::PrometheusRules(monitoring::rules(s))],
+        ),
+        File::new(
+            OPERATOR_DIR,
+            KUSTOMIZATION,
+            &[
+                "Optional: the base plus the same alerts as a PrometheusRule and a PodMonitor for the",
+                "Prometheus operator (its CRDs must be installed; its ruleSelector and podMonitorSelector",
+                "must match these objects' labels). Apply with `kubectl apply -k` instead of the dev overlay.",
+            ],
+            vec![Object::Kustomization(Kustomization::new(
+                ns,
+                &["../../base/postgres", PROMETHEUS_RULE, POD_MONITOR],
+            ))],
+        ),
+        File::new(
+            OPERATOR_DIR,
+            PROMETHEUS_RULE,
+            &["The alerts of infra/prometheus/pgkeep-rules.yaml, for the Prometheus operator."],
+            vec![Object::PrometheusRule(monitoring::prometheus_rule(s))],
+        ),
+        File::new(
+            OPERATOR_DIR,
+            POD_MONITOR,
+            &["Scrapes `pgkeep metrics` on the db pod's `metrics` port."],
+            vec![Object::PodMonitor(monitoring::pod_monitor(s))],
+        ),
     ];
     Tree { files }
 }
@@ -329,10 +395,19 @@ impl Tree {
             .collect()
     }
 
-    /// All documents as one multi-document stream (for stdout).
+    /// All Kubernetes documents as one multi-document stream (for stdout, e.g. into `kubectl
+    /// apply -f -`); files that hold no Kubernetes object (the Prometheus rules) are only
+    /// written with `--out`.
     pub fn to_stream(&self) -> Result<String, YamlError> {
         let mut out = String::new();
-        for (path, text) in self.texts()? {
+        for f in &self.files {
+            if f.objects
+                .iter()
+                .any(|o| matches!(o, Object::PrometheusRules(_)))
+            {
+                continue;
+            }
+            let (path, text) = (f.path.clone(), f.to_yaml()?);
             out.push_str(&format!("# Source: {path}\n"));
             out.push_str(&text);
         }

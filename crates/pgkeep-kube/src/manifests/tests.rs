@@ -66,6 +66,15 @@ fn every_object_round_trips_through_its_type() {
                 Object::Role(_) => round_trip::<Role>(&f.path, i, doc),
                 Object::RoleBinding(_) => round_trip::<RoleBinding>(&f.path, i, doc),
                 Object::Kustomization(_) => round_trip::<Kustomization>(&f.path, i, doc),
+                Object::PrometheusRules(_) => {
+                    round_trip::<super::monitoring::RuleFile>(&f.path, i, doc)
+                }
+                Object::PrometheusRule(_) => {
+                    round_trip::<super::monitoring::PrometheusRule>(&f.path, i, doc)
+                }
+                Object::PodMonitor(_) => {
+                    round_trip::<super::monitoring::PodMonitor>(&f.path, i, doc)
+                }
             };
             assert_eq!(
                 back, expected,
@@ -75,7 +84,7 @@ fn every_object_round_trips_through_its_type() {
             kinds.insert(obj.kind());
         }
     }
-    assert_eq!(kinds.len(), 12, "every kind is exercised: {kinds:?}");
+    assert_eq!(kinds.len(), 15, "every kind is exercised: {kinds:?}");
 }
 
 #[test]
@@ -152,7 +161,7 @@ fn every_object_is_in_the_namespace_and_every_pod_is_hardened() {
     let s = Settings::default();
     for (f, o) in tree().objects() {
         let v = o.to_value();
-        if !matches!(o, Object::Kustomization(_)) {
+        if !matches!(o, Object::Kustomization(_) | Object::PrometheusRules(_)) {
             assert_eq!(v["metadata"]["namespace"], "record-platform", "{}", f.path);
         }
         let Some(pod) = o.pod_spec() else { continue };

@@ -1,7 +1,7 @@
 //! `pgkeep backup logical`: the nightly logical bundle `nightly-YYYYMMDD-HHMM.tar.gz` (what the
 //! nightly CronJob runs), then retention as `backups prune` applies it (unless `--no-prune`). The
 //! work is [`pgkeep_engine::logical::LogicalBackup`]; this file turns settings into its inputs
-//! and shows progress and the result.
+//! and shows progress and the result, and leaves a result record (`crate::record`) either way.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +11,10 @@ use pgkeep_engine::logical::{self, LogicalBackup, Progress};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
 
+use pgkeep_engine::results::RunKind;
+
 use crate::cli::Ctx;
+use crate::record::Produced;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,6 +72,18 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         let cron = pgkeep_kube::manifests::backup::logical_name(ctx.settings());
         return crate::kube::run_cronjob(&ctx, &cron).await;
     }
+    let start = jiff::Timestamp::now();
+    let result = backup(&args, &ctx).await;
+    crate::record::leave(&ctx, RunKind::Logical, start, &result).await;
+    result?;
+    if !args.no_prune {
+        super::backups_prune::after_backup(&ctx).await?;
+    }
+    Ok(())
+}
+
+/// The backup itself; its result record is written whatever happens here.
+async fn backup(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     let s = ctx.settings();
     let backup = LogicalBackup {
         pg: PgBin::locate()?,
@@ -89,8 +104,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             report.duration_secs
         );
     }
-    if !args.no_prune {
-        super::backups_prune::after_backup(&ctx).await?;
-    }
-    Ok(())
+    Ok(Produced {
+        size: Some(report.size),
+        bundle: Some(report.name),
+    })
 }

@@ -2,7 +2,8 @@
 //! (UTC) in the backups directory: pg_basebackup with a fast checkpoint and the WAL needed for
 //! consistency, its backup_manifest, and MANIFEST.json. Written atomically, 0600; a progress bar
 //! on a terminal. The engine's `physical::take` does the work. Then retention as `backups prune`
-//! applies it, WAL included (unless `--no-prune`).
+//! applies it, WAL included (unless `--no-prune`). A result record (`crate::record`) is left
+//! either way.
 
 use pgkeep_engine::bundle::Level;
 use pgkeep_engine::db::ConnParams;
@@ -10,7 +11,10 @@ use pgkeep_engine::physical::{self, BackupRequest};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
 
+use pgkeep_engine::results::RunKind;
+
 use crate::cli::Ctx;
+use crate::record::Produced;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compress {
@@ -40,6 +44,18 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
         return crate::kube::run_cronjob(&ctx, &cron).await;
     }
+    let start = jiff::Timestamp::now();
+    let result = backup(&args, &ctx).await;
+    crate::record::leave(&ctx, RunKind::Physical, start, &result).await;
+    result?;
+    if !args.no_prune {
+        super::backups_prune::after_backup(&ctx).await?;
+    }
+    Ok(())
+}
+
+/// The backup itself; its result record is written whatever happens here.
+async fn backup(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     let s = ctx.settings();
     let pg = PgBin::locate()?;
     let conn = ConnParams::from_settings(s);
@@ -79,8 +95,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             report.seconds
         );
     }
-    if !args.no_prune {
-        super::backups_prune::after_backup(&ctx).await?;
-    }
-    Ok(())
+    Ok(Produced {
+        size: Some(report.size),
+        bundle: Some(report.name),
+    })
 }

@@ -1,6 +1,7 @@
 //! `pgkeep drill`: restore the newest backups into throwaway servers in a scratch directory and
 //! check them, without touching the live cluster, the WAL archive or the backups (the engine's
-//! `drill` module does the work). Exits 0 when every drill that ran passed, 1 when one failed.
+//! `drill` module does the work); the one thing it writes is its result record in `results/`
+//! on the backups volume (`crate::record`). Exits 0 when every drill that ran passed, 1 when one failed.
 //!
 //! `--kube` runs the same drill as a one-off Job made from the physical backup CronJob, which
 //! mounts the backups volume and the WAL archive, and follows its log.
@@ -14,8 +15,11 @@ use pgkeep_engine::logical;
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
 
+use pgkeep_engine::results::RunKind;
+
 use crate::cli::Ctx;
 use crate::commands::backup_logical::BarProgress;
+use crate::record::Produced;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,6 +47,14 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         return drill_kube(&args, &ctx).await;
     }
+    let start = jiff::Timestamp::now();
+    let result = drill_local(&args, &ctx).await;
+    crate::record::leave(&ctx, RunKind::Drill, start, &result).await;
+    result.map(|_| ())
+}
+
+/// The drill here; its result record is written whatever happens.
+async fn drill_local(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     let s = ctx.settings();
     let req = DrillRequest {
         pg: PgBin::locate()?,
@@ -66,9 +78,16 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&report));
     }
+    let bundles: Vec<&str> = report
+        .outcomes()
+        .filter_map(|o| o.bundle.as_deref())
+        .collect();
     let failures = report.failures();
     if failures.is_empty() {
-        return Ok(());
+        return Ok(Produced {
+            size: None,
+            bundle: (!bundles.is_empty()).then(|| bundles.join(", ")),
+        });
     }
     let mut msg = String::new();
     for (which, why) in &failures {

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod drill;
 pub mod lint;
 pub mod loader;
+pub mod metrics;
 pub mod prep_dirs;
 pub mod pvc_ensure;
 pub mod receive;
@@ -60,6 +61,7 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Render(a) => render::run(a, ctx).await,
         Command::Lint(a) => lint::run(a, ctx).await,
         Command::Status(a) => status::run(a, ctx).await,
+        Command::Metrics(a) => metrics::run(a, ctx).await,
         Command::Backups(BackupsCommand::List(a)) => backups_list::run(a, ctx).await,
         Command::Backups(BackupsCommand::Verify(a)) => backups_verify::run(a, ctx).await,
         Command::Backups(BackupsCommand::Prune(a)) => backups_prune::run(a, ctx).await,

@@ -93,6 +93,8 @@ mod tests {
             "bootstrap basebackup --yes --scale-up postgres --scale-up-app postgres",
             "wipe --yes",
             "restore upload $(PGKEEP_UPLOAD_FILE)",
+            "metrics --listen 0.0.0.0:9187",
+            "drill",
         ] {
             assert!(
                 commands.iter().any(|c| c == want),

@@ -1,9 +1,14 @@
 //! `pgkeep space` (make pg.space; the seed's `scripts/pg/space-check.sh`): size, used, available
 //! and percent of the data, WAL-archive and backups volumes (warning at 80%, error line at 90%),
-//! database sizes, the ten largest tables with indexes and TOAST, pg_wal, and the WAL archive.
+//! database sizes, the ten largest tables with indexes and TOAST, pg_wal, and the WAL archive;
+//! and per volume the time until it is full at the growth of the last 7 days (the engine's
+//! `observe` forecast, from the usage samples in the result records).
 
 use pgkeep_engine::db::ConnParams;
-use pgkeep_engine::inspect::{self, Site, human_bytes};
+use std::collections::BTreeMap;
+
+use pgkeep_engine::inspect::{self, Site, human_age, human_bytes};
+use pgkeep_engine::observe;
 use pgkeep_engine::settings::Target;
 
 use crate::cli::Ctx;
@@ -31,8 +36,25 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         backups: &s.paths.backups,
     };
     let r = inspect::space(&site, &ConnParams::from_settings(s)).await;
+    let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
+    // Volume name (as `space` spells it) -> seconds until full, None when not growing.
+    let forecast: BTreeMap<String, Option<f64>> = o
+        .volumes
+        .iter()
+        .filter(|v| v.error.is_none())
+        .map(|v| (v.name.replace('_', "-"), v.forecast_seconds))
+        .collect();
     if args.json {
-        return crate::output::print_json(&r);
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            #[serde(flatten)]
+            space: &'a inspect::SpaceReport,
+            full_forecast_seconds: &'a BTreeMap<String, Option<f64>>,
+        }
+        return crate::output::print_json(&Json {
+            space: &r,
+            full_forecast_seconds: &forecast,
+        });
     }
     println!("== Volumes");
     println!(
@@ -61,6 +83,22 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 human_bytes(v.available),
                 v.percent,
                 v.path.display()
+            ),
+        }
+    }
+    for (name, f) in &forecast {
+        match f {
+            Some(secs) => println!(
+                "{name:<12} full in about {} at the growth of the last 7 days{}",
+                human_age(*secs as i64),
+                if *secs < observe::MIN_FORECAST_SECS {
+                    " (less than 3 days: act now)"
+                } else {
+                    ""
+                }
+            ),
+            None => println!(
+                "{name:<12} no full-volume forecast (not growing, or less than an hour of history in the backup and drill records)"
             ),
         }
     }

@@ -1,9 +1,13 @@
 //! `pgkeep status --local`: server up/down, version, recovery, `pg_stat_archiver` interpreted,
 //! the WAL archive, the newest logical and physical backups with their age, and an unfinished
-//! bootstrap's marker on the data volume.
+//! bootstrap's marker on the data volume; then the health verdict (the engine's `observe`
+//! rules, the same as the alerts): exits 1 with the reasons listed (and in `--json`, under
+//! `health`) when anything is unhealthy, 0 when healthy, so a probe, a cron or CI can use it.
+//! `--kube` runs it in the db pod's `metrics` container, which mounts all three volumes.
 
 use pgkeep_engine::db::ConnParams;
 use pgkeep_engine::inspect::{self, human_age, human_bytes};
+use pgkeep_engine::observe;
 use pgkeep_engine::settings::Target;
 
 use crate::cli::Ctx;
@@ -13,15 +17,35 @@ pub struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// A volume with less free space than this percentage is unhealthy.
+    #[arg(long, default_value_t = observe::MIN_FREE_PERCENT, value_name = "PERCENT")]
+    pub min_free_percent: f64,
+}
+
+/// The verdict in `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Health<'a> {
+    healthy: bool,
+    problems: &'a [observe::Problem],
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Json<'a> {
+    #[serde(flatten)]
+    status: &'a inspect::StatusReport,
+    health: Health<'a>,
+    observation: &'a observe::Observation,
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        let mut a = vec!["status"];
+        let pct = args.min_free_percent.to_string();
+        let mut a = vec!["status", "--min-free-percent", &pct];
         if args.json {
             a.push("--json");
         }
-        return crate::kube::run_local_in_db(&ctx, &a).await;
+        return crate::kube::run_local_in_container(&ctx, super::metrics::METRICS_CONTAINER, &a)
+            .await;
     }
     let s = ctx.settings();
     let r = inspect::status(
@@ -31,9 +55,66 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &s.paths.backups,
     )
     .await;
+    let site = inspect::Site {
+        pgroot: &s.paths.pgroot,
+        pgdata: &s.paths.pgdata,
+        wal_archive: &s.paths.wal_archive,
+        backups: &s.paths.backups,
+    };
+    let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
+    let problems = observe::problems_with(&o, args.min_free_percent);
     if args.json {
-        return crate::output::print_json(&r);
+        crate::output::print_json(&Json {
+            status: &r,
+            health: Health {
+                healthy: problems.is_empty(),
+                problems: &problems,
+            },
+            observation: &o,
+        })?;
+        return verdict(&problems);
     }
+    print_text(&r, &ctx);
+    print_runs(&o);
+    if problems.is_empty() {
+        println!("health:      ok");
+    } else {
+        println!("health:      UNHEALTHY");
+        for p in &problems {
+            println!("  - {}: {}", p.check, p.message);
+        }
+    }
+    verdict(&problems)
+}
+
+fn verdict(problems: &[observe::Problem]) -> anyhow::Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let checks: Vec<&str> = problems.iter().map(|p| p.check).collect();
+    anyhow::bail!(
+        "unhealthy: {}\nhint: the reasons are listed above; `pgkeep status --json` has them under `health`",
+        checks.join(", ")
+    )
+}
+
+fn print_runs(o: &observe::Observation) {
+    for (kind, sum) in &o.runs {
+        let Some(last) = &sum.last else { continue };
+        println!(
+            "last {:<9} {} {} ago{}",
+            format!("{}:", kind.label()),
+            if last.succeeded() { "ok    " } else { "FAILED" },
+            human_age(o.at.as_second() - last.stop.as_second()),
+            last.bundle
+                .as_deref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_text(r: &inspect::StatusReport, ctx: &Ctx) {
     match (&r.server.up, &r.server.version) {
         (true, Some(v)) => println!(
             "server:      up, PostgreSQL {v}{}",
@@ -107,5 +188,4 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             None => println!("{label} none"),
         }
     }
-    Ok(())
 }
