@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod inspect;
 pub mod logical;
 pub mod mountinfo;
+pub mod offsite;
 pub mod physical;
 pub mod postmaster;
 pub mod recovery;

@@ -160,6 +160,9 @@ pub enum Command {
     Drill(commands::drill::Args),
     /// Run the main job on a throwaway local cluster.
     Demo(commands::demo::Args),
+    /// Encrypted copies in S3-compatible object storage.
+    #[command(subcommand)]
+    Offsite(OffsiteCommand),
     /// Settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -226,6 +229,14 @@ pub enum BackupsCommand {
     Verify(commands::backups_verify::Args),
     /// Remove old backups and the WAL no kept backup needs.
     Prune(commands::backups_prune::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OffsiteCommand {
+    /// Write a new age identity (0600) and print its recipient.
+    Keygen(commands::offsite_keygen::Args),
+    /// Upload every bundle and WAL file that is not off-site yet.
+    Sync(commands::offsite_sync::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,6 +309,8 @@ mod tests {
             &["pgkeep", "drill"],
             &["pgkeep", "demo"],
             &["pgkeep", "config", "show"],
+            &["pgkeep", "offsite", "keygen", "--out", "id.txt"],
+            &["pgkeep", "offsite", "sync", "--follow"],
         ] {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
