@@ -70,6 +70,10 @@ pub enum OffsiteError {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "off-site copies are encrypted and no recipient is set (offsite.recipients)\nhint: create a key with `pgkeep offsite keygen --out FILE` and set offsite.recipients (PGKEEP_OFFSITE_RECIPIENTS) to the age1... it prints, or set offsite.encrypt = false to store them unencrypted"
+    )]
+    NoRecipients,
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(
@@ -190,12 +194,6 @@ pub fn check_settings(o: &settings::Offsite) -> Result<(), (&'static str, String
     if rest.split('/').next().unwrap_or("").is_empty() {
         return Err(("offsite.url", format!("{:?} names no bucket", o.url)));
     }
-    if o.encrypt && split_recipients(&o.recipients).next().is_none() {
-        return Err((
-            "offsite.recipients",
-            "off-site copies are encrypted and no recipient is set: create a key with `pgkeep offsite keygen --out FILE` and set offsite.recipients (PGKEEP_OFFSITE_RECIPIENTS) to the age1... it prints, or set offsite.encrypt = false to store them unencrypted".into(),
-        ));
-    }
     Ok(())
 }
 
@@ -302,6 +300,14 @@ impl Offsite {
             encrypt: s.encrypt,
             identity_file: (!s.identity_file.is_empty()).then(|| PathBuf::from(&s.identity_file)),
         })
+    }
+
+    /// Uploads need somebody to encrypt to, unless `offsite.encrypt = false` was said.
+    pub fn require_recipients(&self) -> Result<()> {
+        if self.encrypt && self.recipients.is_empty() {
+            return Err(OffsiteError::NoRecipients);
+        }
+        Ok(())
     }
 
     /// `s3://bucket/prefix`.
@@ -878,6 +884,7 @@ pub async fn sync(
     known: &mut Known,
     progress: Arc<dyn SyncProgress>,
 ) -> Result<SyncReport> {
+    off.require_recipients()?;
     let id = local_system(pgdata, archive).ok_or_else(|| OffsiteError::UnknownSystem {
         pgdata: pgdata.to_owned(),
     })?;
@@ -1044,8 +1051,14 @@ mod tests {
         assert!(check_settings(&offsite("s3://b", "http://[::1]:9000", &r, true)).is_ok());
         assert!(check_settings(&offsite("s3://b", "https://s3.example.com", &r, true)).is_ok());
         let key = |o| check_settings(&o).unwrap_err().0;
-        assert_eq!(key(offsite("s3://b", "", "", true)), "offsite.recipients");
-        assert!(check_settings(&offsite("s3://b", "", "", false)).is_ok());
+        // Missing recipients are refused where something is uploaded (Offsite::require_recipients).
+        let no_recipients = Offsite::open(&offsite("s3://b", "", "", true)).unwrap();
+        assert!(matches!(
+            no_recipients.require_recipients(),
+            Err(OffsiteError::NoRecipients)
+        ));
+        let plain = Offsite::open(&offsite("s3://b", "", "", false)).unwrap();
+        assert!(plain.require_recipients().is_ok());
         assert_eq!(
             key(offsite("s3://b", "", "age1nope", true)),
             "offsite.recipients"

@@ -119,12 +119,15 @@ impl S3Server {
         ]
     }
 
-    /// One HTTP/1.1 request without a signature (moto does not check them); (status, body).
+    /// One HTTP/1.1 request with a dummy signature (moto does not check them, but refuses
+    /// anonymous object reads); (status, body).
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         write!(
             c,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\
+             Connection: close\r\n\r\n",
             self.port,
             body.len()
         )
