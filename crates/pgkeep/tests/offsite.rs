@@ -432,3 +432,66 @@ fn a_server_frozen_mid_upload_shows_nothing_and_the_next_sync_completes() {
     }
     assert!(caught, "no round caught the upload open (5 tries)");
 }
+
+/// The Go age CLI (Debian's `age`, extracted by .ci/run; `PGKEEP_TEST_AGE`).
+fn age_cli() -> PathBuf {
+    let p = std::env::var_os("PGKEEP_TEST_AGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "PGKEEP_TEST_AGE is not set: point it at the Go age CLI, e.g. \
+                 `mkdir -p ~/.cache/pgkeep/age && cd ~/.cache/pgkeep/age && apt-get download age && \
+                 dpkg -x age_*.deb root` then PGKEEP_TEST_AGE=~/.cache/pgkeep/age/root/usr/bin/age \
+                 (.ci/run does this)"
+            )
+        });
+    assert!(
+        p.is_file(),
+        "PGKEEP_TEST_AGE={} is not a file; see .ci/run for how to extract Debian's age",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn the_age_cli_decrypts_an_uploaded_bundle() {
+    let age = age_cli();
+    let s3 = S3Server::start("pgkeep-interop");
+    let c = cluster_with_marker();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
+    let (_, escrow) = keygen(keys_dir.path(), "escrow.key");
+    ok(pgkeep(&c, &s3, "x").args(["backup", "logical", "--no-prune"]));
+    let bundle = pgkeep_testkit::file_names(&c.backups())
+        .into_iter()
+        .find(|n| n.starts_with("nightly-"))
+        .unwrap();
+    // Two recipients (rotation, escrow): either identity decrypts.
+    ok(pgkeep(&c, &s3, "x")
+        .env(
+            "PGKEEP_OFFSITE_RECIPIENTS",
+            format!("{escrow}, {recipient}"),
+        )
+        .args(["offsite", "sync"]));
+    let obj = keys_dir.path().join("object.age");
+    std::fs::write(
+        &obj,
+        s3.get(&format!("x/{}/backups/{bundle}.age", sysid(&c))),
+    )
+    .unwrap();
+    let out = keys_dir.path().join("decrypted");
+    let res = std::process::Command::new(&age)
+        .arg("-d")
+        .arg("-i")
+        .arg(&id_file)
+        .arg("-o")
+        .arg(&out)
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", output_text(&res));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(c.backups().join(&bundle)).unwrap()
+    );
+}
