@@ -1019,6 +1019,147 @@ pub async fn fetch_wal_checked(
     }
 }
 
+/// What [`materialize`] brought back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Materialized {
+    /// The physical bundle, now in the backups directory.
+    pub bundle: String,
+    /// Whether the bundle was downloaded (false: it was local already).
+    pub bundle_downloaded: bool,
+    /// WAL files downloaded into the archive.
+    pub wal_files: usize,
+}
+
+/// Put the off-site copies a bootstrap needs back on the local volumes: the physical bundle
+/// `from` (default: the newest off-site) into `backups` unless it is there, and every off-site
+/// WAL file that the archive lacks (in any compression) into `archive`. Each file is published
+/// only when whole and authentic, segments only when they check out as this system's; nothing
+/// local is replaced. The bootstrap then runs on the local copies with every usual check.
+pub async fn materialize(
+    sys: &System,
+    from: Option<&str>,
+    backups: &Path,
+    archive: &Archive,
+) -> Result<Materialized> {
+    let bundle = match from {
+        Some(n) => n.to_owned(),
+        None => sys
+            .list_backups()
+            .await?
+            .into_iter()
+            .filter_map(|r| crate::repo::parse_name(&r.name).map(|p| (p, r.name)))
+            .filter(|(p, _)| p.kind == crate::repo::BackupKind::Physical)
+            .max_by_key(|(p, _)| (p.time, p.seq))
+            .map(|(_, n)| n)
+            .ok_or_else(|| OffsiteError::Missing {
+                url: format!("{}/{}/backups/basebackup-*", sys.off.url, sys.id),
+            })?,
+    };
+    let bundle_downloaded = if backups.join(&bundle).is_file() {
+        false
+    } else {
+        std::fs::create_dir_all(backups).fs_ctx("create", backups)?;
+        tracing::info!(url = %sys.backup_url(&bundle), "downloading the base backup from off-site");
+        sys.fetch_backup(&bundle, backups).await?;
+        true
+    };
+    std::fs::create_dir_all(archive.dir()).fs_ctx("create", archive.dir())?;
+    // The archive root belongs to one system. When another one (a fresh initdb after the
+    // disaster) archives there now, this system's WAL goes where bootstrap looks for a
+    // superseded system's: `superseded/<system>-<time>/`, which it moves back into the root.
+    let root = crate::archive_owner::root_wal(archive).map_err(|e| OffsiteError::Verify {
+        path: archive.dir().to_owned(),
+        message: e.to_string(),
+    })?;
+    let dest = match root.system {
+        Some(other) if other != sys.id => {
+            let existing = crate::archive_owner::find_superseded(archive, sys.id).map_err(|e| {
+                OffsiteError::Verify {
+                    path: archive.dir().to_owned(),
+                    message: e.to_string(),
+                }
+            })?;
+            match existing {
+                Some(d) => d,
+                None => {
+                    let parent = archive.dir().join(crate::archive_owner::SUPERSEDED_DIR);
+                    let d = parent.join(format!(
+                        "{}-{}",
+                        sys.id,
+                        jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+                    ));
+                    std::fs::create_dir_all(&d).fs_ctx("create", &d)?;
+                    for dir in [&parent, &d] {
+                        own_like(archive.dir(), dir)?;
+                    }
+                    d
+                }
+            }
+        }
+        _ => archive.dir().to_owned(),
+    };
+    let local = Archive::new(&dest);
+    let mut wal_files = 0;
+    for r in sys.list_wal().await? {
+        let walname = r
+            .name
+            .strip_suffix(".zst")
+            .or_else(|| r.name.strip_suffix(".gz"))
+            .unwrap_or(&r.name);
+        let Some(w) = wal::parse_name(walname) else {
+            continue;
+        };
+        if local.find(walname).is_some() {
+            continue;
+        }
+        let stage = tempfile::Builder::new()
+            .prefix(".pgkeep-offsite-wal-")
+            .tempdir_in(&dest)
+            .fs_ctx("create a directory in", &dest)?;
+        let Some(got) = sys.fetch_wal(walname, stage.path()).await? else {
+            continue;
+        };
+        if w.kind == WalKind::Segment {
+            let bad = |message: String| OffsiteError::Verify {
+                path: got.clone(),
+                message,
+            };
+            let file = Archive::new(stage.path())
+                .list()
+                .map_err(|e| bad(e.to_string()))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad("vanished after download".into()))?;
+            let expect = crate::walcheck::Expect {
+                system_identifier: Some(sys.id),
+                major: None,
+            };
+            crate::walcheck::check_archived(&file, expect).map_err(|e| bad(e.to_string()))?;
+        }
+        own_like(archive.dir(), &got)?;
+        let to = dest.join(got.file_name().expect("a file name"));
+        crate::fsutil::rename_noreplace(&got, &to)?;
+        crate::fsutil::fsync_dir(&dest)?;
+        wal_files += 1;
+    }
+    Ok(Materialized {
+        bundle,
+        bundle_downloaded,
+        wal_files,
+    })
+}
+
+/// As root, give `path` the owner of `like` (the archive's), so the data owner can read and
+/// move what was downloaded.
+fn own_like(like: &Path, path: &Path) -> Result<()> {
+    if crate::fsutil::is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(like).fs_ctx("stat", like)?;
+        crate::fsutil::chown(path, meta.uid(), meta.gid())?;
+    }
+    Ok(())
+}
+
 /// Why an off-site WAL fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

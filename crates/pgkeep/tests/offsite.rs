@@ -495,3 +495,71 @@ fn the_age_cli_decrypts_an_uploaded_bundle() {
         std::fs::read(c.backups().join(&bundle)).unwrap()
     );
 }
+
+/// Remove everything inside `dir` (the directory itself stays, with its owner and mode).
+fn empty_dir(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
+    let s3 = S3Server::start("pgkeep-pitr");
+    let c = archiving_cluster(&bin());
+    c.psql("postgres", "create database records");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
+    c.psql(
+        "postgres",
+        "create table t (x int); insert into t select generate_series(1, 1000)",
+    );
+    ok(pgkeep(&c, &s3, "p").args(["backup", "physical", "--no-prune"]));
+    c.psql(
+        "postgres",
+        "insert into t select generate_series(1001, 2000)",
+    );
+    let t = c.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    c.psql("postgres", "create table written_after_t (x int)");
+    c.switch_wal_and_wait_archived();
+    ok(pgkeep(&c, &s3, "p")
+        .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+        .args(["offsite", "sync"]));
+    c.stop();
+
+    // The disaster: data, WAL archive and backups volumes all empty.
+    for d in [c.pgdata(), c.wal_archive(), c.backups()] {
+        empty_dir(&d);
+    }
+    let out = ok(pgkeep(&c, &s3, "p")
+        .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+        .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
+        .args([
+            "bootstrap",
+            "basebackup",
+            "--target-time",
+            t.trim(),
+            "--yes",
+        ]));
+    assert!(
+        stdout(&out).contains("recovery ended at"),
+        "{}",
+        output_text(&out)
+    );
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from t").trim(), "2000");
+    assert!(
+        c.try_psql("postgres", "select 1 from written_after_t")
+            .is_err(),
+        "later writes are absent"
+    );
+}
