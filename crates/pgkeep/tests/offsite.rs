@@ -540,6 +540,11 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     for d in [c.pgdata(), c.wal_archive(), c.backups()] {
         empty_dir(&d);
     }
+    // ...and a new system (a fresh initdb after it) archives into the root now.
+    let foreign = "000000010000000000000001";
+    let seg = c.wal_archive().join(foreign);
+    std::fs::write(&seg, pgkeep_testkit::wal_like(foreign, 16 << 20, 9)).unwrap();
+    std::os::unix::fs::chown(&seg, Some(c.uid()), Some(c.gid())).unwrap();
     let out = ok(pgkeep(&c, &s3, "p")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
@@ -557,6 +562,15 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     );
     c.restart();
     assert_eq!(c.psql("postgres", "select count(*) from t").trim(), "2000");
+    // The new system's WAL was moved aside, not lost.
+    let superseded = c.wal_archive().join("superseded");
+    assert!(
+        pgkeep_testkit::file_names(&superseded)
+            .iter()
+            .any(|d| d.starts_with("7-") && superseded.join(d).join(foreign).is_file()),
+        "{:?}",
+        pgkeep_testkit::file_names(&superseded)
+    );
     assert!(
         c.try_psql("postgres", "select 1 from written_after_t")
             .is_err(),
