@@ -516,12 +516,12 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     let keys_dir = tempfile::tempdir().unwrap();
     let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
     c.psql(
-        "postgres",
+        "records",
         "create table t (x int); insert into t select generate_series(1, 1000)",
     );
     ok(pgkeep(&c, &s3, "p").args(["backup", "physical", "--no-prune"]));
     c.psql(
-        "postgres",
+        "records",
         "insert into t select generate_series(1001, 2000)",
     );
     let t = c.psql(
@@ -529,11 +529,24 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     );
     std::thread::sleep(Duration::from_millis(50));
-    c.psql("postgres", "create table written_after_t (x int)");
+    c.psql("records", "create table written_after_t (x int)");
     c.switch_wal_and_wait_archived();
     ok(pgkeep(&c, &s3, "p")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .args(["offsite", "sync"]));
+    // The drill proves the off-site copy restores (downloaded into a scratch directory that is
+    // removed again; nothing local is touched).
+    let local_before = pgkeep_testkit::file_names(&c.backups());
+    let out = ok(pgkeep(&c, &s3, "p")
+        .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+        .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
+        .args(["drill", "--offsite", "--skip-logical"]));
+    assert!(
+        stdout(&out).contains("physical  drill  passed"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(pgkeep_testkit::file_names(&c.backups()), local_before);
     c.stop();
 
     // The disaster: data, WAL archive and backups volumes all empty.
@@ -561,7 +574,7 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         output_text(&out)
     );
     c.restart();
-    assert_eq!(c.psql("postgres", "select count(*) from t").trim(), "2000");
+    assert_eq!(c.psql("records", "select count(*) from t").trim(), "2000");
     // The new system's WAL was moved aside, not lost.
     let superseded = c.wal_archive().join("superseded");
     assert!(
@@ -572,7 +585,7 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         pgkeep_testkit::file_names(&superseded)
     );
     assert!(
-        c.try_psql("postgres", "select 1 from written_after_t")
+        c.try_psql("records", "select 1 from written_after_t")
             .is_err(),
         "later writes are absent"
     );
