@@ -291,11 +291,26 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
         "the downloaded copy is removed"
     );
 
+    // backups verify --offsite reads the off-site copy through.
+    let verify = || {
+        let mut cmd = pgkeep(&c, &s3, "enc");
+        cmd.env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
+            .args(["backups", "verify", "--offsite"]);
+        cmd
+    };
+    let out = ok(&mut verify());
+    assert!(
+        stdout(&out).contains(&format!("ok      {bundle}")),
+        "{}",
+        output_text(&out)
+    );
+
     // A flipped byte in the object: refused, nothing published.
     let mut damaged = before.clone();
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0x40;
     s3.put(&bundle_key, &damaged);
+    fails(&mut verify(), &[&format!("FAILED  {bundle}"), "damaged"]);
     c.psql("records", "drop table t");
     fails(&mut restore(&id_file), &["damaged", &bundle]);
     assert!(pgkeep_testkit::file_names(&c.backups().join("uploads")).is_empty());
