@@ -18,6 +18,7 @@ pub mod logical;
 pub mod metrics;
 pub mod mountinfo;
 pub mod observe;
+pub mod offsite;
 pub mod physical;
 pub mod postmaster;
 pub mod recovery;

@@ -73,6 +73,29 @@ pub struct Settings {
     pub retention: Retention,
     pub wal: Wal,
     pub lint: Lint,
+    pub offsite: Offsite,
+}
+
+/// Off-site copies in S3-compatible object storage (`pgkeep offsite ...`, [`crate::offsite`]).
+/// Off when `url` is empty. Credentials are not settings: they come from the standard
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` / `AWS_REGION`
+/// environment variables at the moment they are needed and never appear in output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offsite {
+    /// `s3://bucket` or `s3://bucket/prefix`; empty turns off-site copies off.
+    pub url: String,
+    /// An S3-compatible endpoint (`https://...`; plain `http://` only for a loopback address);
+    /// empty means AWS itself.
+    pub endpoint: String,
+    /// The bucket's region; empty means `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Comma-separated age recipients (`age1...`) every object is encrypted to (not secret).
+    pub recipients: String,
+    /// The age identity (private key) file; needed only to restore.
+    pub identity_file: String,
+    /// Encrypt every object (the default). Turning it off must be said explicitly.
+    pub encrypt: bool,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -267,6 +290,14 @@ impl Default for Settings {
                 stream: StreamMode::Off,
             },
             lint: Lint { strict: false },
+            offsite: Offsite {
+                url: String::new(),
+                endpoint: String::new(),
+                region: String::new(),
+                recipients: String::new(),
+                identity_file: String::new(),
+                encrypt: true,
+            },
         }
     }
 }
@@ -317,6 +348,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_WAL_ARCHIVE_TIMEOUT", "wal.archive_timeout"),
     ("PGKEEP_WAL_STREAM", "wal.stream"),
     ("PGKEEP_LINT_STRICT", "lint.strict"),
+    ("PGKEEP_OFFSITE_URL", "offsite.url"),
+    ("PGKEEP_OFFSITE_ENDPOINT", "offsite.endpoint"),
+    ("PGKEEP_OFFSITE_RECIPIENTS", "offsite.recipients"),
+    ("PGKEEP_OFFSITE_IDENTITY_FILE", "offsite.identity_file"),
 ];
 
 /// Settings plus where each value came from.
@@ -432,6 +467,13 @@ pub fn resolve(inputs: &Inputs) -> Result<Resolved, SettingsError> {
             })?;
     if let Err(message) = crate::wal::check_zstd_level(settings.wal.zstd_level) {
         let key = "wal.zstd_level";
+        return Err(SettingsError::Invalid {
+            key: key.into(),
+            source_desc: sources.get(key).map(|s| s.to_string()).unwrap_or_default(),
+            message,
+        });
+    }
+    if let Err((key, message)) = crate::offsite::check_settings(&settings.offsite) {
         return Err(SettingsError::Invalid {
             key: key.into(),
             source_desc: sources.get(key).map(|s| s.to_string()).unwrap_or_default(),

@@ -10,6 +10,8 @@
 //! This crate starts its processes with `std::process` directly rather than through the engine's
 //! runner so that the engine's own tests can depend on it without a dependency cycle.
 
+pub mod s3;
+
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

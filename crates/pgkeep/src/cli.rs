@@ -169,6 +169,9 @@ pub enum Command {
     Drill(commands::drill::Args),
     /// Run the main job on a throwaway local cluster.
     Demo(commands::demo::Args),
+    /// Encrypted copies in S3-compatible object storage.
+    #[command(subcommand)]
+    Offsite(OffsiteCommand),
     /// Settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -241,6 +244,14 @@ pub enum BackupsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OffsiteCommand {
+    /// Write a new age identity (0600) and print its recipient.
+    Keygen(commands::offsite_keygen::Args),
+    /// Upload every bundle and WAL file that is not off-site yet.
+    Sync(commands::offsite_sync::Args),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the resolved settings as a pgkeep.toml, with where each value came from.
     Show(commands::config_show::Args),
@@ -310,6 +321,8 @@ mod tests {
             &["pgkeep", "drill"],
             &["pgkeep", "demo"],
             &["pgkeep", "config", "show"],
+            &["pgkeep", "offsite", "keygen", "--out", "id.txt"],
+            &["pgkeep", "offsite", "sync", "--follow"],
         ] {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }

@@ -8,6 +8,11 @@
 //! scaled to 1 with the in-cluster service account (not waited for: this pod still holds the
 //! data volume; the CLI that follows the Job waits for the rollout).
 //!
+//! Off-site: when the bundle is not on the backups volume and off-site copies are configured (or
+//! with `--offsite`), the bundle and the WAL the archive lacks are first brought back from the
+//! off-site copy onto the local volumes ([`pgkeep_engine::offsite::materialize`]), then the
+//! bootstrap runs on them with every usual check.
+//!
 //! `--kube`: confirmation, then the bootstrap RBAC applied, the Deployment scaled to 0 and the
 //! bootstrap Job (this command, locally, in a pod) run and followed; the Job scales the
 //! Deployment up again itself, so the flow completes even if this process goes away.
@@ -16,9 +21,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgkeep_engine::db::ConnParams;
+use pgkeep_engine::offsite::{self, Offsite};
 use pgkeep_engine::recovery::{self, BootstrapRequest, RecoveryTarget, TimelineChoice};
+use pgkeep_engine::repo::{self, BackupKind};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
+use pgkeep_engine::wal::Archive;
 
 use crate::cli::Ctx;
 
@@ -27,6 +35,10 @@ pub struct Args {
     /// A bundle name in the backups directory (default: the newest complete one).
     #[arg(long)]
     pub from: Option<String>,
+    /// Bring the base backup and the WAL the archive lacks back from the off-site copy first
+    /// (done anyway when the bundle is not on the backups volume and off-site is configured).
+    #[arg(long)]
+    pub offsite: bool,
     /// Recover up to this time (UTC unless it has an offset), e.g. 2026-11-25T19:30:00Z.
     #[arg(long, group = "target")]
     pub target_time: Option<String>,
@@ -65,11 +77,31 @@ pub struct Args {
     pub scale_up_app: Option<String>,
 }
 
-pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         return bootstrap_kube(args, ctx).await;
     }
     let s = ctx.settings();
+    let local_missing = match &args.from {
+        Some(n) => repo::find(&s.paths.backups, n).is_err(),
+        None => repo::newest(&s.paths.backups, BackupKind::Physical).is_err(),
+    };
+    if args.offsite || (local_missing && !s.offsite.url.is_empty()) {
+        let off = Offsite::open(&s.offsite)?;
+        let archive = Archive::new(&s.paths.wal_archive);
+        let sys = off
+            .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+            .await?;
+        let got =
+            offsite::materialize(&sys, args.from.as_deref(), &s.paths.backups, &archive).await?;
+        tracing::info!(
+            bundle = %got.bundle,
+            downloaded = got.bundle_downloaded,
+            wal_files = got.wal_files,
+            "off-site copies are on the local volumes"
+        );
+        args.from = Some(got.bundle);
+    }
     let target = recovery_target(&args)?;
     let (uid, gid) = data_owner(&ctx);
     let req = BootstrapRequest {

@@ -3,6 +3,10 @@
 //! `drill` module does the work); the one thing it writes is its result record in `results/`
 //! on the backups volume (`crate::record`). Exits 0 when every drill that ran passed, 1 when one failed.
 //!
+//! `--offsite` drills the off-site copies instead: the newest bundles and the WAL are downloaded
+//! and decrypted into a private directory on the backups volume (nothing local is read or
+//! changed), the drill runs on them, and the directory is removed.
+//!
 //! `--kube` runs the same drill as a one-off Job made from the physical backup CronJob, which
 //! mounts the backups volume and the WAL archive, and follows its log.
 
@@ -11,9 +15,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgkeep_engine::drill::{self, DrillOutcome, DrillReport, DrillRequest};
+use pgkeep_engine::fsutil;
 use pgkeep_engine::logical;
+use pgkeep_engine::offsite::{self, Offsite};
+use pgkeep_engine::repo::{self, BackupKind};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
+use pgkeep_engine::wal::Archive;
 
 use pgkeep_engine::results::RunKind;
 
@@ -41,6 +49,10 @@ pub struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Drill the off-site copies (downloaded and decrypted into a scratch directory) instead of
+    /// the local ones.
+    #[arg(long)]
+    pub offsite: bool,
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -56,10 +68,19 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
 /// The drill here; its result record is written whatever happens.
 async fn drill_local(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     let s = ctx.settings();
+    let staged = if args.offsite {
+        Some(stage_offsite(&args, &ctx).await?)
+    } else {
+        None
+    };
+    let (backups, wal_archive) = match &staged {
+        Some(d) => (d.path().join("b"), d.path().join("w")),
+        None => (s.paths.backups.clone(), s.paths.wal_archive.clone()),
+    };
     let req = DrillRequest {
         pg: PgBin::locate()?,
-        backups: s.paths.backups.clone(),
-        wal_archive: s.paths.wal_archive.clone(),
+        backups,
+        wal_archive,
         database: s.postgres.database.clone(),
         user: s.postgres.user.clone(),
         uid: s.postgres.uid,
@@ -96,6 +117,53 @@ async fn drill_local(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     msg.push_str("hint: ");
     msg.push_str(&hint(&failures, report.kept));
     anyhow::bail!(msg)
+}
+
+/// Download the newest off-site bundles (and the WAL) into a private directory on the backups
+/// volume, laid out as a backups directory and a WAL archive owned by the data owner.
+async fn stage_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<tempfile::TempDir> {
+    let s = ctx.settings();
+    let off = Offsite::open(&s.offsite)?;
+    let archive = Archive::new(&s.paths.wal_archive);
+    let sys = off
+        .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+        .await?;
+    let dir = tempfile::Builder::new()
+        // Short names: the drill's servers put their sockets below (107 bytes at most).
+        .prefix(".od")
+        .tempdir_in(&s.paths.backups)
+        .with_context(|| format!("create a directory in {}", s.paths.backups.display()))?;
+    let (backups, wal) = (dir.path().join("b"), dir.path().join("w"));
+    for d in [dir.path(), backups.as_path(), wal.as_path()] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        if fsutil::is_root() {
+            fsutil::chown(d, s.postgres.uid, s.postgres.gid)?;
+        }
+    }
+    if !args.skip_logical {
+        let newest = sys
+            .list_backups()
+            .await?
+            .into_iter()
+            .filter_map(|r| repo::parse_name(&r.name).map(|p| (p, r.name)))
+            .filter(|(p, _)| p.kind == BackupKind::Logical)
+            .max_by_key(|(p, _)| (p.time, p.seq));
+        if let Some((_, name)) = newest {
+            tracing::info!(url = %sys.backup_url(&name), "downloading from off-site");
+            sys.fetch_backup(&name, &backups).await?;
+        }
+    }
+    if !args.skip_physical {
+        match offsite::materialize(&sys, None, &backups, &Archive::new(&wal)).await {
+            Ok(got) => {
+                tracing::info!(bundle = %got.bundle, wal_files = got.wal_files, "off-site copies staged")
+            }
+            // No base backup off-site: the physical drill reports that itself.
+            Err(offsite::OffsiteError::Missing { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(dir)
 }
 
 fn hint(failures: &[(&str, String)], kept: bool) -> String {

@@ -14,6 +14,8 @@ pub mod drill;
 pub mod lint;
 pub mod loader;
 pub mod metrics;
+pub mod offsite_keygen;
+pub mod offsite_sync;
 pub mod prep_dirs;
 pub mod pvc_ensure;
 pub mod receive;
@@ -32,7 +34,7 @@ pub mod wipe;
 
 use crate::cli::{
     BackupCommand, BackupsCommand, BootstrapCommand, Command, ConfigCommand, Ctx, DebugCommand,
-    LoaderCommand, PvcCommand, RestoreCommand, WalCommand,
+    LoaderCommand, OffsiteCommand, PvcCommand, RestoreCommand, WalCommand,
 };
 
 pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
@@ -68,6 +70,8 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Drill(a) => drill::run(a, ctx).await,
         Command::Demo(a) => demo::run(a, ctx).await,
         Command::Config(ConfigCommand::Show(a)) => config_show::run(a, ctx).await,
+        Command::Offsite(OffsiteCommand::Keygen(a)) => offsite_keygen::run(a, ctx).await,
+        Command::Offsite(OffsiteCommand::Sync(a)) => offsite_sync::run(a, ctx).await,
         Command::Receive(a) => receive::run(a, ctx).await,
     }
 }

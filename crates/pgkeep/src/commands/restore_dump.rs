@@ -2,17 +2,26 @@
 //! restore-from-dump job). Checksums are verified and the target looked at before anything is
 //! changed; a non-empty target needs `--clean` and a confirmation. Exits 1 when the restore
 //! finished but counted errors (they are listed in the summary).
+//!
+//! When the bundle is not on the backups volume and off-site copies are configured (or with
+//! `--offsite`), it is downloaded from off-site into a private directory under `uploads/`,
+//! decrypted (whole and authentic, or not at all), restored the same way, and removed again.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context;
 use k8s_openapi::api::batch::v1::Job;
 use pgkeep_engine::db::ConnParams;
 use pgkeep_engine::logical::{
     self, LogicalError, LogicalRestore, RestoreOptions, RestoreSource, RestoreSummary,
 };
+use pgkeep_engine::offsite::{self, Offsite};
+use pgkeep_engine::repo::{self, BackupKind};
 use pgkeep_engine::settings::{Settings, Target};
 use pgkeep_engine::tools::PgBin;
+use pgkeep_engine::upload;
+use pgkeep_engine::wal::Archive;
 
 use crate::cli::Ctx;
 use crate::commands::backup_logical::BarProgress;
@@ -22,6 +31,9 @@ pub struct Args {
     /// A bundle name in the backups directory (default: the newest complete one).
     #[arg(long)]
     pub from: Option<String>,
+    /// Restore from the off-site copy even when the bundle is on the backups volume.
+    #[arg(long)]
+    pub offsite: bool,
     #[command(flatten)]
     pub restore: RestoreArgs,
 }
@@ -54,11 +66,55 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         return restore_kube(args, ctx).await;
     }
+    let s = ctx.settings();
+    let local_missing = match &args.from {
+        Some(n) => repo::find(&s.paths.backups, n).is_err(),
+        None => repo::newest(&s.paths.backups, BackupKind::Logical).is_err(),
+    };
+    if args.offsite || (local_missing && !s.offsite.url.is_empty()) {
+        return restore_offsite(&args, &ctx).await;
+    }
     let source = match args.from {
         Some(n) => RestoreSource::Named(n),
         None => RestoreSource::Newest,
     };
     restore(source, &args.restore, &ctx, None).await
+}
+
+/// Download the named (or newest) nightly bundle from off-site, restore it, remove the copy.
+async fn restore_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let s = ctx.settings();
+    let off = Offsite::open(&s.offsite)?;
+    let archive = Archive::new(&s.paths.wal_archive);
+    let sys = off
+        .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+        .await?;
+    let name = match &args.from {
+        Some(n) => n.clone(),
+        None => sys
+            .list_backups()
+            .await?
+            .into_iter()
+            .filter_map(|r| repo::parse_name(&r.name).map(|p| (p, r.name)))
+            .filter(|(p, _)| p.kind == BackupKind::Logical)
+            .max_by_key(|(p, _)| (p.time, p.seq))
+            .map(|(_, n)| n)
+            .with_context(|| {
+                format!(
+                    "no nightly bundle off-site in {}/{}\nhint: `pgkeep backups list` shows what is where",
+                    off.url(),
+                    sys.id
+                )
+            })?,
+    };
+    let uploads = upload::uploads_dir(&s.paths.backups)?;
+    let stage = tempfile::Builder::new()
+        .prefix(".offsite-")
+        .tempdir_in(&uploads)
+        .with_context(|| format!("create a directory in {}", uploads.display()))?;
+    tracing::info!(url = %sys.backup_url(&name), "downloading from off-site");
+    let path = sys.fetch_backup(&name, stage.path()).await?;
+    restore(RestoreSource::File(path), &args.restore, ctx, None).await
 }
 
 /// Prepare (verify, extract, inspect), confirm when needed, restore, print the summary.
@@ -201,6 +257,9 @@ pub(crate) fn dump_job(s: &Settings, args: &Args, yes: bool) -> Job {
     let mut extra: Vec<String> = Vec::new();
     if let Some(from) = &args.from {
         extra.extend(["--from".to_owned(), from.clone()]);
+    }
+    if args.offsite {
+        extra.push("--offsite".to_owned());
     }
     if let Some(j) = r.jobs {
         extra.extend(["--jobs".to_owned(), j.to_string()]);

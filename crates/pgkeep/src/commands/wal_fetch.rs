@@ -12,9 +12,14 @@
 //! cluster being recovered. That system is `--sysid` (bootstrap and drills write it into
 //! restore_command), else the one in the data directory's global/pg_control: PostgreSQL runs
 //! restore_command in PGDATA and %p is `pg_wal/...`, so PGDATA is the directory above %p's.
+//!
+//! When the file is not in the local archive and off-site copies are configured (or with
+//! `--offsite`, which skips the local archive), it is downloaded from off-site, decrypted into a
+//! private directory beside %p and handed over through the same checks.
 
 use std::path::{Path, PathBuf};
 
+use pgkeep_engine::offsite::{self, Offsite};
 use pgkeep_engine::wal::{Archive, FetchOutcome};
 use pgkeep_engine::walcheck::{self, Expect};
 
@@ -36,6 +41,9 @@ pub struct Args {
     /// of the data directory %p lies in).
     #[arg(long, value_name = "ID")]
     pub sysid: Option<u64>,
+    /// Read the off-site copy only (not the local archive).
+    #[arg(long)]
+    pub offsite: bool,
 }
 
 /// What a fetched segment must match: `--sysid`, else the data directory's system, and the
@@ -56,8 +64,27 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let expect = expect(&args);
     let dir = args
         .archive
+        .clone()
         .unwrap_or_else(|| ctx.settings().paths.wal_archive.clone());
-    match Archive::new(&dir).fetch_checked(&args.name, &args.dest, Some(expect)) {
+    let local = if args.offsite {
+        Ok(FetchOutcome::Missing)
+    } else {
+        Archive::new(&dir).fetch_checked(&args.name, &args.dest, Some(expect))
+    };
+    let local = match local {
+        Ok(FetchOutcome::Missing) if args.offsite || !ctx.settings().offsite.url.is_empty() => {
+            match fetch_offsite(&args, &ctx, expect).await {
+                Ok(Some(bytes)) => Ok(FetchOutcome::Restored { bytes }),
+                Ok(None) => Ok(FetchOutcome::Missing),
+                Err(e) => {
+                    crate::output::report_error(&e);
+                    std::process::exit(FATAL_FOR_POSTGRES);
+                }
+            }
+        }
+        other => other,
+    };
+    match local {
         Ok(FetchOutcome::Restored { bytes }) => {
             tracing::debug!(name = %args.name, bytes, "restored from the archive");
             Ok(())
@@ -71,4 +98,11 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             std::process::exit(FATAL_FOR_POSTGRES);
         }
     }
+}
+
+/// The file from off-site (None when it is not there either).
+async fn fetch_offsite(args: &Args, ctx: &Ctx, expect: Expect) -> anyhow::Result<Option<u64>> {
+    let off = Offsite::open(&ctx.settings().offsite)?;
+    let sys = off.choose_system(expect.system_identifier).await?;
+    Ok(offsite::fetch_wal_checked(&sys, &args.name, &args.dest, Some(expect)).await?)
 }
