@@ -69,7 +69,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
 async fn drill_local(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     let s = ctx.settings();
     let staged = if args.offsite {
-        Some(stage_offsite(&args, &ctx).await?)
+        Some(stage_offsite(args, ctx).await?)
     } else {
         None
     };
