@@ -680,14 +680,17 @@ fn double_mount_never_starts_postgres() {
     // batch/v1beta1, which `pgkeep deploy` adapts to and plain kubectl does not).
     let kz = out_dir.path().join("infra/k8s/overlays/doublemount");
     std::fs::create_dir_all(&kz).unwrap();
-    std::fs::copy(
-        out_dir.path().join("infra/k8s/base/postgres/deploy.yaml"),
-        kz.join("deploy.yaml"),
-    )
-    .unwrap();
+    // With the settings ConfigMap, which every pgkeep container mounts (not optional).
+    for f in ["deploy.yaml", "configmap-settings.yaml"] {
+        std::fs::copy(
+            out_dir.path().join("infra/k8s/base/postgres").join(f),
+            kz.join(f),
+        )
+        .unwrap();
+    }
     std::fs::write(
         kz.join("kustomization.yaml"),
-        "resources:\n- deploy.yaml\npatchesJson6902:\n- target: {group: apps, version: v1, kind: Deployment, name: postgres}\n  path: double.yaml\n",
+        "resources:\n- configmap-settings.yaml\n- deploy.yaml\npatchesJson6902:\n- target: {group: apps, version: v1, kind: Deployment, name: postgres}\n  path: double.yaml\n",
     )
     .unwrap();
     std::fs::write(

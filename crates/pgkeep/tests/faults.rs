@@ -192,7 +192,7 @@ fn without_catalog(names: Vec<String>) -> Vec<String> {
 }
 
 /// The names that are not hidden, without the result records' directory.
-fn hidden_only(dir: &Path) -> Vec<String> {
+fn published(dir: &Path) -> Vec<String> {
     file_names(dir)
         .into_iter()
         .filter(|n| !n.starts_with('.') && n != pgkeep_engine::results::DIR)
@@ -222,7 +222,7 @@ fn killed_logical_backup_takes_pg_dump_with_it_and_the_rerun_succeeds() {
             &|| remove_published(&c.backups(), "nightly-"),
         );
         assert!(
-            hidden_only(&c.backups()).is_empty(),
+            published(&c.backups()).is_empty(),
             "nothing under a final name after {sig}: {:?}",
             file_names(&c.backups())
         );
@@ -246,7 +246,7 @@ fn killed_physical_backup_takes_pg_basebackup_with_it_and_its_partial_goes_at_th
             &|| remove_published(&c.backups(), "basebackup-"),
         );
         assert!(
-            hidden_only(&c.backups()).is_empty(),
+            published(&c.backups()).is_empty(),
             "nothing under a final name after {sig}: {:?}",
             file_names(&c.backups())
         );
@@ -384,7 +384,7 @@ fn concurrent_pushes_of_one_segment_never_publish_a_truncated_copy() {
         "{}",
         String::from_utf8_lossy(&retry.stderr)
     );
-    assert_eq!(hidden_only(&archive), vec![format!("{name}.zst")]);
+    assert_eq!(published(&archive), vec![format!("{name}.zst")]);
     // The killed writer's partial file goes with the next sweep, the archived copy stays.
     assert_eq!(
         pgkeep_engine::fsutil::remove_stale_partials(&archive).len(),
@@ -445,7 +445,7 @@ fn two_logical_backups_at_once_both_land_under_their_own_names() {
         let out = run.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", output_text(&out));
     }
-    let names = hidden_only(&c.backups());
+    let names = published(&c.backups());
     assert_eq!(names.len(), 2, "two bundles: {names:?}");
     assert_ne!(names[0], names[1]);
     let out = pgkeep(&c).args(["backups", "verify"]).output().unwrap();
@@ -476,7 +476,7 @@ fn a_push_stopped_by_sigterm_publishes_nothing_and_the_retry_succeeds() {
     let status = p.wait().unwrap();
     assert!(!status.success(), "stopped by SIGTERM");
     assert!(
-        hidden_only(&archive).is_empty(),
+        published(&archive).is_empty(),
         "nothing under a final name: {:?}",
         file_names(&archive)
     );
@@ -628,20 +628,27 @@ fn published_bundles_verify(c: &TempCluster, at: u32) {
     );
 }
 
-#[test]
-fn a_logical_backup_killed_at_any_step_publishes_nothing_damaged_and_the_rerun_succeeds() {
+/// A backup (`kind`: logical or physical) SIGKILLed at 8 moments of its run: after each, every
+/// published bundle verifies; the rerun succeeds and sweeps the killed runs' partial files.
+/// Children are found by `needle` in their command line (default: the backups directory).
+fn backup_killed_at_any_step(kind: &str, needle: Option<&str>) {
     let c = records_cluster();
+    let prefix = if kind == "logical" {
+        "nightly-"
+    } else {
+        "basebackup-"
+    };
     let backups = c.backups().display().to_string();
     let landed = kill_sweep(
         &c,
-        &["backup", "logical", "-j", "2", "--no-prune"],
+        &["backup", kind, "--no-prune"],
         8,
-        &backups,
+        needle.unwrap_or(&backups),
         &|at| published_bundles_verify(&c, at),
-        &|| remove_published(&c.backups(), "nightly-"),
+        &|| remove_published(&c.backups(), prefix),
     );
     assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
-    let out = pgkeep(&c).args(["backup", "logical"]).output().unwrap();
+    let out = pgkeep(&c).args(["backup", kind]).output().unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     published_bundles_verify(&c, 0);
     assert!(
@@ -654,27 +661,13 @@ fn a_logical_backup_killed_at_any_step_publishes_nothing_damaged_and_the_rerun_s
 }
 
 #[test]
+fn a_logical_backup_killed_at_any_step_publishes_nothing_damaged_and_the_rerun_succeeds() {
+    backup_killed_at_any_step("logical", None);
+}
+
+#[test]
 fn a_physical_backup_killed_at_any_step_publishes_nothing_damaged_and_the_rerun_succeeds() {
-    let c = records_cluster();
-    let landed = kill_sweep(
-        &c,
-        &["backup", "physical", "--no-prune"],
-        8,
-        "pgkeep basebackup-",
-        &|at| published_bundles_verify(&c, at),
-        &|| remove_published(&c.backups(), "basebackup-"),
-    );
-    assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
-    let out = pgkeep(&c).args(["backup", "physical"]).output().unwrap();
-    assert!(out.status.success(), "{}", output_text(&out));
-    published_bundles_verify(&c, 0);
-    assert!(
-        file_names(&c.backups())
-            .iter()
-            .all(|n| !n.ends_with(".partial")),
-        "the rerun swept the killed runs' partial files: {:?}",
-        file_names(&c.backups())
-    );
+    backup_killed_at_any_step("physical", Some("pgkeep basebackup-"));
 }
 
 /// `restore dump --clean` killed at any step (verifying the bundle, restoring into the scratch
