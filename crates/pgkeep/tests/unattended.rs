@@ -191,8 +191,11 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
     assert_eq!(m["pgkeep_wal_failed_total"], 0.0);
     assert!(m["pgkeep_wal_last_archived_timestamp_seconds"] > epoch(&lr["start"]) - 1.0);
     assert_eq!(m["pgkeep_wal_ready_segments"], 0.0);
-    // Everything written is archived (the switch above): no lag.
-    assert_eq!(m["pgkeep_wal_archive_lag_seconds"], 0.0);
+    // Everything committed is archived (the switch above). The lag is 0, or, when the server
+    // wrote background WAL since the switch (PostgreSQL 18 logs running transactions right
+    // after it), the age of that just-archived segment: seconds, not the test's minutes.
+    let lag = m["pgkeep_wal_archive_lag_seconds"];
+    assert!((0.0..30.0).contains(&lag), "archive lag {lag}");
     // The window starts where the only base backup becomes consistent (its manifest's stop).
     let start = m["pgkeep_recovery_window_start_timestamp_seconds"];
     assert!(
