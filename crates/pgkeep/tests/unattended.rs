@@ -35,10 +35,18 @@ fn records(c: &TempCluster) -> Vec<serde_json::Value> {
         .map(|e| e.unwrap().path())
         .collect();
     names.sort();
-    names
+    let mut recs: Vec<serde_json::Value> = names
         .iter()
         .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
+        .collect();
+    // In the order they finished, as the engine reads them: two runs in one second have names
+    // (`…Z.json`, `…Z-2.json`) whose byte order is not their order.
+    recs.sort_by_key(|r| {
+        r["stop"]
+            .as_str()
+            .map(|t| t.parse::<jiff::Timestamp>().unwrap())
+    });
+    recs
 }
 
 /// `name{labels}` → value, from the exposition text; checks the format as it goes.

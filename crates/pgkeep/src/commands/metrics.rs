@@ -60,6 +60,7 @@ async fn scrape(s: &Settings) -> String {
 }
 
 async fn serve(addr: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> {
+    let mut stop = Stop::install();
     // In the db pod a container that exits makes the whole pod unready (and the Service drop
     // PostgreSQL), so a port that cannot be bound is retried and logged, never fatal; the
     // scraper sees the target down.
@@ -72,8 +73,7 @@ async fn serve(addr: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> 
                 ));
                 tracing::error!(error = %format!("{e:#}"), "metrics not served");
                 tokio::select! {
-                    _ = crate::kube::ctrl_c() => return Ok(()),
-                    _ = terminated() => return Ok(()),
+                    _ = stop.requested() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 }
             }
@@ -83,8 +83,7 @@ async fn serve(addr: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> 
     let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         tokio::select! {
-            _ = crate::kube::ctrl_c() => return Ok(()),
-            _ = terminated() => return Ok(()),
+            _ = stop.requested() => return Ok(()),
             conn = listener.accept() => {
                 let (sock, peer) = match conn {
                     Ok(c) => c,
@@ -105,12 +104,36 @@ async fn serve(addr: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> 
     }
 }
 
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
+/// SIGTERM and SIGINT, registered once before the server loop: a stream created anew for each
+/// turn of the loop misses a signal that arrives between two turns (seen: a SIGTERM right after
+/// a scrape was lost and the process never stopped).
+struct Stop {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn install() -> Stop {
+        use tokio::signal::unix::{SignalKind, signal};
+        Stop {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-        Err(_) => std::future::pending().await,
+    }
+
+    async fn requested(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.int) => {}
+        }
     }
 }
 
