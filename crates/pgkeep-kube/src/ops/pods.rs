@@ -9,7 +9,7 @@
 //! Waiting polls with GET requests, so every request can be asserted in tests; a timeout
 //! reports the pod's phase, its container states and its events (e.g. an unbound claim).
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use tokio::time::Instant;
 
@@ -78,18 +78,7 @@ pub fn pod_summary(pod: &Pod) -> String {
                 parts.push(s);
             }
         }
-        let all = status
-            .init_container_statuses
-            .iter()
-            .flatten()
-            .map(|c| (true, c))
-            .chain(
-                status
-                    .container_statuses
-                    .iter()
-                    .flatten()
-                    .map(|c| (false, c)),
-            );
+        let all = container_statuses(status);
         for (init, c) in all {
             let Some(state) = &c.state else { continue };
             let prefix = if init { "init " } else { "" };
@@ -309,4 +298,13 @@ pub fn mount_check(
         MountVerdict::Ok
     };
     (mounts, verdict)
+}
+
+/// Every container status of a pod, init containers first, each with whether it is one.
+pub(crate) fn container_statuses(
+    status: &PodStatus,
+) -> impl Iterator<Item = (bool, &ContainerStatus)> {
+    let init = status.init_container_statuses.iter().flatten();
+    let main = status.container_statuses.iter().flatten();
+    init.map(|c| (true, c)).chain(main.map(|c| (false, c)))
 }

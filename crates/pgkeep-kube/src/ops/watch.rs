@@ -16,7 +16,7 @@ use kube::api::LogParams;
 
 use super::error::{Op, classify};
 use super::events::events_or_note;
-use super::pods::{is_ready, pod_name, pod_summary};
+use super::pods::{container_statuses, is_ready, pod_name, pod_summary};
 use super::{Cluster, OpsError};
 
 /// Waiting reasons after which a container does not start by itself.
@@ -43,18 +43,7 @@ pub struct Hopeless {
 /// The first container of `pod` (init containers first) waiting in a [`HOPELESS`] state.
 pub fn hopeless_container(pod: &Pod) -> Option<Hopeless> {
     let status = pod.status.as_ref()?;
-    let all = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .map(|c| (true, c))
-        .chain(
-            status
-                .container_statuses
-                .iter()
-                .flatten()
-                .map(|c| (false, c)),
-        );
+    let all = container_statuses(status);
     for (init, c) in all {
         let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
             continue;
