@@ -182,6 +182,11 @@ pub struct Retention {
     pub nightly: u32,
     /// Physical base backups to keep (and the WAL they need).
     pub basebackups: u32,
+    /// Nightly logical bundles to keep off-site (`offsite sync` applies it after uploading; at
+    /// least the newest one is always kept).
+    pub offsite_nightly: u32,
+    /// Base backups to keep off-site, and the off-site WAL the oldest kept one needs.
+    pub offsite_basebackups: u32,
 }
 
 /// How `pgkeep wal push` (PostgreSQL's archive_command) stores segments; its flags override.
@@ -282,6 +287,8 @@ impl Default for Settings {
             retention: Retention {
                 nightly: 7,
                 basebackups: 4,
+                offsite_nightly: 30,
+                offsite_basebackups: 8,
             },
             wal: Wal {
                 compress: Compression::Zstd,
