@@ -96,6 +96,10 @@ pub struct Offsite {
     pub identity_file: String,
     /// Encrypt every object (the default). Turning it off must be said explicitly.
     pub encrypt: bool,
+    /// Kubernetes: the Secret (created by you, never by pgkeep) whose keys `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`, `AWS_REGION`) become the `offsite`
+    /// container's environment; empty: no Secret, the pod's own credentials (e.g. a role).
+    pub credentials_secret: String,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -304,6 +308,7 @@ impl Default for Settings {
                 recipients: String::new(),
                 identity_file: String::new(),
                 encrypt: true,
+                credentials_secret: String::new(),
             },
         }
     }

@@ -564,9 +564,10 @@ fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database
     );
 }
 
-/// SIGKILL of pgkeep at `points` moments spread evenly over a normal run of `args` (measured
-/// first), so every step is hit, not only the one where a tool runs: writing and fsyncing the
-/// bundle, the rename, verification, retention. After each kill: no child outlives pgkeep
+/// SIGKILL or SIGTERM (alternating: odd points SIGKILL, even ones SIGTERM) of pgkeep at `points`
+/// moments spread evenly over a normal run of `args` (measured first), so every step is hit, not
+/// only the one where a tool runs: writing and fsyncing the bundle, the rename, verification,
+/// retention. After each kill: no child outlives pgkeep
 /// (`needle` in a command line), and `check` holds; `reset` undoes what a run that finished
 /// before its kill published. Returns how many kills landed before the run would have ended.
 fn kill_sweep(
@@ -588,7 +589,12 @@ fn kill_sweep(
         std::thread::sleep(whole * k / (points + 1));
         let killed = child.try_wait().unwrap().is_none();
         if killed {
-            signal(child.id() as i32, Signal::SIGKILL);
+            let sig = if k % 2 == 1 {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            signal(child.id() as i32, sig);
             landed += 1;
         }
         let _ = child.wait();
