@@ -1276,6 +1276,7 @@ mod tests {
             recipients: recipients.into(),
             identity_file: String::new(),
             encrypt,
+            credentials_secret: String::new(),
         }
     }
 
