@@ -9,6 +9,9 @@
 //! (uid 999) runs `pgkeep offsite sync --follow`: every new WAL file and bundle goes to object
 //! storage within seconds, outside `archive_command` (which stays as fast as without), from
 //! read-only mounts; its credentials come from the Secret `offsite.credentials_secret` names.
+//! With `wal.stream` = `async` or `sync`, `walstream` (uid 999) runs `pgkeep wal stream` over the
+//! shared socket into the WAL archive (`--synchronous` for `sync`, where `serve` names it in
+//! `synchronous_standby_names`).
 
 use std::collections::BTreeMap;
 
@@ -39,6 +42,41 @@ pub const METRICS_PORT: u16 = 9187;
 pub const OFFSITE_CONTAINER: &str = "offsite";
 /// Seconds between the follower's rounds.
 pub const OFFSITE_INTERVAL_SECONDS: u32 = 10;
+/// The db pod's WAL streamer (`pgkeep wal stream`), when `wal.stream` is not `off`.
+pub const WALSTREAM_CONTAINER: &str = "walstream";
+
+/// `pgkeep wal stream [--synchronous]`: pg_receivewal through the replication slot `pgkeep`,
+/// connected over the socket directory it shares with the db container (local connections are
+/// trusted there, as initdb set them up), writing into the WAL archive's `stream/` spool and
+/// handing completed segments to the archive. It reconnects with backoff while the server
+/// starts or restarts.
+fn walstream_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
+    let mut args = vec!["wal", "stream"];
+    if s.wal.stream == pgkeep_engine::settings::StreamMode::Sync {
+        args.push("--synchronous");
+    }
+    let mut e = settings_env(s);
+    e.push(env("PGHOST", s.paths.run_dir.display()));
+    let mut c = pgkeep_container(
+        s,
+        WALSTREAM_CONTAINER,
+        &args,
+        e,
+        vec![wal_mount(s), read_only(run_mount(s))],
+    );
+    c.resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("10m".to_owned())),
+            ("memory".to_owned(), Quantity("32Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("128Mi".to_owned()),
+        )])),
+        ..Default::default()
+    });
+    c
+}
 
 fn pg_isready(s: &Settings) -> ExecAction {
     ExecAction {
@@ -212,6 +250,9 @@ pub fn pod_spec(s: &Settings) -> PodSpec {
         init_containers: Some(vec![fix_run, prep_dirs]),
         containers: {
             let mut c = vec![db, metrics_container(s)];
+            if s.wal.stream != pgkeep_engine::settings::StreamMode::Off {
+                c.push(walstream_container(s));
+            }
             if !s.offsite.url.is_empty() {
                 c.push(offsite_container(s));
             }
@@ -521,6 +562,42 @@ mod tests {
             "{:?}",
             f.env
         );
+    }
+
+    #[test]
+    fn the_wal_streamer_runs_only_when_streaming_is_on_and_is_synchronous_for_sync() {
+        use pgkeep_engine::settings::StreamMode;
+        assert!(
+            pod_spec(&s())
+                .containers
+                .iter()
+                .all(|c| c.name != WALSTREAM_CONTAINER),
+            "no streamer with wal.stream = off"
+        );
+        for (mode, want) in [
+            (StreamMode::Async, vec!["wal", "stream"]),
+            (StreamMode::Sync, vec!["wal", "stream", "--synchronous"]),
+        ] {
+            let mut with = s();
+            with.wal.stream = mode;
+            let pod = pod_spec(&with);
+            let w = container(&pod, WALSTREAM_CONTAINER);
+            assert_eq!(w.args.as_deref().unwrap(), want);
+            let mounts = w.volume_mounts.as_ref().unwrap();
+            let archive = mounts
+                .iter()
+                .find(|m| m.mount_path == with.paths.wal_archive.display().to_string())
+                .expect("the WAL archive is mounted");
+            assert_ne!(archive.read_only, Some(true), "it writes the archive");
+            assert!(
+                mounts
+                    .iter()
+                    .all(|m| m.mount_path != with.paths.pgroot.display().to_string()),
+                "the data volume is not mounted: {mounts:?}"
+            );
+            let run_as = w.security_context.as_ref().unwrap().run_as_user;
+            assert_eq!(run_as, Some(999), "never root (pg_receivewal refuses it)");
+        }
     }
 
     #[test]
