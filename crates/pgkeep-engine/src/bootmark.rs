@@ -48,7 +48,7 @@ pub fn set(pgroot: &Path, what: &str) -> Result<PathBuf, FsError> {
     let p = path(pgroot);
     let text = format!(
         "pgkeep bootstrap basebackup started {} (pid {}): {what}\nPGDATA is being replaced; `pgkeep serve` will not initialize a new database while this file is here.\n",
-        jiff::Timestamp::now(),
+        crate::clock::now(),
         std::process::id()
     );
     fsutil::write_atomic(&p, text.as_bytes(), 0o600, true)?;

@@ -166,7 +166,7 @@ pub fn verify(pg: &PgBin, dir: &Path, backup: &Backup) -> Result<Verified, Logic
             size: backup.size,
             mtime: mtime(&backup.path),
             ok,
-            at: jiff::Timestamp::now().to_string(),
+            at: crate::clock::now().to_string(),
             message: message.clone(),
         },
     )?;

@@ -374,7 +374,7 @@ fn postmaster_runs(pgdata: &Path) -> bool {
 
 impl Scratch {
     fn create(backups: &Path, uid: u32, gid: u32) -> Result<Scratch, FsError> {
-        let stamp = jiff::Timestamp::now()
+        let stamp = crate::clock::now()
             .to_zoned_datetime(jiff::tz::TimeZone::UTC)
             .strftime("%Y%m%d-%H%M%S")
             .to_string();

@@ -461,7 +461,7 @@ fn newest(dir: &Path, kind: BackupKind) -> Option<NewestBackup> {
     Some(NewestBackup {
         name: b.name,
         size: b.size,
-        age_seconds: jiff::Timestamp::now().as_second() - at.as_second(),
+        age_seconds: crate::clock::now().as_second() - at.as_second(),
     })
 }
 

@@ -9,6 +9,7 @@ pub mod archive_owner;
 pub mod bootmark;
 pub mod bundle;
 pub mod catalog;
+pub mod clock;
 pub mod datadir;
 pub mod db;
 pub mod drill;

@@ -223,7 +223,7 @@ pub fn member_names(database: &str) -> (String, String) {
 }
 
 fn now() -> jiff::Timestamp {
-    jiff::Timestamp::now()
+    crate::clock::now()
 }
 
 /// COPY text-format escaping for one TSV field.
@@ -1983,7 +1983,7 @@ async fn swap(
     keep_old: bool,
 ) -> Result<Option<String>, DbError> {
     let c = admin.client();
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
+    let stamp = crate::clock::now().strftime("%Y%m%dT%H%M%S").to_string();
     // A name no database has: an earlier restore killed after its swap (before it dropped the
     // old database) may have left one with the same stamp.
     let mut old = side_name(database, &format!("{OLD_INFIX}{stamp}"));

@@ -242,7 +242,7 @@ fn bundle_stop(b: &repo::Backup, records: &[Record]) -> Option<jiff::Timestamp> 
 
 /// Take the look. Never fails: what cannot be read is missing, with the reason where it helps.
 pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -> Observation {
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     let (mut up, mut server_error, mut archiver, mut sql_now) = (false, None, None, None);
     match Db::connect(&conn.with_db("postgres")).await {
         Ok(db) => {
@@ -281,7 +281,7 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
         if caught_up {
             Some(0.0)
         } else {
-            age_of(&f.path, now)
+            age_of(&f.path, jiff::Timestamp::now()) // an mtime: the real clock (see clock)
         }
     });
 

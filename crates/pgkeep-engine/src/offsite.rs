@@ -1181,7 +1181,7 @@ pub async fn materialize(
                     let d = parent.join(format!(
                         "{}-{}",
                         sys.id,
-                        jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+                        crate::clock::now().strftime("%Y%m%dT%H%M%SZ")
                     ));
                     std::fs::create_dir_all(&d).fs_ctx("create", &d)?;
                     for dir in [&parent, &d] {

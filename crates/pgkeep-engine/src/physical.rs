@@ -255,11 +255,7 @@ pub async fn take(mut req: BackupRequest<'_>) -> Result<BackupReport, PhysicalEr
     if let Some(f) = req.on_estimate.take() {
         f(server.database_bytes);
     }
-    let name = repo::free_name(
-        req.backups_dir,
-        BackupKind::Physical,
-        jiff::Timestamp::now(),
-    );
+    let name = repo::free_name(req.backups_dir, BackupKind::Physical, crate::clock::now());
     let label = format!("pgkeep {name}");
     let cmd = req
         .conn
@@ -537,7 +533,7 @@ fn read_facts(
         stop_wal_file: wal::segment_file_name(timeline, stop_lsn.segment(seg), seg),
         wal_segment_size: seg,
         start_time: label_facts.start_time,
-        stop_time: jiff::Timestamp::now().to_string(),
+        stop_time: crate::clock::now().to_string(),
         label: label.to_owned(),
     })
 }

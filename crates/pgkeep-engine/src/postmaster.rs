@@ -249,7 +249,7 @@ pub fn prepare(
     // clash with its segment names (see archive_owner). Moved aside, never deleted.
     if cfg.wal_archive.is_dir() {
         let archive = crate::wal::Archive::new(&cfg.wal_archive);
-        if let Some(moved) = crate::archive_owner::supersede(&archive, jiff::Timestamp::now())? {
+        if let Some(moved) = crate::archive_owner::supersede(&archive, crate::clock::now())? {
             tracing::warn!(
                 "the WAL archive held an earlier database system's WAL and a new system is being \
                  initialized: {moved} (kept for bootstraps from that system's base backups)"

@@ -771,7 +771,7 @@ fn hand_over_archive(req: &BootstrapRequest, plan: &Plan) -> Result<(), Recovery
         return Ok(());
     };
     let root = Archive::new(&req.wal_archive);
-    if let Some(moved) = crate::archive_owner::supersede(&root, jiff::Timestamp::now())? {
+    if let Some(moved) = crate::archive_owner::supersede(&root, crate::clock::now())? {
         tracing::warn!("{moved}");
     }
     let back = crate::archive_owner::reinstate(&root, dir)?;
@@ -1309,7 +1309,7 @@ fn check_archive_wal(
 }
 
 fn keep_old_path(pgdata: &Path) -> PathBuf {
-    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let now = crate::clock::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
     let name = pgdata
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -1845,7 +1845,7 @@ fn remove_recovery_settings(pgdata: &Path) -> Result<(), RecoveryError> {
 /// this log, so two bootstraps in the same second must not share one (the second would read the
 /// first one's verdict). `pgkeep-bootstrap-STAMP.log`, then `-2`, `-3`, ... when taken.
 fn open_log_file(req: &BootstrapRequest, run_as: Option<RunAs>) -> Result<PathBuf, RecoveryError> {
-    let stamp = jiff::Timestamp::now()
+    let stamp = crate::clock::now()
         .to_zoned_datetime(jiff::tz::TimeZone::UTC)
         .strftime("%Y%m%d-%H%M%S")
         .to_string();

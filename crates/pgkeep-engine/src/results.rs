@@ -100,7 +100,7 @@ impl Record {
         Record {
             kind,
             start,
-            stop: jiff::Timestamp::now(),
+            stop: crate::clock::now(),
             outcome,
             size: None,
             bundle: None,

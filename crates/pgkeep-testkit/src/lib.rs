@@ -91,6 +91,7 @@ pub struct Options {
     no_start: bool,
     data_checksums: bool,
     socket_on_command_line: bool,
+    wal_segsize_mb: Option<u32>,
 }
 
 impl Options {
@@ -122,6 +123,13 @@ impl Options {
 
     pub fn data_checksums(mut self) -> Self {
         self.data_checksums = true;
+        self
+    }
+
+    /// WAL segments of this many MiB (`initdb --wal-segsize`): tests that switch WAL often
+    /// archive 1 MiB files instead of 16 MiB ones.
+    pub fn wal_segsize_mb(mut self, mb: u32) -> Self {
+        self.wal_segsize_mb = Some(mb);
         self
     }
 
@@ -221,6 +229,9 @@ impl TempCluster {
             .arg(format!("--pwfile={}", pwfile.display()));
         if opts.data_checksums {
             cmd.arg("--data-checksums");
+        }
+        if let Some(mb) = opts.wal_segsize_mb {
+            cmd.arg(format!("--wal-segsize={mb}"));
         }
         let out = run(cmd);
         let _ = std::fs::remove_file(&pwfile);

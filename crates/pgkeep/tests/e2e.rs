@@ -290,6 +290,31 @@ impl Site {
         }
     }
 
+    /// `GET /metrics` on the db pod's metrics port (9187), from its db container (bash's
+    /// /dev/tcp: the pod shares one network namespace); the body, after checking the status.
+    fn scrape_metrics(&self) -> String {
+        let out = run(kubectl().args([
+            "-n",
+            &self.ns,
+            "exec",
+            "deploy/postgres",
+            "-c",
+            "db",
+            "--",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9187 && printf 'GET /metrics HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && timeout 30 cat <&3",
+        ]));
+        let all = text(&out.stdout);
+        assert!(
+            out.status.success() && all.starts_with("HTTP/1.1 200"),
+            "scraping :9187/metrics failed: {all}{}",
+            text(&out.stderr)
+        );
+        println!("e2e: scraped {} bytes from :9187/metrics", all.len());
+        all
+    }
+
     fn print_timings(&self) {
         println!("\nflow wall times on namespace {}:", self.ns);
         for (flow, took) in self.timings.borrow().iter() {
@@ -319,6 +344,14 @@ impl Drop for Site {
             "--wait=false",
         ]));
     }
+}
+
+/// The value of an unlabelled sample in an exposition text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in: {text}"))
 }
 
 fn mode_and_owner(p: &Path) -> (u32, u32, u32) {
@@ -399,8 +432,11 @@ fn seed_flows_in_order() {
     );
 
     // --- pg.backup.logical / pg.backup.physical as Jobs from the CronJobs' templates.
-    site.pgkeep_ok("backup logical", &["backup", "logical"]);
-    site.pgkeep_ok("backup physical", &["backup", "physical"]);
+    // Each backup Job applies retention right after publishing its bundle (its log says so).
+    let out = site.pgkeep_ok("backup logical", &["backup", "logical"]);
+    assert!(out.contains("retention: kept"), "{out}");
+    let out = site.pgkeep_ok("backup physical", &["backup", "physical"]);
+    assert!(out.contains("retention: kept"), "{out}");
     // Complete bundles: verified by this host's pgkeep reading the volume directly, and by
     // `backups verify --kube` in the loader pod.
     let nightly = bundles(&site, ".tar.gz")
@@ -626,6 +662,59 @@ fn seed_flows_in_order() {
     }
     // The drill CronJob was deployed with the base.
     kubectl_ok(&["-n", &site.ns, "get", "cronjob", "postgres-drill"]);
+
+    // --- the metrics port, scraped as Prometheus does (GET /metrics on 9187 over the pod's
+    // network, from the db container), then archiving broken on purpose and repaired.
+    let scraped = site.scrape_metrics();
+    for want in [
+        "pgkeep_up 1",
+        "pgkeep_backup_last_success_timestamp_seconds{kind=\"logical\"}",
+        "pgkeep_backup_last_success_timestamp_seconds{kind=\"physical\"}",
+        "pgkeep_backups{kind=\"physical\"} 1",
+        "pgkeep_drill_last_result 1",
+        "pgkeep_recovery_window_start_timestamp_seconds",
+    ] {
+        assert!(scraped.contains(want), "the scrape lacks {want}: {scraped}");
+    }
+    let failed_before = metric(&scraped, "pgkeep_wal_failed_total");
+    let archive = site.volume("pg-wal-archive");
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o555)).unwrap();
+    site.sql("INSERT INTO from_host VALUES (0)");
+    site.sql("SELECT pg_switch_wal()");
+    site.wait_for("archive_command to fail", 60, || {
+        site.sql("SELECT failed_count > 0 FROM pg_stat_archiver") == "t"
+    });
+    let out = site.pgkeep(
+        "status (archiving broken)",
+        &["status", "--min-free-percent", "0"],
+    );
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "status: {all}");
+    assert!(all.contains("archiving_failing"), "status: {all}");
+    let failed_after = metric(&site.scrape_metrics(), "pgkeep_wal_failed_total");
+    assert!(
+        failed_after > failed_before,
+        "pgkeep_wal_failed_total rose: {failed_before} -> {failed_after}"
+    );
+    println!(
+        "e2e: pgkeep_wal_failed_total {failed_before} -> {failed_after} with the archive unwritable"
+    );
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // PostgreSQL retries a failing archive_command after a minute.
+    site.wait_for("archiving to recover", 180, || {
+        site.sql("SELECT last_archived_time > last_failed_time FROM pg_stat_archiver") == "t"
+    });
+    let out = site.pgkeep(
+        "status (archiving repaired)",
+        &["status", "--min-free-percent", "0"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     // --- pvc ensure against bound claims whose desired size differs: reported, not patched.
     let cfg = std::fs::read_to_string(site.config()).unwrap();

@@ -72,7 +72,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         let cron = pgkeep_kube::manifests::backup::logical_name(ctx.settings());
         return crate::kube::run_cronjob(&ctx, &cron).await;
     }
-    let start = jiff::Timestamp::now();
+    let start = pgkeep_engine::clock::now();
     let result = backup(&args, &ctx).await;
     crate::record::leave(&ctx, RunKind::Logical, start, &result).await;
     result?;

@@ -59,7 +59,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         return drill_kube(&args, &ctx).await;
     }
-    let start = jiff::Timestamp::now();
+    let start = pgkeep_engine::clock::now();
     let result = drill_local(&args, &ctx).await;
     crate::record::leave(&ctx, RunKind::Drill, start, &result).await;
     result.map(|_| ())
