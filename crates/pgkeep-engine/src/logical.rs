@@ -56,7 +56,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::ExitClass;
 use crate::bundle::{self, BundleError, BundleKind, BundleWriter, Level, Manifest};
 use crate::db::{ConnParams, Db, DbError, quote_ident};
 use crate::fsutil::{self, FsError, IoContext};
@@ -67,6 +66,7 @@ use crate::sqlgz::{self, SqlGzError};
 use crate::sqlscan::{self, FilterError, Policy, ScanError, ScanReport};
 use crate::tools::{PgBin, ToolError};
 use crate::upload::{self, FileKind};
+use crate::{Classified, ExitClass};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogicalError {
@@ -156,8 +156,8 @@ pub enum LogicalError {
     Internal(String),
 }
 
-impl LogicalError {
-    pub fn exit_class(&self) -> ExitClass {
+impl Classified for LogicalError {
+    fn exit_class(&self) -> ExitClass {
         use LogicalError::*;
         match self {
             OldTools { .. }

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::ExitClass;
 use crate::bundle::{self, BundleError, MemberDigest};
 use crate::datadir::{self, DatadirError};
 use crate::db::{ConnParams, Db, DbError};
@@ -40,6 +39,7 @@ use crate::repo::{self, Backup, BackupKind, RepoError};
 use crate::server::{RunAs, ServerError};
 use crate::tools::{PgBin, ToolError};
 use crate::wal::{self, Archive, Lsn, WalKind};
+use crate::{Classified, ExitClass};
 
 const BLOCK_BEGIN: &str =
     "# pgkeep bootstrap: recovery settings (removed by pgkeep when recovery has ended)";
@@ -230,8 +230,8 @@ pub enum RecoveryError {
     Timeout { seconds: u64, log_file: PathBuf },
 }
 
-impl RecoveryError {
-    pub fn exit_class(&self) -> ExitClass {
+impl Classified for RecoveryError {
+    fn exit_class(&self) -> ExitClass {
         use RecoveryError::*;
         match self {
             Datadir(e) => e.exit_class(),
