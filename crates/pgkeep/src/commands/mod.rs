@@ -38,6 +38,11 @@ use crate::cli::{
 };
 use crate::exit;
 
+/// `argv` as the `&[&str]` the in-cluster runners take.
+fn strs(argv: &[String]) -> Vec<&str> {
+    argv.iter().map(String::as_str).collect()
+}
+
 /// Runs one command; its exit code when it did not fail. Most commands succeed with 0; `wal
 /// fetch` answers PostgreSQL's restore_command contract (1: not there, 126: damaged) and `serve`
 /// passes PostgreSQL's own exit code through.
