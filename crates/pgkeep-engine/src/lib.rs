@@ -4,6 +4,25 @@
 //! Kubernetes Jobs run the same binary, so this crate is written and tested once, against a real
 //! PostgreSQL. Each module owns one concern and has its own error type whose messages say what to
 //! do; [`ExitClass`] tells the binary which exit code an error maps to.
+//!
+//! Where each command's work lives (command → module):
+//! - `serve` → [`postmaster`] (data directory, initdb, supervision), [`server`] (initdb and the
+//!   managed settings, also for throwaway servers), [`datadir`] and [`mountinfo`] (the guard),
+//!   [`bootmark`] (an unfinished bootstrap's marker).
+//! - `prep-dirs`, `wipe` → [`datadir`]; `debug perms` → [`mountinfo`].
+//! - `backup logical`, `restore dump`, `restore upload` → [`logical`] (with [`sqlscan`] for
+//!   uploaded SQL, [`upload`] for what a file is, [`sqlgz`] for `records.sql.gz`).
+//! - `backup physical` → [`physical`]; `bootstrap basebackup` → [`recovery`] (with [`walscan`]
+//!   for restore points and damaged records).
+//! - `wal push`, `wal fetch` → [`wal`] (names, LSNs, the archive) and [`walcheck`] (does a
+//!   segment belong); `wal stream` → [`walstream`]; whose archive it is → [`archive_owner`].
+//! - `status`, `space` → [`inspect`] and [`observe`]; `metrics` → [`observe`] and [`metrics`].
+//! - `backups list`, `backups verify` → [`catalog`] (over [`repo`] and [`bundle`]); `backups
+//!   prune` → [`retention`]; `drill` → [`drill`]; run records → [`results`], [`runmark`].
+//! - `offsite keygen|sync` and off-site reads → [`offsite`]; `receive` (the upload protocol's
+//!   pod side) → [`transfer`]; `sanity` → [`sanity`].
+//! - Shared: [`settings`], [`db`] (connections and typed queries), [`tools`] (the one process
+//!   runner), [`fsutil`] (durable file writes).
 
 pub mod archive_owner;
 pub mod bootmark;
