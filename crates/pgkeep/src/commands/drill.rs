@@ -26,7 +26,7 @@ use pgkeep_engine::wal::Archive;
 use pgkeep_engine::results::RunKind;
 
 use crate::cli::Ctx;
-use crate::commands::backup_logical::BarProgress;
+use crate::output::BarProgress;
 use crate::record::Produced;
 
 #[derive(Debug, clap::Args)]

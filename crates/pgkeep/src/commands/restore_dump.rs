@@ -24,7 +24,7 @@ use pgkeep_engine::upload;
 use pgkeep_engine::wal::Archive;
 
 use crate::cli::Ctx;
-use crate::commands::backup_logical::BarProgress;
+use crate::output::BarProgress;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
