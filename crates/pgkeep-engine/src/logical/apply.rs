@@ -350,9 +350,7 @@ impl PreparedRestore {
                 Err(e) => {
                     let msg = format!(
                         "refresh materialized view {mv}: {}",
-                        e.as_db_error()
-                            .map(|d| d.message().to_owned())
-                            .unwrap_or_else(|| e.to_string())
+                        crate::db::describe(&e)
                     );
                     tracing::warn!("{msg}");
                     errors.push(msg);

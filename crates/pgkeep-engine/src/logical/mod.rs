@@ -57,7 +57,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::bundle::{self, BundleError, BundleKind, BundleWriter, Level, Manifest};
-use crate::db::{ConnParams, Db, DbError, quote_ident};
+use crate::db::{ConnParams, Db, DbError, query_err, quote_ident};
 use crate::fsutil::{self, FsError, IoContext};
 use crate::repo::{self, BackupKind, RepoError};
 use crate::runmark;
@@ -179,16 +179,6 @@ impl Classified for LogicalError {
             ) => ExitClass::Refused,
             _ => ExitClass::Failed,
         }
-    }
-}
-
-fn query_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
-    move |e| DbError::Query {
-        what,
-        message: e
-            .as_db_error()
-            .map(|d| d.message().to_owned())
-            .unwrap_or_else(|| e.to_string()),
     }
 }
 

@@ -2,6 +2,52 @@
 
 use super::*;
 
+/// The demo's own typed queries (`pgkeep demo`: a table written after the base backup, which
+/// WAL replay must bring back).
+impl Db {
+    /// Writes `audit.after_backup` (1,234 rows); its row count.
+    pub async fn demo_write_after_backup(&self) -> Result<i64, DbError> {
+        self.client()
+            .batch_execute(
+                "create table audit.after_backup as \
+                 select g as id, md5(g::text) as payload from generate_series(1, 1234) g",
+            )
+            .await
+            .map_err(query_err("writing the demo's table after the backup"))?;
+        self.demo_count_after_backup().await
+    }
+
+    /// Switches to a new WAL file; the name of the one just closed.
+    pub async fn demo_switch_wal(&self) -> Result<String, DbError> {
+        Ok(self
+            .client()
+            .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+            .await
+            .map_err(query_err("switching WAL"))?
+            .get(0))
+    }
+
+    /// `pg_stat_archiver.last_archived_wal`.
+    pub async fn demo_last_archived(&self) -> Result<Option<String>, DbError> {
+        Ok(self
+            .client()
+            .query_one("select last_archived_wal from pg_stat_archiver", &[])
+            .await
+            .map_err(query_err("reading pg_stat_archiver"))?
+            .get(0))
+    }
+
+    /// Rows of `audit.after_backup`.
+    pub async fn demo_count_after_backup(&self) -> Result<i64, DbError> {
+        Ok(self
+            .client()
+            .query_one("select count(*) from audit.after_backup", &[])
+            .await
+            .map_err(query_err("counting the demo's table"))?
+            .get(0))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Demo
 // ---------------------------------------------------------------------------------------------
