@@ -6,9 +6,9 @@
 //! 3 refused by a safety check (nothing was changed).
 
 mod cli;
+mod cluster;
 mod commands;
 mod exit;
-mod kube;
 mod output;
 mod record;
 

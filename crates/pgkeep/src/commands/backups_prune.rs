@@ -59,7 +59,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         } else {
             Intent::Destroy("prune backups and WAL".into())
         };
-        return crate::kube::run_local_from_cronjob(
+        return crate::cluster::run_local_from_cronjob(
             &ctx,
             &cron,
             "backups-prune",

@@ -46,7 +46,7 @@ impl Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return crate::kube::run_local_in_loader(&ctx, &super::strs(&args.to_argv())).await;
+        return crate::cluster::run_local_in_loader(&ctx, &super::strs(&args.to_argv())).await;
     }
     if args.offsite {
         return verify_offsite(&args, &ctx).await;

@@ -236,7 +236,7 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     if let Some(deployment) = &args.scale_up {
         let app = args.scale_up_app.as_deref().unwrap_or(&s.kube.app);
-        crate::kube::scale_up_in_job(&ctx, deployment, app)
+        crate::cluster::scale_up_in_job(&ctx, deployment, app)
             .await
             .with_context(|| {
                 format!(
@@ -344,15 +344,15 @@ async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         args.yes,
     )?;
     // From the first request on, Ctrl-C aborts before the bootstrap Job exists.
-    let mut stop = crate::kube::Stop::install()?;
-    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+    let mut stop = crate::cluster::Stop::install()?;
+    let (cluster, ctx) = crate::cluster::connect_checked_stoppable(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("bootstrap from a base backup".into()),
         &mut stop,
     )
     .await?;
     let job = basebackup_job(ctx.settings(), &args)?;
-    crate::kube::bootstrap(&ctx, &cluster, job, stop).await
+    crate::cluster::bootstrap(&ctx, &cluster, job, stop).await
 }
 
 /// The bootstrap Job with this command's options (user input in the args escaped for the

@@ -292,7 +292,7 @@ fn render_outcome(out: &mut String, o: &DrillOutcome) {
 async fn drill_kube(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let argv = args.to_argv();
     let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
-    crate::kube::run_local_from_cronjob(
+    crate::cluster::run_local_from_cronjob(
         ctx,
         &cron,
         "drill",

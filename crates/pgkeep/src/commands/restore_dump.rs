@@ -321,11 +321,11 @@ async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         yes = true;
     }
-    let (cluster, ctx) = crate::kube::connect_checked(
+    let (cluster, ctx) = crate::cluster::connect_checked(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("restore a dump into the database".into()),
     )
     .await?;
     let job = dump_job(ctx.settings(), &args, yes);
-    crate::kube::run_job(&cluster, job).await
+    crate::cluster::run_job(&cluster, job).await
 }

@@ -133,8 +133,8 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         args.restore.yes = true;
     }
     // From the first request on, Ctrl-C aborts before the restore Job exists (upload included).
-    let mut stop = crate::kube::Stop::install()?;
-    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+    let mut stop = crate::cluster::Stop::install()?;
+    let (cluster, ctx) = crate::cluster::connect_checked_stoppable(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("restore an upload into the database".into()),
         &mut stop,
@@ -153,7 +153,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
             .name
             .clone()
             .unwrap_or_else(|| jobs::LOADER.into()),
-        container: crate::kube::pod_container(&loader),
+        container: crate::cluster::pod_container(&loader),
         program: "pgkeep".into(),
         dest: dest.clone(),
     };
@@ -179,7 +179,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let report = flows::restore_upload(
         &cluster,
         &loader,
-        crate::kube::wait_secs(300),
+        crate::cluster::wait_secs(300),
         &exec,
         &args.file,
         &upload,
@@ -188,7 +188,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &logs,
         &mut std::io::sink(),
         stop.into_future(),
-        &crate::kube::job_options(),
+        &crate::cluster::job_options(),
     )
     .await;
     bar.finish_and_clear();

@@ -33,7 +33,7 @@ impl Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        return crate::kube::run_local_in_db(&ctx, &super::strs(&args.to_argv())).await;
+        return crate::cluster::run_local_in_db(&ctx, &super::strs(&args.to_argv())).await;
     }
     let db = Db::connect(&ConnParams::from_settings(ctx.settings())).await?;
     let report = db.sanity(args.estimate).await?;

@@ -56,7 +56,7 @@ struct Json<'a> {
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         let argv = args.to_argv();
-        return crate::kube::run_local_in_container(
+        return crate::cluster::run_local_in_container(
             &ctx,
             super::metrics::METRICS_CONTAINER,
             &super::strs(&argv),

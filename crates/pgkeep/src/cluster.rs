@@ -29,7 +29,7 @@ struct Where {
 }
 
 fn kubeconfig_where(wanted: Option<&str>) -> Where {
-    let Ok(kc) = ::kube::config::Kubeconfig::read() else {
+    let Ok(kc) = kube::config::Kubeconfig::read() else {
         return Where {
             context: None,
             server: None,
