@@ -36,7 +36,7 @@ use crate::recovery::{self, BootstrapRequest, RecoveryError, Sandbox};
 use crate::repo::{self, Backup, BackupKind, RepoError};
 use crate::runmark;
 use crate::sanity::SanityReport;
-use crate::server::{self, InitDb, ManagedConf, RunAs, ServerError};
+use crate::server::{self, ChildServer, InitDb, ManagedConf, RunAs, ServerError};
 use crate::tools::{PgBin, ToolError};
 
 /// The port the throwaway servers use. Only the name of the socket file in the private socket
@@ -283,7 +283,7 @@ pub async fn run(req: &DrillRequest) -> Result<DrillReport, DrillError> {
         None
     };
     let physical = if req.physical {
-        Some(physical(req, &scratch.path, run_as).await)
+        Some(physical(req, &scratch.path).await)
     } else {
         None
     };
@@ -518,11 +518,13 @@ async fn logical_steps(
 
     tracing::info!(step = "logical-start", "starting the throwaway server");
     let log_file = dir.join("postgresql.log");
-    server::pg_ctl_start(&req.pg, &pgdata, &log_file, req.timeout, run_as)?;
+    // pgkeep's child: a drill killed half-way never leaves it running in its scratch directory.
+    let mut throwaway = ChildServer::start(&req.pg, &pgdata, &log_file, run_as, &[])?;
+    throwaway.wait_ready(req.timeout).await?;
     let result =
         logical_restore_and_check(req, &dir, &bundle, &database, &checked, manifest, out).await;
     tracing::info!(step = "logical-stop", "stopping the throwaway server");
-    let stopped = server::pg_ctl_stop(&req.pg, &pgdata, run_as);
+    let stopped = throwaway.stop();
     result?;
     stopped?;
     Ok(())
@@ -616,16 +618,15 @@ async fn logical_restore_and_check(
 // ---------------------------------------------------------------------------------------------
 
 /// Pick, verify and plan, extract, replay WAL from the real archive, check, stop.
-async fn physical(req: &DrillRequest, scratch: &Path, run_as: Option<RunAs>) -> DrillOutcome {
+async fn physical(req: &DrillRequest, scratch: &Path) -> DrillOutcome {
     let mut out = DrillOutcome::new(BackupKind::Physical);
-    let result = physical_steps(req, scratch, run_as, &mut out).await;
+    let result = physical_steps(req, scratch, &mut out).await;
     out.finish(result, "physical drill")
 }
 
 async fn physical_steps(
     req: &DrillRequest,
     scratch: &Path,
-    run_as: Option<RunAs>,
     out: &mut DrillOutcome,
 ) -> Result<(), DrillError> {
     tracing::info!(step = "physical-pick", "finding the newest base backup");
@@ -668,7 +669,8 @@ async fn physical_steps(
     tracing::info!(step = "physical-replay", bundle = %bundle.name, "extracting and replaying WAL from the archive (read only)");
     let clock = Instant::now();
     let conn = sandbox_conn(&dir, &req.user, "postgres");
-    let report = recovery::execute(&req.pg, &conn, &breq, &plan).await?;
+    let (report, replay_server) =
+        recovery::execute_in_sandbox(&req.pg, &conn, &breq, &plan).await?;
     out.replay = Some(Replay {
         end_lsn: report.end_lsn.clone(),
         timeline: report.timeline,
@@ -677,7 +679,7 @@ async fn physical_steps(
     let checked = physical_check(req, &conn, &plan, &report, out).await;
     out.restore_secs = Some(clock.elapsed().as_secs_f64());
     tracing::info!(step = "physical-stop", "stopping the throwaway server");
-    let stopped = server::pg_ctl_stop(&req.pg, &breq.pgdata, run_as);
+    let stopped = replay_server.stop();
     checked?;
     stopped?;
     Ok(())

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod observe;
 pub mod offsite;
+pub mod offsite_retention;
 pub mod physical;
 pub mod postmaster;
 pub mod recovery;

@@ -50,6 +50,10 @@ pub const PART_SIZE: usize = 8 << 20;
 const META_SHA256: &str = "pgkeep-sha256";
 const META_SIZE: &str = "pgkeep-size";
 const META_RECIPIENTS: &str = "pgkeep-recipients";
+/// On a base backup's object: the first WAL segment it needs and the segment size, so off-site
+/// retention knows which WAL the oldest kept base backup needs without decrypting anything.
+pub(crate) const META_WAL_START: &str = "pgkeep-wal-start";
+pub(crate) const META_SEGMENT_SIZE: &str = "pgkeep-segment-size";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {
@@ -444,18 +448,78 @@ impl System {
             .collect())
     }
 
-    /// Upload a bundle (create-only; an existing object of that name is compared).
-    pub async fn put_backup(&self, local: &Path, progress: Progress) -> Result<PutOutcome> {
+    /// Upload a bundle (create-only; an existing object of that name is compared), with extra
+    /// user metadata (`(name, value)`; see [`META_WAL_START`]).
+    pub async fn put_backup(
+        &self,
+        local: &Path,
+        progress: Progress,
+        metadata: &[(&'static str, String)],
+    ) -> Result<PutOutcome> {
         let name = file_name(local)?;
         let key = self.backups_dir().join(format!("{name}{}", self.suffix()));
-        self.put_file(key, local, progress).await
+        self.put_file(key, local, progress, metadata).await
+    }
+
+    /// One user-metadata value of a stored backup; None when the object or the value is absent.
+    pub async fn backup_metadata(&self, name: &str, meta: &str) -> Result<Option<String>> {
+        for suffix in [".age", ""] {
+            let key = self.backups_dir().join(format!("{name}{suffix}"));
+            let got = self
+                .off
+                .store
+                .get_opts(
+                    &key,
+                    GetOptions {
+                        head: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match got {
+                Ok(g) => {
+                    return Ok(g
+                        .attributes
+                        .get(&Attribute::Metadata(meta.to_owned().into()))
+                        .map(|v| v.as_ref().to_owned()));
+                }
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.off.err("look up", &key)(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Delete a stored backup (both spellings: encrypted or not).
+    pub async fn delete_backup(&self, name: &str) -> Result<()> {
+        for suffix in [".age", ""] {
+            let key = self.backups_dir().join(format!("{name}{suffix}"));
+            self.delete_key(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Delete a stored WAL file by its archived file name (both spellings).
+    pub async fn delete_wal(&self, file: &str) -> Result<()> {
+        for suffix in [".age", ""] {
+            let key = self.wal_dir().join(format!("{file}{suffix}"));
+            self.delete_key(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_key(&self, key: &ObjPath) -> Result<()> {
+        match self.off.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.off.err("delete", key)(e)),
+        }
     }
 
     /// Upload an archived WAL file (create-only; an existing object is compared).
     pub async fn put_wal(&self, local: &Path, progress: Progress) -> Result<PutOutcome> {
         let name = file_name(local)?;
         let key = self.wal_dir().join(format!("{name}{}", self.suffix()));
-        self.put_file(key, local, progress).await
+        self.put_file(key, local, progress, &[]).await
     }
 
     /// Download and decrypt a bundle into `dir/name` (published only when whole and authentic).
@@ -489,7 +553,13 @@ impl System {
         Ok(None)
     }
 
-    async fn put_file(&self, key: ObjPath, local: &Path, progress: Progress) -> Result<PutOutcome> {
+    async fn put_file(
+        &self,
+        key: ObjPath,
+        local: &Path,
+        progress: Progress,
+        metadata: &[(&'static str, String)],
+    ) -> Result<PutOutcome> {
         let off = &self.off;
         let (size, sha) = {
             let local = local.to_owned();
@@ -513,6 +583,12 @@ impl System {
             attrs.insert(
                 Attribute::Metadata(META_RECIPIENTS.into()),
                 AttributeValue::from(off.recipients_text.clone()),
+            );
+        }
+        for (k, v) in metadata {
+            attrs.insert(
+                Attribute::Metadata((*k).into()),
+                AttributeValue::from(v.clone()),
             );
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
@@ -913,14 +989,16 @@ pub async fn sync(
         }
         // Verify first (checksums of every member against MANIFEST.json).
         let path = b.path.clone();
-        tokio::task::spawn_blocking(move || crate::bundle::verify(&path))
+        let contents = tokio::task::spawn_blocking(move || crate::bundle::verify(&path))
             .await
             .expect("verify does not panic")
             .map_err(|e| OffsiteError::Verify {
                 path: b.path.clone(),
                 message: e.to_string(),
             })?;
-        let outcome = put_with_progress(&sys, &b.path, b.size, &b.name, &progress, true).await?;
+        let metadata = wal_start_metadata(&b, contents.manifest.as_ref());
+        let outcome =
+            put_with_progress(&sys, &b.path, b.size, &b.name, &progress, Some(&metadata)).await?;
         record(&mut report, &b.name, b.size, outcome);
         known.names.insert(key);
     }
@@ -952,11 +1030,29 @@ pub async fn sync(
                     message: e.to_string(),
                 })?;
         }
-        let outcome = put_with_progress(&sys, &f.path, f.size, &file, &progress, false).await?;
+        let outcome = put_with_progress(&sys, &f.path, f.size, &file, &progress, None).await?;
         record(&mut report, &file, f.size, outcome);
         known.names.insert(key);
     }
     Ok(report)
+}
+
+/// A base backup's WAL start, from its verified manifest, as object metadata (none for a logical
+/// bundle, or a manifest without the facts).
+fn wal_start_metadata(
+    b: &crate::repo::Backup,
+    manifest: Option<&crate::bundle::Manifest>,
+) -> Vec<(&'static str, String)> {
+    if b.kind != crate::repo::BackupKind::Physical {
+        return Vec::new();
+    }
+    match manifest.map(crate::physical::PhysicalFacts::from_manifest) {
+        Some(Ok(f)) => vec![
+            (META_WAL_START, f.start_wal_file),
+            (META_SEGMENT_SIZE, f.wal_segment_size.to_string()),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 fn record(report: &mut SyncReport, name: &str, size: u64, outcome: PutOutcome) {
@@ -975,15 +1071,14 @@ async fn put_with_progress(
     size: u64,
     name: &str,
     progress: &Arc<dyn SyncProgress>,
-    bundle: bool,
+    bundle_metadata: Option<&[(&'static str, String)]>,
 ) -> Result<PutOutcome> {
     progress.start(name, size);
     let p = progress.clone();
     let cb: Progress = Arc::new(move |n| p.advance(n));
-    let outcome = if bundle {
-        sys.put_backup(path, cb).await?
-    } else {
-        sys.put_wal(path, cb).await?
+    let outcome = match bundle_metadata {
+        Some(m) => sys.put_backup(path, cb, m).await?,
+        None => sys.put_wal(path, cb).await?,
     };
     progress.done(name, outcome);
     Ok(outcome)
@@ -1181,6 +1276,7 @@ mod tests {
             recipients: recipients.into(),
             identity_file: String::new(),
             encrypt,
+            credentials_secret: String::new(),
         }
     }
 

@@ -36,7 +36,7 @@ use crate::fsutil::{self, FsError, IoContext};
 use crate::mountinfo;
 use crate::physical::{DATA_PREFIX, PhysicalFacts};
 use crate::repo::{self, Backup, BackupKind, RepoError};
-use crate::server::{RunAs, ServerError};
+use crate::server::{ChildServer, RunAs, ServerError};
 use crate::tools::{PgBin, ToolError};
 use crate::wal::{self, Archive, Lsn, WalKind};
 use crate::{Classified, ExitClass};
@@ -723,9 +723,9 @@ fn replay_socket(req: &BootstrapRequest) -> (PathBuf, u16) {
     }
 }
 
-/// The `pg_ctl -o` options of the replay server (read by `/bin/sh`, so each word is quoted):
-/// its socket directory and port, and no TCP, whatever the restored configuration says.
-pub fn replay_server_options(socket_dir: &Path, port: u16) -> String {
+/// The settings the replay server gets on its command line (`-c`, no shell in between): its
+/// socket directory and port, and no TCP, whatever the restored configuration says.
+pub fn replay_server_settings(socket_dir: &Path, port: u16) -> Vec<(&'static str, String)> {
     let dir = socket_dir.display().to_string();
     // unix_socket_directories is a comma-separated list: a name with a separator is quoted.
     let dir = if dir.contains([',', '"', ' ', '\t']) {
@@ -733,18 +733,11 @@ pub fn replay_server_options(socket_dir: &Path, port: u16) -> String {
     } else {
         dir
     };
-    [
-        "-c".to_owned(),
-        "listen_addresses=".to_owned(),
-        "-c".to_owned(),
-        format!("unix_socket_directories={dir}"),
-        "-p".to_owned(),
-        port.to_string(),
+    vec![
+        ("listen_addresses", String::new()),
+        ("unix_socket_directories", dir),
+        ("port", port.to_string()),
     ]
-    .iter()
-    .map(|w| crate::tools::shell_quote(w))
-    .collect::<Vec<_>>()
-    .join(" ")
 }
 
 /// When the archive root does not hold the bundle's system's WAL but a superseded directory of
@@ -1351,11 +1344,87 @@ pub async fn execute(
 ) -> Result<BootstrapReport, RecoveryError> {
     let started = Instant::now();
     let run_as = RunAs::data_owner(req.uid, req.gid)?;
+    let replayed = replay(pg, conn, req, plan, run_as).await?;
+    let report = replayed.report(req, plan, started);
+    replayed.server.stop()?;
+    // Recovery is over and PGDATA is a whole, stopped database again.
+    if req.sandbox.is_none() {
+        crate::bootmark::clear(&req.pgroot)?;
+    }
+    if req.leave_running && req.sandbox.is_none() {
+        // The replay server listened only on pgkeep's socket: start the database again as
+        // configured, detached (pg_ctl), since it is meant to outlive this run.
+        if start_postgres(pg, &req.pgdata, &replayed.log_file, run_as).is_err()
+            || !wait_started(&req.pgdata).await
+        {
+            return Err(RecoveryError::RestartFailed {
+                log_file: replayed.log_file.clone(),
+                log: crate::server::log_tail(&replayed.log_file, 15),
+            });
+        }
+    }
+    Ok(BootstrapReport {
+        seconds: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// [`execute`] for a sandbox (a restore drill's scratch directory, `req.sandbox` set): the
+/// replay server is handed back still running, as pgkeep's child, for the caller to check and
+/// then stop; it never outlives this process.
+pub async fn execute_in_sandbox(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+) -> Result<(BootstrapReport, ChildServer), RecoveryError> {
+    let started = Instant::now();
+    let run_as = RunAs::data_owner(req.uid, req.gid)?;
+    let replayed = replay(pg, conn, req, plan, run_as).await?;
+    let db = Db::connect(&replayed.conn.with_db("postgres")).await?;
+    db.reload_conf().await?;
+    drop(db);
+    let report = replayed.report(req, plan, started);
+    Ok((report, replayed.server))
+}
+
+/// What [`replay`] leaves: recovery ended, its settings removed, the replay server still up.
+struct Replayed {
+    server: ChildServer,
+    conn: ConnParams,
+    ended: Ended,
+    log_file: PathBuf,
+    old_at: Option<PathBuf>,
+}
+
+impl Replayed {
+    fn report(&self, req: &BootstrapRequest, plan: &Plan, started: Instant) -> BootstrapReport {
+        BootstrapReport {
+            bundle: plan.bundle.name.clone(),
+            end_lsn: self.ended.end_lsn.clone(),
+            timeline: self.ended.timeline,
+            last_replayed_xact_time: self.ended.last_xact_time.clone(),
+            stop_reason: stop_reason(&self.log_file),
+            left_running: req.leave_running,
+            old_contents_at: self.old_at.clone(),
+            log_file: self.log_file.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The steps up to the end of recovery.
+async fn replay(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+    run_as: Option<RunAs>,
+) -> Result<Replayed, RecoveryError> {
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
     check_not_running(&req.pgdata)?;
     // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
-    let marked = req.sandbox.is_none();
-    if marked {
+    if req.sandbox.is_none() {
         crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
     }
     clean_stale_staging(&req.pgdata)?;
@@ -1367,60 +1436,29 @@ pub async fn execute(
     write_recovery_settings(req, plan, &overrides)?;
     let log_file = open_log_file(req, run_as)?;
     let (socket_dir, port) = replay_socket(req);
-    start_postgres(
+    // The replay server is our child: should this run be killed, the kernel stops it, and the
+    // next run (the bootmark says PGDATA is partial) starts over from the base backup.
+    let mut server = ChildServer::start(
         pg,
         &req.pgdata,
         &log_file,
         run_as,
-        Some(&replay_server_options(&socket_dir, port)),
+        &replay_server_settings(&socket_dir, port),
     )?;
     let mut replay_conn = conn.clone();
     replay_conn.host = socket_dir.display().to_string();
     replay_conn.port = port;
-    let ended = match wait_for_recovery_end(&replay_conn, req, plan, &log_file).await {
-        Ok(e) => e,
-        Err(e) => {
-            // The server may still be up (timeout) or half-down: stop it, keep the settings so
-            // a person can look at the state; the error says what happened.
-            let _ = crate::server::pg_ctl_stop(pg, &req.pgdata, run_as);
-            return Err(e);
-        }
-    };
-    if let Err(e) = check_replayed_to_the_end(plan, &ended, &log_file) {
-        let _ = crate::server::pg_ctl_stop(pg, &req.pgdata, run_as);
-        return Err(e);
-    }
+    // On an error the server is stopped (dropped) and the recovery settings stay, so a person
+    // can look at the state; the error says what happened.
+    let ended = wait_for_recovery_end(&replay_conn, req, plan, &log_file, &mut server).await?;
+    check_replayed_to_the_end(plan, &ended, &log_file)?;
     remove_recovery_settings(&req.pgdata)?;
-    if req.leave_running && req.sandbox.is_some() {
-        let db = Db::connect(&replay_conn.with_db("postgres")).await?;
-        db.reload_conf().await?;
-    } else if req.leave_running {
-        // The replay server listens only on pgkeep's socket: start it again as configured.
-        crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
-        if start_postgres(pg, &req.pgdata, &log_file, run_as, None).is_err()
-            || !wait_started(&req.pgdata).await
-        {
-            return Err(RecoveryError::RestartFailed {
-                log_file: log_file.clone(),
-                log: log_tail(&log_file, 15),
-            });
-        }
-    } else {
-        crate::server::pg_ctl_stop(pg, &req.pgdata, run_as)?;
-    }
-    if marked {
-        crate::bootmark::clear(&req.pgroot)?;
-    }
-    Ok(BootstrapReport {
-        bundle: plan.bundle.name.clone(),
-        end_lsn: ended.end_lsn,
-        timeline: ended.timeline,
-        last_replayed_xact_time: ended.last_xact_time,
-        stop_reason: stop_reason(&log_file),
-        left_running: req.leave_running,
-        old_contents_at: old_at,
+    Ok(Replayed {
+        server,
+        conn: replay_conn,
+        ended,
         log_file,
-        seconds: started.elapsed().as_secs_f64(),
+        old_at,
     })
 }
 
@@ -1449,7 +1487,7 @@ fn check_replayed_to_the_end(
             .timeline
             .map(|t| format!("{t:08X}.history"))
             .unwrap_or_else(|| "the newest .history file".into()),
-        log: log_tail(log_file, 15),
+        log: crate::server::log_tail(log_file, 15),
     })
 }
 
@@ -1844,25 +1882,21 @@ fn open_log_file(req: &BootstrapRequest, run_as: Option<RunAs>) -> Result<PathBu
     .into())
 }
 
-/// Step: start the postmaster as the data owner, without waiting (recovery may take long; the
-/// wait below watches it).
+/// Step: start the recovered database as configured, detached with pg_ctl (it outlives this
+/// run), as the data owner, without waiting (see [`wait_started`]).
 fn start_postgres(
     pg: &PgBin,
     pgdata: &Path,
     log_file: &Path,
     run_as: Option<RunAs>,
-    options: Option<&str>,
 ) -> Result<(), RecoveryError> {
-    tracing::info!(log = %log_file.display(), options = options.unwrap_or(""), "starting PostgreSQL");
-    let mut cmd = pg
+    tracing::info!(log = %log_file.display(), "starting PostgreSQL");
+    let cmd = pg
         .cmd("pg_ctl")
         .arg("-D")
         .arg(pgdata)
         .arg("-l")
         .arg(log_file);
-    if let Some(o) = options {
-        cmd = cmd.arg("-o").arg(o);
-    }
     RunAs::apply(run_as, cmd.args(["-W", "start"])).run()?;
     Ok(())
 }
@@ -1956,13 +1990,12 @@ async fn wait_for_recovery_end(
     req: &BootstrapRequest,
     plan: &Plan,
     log_file: &Path,
+    server: &mut ChildServer,
 ) -> Result<Ended, RecoveryError> {
     let deadline = Instant::now() + req.timeout;
     let params = conn.with_db("postgres");
     let mut db: Option<Db> = None;
     let mut last_note = Instant::now();
-    let started = Instant::now();
-    let mut seen_running = false;
     loop {
         if Instant::now() > deadline {
             return Err(RecoveryError::Timeout {
@@ -1970,18 +2003,9 @@ async fn wait_for_recovery_end(
                 log_file: log_file.to_owned(),
             });
         }
-        match datadir::running_postmaster(&req.pgdata) {
-            Some(_) => seen_running = true,
-            // pg_ctl -W returns before the postmaster has written postmaster.pid: give a slow
-            // machine time to start it; once seen, a vanished postmaster means it stopped.
-            None if !seen_running
-                && started.elapsed() < Duration::from_secs(60)
-                && !log_shows_stop(log_file) =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            None => return Err(classify_failure(log_file, plan)),
+        // Our own child: an exit is seen at once (and reaped), never mistaken for a live pid.
+        if server.exited() {
+            return Err(classify_failure(log_file, plan));
         }
         if db.is_none() {
             db = Db::connect(&params).await.ok();
@@ -2014,29 +2038,10 @@ async fn wait_for_recovery_end(
     }
 }
 
-/// Whether the server log shows that the postmaster gave up.
-fn log_shows_stop(log_file: &Path) -> bool {
-    let text = std::fs::read_to_string(log_file).unwrap_or_default();
-    text.contains("FATAL:")
-        || text.contains("PANIC:")
-        || text.contains("database system is shut down")
-}
-
-fn log_tail(log_file: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(log_file).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(n);
-    format!(
-        "\n--- {} (last lines) ---\n{}",
-        log_file.display(),
-        lines[start..].join("\n")
-    )
-}
-
 /// Turn PostgreSQL's last words into an error.
 fn classify_failure(log_file: &Path, plan: &Plan) -> RecoveryError {
     let text = std::fs::read_to_string(log_file).unwrap_or_default();
-    let log = log_tail(log_file, 25);
+    let log = crate::server::log_tail(log_file, 25);
     let target = plan
         .target
         .as_ref()
@@ -2380,14 +2385,23 @@ mod tests {
 
     #[test]
     fn the_replay_server_gets_its_socket_and_no_tcp_on_the_command_line() {
+        let kv = |v: Vec<(&str, String)>| {
+            v.into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            replay_server_options(Path::new("/run/pg"), 5433),
-            "-c listen_addresses= -c unix_socket_directories=/run/pg -p 5433"
+            kv(replay_server_settings(Path::new("/run/pg"), 5433)),
+            [
+                "listen_addresses=",
+                "unix_socket_directories=/run/pg",
+                "port=5433"
+            ]
         );
-        // pg_ctl hands -o to /bin/sh; the GUC is a comma-separated list.
+        // The GUC is a comma-separated list: a name with a separator is double-quoted.
         assert_eq!(
-            replay_server_options(Path::new("/tmp/it's, here"), 5432),
-            r#"-c listen_addresses= -c 'unix_socket_directories="/tmp/it'\''s, here"' -p 5432"#
+            kv(replay_server_settings(Path::new("/tmp/it's, here"), 5432))[1],
+            r#"unix_socket_directories="/tmp/it's, here""#
         );
     }
 

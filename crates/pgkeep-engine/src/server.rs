@@ -1,5 +1,13 @@
-//! Running the PostgreSQL server itself: initdb, the pgkeep-managed settings file, and starting
-//! and stopping a postmaster with pg_ctl, always as the data owner (never as root).
+//! Running the PostgreSQL server itself: initdb, the pgkeep-managed settings file, starting and
+//! stopping a postmaster with pg_ctl, and [`ChildServer`], a postmaster that lives only as long as
+//! the pgkeep run that needs it; always as the data owner (never as root).
+//!
+//! Which to use: a server that must outlive pgkeep (a bootstrap that leaves the recovered
+//! database running on a plain host) starts with pg_ctl, which detaches it. A server that only
+//! does a job for this run (the replay server of a bootstrap, a drill's throwaway server) is a
+//! [`ChildServer`]: pgkeep's own child, which the kernel shuts down (SIGQUIT, an immediate
+//! shutdown) when pgkeep dies however it dies, so a killed run never leaves a server replaying
+//! into a directory the next run is about to empty.
 //!
 //! The managed settings live in `PGDATA/pgkeep.conf`, included from `postgresql.conf` by one
 //! `include_if_exists` line that pgkeep adds once; a person's own edits to `postgresql.conf` stay
@@ -11,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::fsutil::{self, FsError, IoContext};
-use crate::tools::{Cmd, PgBin, ToolError};
+use crate::tools::{Cmd, PgBin, Running, ToolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -27,6 +35,14 @@ pub enum ServerError {
         "{pgdata} already holds a data directory (PG_VERSION exists)\nhint: use it as is, or empty it first with `pgkeep wipe`"
     )]
     AlreadyInitialized { pgdata: PathBuf },
+    #[error(
+        "PostgreSQL did not start: {why} (log: {log_file}){log}\nhint: the log lines above say why; fix that and run again"
+    )]
+    NotStarted {
+        log_file: PathBuf,
+        log: String,
+        why: String,
+    },
 }
 
 /// Who runs server programs: when this process is root, the data owner; otherwise ourselves.
@@ -236,6 +252,151 @@ pub fn pg_ctl_start(
             other => ServerError::Tool(other),
         }
     })
+}
+
+/// A postmaster started as pgkeep's own child for one job; see the module header.
+///
+/// Its log (stderr) goes to a file the caller chose. [`ChildServer::stop`] asks for a fast
+/// shutdown and waits; a dropped one that still runs gets an immediate shutdown and then SIGKILL
+/// for its process group.
+pub struct ChildServer {
+    running: Option<Running>,
+    pgdata: PathBuf,
+    log_file: PathBuf,
+}
+
+impl std::fmt::Debug for ChildServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildServer")
+            .field("pgdata", &self.pgdata)
+            .field("pid", &self.running.as_ref().map(|r| r.id()))
+            .finish()
+    }
+}
+
+impl ChildServer {
+    /// Start `postgres -D PGDATA -c KEY=VALUE...` as the data owner, appending its log to
+    /// `log_file` (which must exist and be writable by the data owner). Returns at once: the
+    /// caller waits for what it needs (readiness, the end of recovery).
+    pub fn start(
+        pg: &PgBin,
+        pgdata: &Path,
+        log_file: &Path,
+        run_as: Option<RunAs>,
+        settings: &[(&str, String)],
+    ) -> Result<ChildServer, ServerError> {
+        // `sh -c 'exec postgres ... >>LOG 2>&1'`: the shell opens the log as the data owner (so
+        // a root pgkeep never hands it a file it could not open itself) and is replaced by
+        // postgres, which keeps the parent-death signal set for it.
+        let mut cmd = Cmd::new("sh")
+            .args(["-c", "log=$1; shift; exec \"$@\" >>\"$log\" 2>&1", "sh"])
+            .arg(log_file)
+            .arg(pg.path("postgres"))
+            .arg("-D")
+            .arg(pgdata)
+            .on_parent_death(rustix::process::Signal::QUIT);
+        for (k, v) in settings {
+            cmd = cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        for k in ["PGPASSWORD", "POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE"] {
+            cmd = cmd.env_remove(k);
+        }
+        let running = RunAs::apply(run_as, cmd).spawn()?;
+        tracing::info!(pid = running.id(), log = %log_file.display(), "postgres started as pgkeep's child");
+        Ok(ChildServer {
+            running: Some(running),
+            pgdata: pgdata.to_owned(),
+            log_file: log_file.to_owned(),
+        })
+    }
+
+    /// Whether the postmaster has exited (it is reaped here, so a dead one is never taken for a
+    /// live one by a pid check).
+    pub fn exited(&mut self) -> bool {
+        match self.running.as_mut() {
+            Some(r) => !matches!(r.try_status(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Wait until the server accepts connections (`postmaster.pid` says `ready`). An exit or
+    /// `timeout` is an error carrying the log's tail.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), ServerError> {
+        let started = std::time::Instant::now();
+        loop {
+            let pid_file =
+                std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap_or_default();
+            if pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready") && !self.exited() {
+                return Ok(());
+            }
+            if self.exited() || started.elapsed() > timeout {
+                return Err(ServerError::NotStarted {
+                    log_file: self.log_file.clone(),
+                    log: log_tail(&self.log_file, 20),
+                    why: if self.exited() {
+                        "it exited".into()
+                    } else {
+                        format!(
+                            "it did not accept connections within {}s",
+                            timeout.as_secs()
+                        )
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Fast shutdown (SIGINT: roll back sessions, checkpoint or restartpoint, exit) and wait up
+    /// to 5 minutes; then an immediate one. The exit status is not judged (a server stopped by
+    /// a signal during recovery may exit non-zero); that it is gone is what counts.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.shut_down(Duration::from_secs(300))
+    }
+
+    fn shut_down(&mut self, patience: Duration) -> Result<(), ServerError> {
+        let Some(mut running) = self.running.take() else {
+            return Ok(());
+        };
+        if matches!(running.try_status(), Ok(None)) {
+            let _ = running.signal(rustix::process::Signal::INT);
+            let started = std::time::Instant::now();
+            while matches!(running.try_status(), Ok(None)) {
+                if started.elapsed() > patience {
+                    tracing::warn!(pgdata = %self.pgdata.display(), "postgres did not stop in time: immediate shutdown");
+                    let _ = running.signal(rustix::process::Signal::QUIT);
+                    std::thread::sleep(Duration::from_secs(5));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Reaps it; a postmaster still there after the immediate shutdown is killed with its
+        // process group by Running's drop.
+        drop(running);
+        Ok(())
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.as_ref() {
+            let _ = r.signal(rustix::process::Signal::QUIT);
+        }
+        let _ = self.shut_down(Duration::from_secs(10));
+    }
+}
+
+/// The last `n` lines of a server log, under a line naming the file (for an error message).
+pub fn log_tail(log_file: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    format!(
+        "\n--- {} (last lines) ---\n{}",
+        log_file.display(),
+        lines[start..].join("\n")
+    )
 }
 
 /// Stop a postmaster with pg_ctl (`fast` mode: roll back open transactions, checkpoint, exit).

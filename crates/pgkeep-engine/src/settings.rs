@@ -96,6 +96,10 @@ pub struct Offsite {
     pub identity_file: String,
     /// Encrypt every object (the default). Turning it off must be said explicitly.
     pub encrypt: bool,
+    /// Kubernetes: the Secret (created by you, never by pgkeep) whose keys `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`, `AWS_REGION`) become the `offsite`
+    /// container's environment; empty: no Secret, the pod's own credentials (e.g. a role).
+    pub credentials_secret: String,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -182,6 +186,11 @@ pub struct Retention {
     pub nightly: u32,
     /// Physical base backups to keep (and the WAL they need).
     pub basebackups: u32,
+    /// Nightly logical bundles to keep off-site (`offsite sync` applies it after uploading; at
+    /// least the newest one is always kept).
+    pub offsite_nightly: u32,
+    /// Base backups to keep off-site, and the off-site WAL the oldest kept one needs.
+    pub offsite_basebackups: u32,
 }
 
 /// How `pgkeep wal push` (PostgreSQL's archive_command) stores segments; its flags override.
@@ -282,6 +291,8 @@ impl Default for Settings {
             retention: Retention {
                 nightly: 7,
                 basebackups: 4,
+                offsite_nightly: 30,
+                offsite_basebackups: 8,
             },
             wal: Wal {
                 compress: Compression::Zstd,
@@ -297,6 +308,7 @@ impl Default for Settings {
                 recipients: String::new(),
                 identity_file: String::new(),
                 encrypt: true,
+                credentials_secret: String::new(),
             },
         }
     }

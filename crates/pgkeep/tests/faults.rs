@@ -564,9 +564,10 @@ fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database
     );
 }
 
-/// SIGKILL of pgkeep at `points` moments spread evenly over a normal run of `args` (measured
-/// first), so every step is hit, not only the one where a tool runs: writing and fsyncing the
-/// bundle, the rename, verification, retention. After each kill: no child outlives pgkeep
+/// SIGKILL or SIGTERM (alternating: odd points SIGKILL, even ones SIGTERM) of pgkeep at `points`
+/// moments spread evenly over a normal run of `args` (measured first), so every step is hit, not
+/// only the one where a tool runs: writing and fsyncing the bundle, the rename, verification,
+/// retention. After each kill: no child outlives pgkeep
 /// (`needle` in a command line), and `check` holds; `reset` undoes what a run that finished
 /// before its kill published. Returns how many kills landed before the run would have ended.
 fn kill_sweep(
@@ -588,7 +589,12 @@ fn kill_sweep(
         std::thread::sleep(whole * k / (points + 1));
         let killed = child.try_wait().unwrap().is_none();
         if killed {
-            signal(child.id() as i32, Signal::SIGKILL);
+            let sig = if k % 2 == 1 {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            signal(child.id() as i32, sig);
             landed += 1;
         }
         let _ = child.wait();
@@ -808,4 +814,107 @@ fn a_restore_killed_while_swapping_never_leaves_the_database_closed() {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(c.psql("records", "select count(*), sum(id) from big"), want);
+}
+
+/// `bootstrap basebackup` SIGKILLed at 8 moments of its run (verifying, emptying PGDATA,
+/// extracting, replaying, stopping the replay server, clearing the marker): no server outlives
+/// it on PGDATA (the replay server is pgkeep's child, not a pg_ctl daemon), PGDATA is either
+/// marked as an unfinished bootstrap or a whole database with every row, and the rerun recovers
+/// every row.
+#[test]
+fn a_bootstrap_killed_at_any_step_leaves_no_server_running_and_the_rerun_recovers_every_row() {
+    let c = archiving_cluster(&bin());
+    c.psql(
+        "postgres",
+        "create table kept(x text); \
+         insert into kept select repeat('x', 400) || g from generate_series(1, 60000) g",
+    );
+    let out = pgkeep(&c).args(["backup", "physical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.psql(
+        "postgres",
+        "insert into kept select 'after the backup ' || g from generate_series(1, 5000) g",
+    );
+    let want = c.psql("postgres", "select count(*) from kept");
+    c.switch_wal_and_wait_archived();
+    c.stop();
+    let pgdata = c.pgdata().display().to_string();
+    let marker = c.pgroot().join(pgkeep_engine::bootmark::FILE_NAME);
+    let landed = kill_sweep(
+        &c,
+        &["bootstrap", "basebackup", "--yes"],
+        8,
+        &pgdata,
+        &|at| {
+            if marker.is_file() {
+                return; // an unfinished bootstrap: nothing starts it as a database (bootmark)
+            }
+            c.restart();
+            assert_eq!(
+                c.try_psql("postgres", "select count(*) from kept"),
+                Ok(want.clone()),
+                "after a kill at point {at}, PGDATA is unmarked but not the whole database"
+            );
+            c.stop();
+        },
+        &|| {},
+    );
+    assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
+    let out = pgkeep(&c)
+        .args(["bootstrap", "basebackup", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!marker.exists(), "the rerun cleared the marker");
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from kept"), want);
+    let left: Vec<String> = file_names(&c.pgroot())
+        .into_iter()
+        .filter(|n| n.starts_with(".pgkeep-bootstrap-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the killed runs' staging is gone: {left:?}"
+    );
+}
+
+/// `drill` SIGKILLed at 8 moments (verifying, initdb and restore of the logical drill, extraction
+/// and replay of the physical one, checks, clean-up): no throwaway server outlives it in its
+/// scratch directory, the live database is untouched, and the next drill passes and removes the
+/// killed drills' scratch directories.
+#[test]
+fn a_drill_killed_at_any_step_leaves_no_server_running_and_the_next_drill_passes() {
+    let c = records_cluster();
+    for kind in ["logical", "physical"] {
+        let out = pgkeep(&c).args(["backup", kind]).output().unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    c.switch_wal_and_wait_archived();
+    let want = c.psql("records", "select count(*), sum(id) from big");
+    let backups = c.backups().display().to_string();
+    let landed = kill_sweep(
+        &c,
+        &["drill"],
+        8,
+        &backups,
+        &|at| {
+            assert_eq!(
+                c.try_psql("records", "select count(*), sum(id) from big"),
+                Ok(want.clone()),
+                "after a kill at point {at} the live database changed"
+            )
+        },
+        &|| {},
+    );
+    assert!(landed >= 4, "only {landed} of 8 kills landed mid-run");
+    let out = pgkeep(&c).args(["drill"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let scratch: Vec<String> = file_names(&c.backups())
+        .into_iter()
+        .filter(|n| n.starts_with(".drill-"))
+        .collect();
+    assert!(
+        scratch.is_empty(),
+        "the killed drills' scratch directories are gone: {scratch:?}"
+    );
 }

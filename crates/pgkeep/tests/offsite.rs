@@ -616,3 +616,151 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         "later writes are absent"
     );
 }
+
+/// Bundle names oldest first: by the time in the name, then the sequence within a minute
+/// (`-1`, `-2`).
+fn oldest_first(names: &[&String]) -> Vec<String> {
+    let mut v: Vec<(pgkeep_engine::repo::BackupName, String)> = names
+        .iter()
+        .map(|n| (pgkeep_engine::repo::parse_name(n).unwrap(), (*n).clone()))
+        .collect();
+    v.sort_by_key(|(n, _)| (n.time, n.seq));
+    v.into_iter().map(|(_, n)| n).collect()
+}
+
+/// The start segment a base backup needs, from the `.backup` file PostgreSQL archived for it.
+fn backup_start_segment(c: &TempCluster, bundle: &str) -> String {
+    let label = format!("LABEL: pgkeep {bundle}");
+    for name in pgkeep_testkit::file_names(&c.wal_archive()) {
+        if !name.ends_with(".backup") {
+            continue;
+        }
+        let text = std::fs::read_to_string(c.wal_archive().join(&name)).unwrap();
+        if text.lines().any(|l| l.trim() == label) {
+            return name[..24].to_owned();
+        }
+    }
+    panic!("no .backup file names {bundle}");
+}
+
+/// `offsite sync` applies `retention.offsite_*`: the newest N of each kind stay, the others are
+/// deleted off-site (the local copies are untouched), WAL older than what the oldest kept base
+/// backup needs is deleted, and that oldest kept base backup still restores from off-site alone.
+#[test]
+fn offsite_retention_keeps_the_newest_bundles_and_the_wal_the_oldest_kept_one_needs() {
+    let s3 = S3Server::start("pgkeep-retention");
+    let c = archiving_cluster(&bin());
+    c.psql("postgres", "create database records");
+    c.psql("records", "create table t (x int)");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
+    let config = keys_dir.path().join("pgkeep.toml");
+    std::fs::write(
+        &config,
+        "[retention]\noffsite_nightly = 2\noffsite_basebackups = 2\n",
+    )
+    .unwrap();
+    let sync = || {
+        ok(pgkeep(&c, &s3, "r")
+            .env("PGKEEP_CONFIG", &config)
+            .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+            .args(["offsite", "sync"]))
+    };
+    for round in 1..=3 {
+        c.psql(
+            "records",
+            &format!("insert into t select generate_series(1, 1000) + {round} * 1000"),
+        );
+        ok(pgkeep(&c, &s3, "r").args(["backup", "logical", "--no-prune"]));
+        ok(pgkeep(&c, &s3, "r").args(["backup", "physical", "--no-prune"]));
+        c.switch_wal_and_wait_archived();
+        let out = sync();
+        assert!(
+            stdout(&out).contains("off-site retention"),
+            "{}",
+            output_text(&out)
+        );
+    }
+    let local = pgkeep_testkit::file_names(&c.backups());
+    let bases: Vec<&String> = local
+        .iter()
+        .filter(|n| n.starts_with("basebackup-"))
+        .collect();
+    let nightlies: Vec<&String> = local.iter().filter(|n| n.starts_with("nightly-")).collect();
+    assert_eq!(
+        (bases.len(), nightlies.len()),
+        (3, 3),
+        "local untouched: {local:?}"
+    );
+
+    let id = sysid(&c);
+    let keys = s3.keys();
+    let stored = |prefix: &str| -> Vec<String> {
+        keys.iter()
+            .filter_map(|k| k.strip_prefix(&format!("r/{id}/backups/")))
+            .filter(|n| n.starts_with(prefix))
+            .map(|n| n.trim_end_matches(".age").to_owned())
+            .collect()
+    };
+    let newest = |all: &[&String]| -> Vec<String> { oldest_first(all)[1..].to_vec() };
+    let mut want_bases = newest(&bases);
+    let mut got_bases = stored("basebackup-");
+    want_bases.sort();
+    got_bases.sort();
+    assert_eq!(
+        got_bases, want_bases,
+        "the newest 2 base backups stay off-site"
+    );
+    let mut want_nightlies = newest(&nightlies);
+    let mut got_nightlies = stored("nightly-");
+    want_nightlies.sort();
+    got_nightlies.sort();
+    assert_eq!(
+        got_nightlies, want_nightlies,
+        "the newest 2 nightlies stay off-site"
+    );
+
+    // WAL: nothing before the oldest kept base backup's start segment; that segment stays.
+    let oldest_kept = oldest_first(&want_bases.iter().collect::<Vec<_>>())[0].clone();
+    let start = backup_start_segment(&c, &oldest_kept);
+    let wal: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(&format!("r/{id}/wal/")))
+        .map(|n| n.to_owned())
+        .collect();
+    assert!(
+        wal.iter()
+            .filter(|n| !n.contains(".history"))
+            .all(|n| n[8..24] >= start[8..24]),
+        "off-site WAL before {start} was deleted: {wal:?}"
+    );
+    assert!(
+        wal.iter().any(|n| n.starts_with(&start)),
+        "the start segment {start} stays: {wal:?}"
+    );
+    let local_wal = pgkeep_testkit::file_names(&c.wal_archive());
+    assert!(
+        local_wal
+            .iter()
+            .any(|n| n.len() >= 24 && n[8..24] < start[8..24]),
+        "older WAL is still local (only off-site is pruned): {local_wal:?}"
+    );
+
+    // The oldest kept base backup restores from off-site alone, with the pruned WAL.
+    let want = c.psql("records", "select count(*) from t");
+    c.stop();
+    for d in [c.pgdata(), c.wal_archive(), c.backups()] {
+        empty_dir(&d);
+    }
+    let out = ok(pgkeep(&c, &s3, "r")
+        .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+        .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
+        .args(["bootstrap", "basebackup", "--from", &oldest_kept, "--yes"]));
+    assert!(
+        stdout(&out).contains("recovery ended at"),
+        "{}",
+        output_text(&out)
+    );
+    c.restart();
+    assert_eq!(c.psql("records", "select count(*) from t"), want);
+}

@@ -361,6 +361,15 @@ fn clean_restore_swaps_the_dump_in_and_keep_old_keeps_the_old_database() {
     assert_eq!(c.psql(&kept, "select min(v) from t"), "second");
     assert_eq!(c.psql("records", "select min(v) from t"), "old");
     assert!(!databases(&c).contains("__pgkeep_restore"));
+
+    // A database set aside earlier (kept, or left by a restore killed after its swap) is named
+    // by the next restore, so it is not forgotten on the volume.
+    let out = ok(pgkeep(&c).args(["restore", "dump", "--from", &name, "--clean", "--yes"]));
+    let text = output_text(&out);
+    assert!(
+        text.contains("set aside by earlier restores") && text.contains(&kept),
+        "{text}"
+    );
 }
 
 /// Rewrite a bundle without its MANIFEST.json (the rest as it was).

@@ -69,6 +69,7 @@ impl PreparedRestore {
             None => None,
         };
 
+        report_replaced_databases(&admin, &database).await?;
         let scratch = side_name(&database, SCRATCH_SUFFIX);
         tracing::info!(step = "scratch", scratch = %scratch, "creating the scratch database the dump is loaded into");
         drop_database(&admin, &scratch).await?;
@@ -579,6 +580,35 @@ pub(super) async fn drop_database(admin: &Db, name: &str) -> Result<(), LogicalE
         ))
         .await
         .map_err(query_err("dropping a database"))?;
+    Ok(())
+}
+
+/// Say which databases earlier restores set aside and left (`--keep-old`, or a restore killed
+/// between its swap and the drop of the replaced database): each holds the data as it was before
+/// that restore, and nothing but a person drops it.
+pub(super) async fn report_replaced_databases(admin: &Db, database: &str) -> Result<(), DbError> {
+    // Cut as `swap` cuts a long name (to make room for the 15-character stamp).
+    let stamp_room = side_name(database, &format!("{OLD_INFIX}{:015}", 0));
+    let prefix = &stamp_room[..stamp_room.len() - 15];
+    let names: Vec<String> = admin
+        .client()
+        .query(
+            "select datname::text from pg_database where starts_with(datname, $1) order by 1",
+            &[&prefix],
+        )
+        .await
+        .map_err(query_err("listing replaced databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !names.is_empty() {
+        tracing::warn!(
+            "databases set aside by earlier restores of {database} are still here: {}; each holds \
+             {database} as it was before that restore. Drop them when they are no longer needed \
+             (DROP DATABASE <name>)",
+            names.join(", ")
+        );
+    }
     Ok(())
 }
 

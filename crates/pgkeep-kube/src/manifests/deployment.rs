@@ -5,7 +5,10 @@
 //! (uid 999) runs the mount guard and makes PGDATA 0700; `db` (uid 999) runs `pgkeep serve`. The
 //! data volume is mounted ONLY at the volume root, PGDATA is its `data` subdirectory. `metrics`
 //! (uid 999) serves `pgkeep metrics` on port 9187 (named `metrics`), with read-only mounts of
-//! the three volumes and the socket directory it reports on.
+//! the three volumes and the socket directory it reports on. With `offsite.url` set, `offsite`
+//! (uid 999) runs `pgkeep offsite sync --follow`: every new WAL file and bundle goes to object
+//! storage within seconds, outside `archive_command` (which stays as fast as without), from
+//! read-only mounts; its credentials come from the Secret `offsite.credentials_secret` names.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +35,10 @@ pub const PORT_NAME: &str = "postgres";
 pub const METRICS_CONTAINER: &str = "metrics";
 /// Its port, named `metrics`.
 pub const METRICS_PORT: u16 = 9187;
+/// The db pod's off-site follower (`pgkeep offsite sync --follow`), when `offsite.url` is set.
+pub const OFFSITE_CONTAINER: &str = "offsite";
+/// Seconds between the follower's rounds.
+pub const OFFSITE_INTERVAL_SECONDS: u32 = 10;
 
 fn pg_isready(s: &Settings) -> ExecAction {
     ExecAction {
@@ -100,6 +107,48 @@ fn metrics_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
     c
 }
 
+/// `pgkeep offsite sync --follow`: uploads what is new in the WAL archive and the backups
+/// volume (both mounted read-only; the data volume too, read-only, for the system identifier in
+/// pg_control) and applies off-site retention. The credentials Secret is referenced as
+/// optional: a missing Secret must not keep the database's pod from starting; the follower
+/// then logs the failed uploads and the off-site lag shows in `pgkeep metrics`.
+fn offsite_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
+    let interval = OFFSITE_INTERVAL_SECONDS.to_string();
+    let mut c = pgkeep_container(
+        s,
+        OFFSITE_CONTAINER,
+        &["offsite", "sync", "--follow", "--interval", &interval],
+        settings_env(s),
+        vec![
+            read_only(data_mount(s)),
+            read_only(wal_mount(s)),
+            read_only(backups_mount(s)),
+        ],
+    );
+    if !s.offsite.credentials_secret.is_empty() {
+        c.env_from = Some(vec![k8s_openapi::api::core::v1::EnvFromSource {
+            secret_ref: Some(k8s_openapi::api::core::v1::SecretEnvSource {
+                name: s.offsite.credentials_secret.clone(),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }]);
+    }
+    c.resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("10m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        // A few 8 MiB parts in flight, whatever the file size.
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("256Mi".to_owned()),
+        )])),
+        ..Default::default()
+    });
+    c
+}
+
 /// The pod's containers and volumes.
 pub fn pod_spec(s: &Settings) -> PodSpec {
     let fix_run = {
@@ -161,7 +210,13 @@ pub fn pod_spec(s: &Settings) -> PodSpec {
         security_context: Some(pod_security(s)),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         init_containers: Some(vec![fix_run, prep_dirs]),
-        containers: vec![db, metrics_container(s)],
+        containers: {
+            let mut c = vec![db, metrics_container(s)];
+            if !s.offsite.url.is_empty() {
+                c.push(offsite_container(s));
+            }
+            c
+        },
         volumes: Some(vec![
             data_volume(s),
             wal_volume(s),
@@ -423,6 +478,49 @@ mod tests {
         assert_eq!(req["memory"], Quantity("512Mi".into()));
         assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("2Gi".into()));
         assert!(pod.termination_grace_period_seconds.unwrap() >= 60);
+    }
+
+    #[test]
+    fn the_offsite_follower_runs_only_when_configured_reads_only_and_takes_the_named_secret() {
+        let pod = pod_spec(&s());
+        assert!(
+            pod.containers.iter().all(|c| c.name != OFFSITE_CONTAINER),
+            "no follower without offsite.url"
+        );
+        let mut with = s();
+        with.offsite.url = "s3://bucket/prefix".into();
+        let pod = pod_spec(&with);
+        let f = container(&pod, OFFSITE_CONTAINER);
+        assert_eq!(
+            f.args.as_deref().unwrap(),
+            ["offsite", "sync", "--follow", "--interval", "10"]
+        );
+        assert!(
+            f.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.read_only == Some(true)),
+            "{:?}",
+            f.volume_mounts
+        );
+        assert!(f.env_from.is_none(), "no Secret unless one is named");
+        with.offsite.credentials_secret = "my-s3-keys".into();
+        let pod = pod_spec(&with);
+        let f = container(&pod, OFFSITE_CONTAINER);
+        let from = &f.env_from.as_ref().unwrap()[0];
+        let secret = from.secret_ref.as_ref().unwrap();
+        assert_eq!(secret.name, "my-s3-keys");
+        assert_eq!(
+            secret.optional,
+            Some(true),
+            "a missing Secret never blocks the database"
+        );
+        // The follower never gets the superuser password.
+        assert!(
+            f.env.iter().flatten().all(|e| e.value_from.is_none()),
+            "{:?}",
+            f.env
+        );
     }
 
     #[test]

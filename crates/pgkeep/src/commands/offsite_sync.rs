@@ -1,13 +1,16 @@
 //! `pgkeep offsite sync [--follow]`: upload every bundle and WAL file of the local repository
 //! that is not off-site yet ([`pgkeep_engine::offsite::sync`]): each verified before it leaves,
 //! encrypted, create-only. `--follow` keeps going (the db pod's off-site follower), one round
-//! every `--interval` seconds, and a failed round is retried in the next.
+//! every `--interval` seconds, and a failed round is retried in the next. After a round that
+//! uploaded a bundle (and after the first), off-site retention runs
+//! ([`pgkeep_engine::offsite_retention`], `retention.offsite_*`) unless `--no-prune`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
 use pgkeep_engine::offsite::{self, Known, Offsite, PutOutcome, SyncProgress};
+use pgkeep_engine::offsite_retention;
 use pgkeep_engine::wal::Archive;
 
 use crate::cli::Ctx;
@@ -23,6 +26,9 @@ pub struct Args {
     /// Print each round's report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Do not apply off-site retention (`retention.offsite_nightly`, `retention.offsite_basebackups`).
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 /// A progress bar per file on a terminal (hidden otherwise).
@@ -60,6 +66,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let archive = Archive::new(&s.paths.wal_archive);
     let mut known = Known::default();
     let progress: Arc<dyn SyncProgress> = Arc::new(Bar::default());
+    let mut first = true;
     loop {
         let round = offsite::sync(
             &off,
@@ -72,6 +79,51 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         .await;
         match round {
             Ok(report) => {
+                let uploaded_bundle = report
+                    .uploaded
+                    .iter()
+                    .any(|n| pgkeep_engine::repo::parse_name(n).is_some());
+                if !args.no_prune && (first || uploaded_bundle) {
+                    let sys = off.system(report.system_identifier);
+                    let pruned = async {
+                        let plan = offsite_retention::plan(
+                            &sys,
+                            s.retention.offsite_nightly,
+                            s.retention.offsite_basebackups,
+                        )
+                        .await?;
+                        offsite_retention::apply(&sys, &plan).await?;
+                        Ok::<_, offsite::OffsiteError>(plan)
+                    }
+                    .await;
+                    match pruned {
+                        Ok(plan) if !args.json => {
+                            println!(
+                                "off-site retention: kept {} bundle(s), deleted {}{}; WAL {}",
+                                plan.keep.len(),
+                                plan.remove.len(),
+                                if plan.remove.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({})", plan.remove.join(", "))
+                                },
+                                match (&plan.wal_kept_from, &plan.wal_kept_all_because) {
+                                    (Some(from), _) => format!(
+                                        "kept from {from}, deleted {} file(s), {} bytes",
+                                        plan.remove_wal.len(),
+                                        plan.remove_wal_bytes
+                                    ),
+                                    (None, Some(why)) => format!("all kept: {why}"),
+                                    (None, None) => "all kept".into(),
+                                }
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) if args.follow => crate::output::report_error(&e.into()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                first = false;
                 if args.json {
                     crate::output::print_json(&report)?;
                 } else if !args.follow || !report.uploaded.is_empty() {
