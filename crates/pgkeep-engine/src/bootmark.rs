@@ -25,8 +25,8 @@ pub enum BootmarkError {
     Unfinished { pgdata: PathBuf, marker: PathBuf },
 }
 
-impl BootmarkError {
-    pub fn exit_class(&self) -> crate::ExitClass {
+impl crate::Classified for BootmarkError {
+    fn exit_class(&self) -> crate::ExitClass {
         crate::ExitClass::Refused
     }
 }
@@ -81,6 +81,7 @@ pub fn refuse_initdb(pgroot: &Path, pgdata: &Path) -> Result<(), BootmarkError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classified;
 
     #[test]
     fn the_marker_is_set_durably_and_cleared() {

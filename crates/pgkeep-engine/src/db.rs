@@ -26,7 +26,9 @@ pub enum DbError {
     Query { what: &'static str, message: String },
 }
 
-fn describe(e: &tokio_postgres::Error) -> String {
+/// A query error as text, with PostgreSQL's severity, DETAIL and HINT: the one way the engine
+/// describes a failed statement.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{}: {}", db.severity(), db.message());
@@ -292,8 +294,9 @@ impl Db {
             .map_err(query_err("creating the database"))
     }
 
-    /// The underlying client, for engine modules that add their own typed operations.
-    pub fn client(&self) -> &tokio_postgres::Client {
+    /// The underlying client, for engine modules that add their own typed operations (not for
+    /// the binary's commands: they call typed queries).
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
         &self.client
     }
 }

@@ -27,8 +27,8 @@ pub enum MajorError {
     Tool(#[from] ToolError),
 }
 
-impl MajorError {
-    pub fn exit_class(&self) -> ExitClass {
+impl crate::Classified for MajorError {
+    fn exit_class(&self) -> ExitClass {
         match self {
             MajorError::Mismatch { .. } => ExitClass::Refused,
             MajorError::Tool(_) => ExitClass::Failed,
@@ -71,6 +71,7 @@ fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classified;
 
     fn facts(num: u32, version: &str) -> PhysicalFacts {
         let mut f = PhysicalFacts::for_test(1, "0/2000028", "0/2000100");

@@ -234,13 +234,9 @@ impl Db {
             )
             .await
             .map(|_| ())
-            .map_err(|e| DbError::Query {
-                what: "reserving WAL with a temporary replication slot",
-                message: e
-                    .as_db_error()
-                    .map(|d| d.message().to_owned())
-                    .unwrap_or_else(|| e.to_string()),
-            })
+            .map_err(crate::db::query_err(
+                "reserving WAL with a temporary replication slot",
+            ))
     }
 }
 

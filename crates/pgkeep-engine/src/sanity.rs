@@ -11,13 +11,7 @@ use serde::Serialize;
 use crate::db::{Db, DbError, quote_ident};
 
 fn q(what: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
-    move |e| DbError::Query {
-        what,
-        message: e
-            .as_db_error()
-            .map(|d| d.message().to_owned())
-            .unwrap_or_else(|| e.to_string()),
-    }
+    crate::db::query_err(what)
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

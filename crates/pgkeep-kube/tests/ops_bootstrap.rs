@@ -48,7 +48,7 @@ fn echo(x: Exchange) {
 
 /// The rendered Job with what the CLI appends for `--from B --target-time T`.
 fn job_with_options() -> k8s_openapi::api::batch::v1::Job {
-    let mut job = bootstrap_from_basebackup(&Settings::default());
+    let mut job = bootstrap_from_basebackup(&Settings::default(), &[]);
     let c = &mut job
         .spec
         .as_mut()

@@ -327,4 +327,261 @@ mod tests {
             Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
     }
+
+    /// Parses `pgkeep ARGV` (one command, every option set but `unset_ok`), parses its
+    /// `to_argv()` back and compares: an option `to_argv()` forgets (and a pod would not get)
+    /// fails here, and so does a new option this test does not set.
+    fn round_trip<A: std::fmt::Debug>(
+        argv: &[&str],
+        unset_ok: &[&str],
+        pick: fn(Command) -> Option<A>,
+        to_argv: fn(&A) -> Vec<String>,
+    ) {
+        let parse = |argv: Vec<String>| {
+            let full: Vec<String> = std::iter::once("pgkeep".to_owned()).chain(argv).collect();
+            let cli = Cli::try_parse_from(&full).unwrap_or_else(|e| panic!("{full:?}: {e}"));
+            pick(cli.command).unwrap_or_else(|| panic!("{full:?} is another command"))
+        };
+        let a = parse(argv.iter().map(|s| s.to_string()).collect());
+        let shown = format!("{a:?}");
+        assert_eq!(unset_options(&shown), unset_ok, "set every option: {shown}");
+        let back = parse(to_argv(&a));
+        assert_eq!(format!("{back:?}"), shown, "{:?}", to_argv(&a));
+    }
+
+    /// The fields a derived Debug shows as `false` or `None` (the test values hold no `,{:`).
+    fn unset_options(debug: &str) -> Vec<String> {
+        debug
+            .split([',', '{'])
+            .filter_map(|f| {
+                let (name, value) = f.split_once(':')?;
+                let v = value.trim().trim_end_matches('}').trim();
+                (v == "false" || v == "None").then(|| name.trim().to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn status_argv_round_trips() {
+        round_trip(
+            &["status", "--json", "--min-free-percent", "12.5"],
+            &[],
+            |c| match c {
+                Command::Status(a) => Some(a),
+                _ => None,
+            },
+            commands::status::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn space_argv_round_trips() {
+        round_trip(
+            &["space", "--json"],
+            &[],
+            |c| match c {
+                Command::Space(a) => Some(a),
+                _ => None,
+            },
+            commands::space::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn sanity_argv_round_trips() {
+        round_trip(
+            &["sanity", "--estimate", "--json"],
+            &[],
+            |c| match c {
+                Command::Sanity(a) => Some(a),
+                _ => None,
+            },
+            commands::sanity::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn backups_list_argv_round_trips() {
+        round_trip(
+            &["backups", "list", "--json"],
+            &[],
+            |c| match c {
+                Command::Backups(BackupsCommand::List(a)) => Some(a),
+                _ => None,
+            },
+            commands::backups_list::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn backups_verify_argv_round_trips() {
+        round_trip(
+            &[
+                "backups",
+                "verify",
+                "nightly-20261125-0200.tar.gz",
+                "--json",
+                "--offsite",
+            ],
+            &[],
+            |c| match c {
+                Command::Backups(BackupsCommand::Verify(a)) => Some(a),
+                _ => None,
+            },
+            commands::backups_verify::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn backups_prune_argv_round_trips() {
+        round_trip(
+            &[
+                "backups",
+                "prune",
+                "--dry-run",
+                "--delete-damaged",
+                "--json",
+            ],
+            &[],
+            |c| match c {
+                Command::Backups(BackupsCommand::Prune(a)) => Some(a),
+                _ => None,
+            },
+            commands::backups_prune::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn drill_argv_round_trips() {
+        let pick = |c| match c {
+            Command::Drill(a) => Some(a),
+            _ => None,
+        };
+        let all = [
+            "--keep",
+            "--timeout",
+            "60",
+            "-j",
+            "3",
+            "--json",
+            "--offsite",
+        ];
+        // --skip-logical and --skip-physical exclude each other.
+        for (skip, unset) in [
+            ("--skip-logical", "skip_physical"),
+            ("--skip-physical", "skip_logical"),
+        ] {
+            let mut argv = vec!["drill", skip];
+            argv.extend(all);
+            round_trip(&argv, &[unset], pick, commands::drill::Args::to_argv);
+        }
+    }
+
+    #[test]
+    fn restore_dump_argv_round_trips() {
+        round_trip(
+            &[
+                "restore",
+                "dump",
+                "--from",
+                "nightly-20261125-0200.tar.gz",
+                "--offsite",
+                "-j",
+                "4",
+                "--clean",
+                "--keep-old",
+                "--yes",
+                "--keep-going",
+                "--json",
+            ],
+            &[],
+            |c| match c {
+                Command::Restore(RestoreCommand::Dump(a)) => Some(a),
+                _ => None,
+            },
+            commands::restore_dump::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn restore_upload_argv_round_trips() {
+        round_trip(
+            &[
+                "restore",
+                "upload",
+                "./records dump.tar.gz",
+                "-j",
+                "4",
+                "--clean",
+                "--keep-old",
+                "--yes",
+                "--keep-going",
+                "--json",
+                "--remove-if-refused",
+            ],
+            &[],
+            |c| match c {
+                Command::Restore(RestoreCommand::Upload(a)) => Some(a),
+                _ => None,
+            },
+            commands::restore_upload::Args::to_argv,
+        );
+    }
+
+    #[test]
+    fn bootstrap_basebackup_argv_round_trips() {
+        let pick = |c| match c {
+            Command::Bootstrap(BootstrapCommand::Basebackup(a)) => Some(a),
+            _ => None,
+        };
+        let all = [
+            "--from",
+            "basebackup-20261125-0620.bundle.tar.gz",
+            "--offsite",
+            "--target-timeline",
+            "current",
+            "--keep-old",
+            "--yes",
+            "--timeout",
+            "60",
+            "--json",
+        ];
+        // One target at a time; --leave-running excludes --scale-up (and --scale-up-app needs it).
+        for (more, unset) in [
+            (
+                &["--target-time", "2026-11-25T19:30:00Z", "--leave-running"][..],
+                &["target_lsn", "target_name", "scale_up", "scale_up_app"][..],
+            ),
+            (
+                &["--target-lsn", "0/5000060", "--scale-up", "postgres"][..],
+                &[
+                    "target_time",
+                    "target_name",
+                    "leave_running",
+                    "scale_up_app",
+                ][..],
+            ),
+            (
+                &[
+                    "--target-name",
+                    "before-migration",
+                    "--scale-up",
+                    "postgres",
+                    "--scale-up-app",
+                    "pg",
+                ][..],
+                &["target_time", "target_lsn", "leave_running"][..],
+            ),
+        ] {
+            let mut argv = vec!["bootstrap", "basebackup"];
+            argv.extend(all);
+            argv.extend(more);
+            round_trip(
+                &argv,
+                unset,
+                pick,
+                commands::bootstrap_basebackup::Args::to_argv,
+            );
+        }
+    }
 }

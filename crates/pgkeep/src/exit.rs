@@ -1,7 +1,9 @@
-//! Exit codes, and the mapping from an error chain to one of them.
+//! Exit codes, and the mapping from an error chain to one of them. A command returns the code it
+//! ends with (`commands::run`), an error is mapped here, and only `main` exits.
 
 use pgkeep_engine::ExitClass;
 
+pub const SUCCESS: u8 = 0;
 pub const FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 pub const REFUSED: u8 = 3;
@@ -81,23 +83,8 @@ pub fn code(err: &anyhow::Error) -> u8 {
                 .filter(|c| *c != 0)
                 .unwrap_or(FAILED);
         }
-        if let Some(e) = cause.downcast_ref::<pgkeep_engine::datadir::DatadirError>() {
-            return class(e.exit_class());
-        }
-        if let Some(e) = cause.downcast_ref::<pgkeep_engine::mountinfo::GuardError>() {
-            return class(e.exit_class());
-        }
-        if let Some(e) = cause.downcast_ref::<pgkeep_engine::logical::LogicalError>() {
-            return class(e.exit_class());
-        }
-        if let Some(e) = cause.downcast_ref::<pgkeep_engine::bootmark::BootmarkError>() {
-            return class(e.exit_class());
-        }
-        if let Some(e) = cause.downcast_ref::<pgkeep_engine::recovery::RecoveryError>() {
-            return class(e.exit_class());
-        }
-        if let Some(e) = cause.downcast_ref::<pgkeep_engine::major::MajorError>() {
-            return class(e.exit_class());
+        if let Some(c) = pgkeep_engine::exit_class_of(cause) {
+            return class(c);
         }
     }
     FAILED

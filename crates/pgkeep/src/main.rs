@@ -1,13 +1,14 @@
 //! The pgkeep binary: parses the command line, resolves settings before any I/O, sets up
-//! logging, runs one command, and maps its error to a documented exit code.
+//! logging, runs one command, and exits with its code or its error's (`exit::code`): the only
+//! place the process exits.
 //!
 //! Exit codes: 0 success; 1 failure; 2 usage error or a command that is not implemented yet;
 //! 3 refused by a safety check (nothing was changed).
 
 mod cli;
+mod cluster;
 mod commands;
 mod exit;
-mod kube;
 mod output;
 mod record;
 
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli.command, ctx)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             output::report_error(&err);
             ExitCode::from(exit::code(&err))

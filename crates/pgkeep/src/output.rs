@@ -96,6 +96,43 @@ pub fn progress(len: u64, message: &str, bytes: bool) -> ProgressBar {
     pb
 }
 
+/// A progress bar on a terminal (hidden otherwise; the engine's log lines say what happens).
+#[derive(Default)]
+pub struct BarProgress {
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl pgkeep_engine::logical::Progress for BarProgress {
+    fn begin(&self, step: &str, total: u64) {
+        let pb = progress(total, step, true);
+        if total == 0 && !pb.is_hidden() {
+            // Unknown size (pg_dump, pg_restore): a spinner with the elapsed time.
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+            );
+            pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        }
+        if let Some(old) = self.bar.lock().expect("bar lock").replace(pb) {
+            old.finish_and_clear();
+        }
+    }
+    fn grow(&self, more: u64) {
+        if let Some(pb) = &*self.bar.lock().expect("bar lock") {
+            pb.inc_length(more);
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(pb) = &*self.bar.lock().expect("bar lock") {
+            pb.inc(bytes);
+        }
+    }
+    fn end(&self) {
+        if let Some(pb) = self.bar.lock().expect("bar lock").take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
 /// Print a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -39,6 +39,18 @@ pub const NAMESPACE_ENV: &str = "PGKEEP_NAMESPACE";
 /// Seconds the loader pod gets to stop (it only sleeps).
 pub const LOADER_GRACE_SECONDS: i64 = 5;
 
+/// Appends the options the user gave (`pgkeep ... --kube`, each Args' `options()`) to the pod's
+/// command, escaped for the kubelet so a `$(NAME)` in them stays text. Rendered Jobs have none.
+fn with_options(mut pod: PodSpec, options: &[String]) -> PodSpec {
+    if !options.is_empty() {
+        pod.containers[0]
+            .args
+            .get_or_insert_with(Vec::new)
+            .extend(options.iter().map(|o| kube_literal(o)));
+    }
+    pod
+}
+
 fn job(s: &Settings, name: &str, c: Component, pod: PodSpec) -> Job {
     Job {
         metadata: meta(s, name, c),
@@ -47,8 +59,9 @@ fn job(s: &Settings, name: &str, c: Component, pod: PodSpec) -> Job {
     }
 }
 
-/// The seed's `pg.restore.dump`: newest nightly bundle into the running database.
-pub fn restore_from_dump(s: &Settings) -> Job {
+/// The seed's `pg.restore.dump`: newest nightly bundle into the running database; `options`
+/// are `pgkeep restore dump`'s (none when rendered).
+pub fn restore_from_dump(s: &Settings, options: &[String]) -> Job {
     let pod = client_pod(
         s,
         "restore",
@@ -56,12 +69,18 @@ pub fn restore_from_dump(s: &Settings) -> Job {
         vec![backups_mount(s)],
         vec![backups_volume(s)],
     );
-    job(s, RESTORE_FROM_DUMP, Component::Restore, pod)
+    job(
+        s,
+        RESTORE_FROM_DUMP,
+        Component::Restore,
+        with_options(pod, options),
+    )
 }
 
-/// The seed's `pg.restore.upload`: restore a dump file uploaded to `uploads/` on the backups
-/// volume.
-pub fn restore_from_upload(s: &Settings) -> Job {
+/// The seed's `pg.restore.upload`: restore a dump file uploaded to the backups volume: `file`
+/// in the pod (default, when rendered: `uploads/upload.tar.gz` there), with `pgkeep restore
+/// upload`'s `options` (none when rendered).
+pub fn restore_from_upload(s: &Settings, file: Option<&str>, options: &[String]) -> Job {
     let file_arg = format!("$({UPLOAD_FILE_ENV})");
     let mut pod = client_pod(
         s,
@@ -71,11 +90,17 @@ pub fn restore_from_upload(s: &Settings) -> Job {
         vec![backups_volume(s)],
     );
     let env = pod.containers[0].env.get_or_insert_with(Vec::new);
-    env.push(super::common::env(
-        UPLOAD_FILE_ENV,
-        format!("{}/uploads/upload.tar.gz", s.paths.backups.display()),
-    ));
-    job(s, RESTORE_FROM_UPLOAD, Component::Restore, pod)
+    let file = match file {
+        Some(f) => f.to_owned(),
+        None => format!("{}/uploads/upload.tar.gz", s.paths.backups.display()),
+    };
+    env.push(super::common::env(UPLOAD_FILE_ENV, file));
+    job(
+        s,
+        RESTORE_FROM_UPLOAD,
+        Component::Restore,
+        with_options(pod, options),
+    )
 }
 
 /// The seed's `pgdata-wipe-full`: empties the data volume (mounted at the root only) and
@@ -96,12 +121,12 @@ pub fn wipe(s: &Settings) -> Job {
 /// (`--scale-up`; without waiting, since this pod holds the data volume until it ends), so the
 /// flow completes without the laptop that started it.
 /// `pgkeep bootstrap basebackup --kube` scales the Deployment to 0 before creating it and
-/// appends its --from / --target-* options to the args.
+/// passes its --from / --target-* options as `options` (none when rendered).
 ///
 /// The only pod with an API token (the ServiceAccount of [`bootstrap_rbac`]). Its PostgreSQL is
 /// reached over the socket directory, an emptyDir (the root filesystem is read-only), not
 /// through the Service; the namespace it scales in comes from the downward API.
-pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
+pub fn bootstrap_from_basebackup(s: &Settings, options: &[String]) -> Job {
     let mut pod = client_pod(
         s,
         "bootstrap",
@@ -139,7 +164,12 @@ pub fn bootstrap_from_basebackup(s: &Settings) -> Job {
     });
     pod.service_account_name = Some(BOOTSTRAP_FROM_BASEBACKUP.to_owned());
     pod.automount_service_account_token = Some(true);
-    job(s, BOOTSTRAP_FROM_BASEBACKUP, Component::Bootstrap, pod)
+    job(
+        s,
+        BOOTSTRAP_FROM_BASEBACKUP,
+        Component::Bootstrap,
+        with_options(pod, options),
+    )
 }
 
 /// The bootstrap Job's identity: a ServiceAccount, a Role with only what it needs (get/patch the
@@ -236,9 +266,12 @@ mod tests {
     #[test]
     fn jobs_run_the_matching_commands() {
         let s = Settings::default();
-        assert_eq!(args(&pod_of(&restore_from_dump(&s))), ["restore", "dump"]);
         assert_eq!(
-            args(&pod_of(&bootstrap_from_basebackup(&s))),
+            args(&pod_of(&restore_from_dump(&s, &[]))),
+            ["restore", "dump"]
+        );
+        assert_eq!(
+            args(&pod_of(&bootstrap_from_basebackup(&s, &[]))),
             [
                 "bootstrap",
                 "basebackup",
@@ -251,14 +284,14 @@ mod tests {
         );
         assert_eq!(args(&pod_of(&wipe(&s))), ["wipe", "--yes"]);
         assert_eq!(
-            args(&pod_of(&restore_from_upload(&s))),
+            args(&pod_of(&restore_from_upload(&s, None, &[]))),
             ["restore", "upload", "$(PGKEEP_UPLOAD_FILE)"]
         );
         for j in [
-            restore_from_dump(&s),
-            bootstrap_from_basebackup(&s),
+            restore_from_dump(&s, &[]),
+            bootstrap_from_basebackup(&s, &[]),
             wipe(&s),
-            restore_from_upload(&s),
+            restore_from_upload(&s, None, &[]),
         ] {
             assert_eq!(j.spec.as_ref().unwrap().backoff_limit, Some(0));
             let p = pod_of(&j);
@@ -278,11 +311,15 @@ mod tests {
     #[test]
     fn only_bootstrap_gets_an_api_token() {
         let s = Settings::default();
-        for j in [restore_from_dump(&s), wipe(&s), restore_from_upload(&s)] {
+        for j in [
+            restore_from_dump(&s, &[]),
+            wipe(&s),
+            restore_from_upload(&s, None, &[]),
+        ] {
             assert_eq!(pod_of(&j).automount_service_account_token, Some(false));
             assert_eq!(pod_of(&j).service_account_name, None);
         }
-        let b = pod_of(&bootstrap_from_basebackup(&s));
+        let b = pod_of(&bootstrap_from_basebackup(&s, &[]));
         assert_eq!(b.automount_service_account_token, Some(true));
         assert_eq!(
             b.service_account_name.as_deref(),
@@ -300,7 +337,7 @@ mod tests {
     #[test]
     fn wipe_and_bootstrap_mount_the_data_volume_only_at_the_root() {
         let s = Settings::default();
-        for j in [wipe(&s), bootstrap_from_basebackup(&s)] {
+        for j in [wipe(&s), bootstrap_from_basebackup(&s, &[])] {
             let p = pod_of(&j);
             let data: Vec<_> = p.containers[0]
                 .volume_mounts
@@ -318,7 +355,7 @@ mod tests {
         let mut s = Settings::default();
         s.kube.deployment = "pg-main".into();
         s.kube.app = "pg".into();
-        let p = pod_of(&bootstrap_from_basebackup(&s));
+        let p = pod_of(&bootstrap_from_basebackup(&s, &[]));
         let a = args(&p);
         let after = |flag: &str| {
             let i = a.iter().position(|x| x == flag).unwrap();
@@ -347,7 +384,7 @@ mod tests {
         // The root filesystem is read-only: PGDATA and the server log beside it (data volume),
         // pushed WAL after promotion (archive), the socket and its lock file (emptyDir), /tmp.
         let s = Settings::default();
-        let p = pod_of(&bootstrap_from_basebackup(&s));
+        let p = pod_of(&bootstrap_from_basebackup(&s, &[]));
         let c = &p.containers[0];
         assert_eq!(
             c.security_context

@@ -301,7 +301,7 @@ pub fn render(s: &Settings) -> Tree {
             JOBS_DIR,
             RESTORE_FROM_DUMP,
             &[job_note, "pgkeep restore dump --kube"],
-            vec![Object::Job(jobs::restore_from_dump(s))],
+            vec![Object::Job(jobs::restore_from_dump(s, &[]))],
         ),
         File::new(
             JOBS_DIR,
@@ -310,7 +310,7 @@ pub fn render(s: &Settings) -> Tree {
                 job_note,
                 "pgkeep bootstrap basebackup --kube (scales the Deployment to 0 first). Needs bootstrap-rbac.yaml.",
             ],
-            vec![Object::Job(jobs::bootstrap_from_basebackup(s))],
+            vec![Object::Job(jobs::bootstrap_from_basebackup(s, &[]))],
         ),
         File::new(
             JOBS_DIR,
@@ -340,7 +340,7 @@ pub fn render(s: &Settings) -> Tree {
                 job_note,
                 "pgkeep restore upload --kube FILE (uploads FILE through backups-loader, sets PGKEEP_UPLOAD_FILE)",
             ],
-            vec![Object::Job(jobs::restore_from_upload(s))],
+            vec![Object::Job(jobs::restore_from_upload(s, None, &[]))],
         ),
         File::new(
             JOBS_DIR,

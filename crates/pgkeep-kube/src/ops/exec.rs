@@ -1,6 +1,6 @@
 //! Exec into pods and follow pod logs, behind two small traits so the flows can be tested
 //! without a kubelet: [`Exec`] and [`LogStream`], implemented for the API by [`KubeExec`] and
-//! [`KubeLogs`], and by recording fakes in [`super::fake`].
+//! [`KubeLogs`], and by recording fakes in `fake` (tests only).
 //!
 //! # Uploads on Kubernetes 1.20
 //!
@@ -11,7 +11,7 @@
 //! receiver reads exactly N bytes, checks the checksum, renames the file into place and exits;
 //! [`KubeExec`] keeps stdin open until the exit status has arrived.
 //!
-//! The receiver's contract (what `pgkeep receive` in the pod must do; [`super::fake::FakeExec`]
+//! The receiver's contract (what `pgkeep receive` in the pod must do; `fake::FakeExec`
 //! checks the sender against the same rules): read exactly N bytes from stdin, never waiting
 //! for EOF; write them to `DEST.partial` (0600) while hashing; on a short read or a checksum
 //! mismatch remove the partial file, print the reason on stderr and exit 1; otherwise fsync,

@@ -24,7 +24,8 @@
 //! - [`flows`]: the seed's multi-step flows (deploy, scale down + Job, restore upload, debug
 //!   perms, a command in the db pod).
 //! - [`watch`]: what a wait shows (pod states, new events) and its early end on a crash loop.
-//! - [`fake`]: recording fakes of those traits, for tests of the flows without a kubelet.
+//! - `fake`: recording fakes of those traits, for tests of the flows without a kubelet (feature
+//!   `fake`, on for this crate's tests; not in the binary).
 
 pub mod apply;
 pub mod connect;
@@ -32,6 +33,7 @@ pub mod deployed;
 pub mod error;
 pub mod events;
 pub mod exec;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod flows;
 pub mod job;

@@ -3,11 +3,10 @@
 //! work is [`pgkeep_engine::logical::LogicalBackup`]; this file turns settings into its inputs
 //! and shows progress and the result, and leaves a result record (`crate::record`) either way.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use indicatif::ProgressBar;
 use pgkeep_engine::db::ConnParams;
-use pgkeep_engine::logical::{self, LogicalBackup, Progress};
+use pgkeep_engine::logical::{self, LogicalBackup};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
 
@@ -29,48 +28,10 @@ pub struct Args {
     pub no_prune: bool,
 }
 
-/// A progress bar on a terminal (hidden otherwise; the engine's log lines say what happens).
-#[derive(Default)]
-pub struct BarProgress {
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl Progress for BarProgress {
-    fn begin(&self, step: &str, total: u64) {
-        let pb = crate::output::progress(total, step, true);
-        if total == 0 && !pb.is_hidden() {
-            // Unknown size (pg_dump, pg_restore): a spinner with the elapsed time.
-            pb.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                    .expect("valid template"),
-            );
-            pb.enable_steady_tick(std::time::Duration::from_millis(120));
-        }
-        if let Some(old) = self.bar.lock().expect("bar lock").replace(pb) {
-            old.finish_and_clear();
-        }
-    }
-    fn grow(&self, more: u64) {
-        if let Some(pb) = &*self.bar.lock().expect("bar lock") {
-            pb.inc_length(more);
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        if let Some(pb) = &*self.bar.lock().expect("bar lock") {
-            pb.inc(bytes);
-        }
-    }
-    fn end(&self) {
-        if let Some(pb) = self.bar.lock().expect("bar lock").take() {
-            pb.finish_and_clear();
-        }
-    }
-}
-
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         let cron = pgkeep_kube::manifests::backup::logical_name(ctx.settings());
-        return crate::kube::run_cronjob(&ctx, &cron).await;
+        return crate::cluster::run_cronjob(&ctx, &cron).await;
     }
     let start = pgkeep_engine::clock::now();
     let result = backup(&args, &ctx).await;
@@ -90,7 +51,7 @@ async fn backup(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
         conn: ConnParams::from_settings(s),
         backups_dir: s.paths.backups.clone(),
         jobs: args.jobs.unwrap_or_else(logical::default_jobs),
-        progress: Arc::new(BarProgress::default()),
+        progress: Arc::new(crate::output::BarProgress::default()),
     };
     let report = backup.run().await?;
     if args.json {

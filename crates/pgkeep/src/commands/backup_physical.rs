@@ -42,7 +42,7 @@ pub struct Args {
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
-        return crate::kube::run_cronjob(&ctx, &cron).await;
+        return crate::cluster::run_cronjob(&ctx, &cron).await;
     }
     let start = pgkeep_engine::clock::now();
     let result = backup(&args, &ctx).await;

@@ -18,13 +18,21 @@ pub struct Args {
     pub json: bool,
 }
 
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in a pod; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["backups".to_owned(), "list".to_owned()];
+        if self.json {
+            a.push("--json".to_owned());
+        }
+        a
+    }
+}
+
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        let mut a = vec!["backups", "list"];
-        if args.json {
-            a.push("--json");
-        }
-        return crate::kube::run_local_in_loader(&ctx, &a).await;
+        return crate::cluster::run_local_in_loader(&ctx, &super::strs(&args.to_argv())).await;
     }
     let dir = &ctx.settings().paths.backups;
     let s = ctx.settings();

@@ -28,21 +28,30 @@ pub struct Args {
     pub json: bool,
 }
 
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in a pod; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["backups".to_owned(), "prune".to_owned()];
+        for (on, flag) in [
+            (self.dry_run, "--dry-run"),
+            (self.delete_damaged, "--delete-damaged"),
+            (self.json, "--json"),
+        ] {
+            if on {
+                a.push(flag.to_owned());
+            }
+        }
+        a
+    }
+}
+
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == pgkeep_engine::settings::Target::Kube {
         // The physical backup CronJob mounts both the backups volume and the WAL archive (the
         // loader pod has only the former), so the prune runs as a Job made from it.
         let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
-        let mut a = vec!["backups", "prune"];
-        if args.dry_run {
-            a.push("--dry-run");
-        }
-        if args.delete_damaged {
-            a.push("--delete-damaged");
-        }
-        if args.json {
-            a.push("--json");
-        }
+        let argv = args.to_argv();
         // The Job applies the deployed retention; a dry run shows it, a real prune is refused
         // while the local settings (what the user believes) differ.
         let intent = if args.dry_run {
@@ -50,7 +59,14 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         } else {
             Intent::Destroy("prune backups and WAL".into())
         };
-        return crate::kube::run_local_from_cronjob(&ctx, &cron, "backups-prune", &a, intent).await;
+        return crate::cluster::run_local_from_cronjob(
+            &ctx,
+            &cron,
+            "backups-prune",
+            &super::strs(&argv),
+            intent,
+        )
+        .await;
     }
     let s = ctx.settings();
     let pg = pgkeep_engine::tools::PgBin::locate()?;

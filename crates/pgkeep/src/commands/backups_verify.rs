@@ -27,16 +27,26 @@ pub struct Args {
     pub offsite: bool,
 }
 
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in a pod; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["backups".to_owned(), "verify".to_owned()];
+        if let Some(n) = &self.name {
+            a.push(n.clone());
+        }
+        for (on, flag) in [(self.json, "--json"), (self.offsite, "--offsite")] {
+            if on {
+                a.push(flag.to_owned());
+            }
+        }
+        a
+    }
+}
+
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        let mut a = vec!["backups", "verify"];
-        if let Some(n) = &args.name {
-            a.push(n);
-        }
-        if args.json {
-            a.push("--json");
-        }
-        return crate::kube::run_local_in_loader(&ctx, &a).await;
+        return crate::cluster::run_local_in_loader(&ctx, &super::strs(&args.to_argv())).await;
     }
     if args.offsite {
         return verify_offsite(&args, &ctx).await;

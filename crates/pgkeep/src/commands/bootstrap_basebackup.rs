@@ -30,7 +30,7 @@ use pgkeep_engine::wal::Archive;
 
 use crate::cli::Ctx;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// A bundle name in the backups directory (default: the newest complete one).
     #[arg(long)]
@@ -75,6 +75,57 @@ pub struct Args {
     /// The `app` label of the pods of the --scale-up Deployment (default: the kube.app setting).
     #[arg(long, value_name = "APP", requires = "scale_up")]
     pub scale_up_app: Option<String>,
+}
+
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same
+    /// command run in a pod; `cli.rs` tests that it parses back to the same arguments. (The
+    /// Job's rendered command has the command words; it gets the options alone.)
+    #[cfg(test)]
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["bootstrap".to_owned(), "basebackup".to_owned()];
+        a.extend(self.options());
+        a
+    }
+
+    /// The options alone.
+    pub fn options(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut value = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.extend([flag.to_owned(), v]);
+            }
+        };
+        value("--from", self.from.clone());
+        value("--target-time", self.target_time.clone());
+        value("--target-lsn", self.target_lsn.clone());
+        value("--target-name", self.target_name.clone());
+        value(
+            "--target-timeline",
+            self.target_timeline.map(|t| t.to_string()),
+        );
+        for (on, flag) in [
+            (self.offsite, "--offsite"),
+            (self.keep_old, "--keep-old"),
+            (self.leave_running, "--leave-running"),
+            (self.yes, "--yes"),
+        ] {
+            if on {
+                a.push(flag.to_owned());
+            }
+        }
+        a.extend(["--timeout".to_owned(), self.timeout.to_string()]);
+        if self.json {
+            a.push("--json".to_owned());
+        }
+        if let Some(d) = &self.scale_up {
+            a.extend(["--scale-up".to_owned(), d.clone()]);
+        }
+        if let Some(app) = &self.scale_up_app {
+            a.extend(["--scale-up-app".to_owned(), app.clone()]);
+        }
+        a
+    }
 }
 
 pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -186,7 +237,7 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     }
     if let Some(deployment) = &args.scale_up {
         let app = args.scale_up_app.as_deref().unwrap_or(&s.kube.app);
-        crate::kube::scale_up_in_job(&ctx, deployment, app)
+        crate::cluster::scale_up_in_job(&ctx, deployment, app)
             .await
             .with_context(|| {
                 format!(
@@ -250,29 +301,20 @@ fn recovery_target(args: &Args) -> anyhow::Result<Option<RecoveryTarget>> {
 }
 
 /// The options the bootstrap Job's `pgkeep bootstrap basebackup` gets from this one. The target
-/// time is passed as parsed here (RFC 3339, UTC), so the pod reads the same instant.
-fn job_args(args: &Args, target: &Option<RecoveryTarget>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    if let Some(from) = &args.from {
-        out.extend(["--from".to_owned(), from.clone()]);
+/// is passed as parsed here (a time in RFC 3339, UTC), so the pod reads the same instant. Not
+/// `--yes` and `--scale-up` (the rendered Job has them), nor `--leave-running` (refused).
+fn job_options(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut a = args.clone();
+    match recovery_target(args)? {
+        Some(RecoveryTarget::Time(t)) => a.target_time = Some(t.to_string()),
+        Some(RecoveryTarget::Lsn(l)) => a.target_lsn = Some(l.to_string()),
+        Some(RecoveryTarget::Name(_)) | None => {}
     }
-    match target {
-        Some(RecoveryTarget::Time(t)) => out.extend(["--target-time".to_owned(), t.to_string()]),
-        Some(RecoveryTarget::Lsn(l)) => out.extend(["--target-lsn".to_owned(), l.to_string()]),
-        Some(RecoveryTarget::Name(n)) => out.extend(["--target-name".to_owned(), n.clone()]),
-        None => {}
-    }
-    if let Some(tl) = &args.target_timeline {
-        out.extend(["--target-timeline".to_owned(), tl.to_string()]);
-    }
-    if args.keep_old {
-        out.push("--keep-old".to_owned());
-    }
-    out.extend(["--timeout".to_owned(), args.timeout.to_string()]);
-    if args.json {
-        out.push("--json".to_owned());
-    }
-    out
+    a.yes = false;
+    a.leave_running = false;
+    a.scale_up = None;
+    a.scale_up_app = None;
+    Ok(a.options())
 }
 
 /// `--kube`: check the options, confirm, then apply the RBAC, scale to 0 and run the bootstrap
@@ -303,15 +345,15 @@ async fn bootstrap_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         args.yes,
     )?;
     // From the first request on, Ctrl-C aborts before the bootstrap Job exists.
-    let mut stop = crate::kube::Stop::install()?;
-    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+    let mut stop = crate::cluster::Stop::install()?;
+    let (cluster, ctx) = crate::cluster::connect_checked_stoppable(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("bootstrap from a base backup".into()),
         &mut stop,
     )
     .await?;
     let job = basebackup_job(ctx.settings(), &args)?;
-    crate::kube::bootstrap(&ctx, &cluster, job, stop).await
+    crate::cluster::bootstrap(&ctx, &cluster, job, stop).await
 }
 
 /// The bootstrap Job with this command's options (user input in the args escaped for the
@@ -320,9 +362,10 @@ pub(crate) fn basebackup_job(
     s: &pgkeep_engine::settings::Settings,
     args: &Args,
 ) -> anyhow::Result<k8s_openapi::api::batch::v1::Job> {
-    let mut job = pgkeep_kube::manifests::jobs::bootstrap_from_basebackup(s);
-    crate::kube::add_job_args(&mut job, job_args(args, &recovery_target(args)?));
-    Ok(job)
+    Ok(pgkeep_kube::manifests::jobs::bootstrap_from_basebackup(
+        s,
+        &job_options(args)?,
+    ))
 }
 
 fn target_text(t: &Option<RecoveryTarget>) -> String {
@@ -349,8 +392,7 @@ mod tests {
     }
 
     fn passed(argv: &[&str]) -> Vec<String> {
-        let a = parse(argv);
-        job_args(&a, &recovery_target(&a).unwrap())
+        job_options(&parse(argv)).unwrap()
     }
 
     #[test]
@@ -439,7 +481,8 @@ mod tests {
         assert_eq!(a.scale_up_app.as_deref(), Some("pg"));
         // It never reaches the Job's args twice (the rendered Job has it already).
         assert!(
-            !job_args(&a, &None)
+            !job_options(&a)
+                .unwrap()
                 .iter()
                 .any(|x| x.starts_with("--scale-up"))
         );

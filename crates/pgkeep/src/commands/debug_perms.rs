@@ -269,7 +269,7 @@ fn kube_json(r: &DebugPermsReport, pgroot: &str, pgdata: &str) -> Value {
 /// `--kube`; see the module docs.
 async fn perms_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let s = ctx.settings();
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, _server) = crate::cluster::connect(&ctx).await?;
     let pod = pgkeep_kube::manifests::deployment::pod_spec(s);
     let init: Vec<String> = pod
         .init_containers

@@ -30,17 +30,17 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() != Target::Kube {
         return Err(crate::exit::not_implemented("deploy (without --kube)"));
     }
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, _server) = crate::cluster::connect(&ctx).await?;
     let s = ctx.settings();
     let input = DeployInput {
-        pvcs: crate::kube::base_pvcs(ctx.settings()),
+        pvcs: crate::cluster::base_pvcs(ctx.settings()),
         secret: superuser_secret_template(s),
         password_key: SECRET_PASSWORD_KEY.to_owned(),
-        objects: crate::kube::base_objects(s),
+        objects: crate::cluster::base_objects(s),
     };
     let opts = DeployOptions {
         dry_run: args.dry_run,
-        wait: args.wait.then(|| crate::kube::wait_secs(args.timeout)),
+        wait: args.wait.then(|| crate::cluster::wait_secs(args.timeout)),
         adapt: true,
         deployment: s.kube.deployment.clone(),
         app: s.kube.app.clone(),

@@ -26,7 +26,7 @@ use pgkeep_engine::wal::Archive;
 use pgkeep_engine::results::RunKind;
 
 use crate::cli::Ctx;
-use crate::commands::backup_logical::BarProgress;
+use crate::output::BarProgress;
 use crate::record::Produced;
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +53,33 @@ pub struct Args {
     /// the local ones.
     #[arg(long)]
     pub offsite: bool,
+}
+
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in a pod; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec![
+            "drill".to_owned(),
+            "--timeout".to_owned(),
+            self.timeout.to_string(),
+        ];
+        if let Some(j) = self.jobs {
+            a.extend(["--jobs".to_owned(), j.to_string()]);
+        }
+        for (on, flag) in [
+            (self.skip_logical, "--skip-logical"),
+            (self.skip_physical, "--skip-physical"),
+            (self.keep, "--keep"),
+            (self.json, "--json"),
+            (self.offsite, "--offsite"),
+        ] {
+            if on {
+                a.push(flag.to_owned());
+            }
+        }
+        a
+    }
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -263,28 +290,13 @@ fn render_outcome(out: &mut String, o: &DrillOutcome) {
 /// mounts the backups volume and the WAL archive (the physical drill replays from it) and runs
 /// the same image, as the data owner.
 async fn drill_kube(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let timeout = args.timeout.to_string();
-    let jobs = args.jobs.map(|j| j.to_string());
-    let mut a = vec!["drill", "--timeout", &timeout];
-    if let Some(j) = &jobs {
-        a.extend(["--jobs", j]);
-    }
-    for (on, flag) in [
-        (args.skip_logical, "--skip-logical"),
-        (args.skip_physical, "--skip-physical"),
-        (args.keep, "--keep"),
-        (args.json, "--json"),
-    ] {
-        if on {
-            a.push(flag);
-        }
-    }
+    let argv = args.to_argv();
     let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
-    crate::kube::run_local_from_cronjob(
+    crate::cluster::run_local_from_cronjob(
         ctx,
         &cron,
         "drill",
-        &a,
+        &super::strs(&argv),
         pgkeep_kube::ops::deployed::Intent::Read,
     )
     .await

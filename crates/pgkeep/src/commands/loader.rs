@@ -23,9 +23,9 @@ pub async fn up(args: UpArgs, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() != Target::Kube {
         return Err(crate::exit::not_implemented("loader up (without --kube)"));
     }
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, _server) = crate::cluster::connect(&ctx).await?;
     let pod = backups_loader(ctx.settings());
-    let up = loader_up(&cluster, &pod, crate::kube::wait_secs(args.timeout)).await?;
+    let up = loader_up(&cluster, &pod, crate::cluster::wait_secs(args.timeout)).await?;
     println!(
         "pod/{} {}",
         up.pod,
@@ -42,7 +42,7 @@ pub async fn down(_args: DownArgs, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() != Target::Kube {
         return Err(crate::exit::not_implemented("loader down (without --kube)"));
     }
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, _server) = crate::cluster::connect(&ctx).await?;
     let pod = backups_loader(ctx.settings());
     let name = pod.metadata.name.as_deref().unwrap_or("backups-loader");
     match loader_down(&cluster, name).await? {

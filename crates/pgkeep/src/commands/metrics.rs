@@ -33,7 +33,7 @@ pub struct Args {
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
         // The metrics container mounts every volume it reports on.
-        return crate::kube::run_local_in_container(&ctx, METRICS_CONTAINER, &["metrics"]).await;
+        return crate::cluster::run_local_in_container(&ctx, METRICS_CONTAINER, &["metrics"]).await;
     }
     let settings = Arc::new(ctx.settings().clone());
     match args.listen {

@@ -36,8 +36,25 @@ use crate::cli::{
     BackupCommand, BackupsCommand, BootstrapCommand, Command, ConfigCommand, Ctx, DebugCommand,
     LoaderCommand, OffsiteCommand, PvcCommand, RestoreCommand, WalCommand,
 };
+use crate::exit;
 
-pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
+/// `argv` as the `&[&str]` the in-cluster runners take.
+fn strs(argv: &[String]) -> Vec<&str> {
+    argv.iter().map(String::as_str).collect()
+}
+
+/// Runs one command; its exit code when it did not fail. Most commands succeed with 0; `wal
+/// fetch` answers PostgreSQL's restore_command contract (1: not there, 126: damaged) and `serve`
+/// passes PostgreSQL's own exit code through.
+pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<u8> {
+    match command {
+        Command::Wal(WalCommand::Fetch(a)) => wal_fetch::run(a, ctx).await,
+        Command::Serve(a) => serve::run(a, ctx).await,
+        other => run_to_success(other, ctx).await.map(|()| exit::SUCCESS),
+    }
+}
+
+async fn run_to_success(command: Command, ctx: Ctx) -> anyhow::Result<()> {
     match command {
         Command::Pvc(PvcCommand::Ensure(a)) => pvc_ensure::run(a, ctx).await,
         Command::Deploy(a) => deploy::run(a, ctx).await,
@@ -56,10 +73,11 @@ pub async fn run(command: Command, ctx: Ctx) -> anyhow::Result<()> {
         Command::Backup(BackupCommand::Logical(a)) => backup_logical::run(a, ctx).await,
         Command::Backup(BackupCommand::Physical(a)) => backup_physical::run(a, ctx).await,
         Command::Wal(WalCommand::Push(a)) => wal_push::run(a, ctx).await,
-        Command::Wal(WalCommand::Fetch(a)) => wal_fetch::run(a, ctx).await,
+        Command::Wal(WalCommand::Fetch(_)) | Command::Serve(_) => {
+            unreachable!("answered with their own exit codes in `run`")
+        }
         Command::Wal(WalCommand::Stream(a)) => wal_stream::run(a, ctx).await,
         Command::PrepDirs(a) => prep_dirs::run(a, ctx).await,
-        Command::Serve(a) => serve::run(a, ctx).await,
         Command::Render(a) => render::run(a, ctx).await,
         Command::Lint(a) => lint::run(a, ctx).await,
         Command::Status(a) => status::run(a, ctx).await,

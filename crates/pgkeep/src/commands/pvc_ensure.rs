@@ -20,8 +20,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() != Target::Kube {
         return Err(crate::exit::not_implemented("pvc ensure (without --kube)"));
     }
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
-    let pvcs = crate::kube::base_pvcs(ctx.settings());
+    let (cluster, _server) = crate::cluster::connect(&ctx).await?;
+    let pvcs = crate::cluster::base_pvcs(ctx.settings());
     let reports = ensure_pvcs(&cluster, &pvcs, args.dry_run).await?;
     for r in &reports {
         println!("{r}");

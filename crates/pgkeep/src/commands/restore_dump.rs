@@ -24,9 +24,9 @@ use pgkeep_engine::upload;
 use pgkeep_engine::wal::Archive;
 
 use crate::cli::Ctx;
-use crate::commands::backup_logical::BarProgress;
+use crate::output::BarProgress;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// A bundle name in the backups directory (default: the newest complete one).
     #[arg(long)]
@@ -39,7 +39,7 @@ pub struct Args {
 }
 
 /// Options shared by `restore dump` and `restore upload`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RestoreArgs {
     /// Parallel pg_restore jobs (default: the number of cores).
     #[arg(long, short = 'j')]
@@ -60,6 +60,53 @@ pub struct RestoreArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same
+    /// command run in a pod; `cli.rs` tests that it parses back to the same arguments. (The
+    /// Job's rendered command has the command words; it gets the options alone.)
+    #[cfg(test)]
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["restore".to_owned(), "dump".to_owned()];
+        a.extend(self.options());
+        a
+    }
+
+    /// The options alone (what the restore-from-dump Job's command gets).
+    pub fn options(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(from) = &self.from {
+            a.extend(["--from".to_owned(), from.clone()]);
+        }
+        if self.offsite {
+            a.push("--offsite".to_owned());
+        }
+        a.extend(self.restore.options());
+        a
+    }
+}
+
+impl RestoreArgs {
+    /// These options as a command line (part of `restore dump`'s and `restore upload`'s).
+    pub fn options(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(j) = self.jobs {
+            a.extend(["--jobs".to_owned(), j.to_string()]);
+        }
+        for (on, flag) in [
+            (self.clean, "--clean"),
+            (self.keep_old, "--keep-old"),
+            (self.yes, "--yes"),
+            (self.keep_going, "--keep-going"),
+            (self.json, "--json"),
+        ] {
+            if on {
+                a.push(flag.to_owned());
+            }
+        }
+        a
+    }
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -253,31 +300,9 @@ fn render(s: &RestoreSummary) -> String {
 /// The restore-from-dump Job with these options (`--yes` when `yes`; user input in the args
 /// is escaped for the kubelet).
 pub(crate) fn dump_job(s: &Settings, args: &Args, yes: bool) -> Job {
-    let r = &args.restore;
-    let mut extra: Vec<String> = Vec::new();
-    if let Some(from) = &args.from {
-        extra.extend(["--from".to_owned(), from.clone()]);
-    }
-    if args.offsite {
-        extra.push("--offsite".to_owned());
-    }
-    if let Some(j) = r.jobs {
-        extra.extend(["--jobs".to_owned(), j.to_string()]);
-    }
-    for (on, flag) in [
-        (r.clean, "--clean"),
-        (r.keep_old, "--keep-old"),
-        (yes, "--yes"),
-        (r.keep_going, "--keep-going"),
-        (r.json, "--json"),
-    ] {
-        if on {
-            extra.push(flag.to_owned());
-        }
-    }
-    let mut job = pgkeep_kube::manifests::jobs::restore_from_dump(s);
-    crate::kube::add_job_args(&mut job, extra);
-    job
+    let mut args = args.clone();
+    args.restore.yes = yes;
+    pgkeep_kube::manifests::jobs::restore_from_dump(s, &args.options())
 }
 
 /// `--kube`: run the restore-from-dump Job (the options passed on to `pgkeep restore dump` in
@@ -296,11 +321,11 @@ async fn restore_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         )?;
         yes = true;
     }
-    let (cluster, ctx) = crate::kube::connect_checked(
+    let (cluster, ctx) = crate::cluster::connect_checked(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("restore a dump into the database".into()),
     )
     .await?;
     let job = dump_job(ctx.settings(), &args, yes);
-    crate::kube::run_job(&cluster, job).await
+    crate::cluster::run_job(&cluster, job).await
 }

@@ -25,7 +25,7 @@ use pgkeep_kube::ops::job::JobOutcome;
 use crate::cli::Ctx;
 use crate::commands::restore_dump::{RestoreArgs, restore};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The dump file: a pgkeep bundle, a .tar.gz with a *.dir dump or *.sql files, .sql, .sql.gz or .dump.
     pub file: std::path::PathBuf,
@@ -35,6 +35,25 @@ pub struct Args {
     /// restore-from-upload Job): remove it when the restore is refused, as a local copy is.
     #[arg(long, hide = true)]
     pub remove_if_refused: bool,
+}
+
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same
+    /// command run in a pod; `cli.rs` tests that it parses back to the same arguments. (The
+    /// Job's rendered command has the command words; it gets the options alone.)
+    #[cfg(test)]
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec![
+            "restore".to_owned(),
+            "upload".to_owned(),
+            self.file.display().to_string(),
+        ];
+        a.extend(self.restore.options());
+        if self.remove_if_refused {
+            a.push(jobs::REMOVE_IF_REFUSED.to_owned());
+        }
+        a
+    }
 }
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
@@ -80,39 +99,10 @@ fn upload_name(file: &Path) -> Result<String, LogicalError> {
 }
 
 /// The restore-from-upload Job for the file at `dest` in the pod, with the restore options.
+/// The args name the file as $(PGKEEP_UPLOAD_FILE), which the Job's env points at the upload
+/// (escaped: a `$(PGPASSWORD)` in its name stays text). `--yes` only when confirmed here.
 pub(crate) fn upload_job(s: &Settings, dest: &str, r: &RestoreArgs) -> Job {
-    let mut job = jobs::restore_from_upload(s);
-    if let Some(c) = crate::kube::job_container(&mut job) {
-        // The args name the file as $(PGKEEP_UPLOAD_FILE): point that at the upload, with its
-        // name escaped (a `$(PGPASSWORD)` in it must stay text).
-        for e in c.env.iter_mut().flatten() {
-            if e.name == jobs::UPLOAD_FILE_ENV {
-                *e = pgkeep_kube::manifests::common::env(jobs::UPLOAD_FILE_ENV, dest);
-            }
-        }
-    }
-    crate::kube::add_job_args(&mut job, restore_flags(r));
-    job
-}
-
-/// `restore upload` options for the Job's command (`--yes` only when confirmed here).
-fn restore_flags(r: &RestoreArgs) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(j) = r.jobs {
-        out.extend(["--jobs".to_owned(), j.to_string()]);
-    }
-    for (on, flag) in [
-        (r.clean, "--clean"),
-        (r.keep_old, "--keep-old"),
-        (r.yes, "--yes"),
-        (r.keep_going, "--keep-going"),
-        (r.json, "--json"),
-    ] {
-        if on {
-            out.push(flag.to_owned());
-        }
-    }
-    out
+    jobs::restore_from_upload(s, Some(dest), &r.options())
 }
 
 /// `--kube`; see the module docs.
@@ -143,8 +133,8 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         args.restore.yes = true;
     }
     // From the first request on, Ctrl-C aborts before the restore Job exists (upload included).
-    let mut stop = crate::kube::Stop::install()?;
-    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+    let mut stop = crate::cluster::Stop::install()?;
+    let (cluster, ctx) = crate::cluster::connect_checked_stoppable(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("restore an upload into the database".into()),
         &mut stop,
@@ -163,7 +153,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
             .name
             .clone()
             .unwrap_or_else(|| jobs::LOADER.into()),
-        container: crate::kube::pod_container(&loader),
+        container: crate::cluster::pod_container(&loader),
         program: "pgkeep".into(),
         dest: dest.clone(),
     };
@@ -189,7 +179,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let report = flows::restore_upload(
         &cluster,
         &loader,
-        crate::kube::wait_secs(300),
+        crate::cluster::wait_secs(300),
         &exec,
         &args.file,
         &upload,
@@ -198,7 +188,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &logs,
         &mut std::io::sink(),
         stop.into_future(),
-        &crate::kube::job_options(),
+        &crate::cluster::job_options(),
     )
     .await;
     bar.finish_and_clear();
@@ -302,7 +292,7 @@ mod tests {
 
     #[test]
     fn without_clean_the_job_is_not_told_yes() {
-        assert_eq!(restore_flags(&restore_args(false, false)), ["--jobs", "4"]);
+        assert_eq!(restore_args(false, false).options(), ["--jobs", "4"]);
     }
 
     #[test]

@@ -17,16 +17,23 @@ pub struct Args {
     pub json: bool,
 }
 
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in a pod; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["sanity".to_owned()];
+        for (on, flag) in [(self.estimate, "--estimate"), (self.json, "--json")] {
+            if on {
+                a.push(flag.to_owned());
+            }
+        }
+        a
+    }
+}
+
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        let mut a = vec!["sanity"];
-        if args.estimate {
-            a.push("--estimate");
-        }
-        if args.json {
-            a.push("--json");
-        }
-        return crate::kube::run_local_in_db(&ctx, &a).await;
+        return crate::cluster::run_local_in_db(&ctx, &super::strs(&args.to_argv())).await;
     }
     let db = Db::connect(&ConnParams::from_settings(ctx.settings())).await?;
     let report = db.sanity(args.estimate).await?;

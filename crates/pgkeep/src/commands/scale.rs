@@ -21,7 +21,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() != Target::Kube {
         return Err(crate::exit::not_implemented("scale (without --kube)"));
     }
-    let (cluster, _server) = crate::kube::connect(&ctx).await?;
+    let (cluster, _server) = crate::cluster::connect(&ctx).await?;
     let k = &ctx.settings().kube;
     // The span is the spinner on a terminal; the wait logs pod states and events under it.
     let scaled = pgkeep_kube::ops::scale::scale(
@@ -29,7 +29,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &k.deployment,
         &k.app,
         i32::from(args.replicas),
-        Some(crate::kube::wait_secs(args.timeout)),
+        Some(crate::cluster::wait_secs(args.timeout)),
     )
     .instrument(tracing::info_span!(
         "scale",

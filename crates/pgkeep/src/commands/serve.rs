@@ -44,7 +44,8 @@ fn archive_command() -> String {
     format!("{quoted} wal push %p")
 }
 
-pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+/// PostgreSQL's own exit code once it stopped (0 when it stopped cleanly).
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
     let s = ctx.settings();
     let cfg = ServeConfig {
         pgroot: s.paths.pgroot.clone(),
@@ -66,20 +67,15 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let pg = PgBin::locate()?;
     let password = postmaster::password_from(|k| std::env::var(k).ok())?;
-    let prepared = postmaster::prepare(&pg, &cfg, password.as_deref()).map_err(|e| match e {
-        // Keep the data-directory error itself in the chain: a guard refusal exits with 3.
-        postmaster::PostmasterError::Datadir(d) => anyhow::Error::from(d),
-        // So is an unfinished bootstrap's marker: no initdb, exit 3.
-        postmaster::PostmasterError::Bootmark(b) => anyhow::Error::from(b),
-        other => anyhow::Error::from(other),
-    })?;
+    // A guard refusal or an unfinished bootstrap's marker exits with 3 (PostmasterError's class).
+    let prepared = postmaster::prepare(&pg, &cfg, password.as_deref())?;
     drop(password);
     if prepared.initialized {
         tracing::info!(database = %cfg.database, "initialized a new cluster");
     }
     if signals.stop_requested().await {
         tracing::info!("stop requested during preparation; not starting postgres");
-        return Ok(());
+        return Ok(crate::exit::SUCCESS);
     }
     // Spawned here, on the main thread, never on a blocking-pool thread: a parent-death signal
     // (when the runner sets one) follows the spawning thread, not the process.
@@ -91,9 +87,9 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let code = postmaster::exit_code(status);
     if code == 0 {
         tracing::info!("postgres stopped cleanly");
-        Ok(())
     } else {
         tracing::error!(code, "postgres exited with {status}");
-        std::process::exit(code);
     }
+    // A code outside 0..=255 cannot come from a wait status; if it did, it is a failure.
+    Ok(u8::try_from(code).unwrap_or(crate::exit::FAILED))
 }

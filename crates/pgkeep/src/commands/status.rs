@@ -22,6 +22,22 @@ pub struct Args {
     pub min_free_percent: f64,
 }
 
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in a pod; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec![
+            "status".to_owned(),
+            "--min-free-percent".to_owned(),
+            self.min_free_percent.to_string(),
+        ];
+        if self.json {
+            a.push("--json".to_owned());
+        }
+        a
+    }
+}
+
 /// The verdict in `--json`.
 #[derive(Debug, serde::Serialize)]
 struct Health<'a> {
@@ -39,13 +55,13 @@ struct Json<'a> {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        let pct = args.min_free_percent.to_string();
-        let mut a = vec!["status", "--min-free-percent", &pct];
-        if args.json {
-            a.push("--json");
-        }
-        return crate::kube::run_local_in_container(&ctx, super::metrics::METRICS_CONTAINER, &a)
-            .await;
+        let argv = args.to_argv();
+        return crate::cluster::run_local_in_container(
+            &ctx,
+            super::metrics::METRICS_CONTAINER,
+            &super::strs(&argv),
+        )
+        .await;
     }
     let s = ctx.settings();
     let r = inspect::status(

@@ -26,7 +26,9 @@ use pgkeep_engine::walcheck::{self, Expect};
 use crate::cli::Ctx;
 
 /// The exit code that makes PostgreSQL abort recovery instead of treating the file as missing.
-const FATAL_FOR_POSTGRES: i32 = 126;
+const FATAL_FOR_POSTGRES: u8 = 126;
+/// The exit code that tells PostgreSQL the file is not in the archive.
+const MISSING: u8 = 1;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -60,7 +62,8 @@ fn expect(args: &Args) -> Expect {
     e
 }
 
-pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
+/// The exit code for PostgreSQL: 0 restored, 1 missing, 126 damaged or unreadable (reported).
+pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
     let expect = expect(&args);
     let dir = args
         .archive
@@ -78,7 +81,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 Ok(None) => Ok(FetchOutcome::Missing),
                 Err(e) => {
                     crate::output::report_error(&e);
-                    std::process::exit(FATAL_FOR_POSTGRES);
+                    return Ok(FATAL_FOR_POSTGRES);
                 }
             }
         }
@@ -87,15 +90,15 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     match local {
         Ok(FetchOutcome::Restored { bytes }) => {
             tracing::debug!(name = %args.name, bytes, "restored from the archive");
-            Ok(())
+            Ok(crate::exit::SUCCESS)
         }
         Ok(FetchOutcome::Missing) => {
             tracing::debug!(name = %args.name, "not in the archive");
-            std::process::exit(1);
+            Ok(MISSING)
         }
         Err(e) => {
             crate::output::report_error(&e.into());
-            std::process::exit(FATAL_FOR_POSTGRES);
+            Ok(FATAL_FOR_POSTGRES)
         }
     }
 }

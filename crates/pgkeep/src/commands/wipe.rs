@@ -68,13 +68,13 @@ async fn wipe_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         args.yes,
     )?;
     // From the first request on, Ctrl-C aborts before the wipe Job exists (and scales back).
-    let mut stop = crate::kube::Stop::install()?;
-    let (cluster, ctx) = crate::kube::connect_checked_stoppable(
+    let mut stop = crate::cluster::Stop::install()?;
+    let (cluster, ctx) = crate::cluster::connect_checked_stoppable(
         &ctx,
         pgkeep_kube::ops::deployed::Intent::Destroy("wipe the data volume".into()),
         &mut stop,
     )
     .await?;
     let job = pgkeep_kube::manifests::jobs::wipe(ctx.settings());
-    crate::kube::scale_down_and_run(&ctx, &cluster, job, stop).await
+    crate::cluster::scale_down_and_run(&ctx, &cluster, job, stop).await
 }

@@ -29,7 +29,7 @@ struct Where {
 }
 
 fn kubeconfig_where(wanted: Option<&str>) -> Where {
-    let Ok(kc) = ::kube::config::Kubeconfig::read() else {
+    let Ok(kc) = kube::config::Kubeconfig::read() else {
         return Where {
             context: None,
             server: None,
@@ -462,18 +462,6 @@ pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()>
         .await
         .with_context(|| format!("running `pgkeep {}` in pod/{}", args.join(" "), up.pod))?;
     pass_through(out, args, &format!("pod/{}", up.pod))
-}
-
-/// Append `args` to a rendered Job's container args, each as written: the kubelet would expand
-/// `$(VAR)` in them, so user input (a backup name, a restore point) goes through
-/// [`kube_literal`](pgkeep_kube::manifests::common::kube_literal).
-pub fn add_job_args(job: &mut Job, args: impl IntoIterator<Item = String>) {
-    use pgkeep_kube::manifests::common::kube_literal;
-    if let Some(c) = job_container(job) {
-        c.args
-            .get_or_insert_with(Vec::new)
-            .extend(args.into_iter().map(|a| kube_literal(&a)));
-    }
 }
 
 /// The container of a rendered Job's pod (they have one), to add args or env to.

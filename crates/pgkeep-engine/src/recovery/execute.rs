@@ -1,0 +1,346 @@
+//! Phase 2 ([`execute`]): the bootstrap's steps: clear PGDATA (or keep it aside), extract,
+//! ownership and modes, replay, and the stale staging directories a killed run left.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2: the bootstrap itself
+// ---------------------------------------------------------------------------------------------
+
+/// Run the bootstrap planned by [`prepare`]. Call it only after confirmation.
+pub async fn execute(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+) -> Result<BootstrapReport, RecoveryError> {
+    let started = Instant::now();
+    let run_as = RunAs::data_owner(req.uid, req.gid)?;
+    let replayed = replay(pg, conn, req, plan, run_as).await?;
+    let report = replayed.report(req, plan, started);
+    replayed.server.stop()?;
+    // Recovery is over and PGDATA is a whole, stopped database again.
+    if req.sandbox.is_none() {
+        crate::bootmark::clear(&req.pgroot)?;
+    }
+    if req.leave_running && req.sandbox.is_none() {
+        // The replay server listened only on pgkeep's socket: start the database again as
+        // configured, detached (pg_ctl), since it is meant to outlive this run.
+        if start_postgres(pg, &req.pgdata, &replayed.log_file, run_as).is_err()
+            || !wait_started(&req.pgdata).await
+        {
+            return Err(RecoveryError::RestartFailed {
+                log_file: replayed.log_file.clone(),
+                log: crate::server::log_tail(&replayed.log_file, 15),
+            });
+        }
+    }
+    Ok(BootstrapReport {
+        seconds: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+/// [`execute`] for a sandbox (a restore drill's scratch directory, `req.sandbox` set): the
+/// replay server is handed back still running, as pgkeep's child, for the caller to check and
+/// then stop; it never outlives this process.
+pub async fn execute_in_sandbox(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+) -> Result<(BootstrapReport, ChildServer), RecoveryError> {
+    let started = Instant::now();
+    let run_as = RunAs::data_owner(req.uid, req.gid)?;
+    let replayed = replay(pg, conn, req, plan, run_as).await?;
+    let db = Db::connect(&replayed.conn.with_db("postgres")).await?;
+    db.reload_conf().await?;
+    drop(db);
+    let report = replayed.report(req, plan, started);
+    Ok((report, replayed.server))
+}
+
+/// What [`replay`] leaves: recovery ended, its settings removed, the replay server still up.
+pub(super) struct Replayed {
+    pub(super) server: ChildServer,
+    pub(super) conn: ConnParams,
+    pub(super) ended: Ended,
+    pub(super) log_file: PathBuf,
+    pub(super) old_at: Option<PathBuf>,
+}
+
+impl Replayed {
+    fn report(&self, req: &BootstrapRequest, plan: &Plan, started: Instant) -> BootstrapReport {
+        BootstrapReport {
+            bundle: plan.bundle.name.clone(),
+            end_lsn: self.ended.end_lsn.clone(),
+            timeline: self.ended.timeline,
+            last_replayed_xact_time: self.ended.last_xact_time.clone(),
+            stop_reason: stop_reason(&self.log_file),
+            left_running: req.leave_running,
+            old_contents_at: self.old_at.clone(),
+            log_file: self.log_file.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The steps up to the end of recovery.
+pub(super) async fn replay(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+    plan: &Plan,
+    run_as: Option<RunAs>,
+) -> Result<Replayed, RecoveryError> {
+    mountinfo::guard(&req.pgroot, &req.pgdata)?;
+    check_not_running(&req.pgdata)?;
+    // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
+    if req.sandbox.is_none() {
+        crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
+    }
+    clean_stale_staging(&req.pgdata)?;
+    let old_at = clear_pgdata(req, plan)?;
+    extract_into_pgdata(req, plan)?;
+    set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
+    hand_over_archive(req, plan)?;
+    let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
+    write_recovery_settings(req, plan, &overrides)?;
+    let log_file = open_log_file(req, run_as)?;
+    let (socket_dir, port) = replay_socket(req);
+    // The replay server is our child: should this run be killed, the kernel stops it, and the
+    // next run (the bootmark says PGDATA is partial) starts over from the base backup.
+    let mut server = ChildServer::start(
+        pg,
+        &req.pgdata,
+        &log_file,
+        run_as,
+        &replay_server_settings(&socket_dir, port),
+    )?;
+    let mut replay_conn = conn.clone();
+    replay_conn.host = socket_dir.display().to_string();
+    replay_conn.port = port;
+    // On an error the server is stopped (dropped) and the recovery settings stay, so a person
+    // can look at the state; the error says what happened.
+    let ended = wait_for_recovery_end(&replay_conn, req, plan, &log_file, &mut server).await?;
+    check_replayed_to_the_end(plan, &ended, &log_file)?;
+    remove_recovery_settings(&req.pgdata)?;
+    Ok(Replayed {
+        server,
+        conn: replay_conn,
+        ended,
+        log_file,
+        old_at,
+    })
+}
+
+/// Step: without a target, replay must have reached the newest archived segment on the path;
+/// ending before it means a segment could not be replayed and commits are missing.
+pub(super) fn check_replayed_to_the_end(
+    plan: &Plan,
+    ended: &Ended,
+    log_file: &Path,
+) -> Result<(), RecoveryError> {
+    if plan.target.is_some() {
+        return Ok(());
+    }
+    let Some((newest, start)) = &plan.newest_archived else {
+        return Ok(());
+    };
+    let end: Option<Lsn> = ended.end_lsn.as_deref().and_then(|l| l.parse().ok());
+    if end.is_some_and(|e| e >= *start) {
+        return Ok(());
+    }
+    Err(RecoveryError::EndedShort {
+        end: ended.end_lsn.clone().unwrap_or_else(|| "?".into()),
+        newest: newest.clone(),
+        newest_start: start.to_string(),
+        history: ended
+            .timeline
+            .map(|t| format!("{t:08X}.history"))
+            .unwrap_or_else(|| "the newest .history file".into()),
+        log: crate::server::log_tail(log_file, 15),
+    })
+}
+
+/// [`prepare`] then [`execute`] without asking: for callers that own the site they restore into
+/// (`pgkeep demo`, restore drills). Everything `prepare` refuses is still refused.
+pub async fn bootstrap(
+    pg: &PgBin,
+    conn: &ConnParams,
+    req: &BootstrapRequest,
+) -> Result<BootstrapReport, RecoveryError> {
+    let plan = prepare(req)?;
+    execute(pg, conn, req, &plan).await
+}
+
+/// Step: empty PGDATA (never PGDATA itself, never the volume root), or move its contents aside.
+pub(super) fn clear_pgdata(
+    req: &BootstrapRequest,
+    plan: &Plan,
+) -> Result<Option<PathBuf>, RecoveryError> {
+    let pgdata = &req.pgdata;
+    if !pgdata.exists() {
+        std::fs::create_dir_all(pgdata).fs_ctx("create directory", pgdata)?;
+    }
+    let aside = plan.keep_old_at.clone();
+    if let Some(dir) = &aside {
+        std::fs::create_dir(dir).fs_ctx("create directory", dir)?;
+        fsutil::set_mode(dir, 0o700)?;
+        if fsutil::is_root() {
+            fsutil::chown(dir, req.uid, req.gid)?;
+        }
+    }
+    for entry in std::fs::read_dir(pgdata).fs_ctx("read directory", pgdata)? {
+        let entry = entry.fs_ctx("read directory", pgdata)?;
+        let path = entry.path();
+        match &aside {
+            Some(dir) => {
+                let to = dir.join(entry.file_name());
+                std::fs::rename(&path, &to).fs_ctx("move aside", &path)?;
+            }
+            None => {
+                let ft = entry.file_type().fs_ctx("stat", &path)?;
+                if ft.is_dir() {
+                    std::fs::remove_dir_all(&path).fs_ctx("remove", &path)?;
+                } else {
+                    std::fs::remove_file(&path).fs_ctx("remove", &path)?;
+                }
+            }
+        }
+    }
+    fsutil::fsync_dir(pgdata)?;
+    if let Some(dir) = &aside {
+        fsutil::fsync_dir(dir)?;
+        tracing::info!(to = %dir.display(), "moved the old PGDATA contents aside");
+    } else {
+        tracing::info!(pgdata = %pgdata.display(), "emptied PGDATA");
+    }
+    Ok(aside)
+}
+
+/// The name prefix of a bootstrap's staging directory beside PGDATA (`.pgkeep-bootstrap-HOST-PID`,
+/// earlier versions `.pgkeep-bootstrap-PID`); the bootstrap marker shares the prefix but is a file.
+pub(super) const STAGING_PREFIX: &str = ".pgkeep-bootstrap-";
+
+/// Step: remove the staging directories that killed bootstraps left beside PGDATA (each as large
+/// as the database), by the run-mark rules: only when their run is known to be gone, never a
+/// live one's. Returns what was removed.
+pub fn clean_stale_staging(pgdata: &Path) -> Result<Vec<PathBuf>, RecoveryError> {
+    let parent = pgdata.parent().unwrap_or(Path::new("/"));
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Ok(removed);
+    };
+    for entry in rd {
+        let entry = entry.fs_ctx("read directory", parent)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+            continue;
+        };
+        let path = entry.path();
+        if name == crate::bootmark::FILE_NAME
+            || !entry
+                .file_type()
+                .is_ok_and(|t| t.is_dir() && !t.is_symlink())
+        {
+            continue;
+        }
+        let gone = match crate::runmark::holder(&path) {
+            crate::runmark::Holder::Gone => true,
+            crate::runmark::Holder::Us | crate::runmark::Holder::Running(_) => false,
+            // No pid file (yet): the name tells the run (`HOST-PID`, or an earlier version's
+            // `PID`); a run on another host, or a name that does not parse, only by its age.
+            crate::runmark::Holder::Unknown => {
+                let (host, pid) = match rest.rsplit_once('-') {
+                    Some((host, pid)) => (Some(host), pid),
+                    None => (None, rest),
+                };
+                let here = host.is_none_or(|h| h == crate::runmark::this_host());
+                match pid.parse::<u32>() {
+                    Ok(pid) if here => {
+                        crate::runmark::judge(pid, None, Duration::default)
+                            == crate::runmark::Holder::Gone
+                    }
+                    _ => crate::runmark::quiet_for(&path) > crate::runmark::FOREIGN_STALE_AFTER,
+                }
+            }
+        };
+        if !gone {
+            tracing::info!(path = %path.display(), "leaving a staging directory a running bootstrap uses");
+            continue;
+        }
+        std::fs::remove_dir_all(&path).fs_ctx("remove stale staging", &path)?;
+        tracing::info!(path = %path.display(), "removed the staging directory an interrupted bootstrap left behind");
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Step: extract the bundle next to PGDATA (same volume) into a staging directory marked as this
+/// run's (a `pid` file with a heartbeat, so a later run can tell it was left by a killed one),
+/// then move the data directory in.
+pub(super) fn extract_into_pgdata(
+    req: &BootstrapRequest,
+    plan: &Plan,
+) -> Result<(), RecoveryError> {
+    let parent = req.pgdata.parent().unwrap_or(Path::new("/"));
+    let label = crate::runmark::run_label("pgkeep-bootstrap");
+    let staging = parent.join(format!(".{label}"));
+    if staging.exists() {
+        // Our own label: left by an earlier run with this PID on this host, which is gone.
+        std::fs::remove_dir_all(&staging).fs_ctx("remove", &staging)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .fs_ctx("create directory", &staging)?;
+    let heartbeat = crate::runmark::mark(&staging).fs_ctx("write", &staging.join("pid"))?;
+    tracing::info!(bundle = %plan.bundle.name, staging = %staging.display(), "extracting");
+    let result = (|| {
+        let unpacked = staging.join("bundle");
+        bundle::extract(&plan.bundle.path, &unpacked)?;
+        let data = unpacked.join(DATA_PREFIX.trim_end_matches('/'));
+        for entry in std::fs::read_dir(&data).fs_ctx("read directory", &data)? {
+            let entry = entry.fs_ctx("read directory", &data)?;
+            let to = req.pgdata.join(entry.file_name());
+            std::fs::rename(entry.path(), &to).fs_ctx("move into PGDATA", &to)?;
+        }
+        for sub in ["pg_wal/archive_status", "pg_tblspc", "pg_replslot"] {
+            let p = req.pgdata.join(sub);
+            std::fs::create_dir_all(&p).fs_ctx("create directory", &p)?;
+        }
+        fsutil::fsync_dir(&req.pgdata)?;
+        Ok::<_, RecoveryError>(())
+    })();
+    drop(heartbeat);
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Step: PGDATA and everything in it owned by the data owner, directories 0700, files 0600.
+pub(super) fn set_ownership_and_modes(
+    pgdata: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), RecoveryError> {
+    fn walk(p: &Path, uid: u32, gid: u32, root: bool) -> Result<(), FsError> {
+        let meta = std::fs::symlink_metadata(p).fs_ctx("stat", p)?;
+        if root && (meta.uid() != uid || meta.gid() != gid) {
+            fsutil::chown(p, uid, gid)?;
+        }
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o7777 != want {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(want))
+                .fs_ctx("chmod", p)?;
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).fs_ctx("read directory", p)? {
+                walk(&e.fs_ctx("read directory", p)?.path(), uid, gid, root)?;
+            }
+        }
+        Ok(())
+    }
+    walk(pgdata, uid, gid, fsutil::is_root())?;
+    Ok(())
+}
