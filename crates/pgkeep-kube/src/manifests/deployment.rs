@@ -64,17 +64,7 @@ fn walstream_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
         e,
         vec![wal_mount(s), read_only(run_mount(s))],
     );
-    c.resources = Some(ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_owned(), Quantity("10m".to_owned())),
-            ("memory".to_owned(), Quantity("32Mi".to_owned())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_owned(),
-            Quantity("128Mi".to_owned()),
-        )])),
-        ..Default::default()
-    });
+    c.resources = Some(sidecar_resources("32Mi", "128Mi"));
     c
 }
 
@@ -105,6 +95,21 @@ fn probe(s: &Settings, period: i32, timeout: i32, failures: i32) -> Probe {
     }
 }
 
+/// A small pgkeep sidecar's resources: 10m CPU requested, `request`/`limit` of memory.
+fn sidecar_resources(request: &str, limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("10m".to_owned())),
+            ("memory".to_owned(), Quantity(request.to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(limit.to_owned()),
+        )])),
+        ..Default::default()
+    }
+}
+
 /// `pgkeep metrics --listen 0.0.0.0:9187`: reads PostgreSQL over the socket, pg_wal's
 /// archive_status, the WAL archive, the backups volume (bundles and result records) and statvfs
 /// of each; writes nothing, so every mount is read-only.
@@ -131,17 +136,7 @@ fn metrics_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
         protocol: Some("TCP".to_owned()),
         ..Default::default()
     }]);
-    c.resources = Some(ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_owned(), Quantity("10m".to_owned())),
-            ("memory".to_owned(), Quantity("32Mi".to_owned())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_owned(),
-            Quantity("128Mi".to_owned()),
-        )])),
-        ..Default::default()
-    });
+    c.resources = Some(sidecar_resources("32Mi", "128Mi"));
     c
 }
 
@@ -172,18 +167,8 @@ fn offsite_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
             ..Default::default()
         }]);
     }
-    c.resources = Some(ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_owned(), Quantity("10m".to_owned())),
-            ("memory".to_owned(), Quantity("64Mi".to_owned())),
-        ])),
-        // A few 8 MiB parts in flight, whatever the file size.
-        limits: Some(BTreeMap::from([(
-            "memory".to_owned(),
-            Quantity("256Mi".to_owned()),
-        )])),
-        ..Default::default()
-    });
+    // A few 8 MiB parts in flight, whatever the file size.
+    c.resources = Some(sidecar_resources("64Mi", "256Mi"));
     c
 }
 
