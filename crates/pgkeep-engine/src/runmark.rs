@@ -73,6 +73,28 @@ pub fn holder(dir: &Path) -> Holder {
     judge(pid, words.next(), || quiet_for(&pid_file))
 }
 
+/// Who made a directory named after [`run_label`] (`KIND-HOST-PID` or `KIND-PID`) on this host,
+/// for a directory whose `pid` file was never written (its run was killed between creating the
+/// directory and marking it): [`Holder::Gone`] when that process has ended, [`Holder::Unknown`]
+/// when the label names another host or no pid.
+pub fn label_holder(label: &str) -> Holder {
+    let Some((rest, pid)) = label.rsplit_once('-') else {
+        return Holder::Unknown;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return Holder::Unknown;
+    };
+    let here = this_host();
+    let same_host = match rest.split_once('-') {
+        Some((_, host)) => host == here,
+        None => here.is_empty(),
+    };
+    if !same_host {
+        return Holder::Unknown;
+    }
+    judge(pid, None, || std::time::Duration::ZERO)
+}
+
 /// Who `pid` on `host` (None: this host) is, given how long its mark has gone untouched
 /// (asked only for another host's run).
 pub fn judge(

@@ -66,8 +66,14 @@ pub fn clean_stale(dir: &Path) -> Result<Vec<String>, FsError> {
         match runmark::holder(&entry.path()) {
             runmark::Holder::Us | runmark::Holder::Running(_) => continue,
             runmark::Holder::Gone => {}
+            // No pid file: a run killed between creating the directory and marking it (its
+            // name says which process made it), or one that is being created right now.
+            runmark::Holder::Unknown
+                if runmark::label_holder(
+                    name.trim_start_matches('.')
+                        .trim_end_matches(STAGING_SUFFIX),
+                ) == runmark::Holder::Gone => {}
             runmark::Holder::Unknown => {
-                // Without a pid file yet, a directory may be one that is being created now.
                 let young = entry
                     .metadata()
                     .ok()
