@@ -19,8 +19,11 @@ kubebox install
 # Leftover state from an interrupted run makes `up` refuse; `down` is idempotent.
 kubebox down
 trap 'kubebox down' EXIT
-kubebox up
+# The off-site disaster test runs an S3 server on the host that pods reach on the bridge.
+PGKEEP_E2E_S3_PORT=${PGKEEP_E2E_S3_PORT:-19700}
+KUBEBOX_HOST_PORTS="$PGKEEP_E2E_S3_PORT" kubebox up
 eval "$(kubebox env)"
+export PGKEEP_E2E_S3_ADDR=10.88.0.1:$PGKEEP_E2E_S3_PORT
 
 PGKEEP_E2E_PG_MAJOR=${PGKEEP_E2E_PG_MAJOR:-18}
 export PGKEEP_E2E_PG_MAJOR

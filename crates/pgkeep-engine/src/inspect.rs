@@ -235,6 +235,23 @@ pub struct Site<'a> {
     pub pgdata: &'a Path,
     pub wal_archive: &'a Path,
     pub backups: &'a Path,
+    /// The off-site follower's status file ([`crate::offsite::status`]) when off-site copies
+    /// are configured.
+    pub offsite_status: Option<std::path::PathBuf>,
+}
+
+impl<'a> Site<'a> {
+    /// The site the settings describe.
+    pub fn of(s: &'a crate::settings::Settings) -> Site<'a> {
+        Site {
+            pgroot: &s.paths.pgroot,
+            pgdata: &s.paths.pgdata,
+            wal_archive: &s.paths.wal_archive,
+            backups: &s.paths.backups,
+            offsite_status: (!s.offsite.url.is_empty())
+                .then(|| crate::offsite::status::path(&s.paths.run_dir)),
+        }
+    }
 }
 
 /// Gather `pgkeep space`.

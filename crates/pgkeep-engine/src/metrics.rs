@@ -163,6 +163,30 @@ pub fn render(o: &Observation) -> String {
             );
         }
     }
+    if let Some(off) = &o.offsite {
+        r.register(
+            "pgkeep_offsite_last_sync_timestamp_seconds",
+            "When the off-site follower last completed a round (Unix time; 0: none since it started)",
+            gauge(off.last_sync.map(ts).unwrap_or(0.0)),
+        );
+        if let Some(n) = off.lag_segments {
+            r.register(
+                "pgkeep_offsite_lag_segments",
+                "WAL segments in the local archive that are not off-site yet",
+                gauge(n as f64),
+            );
+        }
+        if let Some(f) = family(
+            "kind",
+            off.backups.iter().map(|(k, n)| (k.clone(), *n as f64)),
+        ) {
+            r.register(
+                "pgkeep_offsite_backups",
+                "Backup bundles stored off-site (after off-site retention)",
+                f,
+            );
+        }
+    }
     let ok = || o.volumes.iter().filter(|v| v.error.is_none());
     if let Some(f) = family("volume", ok().map(|v| (v.name.to_owned(), v.size as f64))) {
         r.register("pgkeep_volume_size_bytes", "Size of a volume (statvfs)", f);

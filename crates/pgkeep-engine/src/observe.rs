@@ -99,6 +99,53 @@ pub struct Observation {
     pub volumes: Vec<Volume>,
     /// `wal.archive_timeout` (seconds; 0 = off), for the lag rule.
     pub archive_timeout: u32,
+    /// The off-site copy, when off-site copies are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteLook>,
+}
+
+/// The off-site copy as the follower last reported it ([`crate::offsite::status`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct OffsiteLook {
+    /// When the follower last completed a round (None: none since its pod started).
+    pub last_sync: Option<jiff::Timestamp>,
+    /// Segments in the local WAL archive newer than the newest one off-site.
+    pub lag_segments: Option<u64>,
+    /// Bundles stored off-site per kind (empty until the follower could list them).
+    pub backups: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// More segments than this only in the local archive, for longer than the alert's `for`, is
+/// a problem (the follower uploads every 10 s; a burst of WAL is allowed to catch up).
+pub const OFFSITE_LAG_SEGMENTS_MAX: u64 = 16;
+/// No completed off-site round for this long is a problem.
+pub const OFFSITE_MAX_SYNC_AGE_SECS: i64 = 3600;
+
+fn look_offsite(status: &Path, archive: &Archive) -> OffsiteLook {
+    match crate::offsite::status::read(status) {
+        Ok(st) => {
+            let newest = st.as_ref().and_then(|s| s.newest_segment.clone());
+            let (lag_segments, error) =
+                match crate::offsite::status::lag_segments(archive, newest.as_deref()) {
+                    Ok(n) => (Some(n), None),
+                    Err(e) => (None, Some(e)),
+                };
+            OffsiteLook {
+                last_sync: st.as_ref().map(|s| s.synced_at),
+                lag_segments,
+                backups: st.map(|s| s.backups).unwrap_or_default(),
+                error,
+            }
+        }
+        Err(e) => OffsiteLook {
+            last_sync: None,
+            lag_segments: None,
+            backups: BTreeMap::new(),
+            error: Some(e),
+        },
+    }
 }
 
 impl Db {
@@ -332,6 +379,10 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
         volume("wal_archive", site.wal_archive, &records, now, None),
         volume("backups", site.backups, &records, now, None),
     ];
+    let offsite = site
+        .offsite_status
+        .as_deref()
+        .map(|p| look_offsite(p, &Archive::new(site.wal_archive)));
     Observation {
         at: now,
         up,
@@ -346,6 +397,7 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
         records_error,
         volumes,
         archive_timeout,
+        offsite,
     }
 }
 
@@ -354,7 +406,7 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
 pub struct Problem {
     /// A stable name (`backup_too_old`, `backup_failed`, `server_down`, `archiving_failing`,
     /// `wal_backlog`, `archive_lag`, `drill_failed`, `drill_too_old`, `volume_low`,
-    /// `volume_forecast`).
+    /// `volume_forecast`, `offsite_stale`, `offsite_lag`).
     pub check: &'static str,
     pub message: String,
 }
@@ -492,6 +544,36 @@ pub fn problems_with(o: &Observation, min_free_percent: f64) -> Vec<Problem> {
         ),
         _ => {}
     }
+    if let Some(off) = &o.offsite {
+        match off.last_sync {
+            None => add(
+                "offsite_stale",
+                format!(
+                    "no off-site round has completed{}; the `offsite` container's logs (or `pgkeep offsite sync`) say why",
+                    off.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Some(t) if o.at.as_second() - t.as_second() > OFFSITE_MAX_SYNC_AGE_SECS => add(
+                "offsite_stale",
+                format!(
+                    "the last completed off-site round was {} ago (limit 1h); the `offsite` container's logs say why",
+                    ago(o.at, t)
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(n) = off.lag_segments.filter(|n| *n > OFFSITE_LAG_SEGMENTS_MAX) {
+            add(
+                "offsite_lag",
+                format!(
+                    "{n} WAL segments are only in the local archive (limit {OFFSITE_LAG_SEGMENTS_MAX}): they would be lost with the cluster"
+                ),
+            );
+        }
+    }
     for v in &o.volumes {
         if let Some(p) = v.free_percent().filter(|p| *p < min_free_percent) {
             add(
@@ -560,6 +642,7 @@ mod tests {
                 error: None,
             }],
             archive_timeout: 60,
+            offsite: None,
         }
     }
 
@@ -615,6 +698,27 @@ mod tests {
             checks(&o),
             ["backup_too_old", "backup_too_old", "drill_too_old"]
         );
+    }
+
+    #[test]
+    fn offsite_rules() {
+        let now = t(0);
+        let mut o = healthy(now);
+        o.offsite = Some(OffsiteLook {
+            last_sync: Some(now - jiff::SignedDuration::from_secs(30)),
+            lag_segments: Some(OFFSITE_LAG_SEGMENTS_MAX),
+            backups: BTreeMap::new(),
+            error: None,
+        });
+        assert_eq!(checks(&o), Vec::<&str>::new());
+        let off = o.offsite.as_mut().unwrap();
+        off.lag_segments = Some(OFFSITE_LAG_SEGMENTS_MAX + 1);
+        off.last_sync = Some(now - jiff::SignedDuration::from_secs(OFFSITE_MAX_SYNC_AGE_SECS + 1));
+        assert_eq!(checks(&o), ["offsite_stale", "offsite_lag"]);
+        let off = o.offsite.as_mut().unwrap();
+        off.last_sync = None;
+        off.lag_segments = Some(0);
+        assert_eq!(checks(&o), ["offsite_stale"]);
     }
 
     #[test]

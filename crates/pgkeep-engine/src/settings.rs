@@ -100,6 +100,14 @@ pub struct Offsite {
     /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`, `AWS_REGION`) become the `offsite`
     /// container's environment; empty: no Secret, the pod's own credentials (e.g. a role).
     pub credentials_secret: String,
+    /// Kubernetes: the Secret (created by you, never by pgkeep) whose key `identity` holds the
+    /// age identity, mounted read-only into the restore, bootstrap and drill pods only (the
+    /// pods that read off-site copies); empty: none mounted.
+    pub identity_secret: String,
+    /// Allow plain `http://` to an endpoint that is not a loopback address (an in-cluster store
+    /// on a network you trust, a test server). Objects stay encrypted, but object names and
+    /// request metadata travel in the clear. Off by default; a warning is logged when used.
+    pub allow_http: bool,
 }
 
 /// Paths as the db container (or a plain host) sees them.
@@ -309,6 +317,8 @@ impl Default for Settings {
                 identity_file: String::new(),
                 encrypt: true,
                 credentials_secret: String::new(),
+                identity_secret: String::new(),
+                allow_http: false,
             },
         }
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 /// A running moto S3 server with one bucket.
 pub struct S3Server {
+    host: String,
     child: Child,
     port: u16,
     bucket: String,
@@ -40,10 +41,15 @@ fn moto_server() -> PathBuf {
 impl S3Server {
     /// Start moto on 127.0.0.1 and create `bucket`.
     pub fn start(bucket: &str) -> S3Server {
-        let port = crate::free_port();
+        Self::start_at("127.0.0.1", crate::free_port(), bucket)
+    }
+
+    /// Start moto on `host:port` (e.g. kubebox's pod bridge address and one of its
+    /// `KUBEBOX_HOST_PORTS`, so pods reach it) and create `bucket`.
+    pub fn start_at(host: &str, port: u16, bucket: &str) -> S3Server {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.reopen().expect("log"))
             .stderr(log.reopen().expect("log"))
@@ -51,6 +57,7 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("start moto_server: {e}"));
         let mut s = S3Server {
             child,
+            host: host.to_owned(),
             port,
             bucket: bucket.to_owned(),
             log,
@@ -74,7 +81,7 @@ impl S3Server {
                     self.log_text()
                 );
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if TcpStream::connect((self.host.as_str(), self.port)).is_ok() {
                 return;
             }
             assert!(
@@ -91,9 +98,9 @@ impl S3Server {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://HOST:PORT`
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn bucket(&self) -> &str {
@@ -122,12 +129,13 @@ impl S3Server {
     /// One HTTP/1.1 request with a dummy signature (moto does not check them, but refuses
     /// anonymous object reads); (status, body).
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        let mut c = TcpStream::connect((self.host.as_str(), self.port)).expect("connect to moto");
         write!(
             c,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: {}\r\n\
              Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\
              Connection: close\r\n\r\n",
+            self.host,
             self.port,
             body.len()
         )

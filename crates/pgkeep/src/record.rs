@@ -36,12 +36,7 @@ pub async fn leave(
     if let Some(e) = error {
         rec = rec.with_error(&e);
     }
-    let site = Site {
-        pgroot: &s.paths.pgroot,
-        pgdata: &s.paths.pgdata,
-        wal_archive: &s.paths.wal_archive,
-        backups: &s.paths.backups,
-    };
+    let site = Site::of(s);
     rec.usage = results::sample_site(&site, &ConnParams::from_settings(s)).await;
     let backups = s.paths.backups.clone();
     let written = tokio::task::spawn_blocking(move || results::write(&backups, &rec)).await;

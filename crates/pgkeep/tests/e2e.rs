@@ -1116,3 +1116,172 @@ fn ctrl_c_before_the_wipe_job_leaves_the_data_and_settings_reach_the_pods() {
     assert!(site.volume("pgdata-big").join("data/PG_VERSION").exists());
     site.print_timings();
 }
+
+/// The site's off-site settings and the two Secrets a user creates for them (from files, so no
+/// value is on a command line): the S3 credentials (dummy ones: moto accepts any) and the age
+/// identity.
+fn offsite_site(tag: &str, endpoint: &str, recipient: &str, identity: &Path) -> Site {
+    let site = Site::new(tag);
+    let mut toml = std::fs::read_to_string(site.config()).unwrap();
+    write!(
+        toml,
+        "\n[offsite]\nurl = \"s3://pgkeep-disaster/site\"\nendpoint = \"{endpoint}\"\n\
+         recipients = \"{recipient}\"\nallow_http = true\ncredentials_secret = \"s3-keys\"\n\
+         identity_secret = \"offsite-identity\"\n"
+    )
+    .unwrap();
+    std::fs::write(site.config(), toml).unwrap();
+    let keys = site.config_dir.path().join("s3-keys.env");
+    std::fs::write(
+        &keys,
+        "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing-secret\nAWS_REGION=us-east-1\n",
+    )
+    .unwrap();
+    kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "create",
+        "secret",
+        "generic",
+        "s3-keys",
+        &format!("--from-env-file={}", keys.display()),
+    ]);
+    kubectl_ok(&[
+        "-n",
+        &site.ns,
+        "create",
+        "secret",
+        "generic",
+        "offsite-identity",
+        &format!("--from-file=identity={}", identity.display()),
+    ]);
+    site
+}
+
+/// The issue's disaster: the namespace and every volume of the database are deleted; a fresh
+/// deployment is bootstrapped to a point in time from the bucket and the identity alone.
+#[test]
+fn a_deleted_namespace_comes_back_from_the_bucket_alone() {
+    let addr = required_env(
+        "PGKEEP_E2E_S3_ADDR",
+        "HOST:PORT for an S3 server the pods can reach (kubebox: 10.88.0.1 and a port in \
+         KUBEBOX_HOST_PORTS, as e2e/kubebox.sh sets it)",
+    );
+    let (host, port) = addr
+        .rsplit_once(':')
+        .expect("PGKEEP_E2E_S3_ADDR is HOST:PORT");
+    let s3 = pgkeep_testkit::s3::S3Server::start_at(host, port.parse().unwrap(), "pgkeep-disaster");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let identity = keys_dir.path().join("offsite.key");
+    let out = run(Command::new(env!("CARGO_BIN_EXE_pgkeep"))
+        .args(["offsite", "keygen", "--out"])
+        .arg(&identity));
+    assert!(out.status.success(), "keygen: {}", text(&out.stderr));
+    let recipient = text(&out.stdout).trim().to_owned();
+
+    let old = offsite_site("offsite", &s3.endpoint(), &recipient, &identity);
+    let out = old.pgkeep_ok("deploy (with off-site copies)", &["deploy", "--wait"]);
+    assert!(out.contains("CronJob"), "{out}");
+    let containers = old.pod_jsonpath(&old.db_pod(), "{.spec.containers[*].name}");
+    assert!(
+        containers.contains("offsite"),
+        "the follower runs: {containers}"
+    );
+    old.sql("CREATE TABLE t (id int PRIMARY KEY, note text); INSERT INTO t VALUES (1, 'before the base backup')");
+    old.pgkeep_ok(
+        "backup physical (uploads its bundle)",
+        &["backup", "physical"],
+    );
+    let sysid = old.sql("SELECT system_identifier FROM pg_control_system()");
+    let uploaded_bundle = s3
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with(&format!("site/{sysid}/backups/basebackup-")));
+    assert!(
+        uploaded_bundle.is_some(),
+        "the backup Job copied its bundle off-site: {:?}",
+        s3.keys()
+    );
+    old.sql("INSERT INTO t VALUES (2, 'before T')");
+    let t =
+        old.sql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1500));
+    old.sql("INSERT INTO t VALUES (3, 'after T')");
+    let segment = old.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    old.sql("SELECT pg_switch_wal()");
+    old.wait_for(
+        "the follower to copy the switched segment off-site",
+        180,
+        || {
+            s3.keys()
+                .iter()
+                .any(|k| k.starts_with(&format!("site/{sysid}/wal/{segment}")))
+        },
+    );
+    // The follower's status reaches the metrics.
+    old.wait_for("the off-site metrics to show a completed round", 60, || {
+        let m = old.scrape_metrics();
+        m.lines().any(|l| {
+            l.starts_with("pgkeep_offsite_last_sync_timestamp_seconds ") && !l.ends_with(" 0")
+        }) && m.contains("pgkeep_offsite_backups{kind=\"physical\"} 1")
+    });
+    let objects = s3.keys().len();
+
+    // The disaster: the namespace with every claim, and the volumes' data.
+    let started = Instant::now();
+    kubectl_ok(&["delete", "namespace", &old.ns, "--timeout=300s"]);
+    kubectl_ok(&["delete", "pv", "-l", &format!("pgkeep-e2e={}", old.ns)]);
+    std::fs::remove_dir_all(old.pv_root.join(&old.ns)).unwrap();
+    old.timings.borrow_mut().push((
+        "disaster: namespace and volumes deleted".into(),
+        started.elapsed(),
+    ));
+    old.print_timings();
+    drop(old);
+
+    let new = offsite_site("offsite-new", &s3.endpoint(), &recipient, &identity);
+    new.pgkeep_ok("deploy (fresh, after the disaster)", &["deploy", "--wait"]);
+    assert_eq!(
+        new.sql("SELECT count(*) FROM pg_tables WHERE tablename = 't'"),
+        "0"
+    );
+    let out = new.pgkeep_ok(
+        "bootstrap basebackup --offsite --target-time T",
+        &[
+            "bootstrap",
+            "basebackup",
+            "--offsite",
+            "--target-time",
+            &t,
+            "--yes",
+        ],
+    );
+    println!("bootstrap from off-site:\n{out}");
+    new.wait_for("the db pod to be Ready after bootstrap", 240, || {
+        run(kubectl().args([
+            "-n",
+            &new.ns,
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=postgres",
+            "--timeout=5s",
+        ]))
+        .status
+        .success()
+    });
+    assert_eq!(new.sql("SELECT pg_is_in_recovery()"), "f", "promoted");
+    assert_eq!(
+        new.sql("SELECT string_agg(note, ',' ORDER BY id) FROM t"),
+        "before the base backup,before T",
+        "T's data, nothing later"
+    );
+    assert_eq!(
+        new.sql("SELECT system_identifier FROM pg_control_system()"),
+        sysid,
+        "the lost system is back"
+    );
+    assert!(s3.keys().len() >= objects, "nothing off-site was lost");
+    new.print_timings();
+}

@@ -764,3 +764,124 @@ fn offsite_retention_keeps_the_newest_bundles_and_the_wal_the_oldest_kept_one_ne
     c.restart();
     assert_eq!(c.psql("records", "select count(*) from t"), want);
 }
+
+/// One sample of `pgkeep metrics` output (`name` with its labels, as printed), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_status() {
+    let s3 = S3Server::start("pgkeep-status");
+    let c = cluster_with_marker();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (_id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
+    let id = sysid(&c);
+    let with_keys = |cmd: &mut Command| {
+        cmd.env("PGKEEP_OFFSITE_RECIPIENTS", &recipient);
+    };
+
+    // The store cannot be reached: the backup is still taken, recorded and kept; the upload
+    // waits for the follower.
+    let mut cmd = pgkeep(&c, &s3, "p");
+    with_keys(&mut cmd);
+    let out = ok(cmd
+        .env("PGKEEP_OFFSITE_ENDPOINT", "http://127.0.0.1:1")
+        .args(["backup", "logical", "--no-prune"]));
+    assert!(
+        output_text(&out).contains("copies it later"),
+        "{}",
+        output_text(&out)
+    );
+    let first = pgkeep_testkit::file_names(&c.backups())
+        .into_iter()
+        .find(|n| n.starts_with("nightly-"))
+        .expect("the backup was kept");
+    assert!(s3.keys().is_empty(), "{:?}", s3.keys());
+
+    // Reachable: the new bundle is off-site when the backup returns, without any sync.
+    let mut cmd = pgkeep(&c, &s3, "p");
+    with_keys(&mut cmd);
+    ok(cmd.args(["backup", "logical", "--no-prune"]));
+    let second = pgkeep_testkit::file_names(&c.backups())
+        .into_iter()
+        .filter(|n| n.starts_with("nightly-"))
+        .find(|n| *n != first)
+        .expect("a second bundle");
+    assert_eq!(
+        s3.keys(),
+        vec![format!("p/{id}/backups/{second}.age")],
+        "only the new bundle, encrypted, under its system"
+    );
+
+    // No follower round yet: the metrics say so, `status` names the problem.
+    let metrics = |c: &TempCluster| stdout(&ok(pgkeep(c, &s3, "p").arg("metrics")));
+    let m = metrics(&c);
+    assert_eq!(
+        sample(&m, "pgkeep_offsite_last_sync_timestamp_seconds"),
+        Some(0.0),
+        "{m}"
+    );
+    let status = pgkeep(&c, &s3, "p")
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&status).contains("offsite_stale"),
+        "{}",
+        output_text(&status)
+    );
+
+    // A round: everything is off-site, the status file feeds the metrics.
+    let before = jiff::Timestamp::now().as_second() as f64;
+    let mut cmd = pgkeep(&c, &s3, "p");
+    with_keys(&mut cmd);
+    ok(cmd.args(["offsite", "sync", "--no-prune"]));
+    assert!(c.run_dir().join("pgkeep-offsite.json").is_file());
+    let m = metrics(&c);
+    let synced = sample(&m, "pgkeep_offsite_last_sync_timestamp_seconds").unwrap();
+    assert!(synced >= before - 1.0, "{synced} < {before}\n{m}");
+    assert_eq!(sample(&m, "pgkeep_offsite_lag_segments"), Some(0.0), "{m}");
+    assert_eq!(
+        sample(&m, "pgkeep_offsite_backups{kind=\"logical\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "pgkeep_offsite_backups{kind=\"physical\"}"),
+        Some(0.0),
+        "{m}"
+    );
+
+    // WAL archived after the round is lag until the next one.
+    let archived = |c: &TempCluster| {
+        c.psql("postgres", "select archived_count from pg_stat_archiver")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let was = archived(&c);
+    c.psql("records", "insert into t values (2, 'after the round')");
+    c.psql("records", "select pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while archived(&c) == was {
+        assert!(
+            Instant::now() < deadline,
+            "the switched segment was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = metrics(&c);
+    assert!(
+        sample(&m, "pgkeep_offsite_lag_segments").unwrap() >= 1.0,
+        "{m}"
+    );
+    let mut cmd = pgkeep(&c, &s3, "p");
+    with_keys(&mut cmd);
+    ok(cmd.args(["offsite", "sync", "--no-prune"]));
+    assert_eq!(
+        sample(&metrics(&c), "pgkeep_offsite_lag_segments"),
+        Some(0.0)
+    );
+}

@@ -34,13 +34,25 @@ fn promtool() -> PathBuf {
 
 /// Render the default tree into a temp dir; the rules file's path.
 fn rendered(dir: &Path) -> PathBuf {
-    let out = assert_cmd::Command::cargo_bin("pgkeep")
-        .unwrap()
-        .env("PGKEEP_CONFIG", "/dev/null")
-        .args(["render", "--defaults", "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    rendered_with(dir, None)
+}
+
+/// Render into a temp dir with `config` as pgkeep.toml (the defaults without); the rules
+/// file's path.
+fn rendered_with(dir: &Path, config: Option<&str>) -> PathBuf {
+    let mut cmd = assert_cmd::Command::cargo_bin("pgkeep").unwrap();
+    match config {
+        None => {
+            cmd.env("PGKEEP_CONFIG", "/dev/null")
+                .args(["render", "--defaults", "--out"]);
+        }
+        Some(text) => {
+            let file = dir.join("pgkeep.toml");
+            std::fs::write(&file, text).unwrap();
+            cmd.env("PGKEEP_CONFIG", &file).args(["render", "--out"]);
+        }
+    }
+    let out = cmd.arg(dir).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let p = dir.join("infra/prometheus/pgkeep-rules.yaml");
     assert!(p.is_file(), "render wrote no rules file");
@@ -174,7 +186,11 @@ tests:
 /// `TESTS` with each expected alert's annotations (as the rules file words them, templates
 /// filled from its labels) added after its labels: promtool compares them too.
 fn with_annotations(tests: &str) -> String {
-    let rules = pgkeep_kube::manifests::monitoring::rules(&Default::default());
+    with_annotations_of(tests, &Default::default())
+}
+
+fn with_annotations_of(tests: &str, settings: &pgkeep_engine::settings::Settings) -> String {
+    let rules = pgkeep_kube::manifests::monitoring::rules(settings);
     let mut out = String::new();
     let mut alert = String::new();
     let mut labels: Vec<(String, String)> = Vec::new();
@@ -224,5 +240,57 @@ fn promtool_unit_tests_of_the_alerts_pass() {
     let t = tempfile::tempdir().unwrap();
     rendered(t.path());
     std::fs::write(t.path().join("rules_test.yaml"), with_annotations(TESTS)).unwrap();
+    promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
+}
+
+/// The off-site alerts (rendered only with `offsite.url` set): the follower completed rounds
+/// until t=30m, then none; WAL waiting for it grows by one segment a minute from then on.
+const OFFSITE_TESTS: &str = r#"
+rule_files:
+  - infra/prometheus/pgkeep-rules.yaml
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'pgkeep_offsite_last_sync_timestamp_seconds{job="pg",instance="db:9187"}'
+        values: '0+60x30 1800+0x150'
+      - series: 'pgkeep_offsite_lag_segments{job="pg",instance="db:9187"}'
+        values: '0+0x30 1+1x150'
+    alert_rule_test:
+      - eval_time: 95m
+        alertname: PgkeepOffsiteStale
+        exp_alerts: []
+      - eval_time: 105m
+        alertname: PgkeepOffsiteStale
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              job: pg
+              instance: db:9187
+      - eval_time: 70m
+        alertname: PgkeepOffsiteLagging
+        exp_alerts: []
+      - eval_time: 90m
+        alertname: PgkeepOffsiteLagging
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              job: pg
+              instance: db:9187
+"#;
+
+#[test]
+fn promtool_unit_tests_of_the_offsite_alerts_pass() {
+    let t = tempfile::tempdir().unwrap();
+    let config = "[offsite]\nurl = \"s3://bucket/p\"\nencrypt = false\n";
+    rendered_with(t.path(), Some(config));
+    let mut settings = pgkeep_engine::settings::Settings::default();
+    settings.offsite.url = "s3://bucket/p".into();
+    settings.offsite.encrypt = false;
+    std::fs::write(
+        t.path().join("rules_test.yaml"),
+        with_annotations_of(OFFSITE_TESTS, &settings),
+    )
+    .unwrap();
     promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
 }

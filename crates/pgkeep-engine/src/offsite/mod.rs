@@ -154,11 +154,11 @@ pub fn check_settings(o: &settings::Offsite) -> Result<(), (&'static str, String
                 || host
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
+            if !loopback && !o.allow_http {
                 return Err((
                     "offsite.endpoint",
                     format!(
-                        "plain http:// is allowed only for a loopback address, not {:?}; use https://",
+                        "plain http:// is allowed only for a loopback address, not {:?}; use https:// (or set offsite.allow_http = true for a network you trust)",
                         o.endpoint
                     ),
                 ));
@@ -274,6 +274,12 @@ impl Offsite {
                 retry_timeout: Duration::from_secs(60),
             });
         if !s.endpoint.is_empty() {
+            if s.allow_http && s.endpoint.starts_with("http://") {
+                tracing::warn!(
+                    endpoint = %s.endpoint,
+                    "offsite.allow_http: plain http; objects are encrypted, names and request metadata are not"
+                );
+            }
             b = b
                 .with_endpoint(&s.endpoint)
                 .with_allow_http(s.endpoint.starts_with("http://"))
@@ -350,9 +356,31 @@ impl Offsite {
         Ok(out)
     }
 
-    /// The system to read from: `local` when it is stored, else the only one stored.
-    pub async fn choose_system(&self, local: Option<u64>) -> Result<System> {
-        let all = self.systems().await?;
+    /// The system to read from: `local` when it is stored, else the only one stored. With
+    /// `need`, only systems holding a bundle of that kind count: after a disaster the fresh
+    /// deployment's follower may already have stored its own (bundle-less) system beside the
+    /// lost one, and the restore must read the one with backups.
+    pub async fn choose_system(
+        &self,
+        local: Option<u64>,
+        need: Option<crate::repo::BackupKind>,
+    ) -> Result<System> {
+        let mut all = self.systems().await?;
+        if let Some(kind) = need {
+            let mut with = Vec::new();
+            for id in all {
+                let has = self
+                    .system(id)
+                    .list_backups()
+                    .await?
+                    .iter()
+                    .any(|f| crate::repo::parse_name(&f.name).is_some_and(|b| b.kind == kind));
+                if has {
+                    with.push(id);
+                }
+            }
+            all = with;
+        }
         let id = match (local, all.as_slice()) {
             (Some(l), _) if all.contains(&l) => l,
             (_, []) => {
@@ -360,7 +388,17 @@ impl Offsite {
                     url: self.url.clone(),
                 });
             }
-            (_, [one]) => *one,
+            (_, [one]) => {
+                if local.is_some_and(|l| l != *one) {
+                    tracing::info!(
+                        system = one,
+                        "reading the only system stored off-site{}, not this data directory's",
+                        need.map(|k| format!(" with {} bundles", k.label()))
+                            .unwrap_or_default()
+                    );
+                }
+                *one
+            }
             _ => {
                 return Err(OffsiteError::SeveralSystems {
                     url: self.url.clone(),
@@ -385,6 +423,7 @@ impl Offsite {
     }
 }
 
+pub mod status;
 mod sync;
 mod system;
 
@@ -404,6 +443,8 @@ mod tests {
             identity_file: String::new(),
             encrypt,
             credentials_secret: String::new(),
+            identity_secret: String::new(),
+            allow_http: false,
         }
     }
 
@@ -433,6 +474,9 @@ mod tests {
             key(offsite("s3://b", "http://10.0.0.1:9000", &r, true)),
             "offsite.endpoint"
         );
+        let mut trusted = offsite("s3://b", "http://10.0.0.1:9000", &r, true);
+        trusted.allow_http = true;
+        assert!(check_settings(&trusted).is_ok(), "allow_http says so");
         assert_eq!(
             key(offsite("s3://b", "ftp://h", &r, true)),
             "offsite.endpoint"

@@ -24,6 +24,11 @@ pub struct SyncReport {
     pub uploaded_bytes: u64,
     /// Files that were off-site already (compared when seen for the first time).
     pub already: usize,
+    /// Bundles this round looked at for the first time (uploaded or found off-site): off-site
+    /// retention has something new to judge.
+    pub new_bundles: usize,
+    /// The newest WAL segment the round saw off-site (every local file older is off-site too).
+    pub newest_segment: Option<String>,
 }
 
 /// The system the local files belong to: the data directory's, else the WAL archive's newest
@@ -83,19 +88,9 @@ pub async fn sync(
         if known.names.contains(&key) {
             continue;
         }
-        // Verify first (checksums of every member against MANIFEST.json).
-        let path = b.path.clone();
-        let contents = tokio::task::spawn_blocking(move || crate::bundle::verify(&path))
-            .await
-            .expect("verify does not panic")
-            .map_err(|e| OffsiteError::Verify {
-                path: b.path.clone(),
-                message: e.to_string(),
-            })?;
-        let metadata = wal_start_metadata(&b, contents.manifest.as_ref());
-        let outcome =
-            put_with_progress(&sys, &b.path, b.size, &b.name, &progress, Some(&metadata)).await?;
+        let outcome = put_verified_bundle(&sys, &b, &progress).await?;
         record(&mut report, &b.name, b.size, outcome);
+        report.new_bundles += 1;
         known.names.insert(key);
     }
     let files = if archive.dir().exists() {
@@ -130,7 +125,67 @@ pub async fn sync(
         record(&mut report, &file, f.size, outcome);
         known.names.insert(key);
     }
+    report.newest_segment = status::newest_segment(archive);
     Ok(report)
+}
+
+/// Verify a local bundle (every member's checksum against MANIFEST.json).
+async fn verify_bundle(b: &crate::repo::Backup) -> Result<crate::bundle::Contents> {
+    let path = b.path.clone();
+    tokio::task::spawn_blocking(move || crate::bundle::verify(&path))
+        .await
+        .expect("verify does not panic")
+        .map_err(|e| OffsiteError::Verify {
+            path: b.path.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// Verify a local bundle, then upload it create-only with its WAL start as metadata.
+async fn put_verified_bundle(
+    sys: &System,
+    b: &crate::repo::Backup,
+    progress: &Arc<dyn SyncProgress>,
+) -> Result<PutOutcome> {
+    let contents = verify_bundle(b).await?;
+    let metadata = wal_start_metadata(b, contents.manifest.as_ref());
+    put_with_progress(sys, &b.path, b.size, &b.name, progress, Some(&metadata)).await
+}
+
+/// Upload one bundle of `backups` now, under the system its manifest names: what a backup
+/// Job does right after writing it, so the copy does not wait for the follower's next round.
+/// Verified first, create-only like [`sync`].
+pub async fn upload_bundle(
+    off: &Offsite,
+    backups: &Path,
+    name: &str,
+    progress: Arc<dyn SyncProgress>,
+) -> Result<PutOutcome> {
+    off.require_recipients()?;
+    let b = crate::repo::find(backups, name).map_err(|e| OffsiteError::Verify {
+        path: backups.join(name),
+        message: e.to_string(),
+    })?;
+    let contents = verify_bundle(&b).await?;
+    let id = contents
+        .manifest
+        .as_ref()
+        .and_then(|m| m.info_str("system_identifier"))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| OffsiteError::Verify {
+            path: b.path.clone(),
+            message: "its MANIFEST.json names no system_identifier".into(),
+        })?;
+    let metadata = wal_start_metadata(&b, contents.manifest.as_ref());
+    put_with_progress(
+        &off.system(id),
+        &b.path,
+        b.size,
+        &b.name,
+        &progress,
+        Some(&metadata),
+    )
+    .await
 }
 
 /// A base backup's WAL start, from its verified manifest, as object metadata (none for a logical

@@ -78,7 +78,10 @@ pub(crate) fn job_spec(s: &Settings, c: Component, pod: PodSpec, backoff: i32) -
     }
 }
 
-fn cron(s: &Settings, name: String, c: Component, schedule: &str, pod: PodSpec) -> CronJob {
+/// A CronJob running `pod` on `schedule`. Its pgkeep gets the off-site credentials when
+/// off-site copies are on: a backup uploads its new bundle right after writing it.
+fn cron(s: &Settings, name: String, c: Component, schedule: &str, mut pod: PodSpec) -> CronJob {
+    offsite_uploader(s, &mut pod);
     CronJob {
         metadata: meta(s, &name, c),
         spec: Some(CronJobSpec {
@@ -142,13 +145,23 @@ pub fn physical_cronjob(s: &Settings) -> CronJob {
 /// as the physical backup's (backups volume for the bundles, its scratch directory and its
 /// result record; the WAL archive for the replay), running `drill`.
 pub fn drill_cronjob(s: &Settings) -> CronJob {
-    let pod = client_pod(
+    // With off-site copies and the identity to read them, the weekly drill restores the
+    // off-site copies: the same bundles (compared by checksum when uploaded) plus the download
+    // and decryption a disaster recovery depends on.
+    let offsite = !s.offsite.url.is_empty() && !s.offsite.identity_secret.is_empty();
+    let args: &[&str] = if offsite {
+        &["drill", "--offsite"]
+    } else {
+        &["drill"]
+    };
+    let mut pod = client_pod(
         s,
         "drill",
-        &["drill"],
+        args,
         vec![backups_mount(s), wal_mount(s)],
         vec![backups_volume(s), wal_volume(s)],
     );
+    offsite_reader(s, &mut pod);
     cron(s, drill_name(s), Component::Drill, &s.schedule.drill, pod)
 }
 

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, SeccompProfile,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pgkeep_engine::settings::Settings;
@@ -23,6 +23,12 @@ pub const VOL_RUN: &str = "run";
 pub const VOL_TMP: &str = "tmp";
 pub const VOL_INIT: &str = "init";
 pub const VOL_SETTINGS: &str = "settings";
+pub const VOL_OFFSITE_IDENTITY: &str = "offsite-identity";
+
+/// Where the pods that read off-site copies find the age identity (the Secret
+/// `offsite.identity_secret` names, key [`OFFSITE_IDENTITY_KEY`]).
+pub const OFFSITE_IDENTITY_DIR: &str = "/etc/pgkeep-offsite";
+pub const OFFSITE_IDENTITY_KEY: &str = "identity";
 
 /// Where every pgkeep container finds the deployed settings (the ConfigMap of
 /// [`super::config`]), and the variable that points the settings loader at them.
@@ -254,6 +260,59 @@ pub fn client_env(s: &Settings) -> Vec<EnvVar> {
     e.push(env("PGHOST", &s.kube.service));
     e.push(secret_env(s, "PGPASSWORD"));
     e
+}
+
+/// The off-site credentials Secret (`offsite.credentials_secret`) as a container's environment.
+/// Referenced as optional: a missing Secret must not keep the database or a local backup from
+/// running; the uploads then fail with the store's error and the off-site metrics show it.
+pub fn offsite_credentials(s: &Settings) -> Option<Vec<EnvFromSource>> {
+    (!s.offsite.url.is_empty() && !s.offsite.credentials_secret.is_empty()).then(|| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: s.offsite.credentials_secret.clone(),
+                optional: Some(true),
+            }),
+            ..Default::default()
+        }]
+    })
+}
+
+/// A pod whose pgkeep uploads to off-site (the backup Jobs): the credentials.
+pub fn offsite_uploader(s: &Settings, pod: &mut PodSpec) {
+    if let Some(from) = offsite_credentials(s) {
+        pod.containers[0].env_from = Some(from);
+    }
+}
+
+/// A pod whose pgkeep reads off-site copies (restore, bootstrap, drill): the credentials, and
+/// the identity Secret mounted read-only (0440, group = the data owner's through fsGroup) with
+/// `PGKEEP_OFFSITE_IDENTITY_FILE` pointing at it. No other pod ever sees the identity.
+pub fn offsite_reader(s: &Settings, pod: &mut PodSpec) {
+    offsite_uploader(s, pod);
+    if s.offsite.url.is_empty() || s.offsite.identity_secret.is_empty() {
+        return;
+    }
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: VOL_OFFSITE_IDENTITY.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(s.offsite.identity_secret.clone()),
+            default_mode: Some(0o440),
+            // A drill or restore from local copies needs no identity.
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = &mut pod.containers[0];
+    c.volume_mounts.get_or_insert_with(Vec::new).push(mount(
+        VOL_OFFSITE_IDENTITY,
+        OFFSITE_IDENTITY_DIR,
+        true,
+    ));
+    c.env.get_or_insert_with(Vec::new).push(env(
+        "PGKEEP_OFFSITE_IDENTITY_FILE",
+        format!("{OFFSITE_IDENTITY_DIR}/{OFFSITE_IDENTITY_KEY}"),
+    ));
 }
 
 fn pvc_volume(name: &str, claim: &str) -> Volume {

@@ -142,9 +142,10 @@ fn metrics_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
 
 /// `pgkeep offsite sync --follow`: uploads what is new in the WAL archive and the backups
 /// volume (both mounted read-only; the data volume too, read-only, for the system identifier in
-/// pg_control) and applies off-site retention. The credentials Secret is referenced as
-/// optional: a missing Secret must not keep the database's pod from starting; the follower
-/// then logs the failed uploads and the off-site lag shows in `pgkeep metrics`.
+/// pg_control) and applies off-site retention. It writes its status to the socket directory
+/// (the one writable mount), where the metrics container reads it. The credentials Secret is
+/// referenced as optional: a missing Secret must not keep the database's pod from starting;
+/// the follower then logs the failed uploads and the off-site metrics show it.
 fn offsite_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
     let interval = OFFSITE_INTERVAL_SECONDS.to_string();
     let mut c = pgkeep_container(
@@ -156,17 +157,10 @@ fn offsite_container(s: &Settings) -> k8s_openapi::api::core::v1::Container {
             read_only(data_mount(s)),
             read_only(wal_mount(s)),
             read_only(backups_mount(s)),
+            run_mount(s),
         ],
     );
-    if !s.offsite.credentials_secret.is_empty() {
-        c.env_from = Some(vec![k8s_openapi::api::core::v1::EnvFromSource {
-            secret_ref: Some(k8s_openapi::api::core::v1::SecretEnvSource {
-                name: s.offsite.credentials_secret.clone(),
-                optional: Some(true),
-            }),
-            ..Default::default()
-        }]);
-    }
+    c.env_from = offsite_credentials(s);
     // A few 8 MiB parts in flight, whatever the file size.
     c.resources = Some(sidecar_resources("64Mi", "256Mi"));
     c
@@ -521,11 +515,12 @@ mod tests {
             f.args.as_deref().unwrap(),
             ["offsite", "sync", "--follow", "--interval", "10"]
         );
+        // Every volume read-only but the socket directory, where its status goes.
         assert!(
             f.volume_mounts
                 .iter()
                 .flatten()
-                .all(|m| m.read_only == Some(true)),
+                .all(|m| (m.read_only == Some(true)) != (m.name == VOL_RUN)),
             "{:?}",
             f.volume_mounts
         );

@@ -60,15 +60,17 @@ fn job(s: &Settings, name: &str, c: Component, pod: PodSpec) -> Job {
 }
 
 /// The seed's `pg.restore.dump`: newest nightly bundle into the running database; `options`
-/// are `pgkeep restore dump`'s (none when rendered).
+/// are `pgkeep restore dump`'s (none when rendered). With off-site copies configured it can
+/// read them (credentials and identity, [`offsite_reader`]).
 pub fn restore_from_dump(s: &Settings, options: &[String]) -> Job {
-    let pod = client_pod(
+    let mut pod = client_pod(
         s,
         "restore",
         &["restore", "dump"],
         vec![backups_mount(s)],
         vec![backups_volume(s)],
     );
+    offsite_reader(s, &mut pod);
     job(
         s,
         RESTORE_FROM_DUMP,
@@ -162,6 +164,7 @@ pub fn bootstrap_from_basebackup(s: &Settings, options: &[String]) -> Job {
             ..Default::default()
         }),
     });
+    offsite_reader(s, &mut pod);
     pod.service_account_name = Some(BOOTSTRAP_FROM_BASEBACKUP.to_owned());
     pod.automount_service_account_token = Some(true);
     job(
@@ -306,6 +309,93 @@ mod tests {
                 .unwrap();
             assert!(pw.value.is_none());
         }
+    }
+
+    #[test]
+    fn only_the_pods_that_read_off_site_get_the_identity_and_backups_get_the_credentials() {
+        use super::super::backup::{drill_cronjob, logical_cronjob, physical_cronjob};
+        use k8s_openapi::api::batch::v1::CronJob;
+        let cron_pod = |c: CronJob| {
+            c.spec
+                .unwrap()
+                .job_template
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+        };
+        let identity = |p: &PodSpec| {
+            let mounted = p.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == VOL_OFFSITE_IDENTITY && m.read_only == Some(true));
+            let env = p.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "PGKEEP_OFFSITE_IDENTITY_FILE");
+            assert_eq!(mounted, env, "mount and variable go together");
+            mounted
+        };
+        let credentials = |p: &PodSpec| {
+            p.containers[0]
+                .env_from
+                .iter()
+                .flatten()
+                .any(|f| f.secret_ref.as_ref().is_some_and(|r| r.name == "s3-keys"))
+        };
+        // Off by default: nothing of it anywhere.
+        let off = Settings::default();
+        for p in [
+            pod_of(&restore_from_dump(&off, &[])),
+            pod_of(&bootstrap_from_basebackup(&off, &[])),
+            cron_pod(drill_cronjob(&off)),
+            cron_pod(logical_cronjob(&off)),
+        ] {
+            assert!(!identity(&p) && !credentials(&p));
+        }
+        assert_eq!(args(&cron_pod(drill_cronjob(&off))), ["drill"]);
+
+        let mut s = Settings::default();
+        s.offsite.url = "s3://bucket/p".into();
+        s.offsite.credentials_secret = "s3-keys".into();
+        s.offsite.identity_secret = "offsite-key".into();
+        for p in [
+            pod_of(&restore_from_dump(&s, &[])),
+            pod_of(&bootstrap_from_basebackup(&s, &[])),
+            cron_pod(drill_cronjob(&s)),
+        ] {
+            assert!(identity(&p), "a reader gets the identity");
+            assert!(credentials(&p));
+            let v = p
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == VOL_OFFSITE_IDENTITY)
+                .unwrap();
+            let secret = v.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("offsite-key"));
+            assert_eq!(secret.default_mode, Some(0o440));
+        }
+        for p in [
+            cron_pod(logical_cronjob(&s)),
+            cron_pod(physical_cronjob(&s)),
+        ] {
+            assert!(credentials(&p), "a backup uploads its bundle");
+            assert!(!identity(&p), "a backup never sees the identity");
+        }
+        for p in [
+            pod_of(&wipe(&s)),
+            pod_of(&restore_from_upload(&s, None, &[])),
+        ] {
+            assert!(!identity(&p) && !credentials(&p));
+        }
+        // The weekly drill drills the off-site copies when it can read them.
+        assert_eq!(args(&cron_pod(drill_cronjob(&s))), ["drill", "--offsite"]);
+        s.offsite.identity_secret.clear();
+        assert_eq!(args(&cron_pod(drill_cronjob(&s))), ["drill"]);
     }
 
     #[test]

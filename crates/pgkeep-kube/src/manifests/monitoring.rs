@@ -272,6 +272,30 @@ pub fn rules(s: &Settings) -> RuleFile {
             "Commits since then would be lost with the data volume. Check archiving (PgkeepWalArchivingFailing) and the WAL archive volume.",
         ));
     }
+    if !s.offsite.url.is_empty() {
+        rules.push(rule(
+            "PgkeepOffsiteStale",
+            format!(
+                "time() - pgkeep_offsite_last_sync_timestamp_seconds > {}",
+                observe::OFFSITE_MAX_SYNC_AGE_SECS
+            ),
+            "10m",
+            "critical",
+            "No off-site round completed in the last hour",
+            "The `offsite` container of the db pod cannot upload: its log says why (credentials Secret, endpoint, bucket). Until it works, losing the cluster loses everything since the last upload.",
+        ));
+        rules.push(rule(
+            "PgkeepOffsiteLagging",
+            format!(
+                "pgkeep_offsite_lag_segments > {}",
+                observe::OFFSITE_LAG_SEGMENTS_MAX
+            ),
+            "30m",
+            "warning",
+            "WAL piles up in the local archive without an off-site copy",
+            "The off-site follower uploads slower than WAL is written, or fails; see its log and PgkeepOffsiteStale.",
+        ));
+    }
     RuleFile {
         groups: vec![RuleGroup {
             name: "pgkeep".to_owned(),

@@ -47,7 +47,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let start = pgkeep_engine::clock::now();
     let result = backup(&args, &ctx).await;
     crate::record::leave(&ctx, RunKind::Physical, start, &result).await;
-    result?;
+    let produced = result?;
+    super::offsite_sync::after_backup(&ctx, produced.bundle.as_deref()).await;
     if !args.no_prune {
         super::backups_prune::after_backup(&ctx).await?;
     }

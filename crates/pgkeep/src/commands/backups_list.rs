@@ -90,7 +90,7 @@ async fn list_with_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let off = Offsite::open(&s.offsite)?;
     let archive = Archive::new(&s.paths.wal_archive);
     let sys = off
-        .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+        .choose_system(offsite::local_system(&s.paths.pgdata, &archive), None)
         .await;
     let remote = match sys {
         Ok(sys) => sys.list_backups().await?,

@@ -101,7 +101,7 @@ async fn verify_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let off = Offsite::open(&s.offsite)?;
     let archive = Archive::new(&s.paths.wal_archive);
     let sys = off
-        .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+        .choose_system(offsite::local_system(&s.paths.pgdata, &archive), None)
         .await?;
     let names: Vec<String> = match &args.name {
         Some(n) => vec![n.clone()],

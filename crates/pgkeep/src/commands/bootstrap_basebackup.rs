@@ -141,7 +141,10 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         let off = Offsite::open(&s.offsite)?;
         let archive = Archive::new(&s.paths.wal_archive);
         let sys = off
-            .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+            .choose_system(
+                offsite::local_system(&s.paths.pgdata, &archive),
+                Some(pgkeep_engine::repo::BackupKind::Physical),
+            )
             .await?;
         let got =
             offsite::materialize(&sys, args.from.as_deref(), &s.paths.backups, &archive).await?;

@@ -153,7 +153,7 @@ async fn stage_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<tempfile::TempD
     let off = Offsite::open(&s.offsite)?;
     let archive = Archive::new(&s.paths.wal_archive);
     let sys = off
-        .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+        .choose_system(offsite::local_system(&s.paths.pgdata, &archive), None)
         .await?;
     let dir = tempfile::Builder::new()
         // Short names: the drill's servers put their sockets below (107 bytes at most).
@@ -286,12 +286,12 @@ fn render_outcome(out: &mut String, o: &DrillOutcome) {
     }
 }
 
-/// `--kube`: the drill runs as a one-off Job made from the physical backup CronJob, which
-/// mounts the backups volume and the WAL archive (the physical drill replays from it) and runs
-/// the same image, as the data owner.
+/// `--kube`: the drill runs as a one-off Job made from the drill CronJob, which mounts the
+/// backups volume and the WAL archive (the physical drill replays from it), runs the same
+/// image as the data owner, and with off-site copies has their credentials and identity.
 async fn drill_kube(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let argv = args.to_argv();
-    let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
+    let cron = pgkeep_kube::manifests::backup::drill_name(ctx.settings());
     crate::cluster::run_local_from_cronjob(
         ctx,
         &cron,

@@ -49,12 +49,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
 pub const METRICS_CONTAINER: &str = pgkeep_kube::manifests::deployment::METRICS_CONTAINER;
 
 async fn scrape(s: &Settings) -> String {
-    let site = Site {
-        pgroot: &s.paths.pgroot,
-        pgdata: &s.paths.pgdata,
-        wal_archive: &s.paths.wal_archive,
-        backups: &s.paths.backups,
-    };
+    let site = Site::of(s);
     let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
     metrics::render(&o)
 }

@@ -2,8 +2,14 @@
 //! that is not off-site yet ([`pgkeep_engine::offsite::sync`]): each verified before it leaves,
 //! encrypted, create-only. `--follow` keeps going (the db pod's off-site follower), one round
 //! every `--interval` seconds, and a failed round is retried in the next. After a round that
-//! uploaded a bundle (and after the first), off-site retention runs
-//! ([`pgkeep_engine::offsite_retention`], `retention.offsite_*`) unless `--no-prune`.
+//! saw a new bundle (and after the first), off-site retention runs
+//! ([`pgkeep_engine::offsite_retention`], `retention.offsite_*`) unless `--no-prune`. After every
+//! round that completed, the round's outcome goes to the status file in the socket directory
+//! ([`pgkeep_engine::offsite::status`]), which `pgkeep metrics` turns into the off-site metrics.
+//!
+//! [`after_backup`] is the upload `backup logical` and `backup physical` do right after their
+//! bundle is published, when off-site copies are on: the new bundle does not wait for the
+//! follower's next round (and a backup Job on another node needs no follower at all).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,6 +73,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let mut known = Known::default();
     let progress: Arc<dyn SyncProgress> = Arc::new(Bar::default());
     let mut first = true;
+    let status_path = offsite::status::path(&s.paths.run_dir);
+    let mut stored: Option<std::collections::BTreeMap<String, u64>> = None;
     loop {
         let round = offsite::sync(
             &off,
@@ -79,11 +87,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         .await;
         match round {
             Ok(report) => {
-                let uploaded_bundle = report
-                    .uploaded
-                    .iter()
-                    .any(|n| pgkeep_engine::repo::parse_name(n).is_some());
-                if !args.no_prune && (first || uploaded_bundle) {
+                let new_bundles = first || report.new_bundles > 0;
+                if !args.no_prune && new_bundles {
                     let sys = off.system(report.system_identifier);
                     let pruned = async {
                         let plan = offsite_retention::plan(
@@ -123,6 +128,19 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                         Err(e) => return Err(e.into()),
                     }
                 }
+                if new_bundles || stored.is_none() {
+                    stored = count_stored(&off, report.system_identifier).await;
+                }
+                let st = offsite::status::Status {
+                    synced_at: pgkeep_engine::clock::now(),
+                    system_identifier: report.system_identifier,
+                    newest_segment: report.newest_segment.clone(),
+                    // Until a listing succeeds the counts are unknown: none are reported.
+                    backups: stored.clone().unwrap_or_default(),
+                };
+                if let Err(e) = offsite::status::write(&status_path, &st) {
+                    tracing::warn!(error = %e, "cannot write the off-site status for `pgkeep metrics`");
+                }
                 first = false;
                 if args.json {
                     crate::output::print_json(&report)?;
@@ -146,5 +164,58 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
+    }
+}
+
+/// Bundles stored off-site per kind (None, logged, when the listing fails: the next round
+/// tries again).
+async fn count_stored(
+    off: &Offsite,
+    system: u64,
+) -> Option<std::collections::BTreeMap<String, u64>> {
+    match off.system(system).list_backups().await {
+        Ok(files) => {
+            let mut counts = std::collections::BTreeMap::from([
+                ("logical".to_owned(), 0),
+                ("physical".to_owned(), 0),
+            ]);
+            for f in files {
+                if let Some(b) = pgkeep_engine::repo::parse_name(&f.name) {
+                    *counts.entry(b.kind.label().to_owned()).or_default() += 1;
+                }
+            }
+            Some(counts)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the off-site bundles");
+            None
+        }
+    }
+}
+
+/// Upload the bundle a backup just published, when off-site copies are configured. A failure
+/// is logged, not returned: the local bundle is whole and recorded, and the follower (or the
+/// next `offsite sync`) uploads it later; the off-site metrics show the lag meanwhile.
+pub(crate) async fn after_backup(ctx: &Ctx, bundle: Option<&str>) {
+    let s = ctx.settings();
+    let Some(name) = bundle.filter(|_| !s.offsite.url.is_empty()) else {
+        return;
+    };
+    let uploaded = async {
+        let off = Offsite::open(&s.offsite)?;
+        offsite::upload_bundle(&off, &s.paths.backups, name, Arc::new(Bar::default())).await
+    }
+    .await;
+    match uploaded {
+        // Logged, not printed: stdout may be the backup's JSON report.
+        Ok(PutOutcome::Uploaded(bytes)) => {
+            tracing::info!(bundle = name, bytes, url = %s.offsite.url, "copied off-site")
+        }
+        Ok(PutOutcome::AlreadyThere) => tracing::info!(bundle = name, "off-site already"),
+        Err(e) => tracing::warn!(
+            bundle = name,
+            error = %e,
+            "the new bundle was not copied off-site now; `pgkeep offsite sync` (the db pod's follower) copies it later"
+        ),
     }
 }

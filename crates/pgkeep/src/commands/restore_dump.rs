@@ -134,7 +134,10 @@ async fn restore_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<()> {
     let off = Offsite::open(&s.offsite)?;
     let archive = Archive::new(&s.paths.wal_archive);
     let sys = off
-        .choose_system(offsite::local_system(&s.paths.pgdata, &archive))
+        .choose_system(
+            offsite::local_system(&s.paths.pgdata, &archive),
+            Some(pgkeep_engine::repo::BackupKind::Logical),
+        )
         .await?;
     let name = match &args.from {
         Some(n) => n.clone(),

@@ -37,12 +37,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         return crate::cluster::run_local_in_db(&ctx, &super::strs(&args.to_argv())).await;
     }
     let s = ctx.settings();
-    let site = Site {
-        pgroot: &s.paths.pgroot,
-        pgdata: &s.paths.pgdata,
-        wal_archive: &s.paths.wal_archive,
-        backups: &s.paths.backups,
-    };
+    let site = Site::of(s);
     let r = inspect::space(&site, &ConnParams::from_settings(s)).await;
     let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
     // Volume name (as `space` spells it) -> seconds until full, None when not growing.

@@ -71,12 +71,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         &s.paths.backups,
     )
     .await;
-    let site = inspect::Site {
-        pgroot: &s.paths.pgroot,
-        pgdata: &s.paths.pgdata,
-        wal_archive: &s.paths.wal_archive,
-        backups: &s.paths.backups,
-    };
+    let site = inspect::Site::of(s);
     let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
     let problems = observe::problems_with(&o, args.min_free_percent);
     if args.json {

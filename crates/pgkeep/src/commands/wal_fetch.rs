@@ -106,6 +106,6 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
 /// The file from off-site (None when it is not there either).
 async fn fetch_offsite(args: &Args, ctx: &Ctx, expect: Expect) -> anyhow::Result<Option<u64>> {
     let off = Offsite::open(&ctx.settings().offsite)?;
-    let sys = off.choose_system(expect.system_identifier).await?;
+    let sys = off.choose_system(expect.system_identifier, None).await?;
     Ok(offsite::fetch_wal_checked(&sys, &args.name, &args.dest, Some(expect)).await?)
 }
