@@ -63,8 +63,11 @@ pub async fn plan(
     // The oldest kept base backup's first segment, by segment number.
     let mut anchor: Option<(u64, u64, String)> = None;
     for name in &kept_physical {
-        let start = sys.backup_metadata(name, META_WAL_START).await?;
-        let size = sys.backup_metadata(name, META_SEGMENT_SIZE).await?;
+        let mut meta = sys
+            .backup_metadata_all(name, &[META_WAL_START, META_SEGMENT_SIZE])
+            .await?
+            .into_iter();
+        let (start, size) = (meta.next().flatten(), meta.next().flatten());
         let parsed = start.as_deref().and_then(wal::parse_name);
         let seg_size = size.and_then(|s| s.parse::<u64>().ok());
         let (Some(start), Some(parsed), Some(seg_size)) = (start, parsed, seg_size) else {

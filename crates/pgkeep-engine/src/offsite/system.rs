@@ -79,8 +79,13 @@ impl System {
         self.put_file(key, local, progress, metadata).await
     }
 
-    /// One user-metadata value of a stored backup; None when the object or the value is absent.
-    pub async fn backup_metadata(&self, name: &str, meta: &str) -> Result<Option<String>> {
+    /// Several user-metadata values of a stored backup from one `HEAD`, in the order asked;
+    /// each None when absent (all None when the object is).
+    pub async fn backup_metadata_all(
+        &self,
+        name: &str,
+        metas: &[&str],
+    ) -> Result<Vec<Option<String>>> {
         for suffix in [".age", ""] {
             let key = self.backups_dir().join(format!("{name}{suffix}"));
             let got = self
@@ -96,16 +101,20 @@ impl System {
                 .await;
             match got {
                 Ok(g) => {
-                    return Ok(g
-                        .attributes
-                        .get(&Attribute::Metadata(meta.to_owned().into()))
-                        .map(|v| v.as_ref().to_owned()));
+                    return Ok(metas
+                        .iter()
+                        .map(|m| {
+                            g.attributes
+                                .get(&Attribute::Metadata((*m).to_owned().into()))
+                                .map(|v| v.as_ref().to_owned())
+                        })
+                        .collect());
                 }
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(self.off.err("look up", &key)(e)),
             }
         }
-        Ok(None)
+        Ok(vec![None; metas.len()])
     }
 
     /// Delete a stored backup (both spellings: encrypted or not).
