@@ -210,6 +210,19 @@ pub const FLOATING_IMAGE: Rule = Rule {
           caught here: read `$PGDATA/PG_VERSION` in the pod before changing the image.",
 };
 
+pub const SYNC_STREAM_ON_DATA_VOLUME: Rule = Rule {
+    id: "PGK016",
+    name: "sync-stream-on-data-volume",
+    severity: Severity::Error,
+    summary: "`pgkeep wal stream --synchronous` writes the WAL archive onto the volume that \
+              holds PGDATA.",
+    fix: "Put the WAL archive on its own claim (pg-wal-archive, mounted at /wal-archive), on \
+          storage that fails independently of the data volume. Synchronous streaming makes \
+          every commit wait until its WAL is on the archive volume, for a recovery point of \
+          zero when the data volume is lost; with the archive on that same volume the commits \
+          pay the wait and are lost with it all the same.",
+};
+
 pub const RULES: &[&Rule] = &[
     &DATA_AT_PGDATA,
     &DOUBLE_MOUNT,
@@ -226,6 +239,7 @@ pub const RULES: &[&Rule] = &[
     &DATA_ON_EMPTYDIR,
     &HOSTPATH_UNPINNED,
     &FLOATING_IMAGE,
+    &SYNC_STREAM_ON_DATA_VOLUME,
 ];
 
 /// Where a finding is.
@@ -273,9 +287,11 @@ pub fn check_all(sources: &[Source]) -> Vec<Finding> {
             }
             if let Some(pod) = workload::pod_spec(&d.value) {
                 let vols = workload::workload_volumes(&d.value);
-                for c in workload::containers(pod, &vols) {
-                    container_rules(&at, &c, sources, &mut out);
+                let containers = workload::containers(pod, &vols);
+                for c in &containers {
+                    container_rules(&at, c, sources, &mut out);
                 }
+                stream_rules(&at, &containers, &mut out);
             }
         }
     }
@@ -555,6 +571,45 @@ fn server_rules(at: &At<'_>, c: &Container<'_>, kind: &str, out: &mut Vec<Findin
                 info.tag
             ),
         ));
+    }
+}
+
+/// A synchronous WAL streamer beside the server whose archive is on the server's data volume.
+fn stream_rules(at: &At<'_>, containers: &[Container<'_>], out: &mut Vec<Finding>) {
+    let Some(server) = containers.iter().find(|c| !c.init && c.runs_server()) else {
+        return;
+    };
+    let (Some(pgdata), Some(data)) = (server.pgdata(), server.data_mount()) else {
+        return;
+    };
+    for c in containers.iter().filter(|c| !c.init) {
+        let argv = c.argv();
+        let streams = argv.windows(2).any(|w| w == ["wal", "stream"]);
+        if !streams || !argv.contains(&"--synchronous") {
+            continue;
+        }
+        let archive = norm(c.env("PGKEEP_WAL_ARCHIVE").unwrap_or("/wal-archive"));
+        let Some(m) = c
+            .mounts
+            .iter()
+            .filter(|m| archive.starts_with(&m.path))
+            .max_by_key(|m| m.path.components().count())
+        else {
+            continue;
+        };
+        let same = m.volume == data.volume || (m.claim.is_some() && m.claim == data.claim);
+        if same {
+            out.push(at.finding(
+                &SYNC_STREAM_ON_DATA_VOLUME,
+                Some(c.name),
+                format!(
+                    "the synchronous WAL stream writes {} on {}, which also holds PGDATA {}: losing that volume loses the commits the stream acknowledged",
+                    archive.display(),
+                    m.describe(),
+                    pgdata.display()
+                ),
+            ));
+        }
     }
 }
 

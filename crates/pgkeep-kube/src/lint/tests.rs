@@ -371,6 +371,40 @@ fn rendered_tree_lints_clean() {
 }
 
 #[test]
+fn synchronous_streaming_onto_the_data_volume_is_an_error() {
+    let mut s = Settings::default();
+    s.wal.stream = pgkeep_engine::settings::StreamMode::Sync;
+    let t = tempdir();
+    crate::manifests::render(&s).write_to(t.path()).unwrap();
+    let r = lint_paths(&[t.path().to_owned()]).unwrap();
+    assert!(r.findings.is_empty(), "{}", report::human(&r));
+    // The WAL archive volume pointed at the data claim.
+    let deploy = t.path().join("infra/k8s/base/postgres/deploy.yaml");
+    let text = std::fs::read_to_string(&deploy).unwrap();
+    let bad = text.replace("claimName: pg-wal-archive", "claimName: pgdata-big");
+    assert_ne!(bad, text, "the rendered Deployment names the archive claim");
+    std::fs::write(&deploy, &bad).unwrap();
+    let r = lint_paths(&[t.path().to_owned()]).unwrap();
+    assert!(ids(&r).contains(&"PGK016"), "{}", report::human(&r));
+    let f = r.findings.iter().find(|f| f.rule == "PGK016").unwrap();
+    assert_eq!(f.container.as_deref(), Some("walstream"));
+    assert!(f.message.contains("PGDATA"), "{}", f.message);
+    // Asynchronous streaming promises no recovery point of zero: not this rule.
+    s.wal.stream = pgkeep_engine::settings::StreamMode::Async;
+    let t = tempdir();
+    crate::manifests::render(&s).write_to(t.path()).unwrap();
+    let deploy = t.path().join("infra/k8s/base/postgres/deploy.yaml");
+    let text = std::fs::read_to_string(&deploy).unwrap();
+    std::fs::write(
+        &deploy,
+        text.replace("claimName: pg-wal-archive", "claimName: pgdata-big"),
+    )
+    .unwrap();
+    let r = lint_paths(&[t.path().to_owned()]).unwrap();
+    assert!(!ids(&r).contains(&"PGK016"), "{}", report::human(&r));
+}
+
+#[test]
 fn committed_deploy_tree_lints_clean() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     let r = lint_paths(&[dir]).unwrap();
