@@ -163,6 +163,20 @@ pub fn render(o: &Observation) -> String {
             );
         }
     }
+    if let Some(st) = &o.stream {
+        r.register(
+            "pgkeep_wal_stream_connected",
+            "1 when `pgkeep wal stream` is streaming from the server (pg_stat_replication), 0 when not",
+            gauge(if st.connected { 1.0 } else { 0.0 }),
+        );
+        if let Some(b) = st.flush_lag_bytes {
+            r.register(
+                "pgkeep_wal_stream_flush_lag_bytes",
+                "WAL the server has written that the stream has not flushed on the archive volume yet",
+                gauge(b as f64),
+            );
+        }
+    }
     if let Some(off) = &o.offsite {
         r.register(
             "pgkeep_offsite_last_sync_timestamp_seconds",

@@ -102,6 +102,21 @@ pub struct Observation {
     /// The off-site copy, when off-site copies are configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsite: Option<OffsiteLook>,
+    /// The WAL stream (`wal.stream` async or sync) as the server sees it; None when off or the
+    /// server does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamLook>,
+}
+
+/// `pgkeep wal stream` as PostgreSQL sees it (`pg_stat_replication`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamLook {
+    pub mode: crate::settings::StreamMode,
+    /// A walsender with application_name `pgkeep` is streaming.
+    pub connected: bool,
+    /// Bytes the server has written that the stream has not flushed yet (None when not
+    /// connected).
+    pub flush_lag_bytes: Option<u64>,
 }
 
 /// The off-site copy as the follower last reported it ([`crate::offsite::status`]).
@@ -149,6 +164,23 @@ fn look_offsite(status: &Path, archive: &Archive) -> OffsiteLook {
 }
 
 impl Db {
+    /// The stream's walsender, if connected: (connected, bytes written but not flushed by it).
+    async fn stream_state(&self) -> Result<(bool, Option<u64>), DbError> {
+        let rows = self
+            .client()
+            .query(
+                "select (pg_current_wal_lsn() - flush_lsn)::int8 from pg_stat_replication \
+                 where application_name = $1 and state = 'streaming'",
+                &[&crate::walstream::APPLICATION_NAME],
+            )
+            .await
+            .map_err(crate::db::query_err("reading pg_stat_replication"))?;
+        Ok(match rows.first() {
+            Some(r) => (true, r.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64)),
+            None => (false, None),
+        })
+    }
+
     /// Archive times as Unix seconds and the current WAL file name (None in recovery).
     async fn archive_epochs(&self) -> Result<(Option<f64>, Option<f64>, Option<String>), DbError> {
         let r = self
@@ -288,12 +320,30 @@ fn bundle_stop(b: &repo::Backup, records: &[Record]) -> Option<jiff::Timestamp> 
 }
 
 /// Take the look. Never fails: what cannot be read is missing, with the reason where it helps.
-pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -> Observation {
+pub async fn observe(
+    site: &Site<'_>,
+    conn: &ConnParams,
+    wal: &crate::settings::Wal,
+) -> Observation {
+    let archive_timeout = wal.archive_timeout;
     let now = crate::clock::now();
     let (mut up, mut server_error, mut archiver, mut sql_now) = (false, None, None, None);
+    let mut stream = None;
     match Db::connect(&conn.with_db("postgres")).await {
         Ok(db) => {
             up = true;
+            if wal.stream != crate::settings::StreamMode::Off {
+                match db.stream_state().await {
+                    Ok((connected, flush_lag_bytes)) => {
+                        stream = Some(StreamLook {
+                            mode: wal.stream,
+                            connected,
+                            flush_lag_bytes,
+                        })
+                    }
+                    Err(e) => server_error = Some(e.to_string()),
+                }
+            }
             match (db.archiver_status().await, db.archive_epochs().await) {
                 (Ok(status), Ok((a, f, cur))) => {
                     archiver = Some(Archiver {
@@ -398,6 +448,7 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
         volumes,
         archive_timeout,
         offsite,
+        stream,
     }
 }
 
@@ -406,7 +457,7 @@ pub async fn observe(site: &Site<'_>, conn: &ConnParams, archive_timeout: u32) -
 pub struct Problem {
     /// A stable name (`backup_too_old`, `backup_failed`, `server_down`, `archiving_failing`,
     /// `wal_backlog`, `archive_lag`, `drill_failed`, `drill_too_old`, `volume_low`,
-    /// `volume_forecast`, `offsite_stale`, `offsite_lag`).
+    /// `volume_forecast`, `offsite_stale`, `offsite_lag`, `stream_down`).
     pub check: &'static str,
     pub message: String,
 }
@@ -544,6 +595,15 @@ pub fn problems_with(o: &Observation, min_free_percent: f64) -> Vec<Problem> {
         ),
         _ => {}
     }
+    if let Some(st) = o.stream.as_ref().filter(|st| !st.connected) {
+        add(
+            "stream_down",
+            match st.mode {
+                crate::settings::StreamMode::Sync => "the synchronous WAL stream (`pgkeep wal stream`) is not connected: commits wait until it is back; see the walstream container's log".to_owned(),
+                _ => "the WAL stream (`pgkeep wal stream`) is not connected: recent commits are only in pg_wal until it is back or their segment is archived".to_owned(),
+            },
+        );
+    }
     if let Some(off) = &o.offsite {
         match off.last_sync {
             None => add(
@@ -643,6 +703,7 @@ mod tests {
             }],
             archive_timeout: 60,
             offsite: None,
+            stream: None,
         }
     }
 
@@ -698,6 +759,20 @@ mod tests {
             checks(&o),
             ["backup_too_old", "backup_too_old", "drill_too_old"]
         );
+    }
+
+    #[test]
+    fn a_stream_that_is_down_is_a_problem() {
+        let mut o = healthy(t(0));
+        o.stream = Some(StreamLook {
+            mode: crate::settings::StreamMode::Sync,
+            connected: true,
+            flush_lag_bytes: Some(0),
+        });
+        assert_eq!(checks(&o), Vec::<&str>::new());
+        o.stream.as_mut().unwrap().connected = false;
+        assert_eq!(checks(&o), ["stream_down"]);
+        assert!(problems(&o)[0].message.contains("commits wait"));
     }
 
     #[test]

@@ -294,3 +294,40 @@ fn promtool_unit_tests_of_the_offsite_alerts_pass() {
     .unwrap();
     promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
 }
+
+/// The stream alert with `wal.stream = sync`: the stream drops at t=20m and stays down.
+const STREAM_TESTS: &str = r#"
+rule_files:
+  - infra/prometheus/pgkeep-rules.yaml
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'pgkeep_wal_stream_connected{job="pg",instance="db:9187"}'
+        values: '1+0x20 0+0x20'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: PgkeepWalStreamDown
+        exp_alerts: []
+      - eval_time: 23m
+        alertname: PgkeepWalStreamDown
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              job: pg
+              instance: db:9187
+"#;
+
+#[test]
+fn promtool_unit_tests_of_the_sync_stream_alert_pass() {
+    let t = tempfile::tempdir().unwrap();
+    rendered_with(t.path(), Some("[wal]\nstream = \"sync\"\n"));
+    let mut settings = pgkeep_engine::settings::Settings::default();
+    settings.wal.stream = pgkeep_engine::settings::StreamMode::Sync;
+    std::fs::write(
+        t.path().join("rules_test.yaml"),
+        with_annotations_of(STREAM_TESTS, &settings),
+    )
+    .unwrap();
+    promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
+}

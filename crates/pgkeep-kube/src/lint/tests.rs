@@ -483,6 +483,7 @@ fn severities_mean_data_loss_or_blocked_recovery() {
             "multiple-replicas",
             "archive-without-volume",
             "data-not-persistent",
+            "sync-stream-on-data-volume",
         ]
     );
 }

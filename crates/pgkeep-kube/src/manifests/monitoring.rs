@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use pgkeep_engine::observe;
-use pgkeep_engine::settings::Settings;
+use pgkeep_engine::settings::{Settings, StreamMode};
 use serde::{Deserialize, Serialize};
 
 use super::common::{Component, db_selector, meta};
@@ -271,6 +271,25 @@ pub fn rules(s: &Settings) -> RuleFile {
             "The newest WAL safe in the archive is older than twice archive_timeout",
             "Commits since then would be lost with the data volume. Check archiving (PgkeepWalArchivingFailing) and the WAL archive volume.",
         ));
+    }
+    match s.wal.stream {
+        StreamMode::Sync => rules.push(rule(
+            "PgkeepWalStreamDown",
+            "pgkeep_wal_stream_connected == 0".into(),
+            "1m",
+            "critical",
+            "The synchronous WAL stream is down: commits wait",
+            "wal.stream = sync makes every commit wait for `pgkeep wal stream`. Check the db pod's walstream container (its log, restarts) and the WAL archive volume; commits resume when it reconnects.",
+        )),
+        StreamMode::Async => rules.push(rule(
+            "PgkeepWalStreamDown",
+            "pgkeep_wal_stream_connected == 0".into(),
+            "10m",
+            "warning",
+            "The WAL stream is down",
+            "Recent commits are only in pg_wal until the stream is back or their segment is archived. Check the db pod's walstream container (its log, restarts).",
+        )),
+        StreamMode::Off => {}
     }
     if !s.offsite.url.is_empty() {
         rules.push(rule(

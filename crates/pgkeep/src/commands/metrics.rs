@@ -50,7 +50,7 @@ pub const METRICS_CONTAINER: &str = pgkeep_kube::manifests::deployment::METRICS_
 
 async fn scrape(s: &Settings) -> String {
     let site = Site::of(s);
-    let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
+    let o = observe::observe(&site, &ConnParams::from_settings(s), &s.wal).await;
     metrics::render(&o)
 }
 

@@ -39,7 +39,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let s = ctx.settings();
     let site = Site::of(s);
     let r = inspect::space(&site, &ConnParams::from_settings(s)).await;
-    let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
+    let o = observe::observe(&site, &ConnParams::from_settings(s), &s.wal).await;
     // Volume name (as `space` spells it) -> seconds until full, None when not growing.
     let forecast: BTreeMap<String, Option<f64>> = o
         .volumes

@@ -72,7 +72,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     )
     .await;
     let site = inspect::Site::of(s);
-    let o = observe::observe(&site, &ConnParams::from_settings(s), s.wal.archive_timeout).await;
+    let o = observe::observe(&site, &ConnParams::from_settings(s), &s.wal).await;
     let problems = observe::problems_with(&o, args.min_free_percent);
     if args.json {
         crate::output::print_json(&Json {
