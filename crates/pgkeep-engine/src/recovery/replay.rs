@@ -2,6 +2,7 @@
 //! PostgreSQL, waiting for recovery to end and turning its log into a clear error.
 
 use super::*;
+use crate::db::query_err;
 
 /// Settings that must be at least the values the backed-up server ran with.
 pub(super) const REQUIRED_PARAMETERS: [(&str, &str); 5] = [
@@ -293,10 +294,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading the recovery state",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading the recovery state"))?;
         Ok(RecoveryState {
             in_recovery: row.get(0),
             paused: row.get(1),
@@ -310,20 +308,14 @@ impl Db {
         self.client()
             .batch_execute("select pg_wal_replay_resume()")
             .await
-            .map_err(|e| DbError::Query {
-                what: "resuming WAL replay",
-                message: e.to_string(),
-            })
+            .map_err(query_err("resuming WAL replay"))
     }
 
     pub(super) async fn reload_conf(&self) -> Result<(), DbError> {
         self.client()
             .batch_execute("select pg_reload_conf()")
             .await
-            .map_err(|e| DbError::Query {
-                what: "reloading the configuration",
-                message: e.to_string(),
-            })
+            .map_err(query_err("reloading the configuration"))
     }
 }
 
