@@ -64,18 +64,19 @@ pub(super) fn required_parameter_overrides(
     Ok(needed)
 }
 
-/// The restore_command pgkeep writes: every segment is checked to belong to `system`.
+/// The restore_command pgkeep writes: every segment is checked to belong to `system`. Each word
+/// is quoted for PostgreSQL's `%` expansion as well as for the shell.
 pub fn restore_command(pgkeep: &Path, archive: &Path, system: &str) -> String {
     format!(
         "{} wal fetch --archive {} --sysid {} %f %p",
-        crate::tools::shell_quote(&pgkeep.to_string_lossy()),
-        crate::tools::shell_quote(&archive.to_string_lossy()),
-        crate::tools::shell_quote(system)
+        crate::tools::shell_quote_for_pg_command(&pgkeep.to_string_lossy()),
+        crate::tools::shell_quote_for_pg_command(&archive.to_string_lossy()),
+        crate::tools::shell_quote_for_pg_command(system)
     )
 }
 
 pub(super) fn conf_line(k: &str, v: &str) -> String {
-    format!("{k} = '{}'\n", v.replace('\'', "''"))
+    crate::server::conf_line(k, v)
 }
 
 /// Step: recovery.signal and the recovery settings (a marked block in postgresql.auto.conf,
