@@ -419,16 +419,7 @@ async fn bootstrap(site: &Site, later: i64) -> anyhow::Result<()> {
         },
     )
     .await?;
-    println!(
-        "   recovered from {}: end LSN {}, timeline {}, last replayed transaction {}",
-        report.bundle,
-        report.end_lsn.as_deref().unwrap_or("?"),
-        report
-            .timeline
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "?".into()),
-        report.last_replayed_xact_time.as_deref().unwrap_or("?")
-    );
+    println!("   {}", crate::output::bootstrap_summary(&report));
     let db = Db::connect(&site.params()).await?;
     let found = db.demo_count_after_backup().await?;
     if found != later {
