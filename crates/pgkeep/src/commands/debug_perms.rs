@@ -295,14 +295,17 @@ async fn perms_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     command.push("--local".to_owned());
     let pgroot = s.paths.pgroot.display().to_string();
     let pgdata = s.paths.pgdata.display().to_string();
+    let input = flows::DebugPermsInput {
+        app: &s.kube.app,
+        container: &s.kube.container,
+        init_containers: &init,
+        pgroot: &pgroot,
+        pgdata: &pgdata,
+        local_command: command,
+    };
     let report = flows::debug_perms(
         &cluster,
-        &s.kube.app,
-        &s.kube.container,
-        &init,
-        &pgroot,
-        &pgdata,
-        command,
+        input,
         &KubeExec {
             cluster: cluster.clone(),
         },
