@@ -54,7 +54,7 @@ async fn wipe_flow(c: pgkeep_kube::ops::Cluster, stop: impl Future<Output = ()>)
         FlowCtx {
             logs: &logs,
             sink: &mut sink,
-            stop: stop,
+            stop,
             opts: &JobRunOptions::default(),
         },
     )
@@ -147,7 +147,7 @@ async fn ctrl_c_while_the_bootstrap_rbac_is_applied_touches_nothing_else() {
         |c| async move {
             let logs = FakeLogStream::new();
             let mut sink = Vec::new();
-            bootstrap_basebackup(&c, &rbac, "postgres", "postgres", Wait::default(), job, FlowCtx { logs: &logs, sink: &mut sink, stop: stop, opts: &JobRunOptions::default() })
+            bootstrap_basebackup(&c, &rbac, "postgres", "postgres", Wait::default(), job, FlowCtx { logs: &logs, sink: &mut sink, stop, opts: &JobRunOptions::default() })
             .await
             .unwrap_err()
         },
@@ -227,7 +227,7 @@ async fn ctrl_c_during_the_upload_restores_nothing_and_leaves_no_upload() {
                 FlowCtx {
                     logs: &logs,
                     sink: &mut sink,
-                    stop: stop,
+                    stop,
                     opts: &JobRunOptions::default(),
                 },
             )

@@ -88,7 +88,7 @@ fn a_logical_bundle_made_on_15_restores_into_18() {
     let new = TempCluster::options().bin(pg18_bin()).start();
     assert_eq!(major(&new), "18");
     let out = ok(pgkeep(&new)
-        .args(&["restore", "dump", "--json", "--from", name])
+        .args(["restore", "dump", "--json", "--from", name])
         .env("PGKEEP_BACKUPS", old.backups())
         .output()
         .unwrap());
@@ -179,7 +179,7 @@ fn a_base_backup_made_on_15_is_refused_by_18_before_anything_changes() {
 
     // bootstrap with 18's binaries: refused (exit 3), nothing changed, the logical path named.
     let out = pgkeep(&c)
-        .args(&["bootstrap", "basebackup", "--yes"])
+        .args(["bootstrap", "basebackup", "--yes"])
         .env("PGKEEP_PG_BIN", &pg18)
         .output()
         .unwrap();
@@ -204,7 +204,7 @@ fn a_base_backup_made_on_15_is_refused_by_18_before_anything_changes() {
 
     // The physical drill with 18's binaries fails with the same reason (nothing replayed).
     let out = pgkeep(&c)
-        .args(&["drill", "--skip-logical"])
+        .args(["drill", "--skip-logical"])
         .env("PGKEEP_PG_BIN", &pg18)
         .output()
         .unwrap();
