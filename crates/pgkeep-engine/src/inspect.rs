@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::db::{ConnParams, Db, DbError};
+use crate::db::{ConnParams, Db, DbError, query_err};
 use crate::repo::{self, BackupKind};
 use crate::wal::{Archive, WalKind};
 
@@ -166,10 +166,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading database sizes",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading database sizes"))?;
         Ok(rows
             .iter()
             .map(|r| DatabaseSize {
@@ -195,10 +192,7 @@ impl Db {
                 &[&limit],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading table sizes",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading table sizes"))?;
         Ok(rows
             .iter()
             .map(|r| TableSize {
@@ -221,10 +215,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading the size of pg_wal",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading the size of pg_wal"))?;
         Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
     }
 }
@@ -385,10 +376,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading database and pg_wal sizes",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading database and pg_wal sizes"))?;
         Ok(r.get::<_, i64>(0).max(0) as u64)
     }
 
@@ -405,10 +393,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading pg_stat_archiver",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading pg_stat_archiver"))?;
         let ready = self
             .client()
             .query_one(

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::db::{ConnParams, Db, DbError};
+use crate::db::{ConnParams, Db, DbError, query_err};
 use crate::inspect::{ArchiverStatus, Site};
 use crate::repo::{self, BackupKind};
 use crate::results::{self, KindSummary, Record, RunKind};
@@ -194,10 +194,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading pg_stat_archiver",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading pg_stat_archiver"))?;
         Ok((r.get(0), r.get(1), r.get(2)))
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleKind, BundleWriter, Level, Manifest};
-use crate::db::{ConnParams, Db, DbError};
+use crate::db::{ConnParams, Db, DbError, query_err};
 use crate::fsutil::{FsError, IoContext};
 use crate::repo::{self, BackupKind};
 use crate::tools::{PgBin, ToolError};
@@ -194,12 +194,6 @@ struct Preflight {
 impl Db {
     async fn backup_preflight(&self) -> Result<Preflight, DbError> {
         let info = self.server_info().await?;
-        let q = |what| {
-            move |e: tokio_postgres::Error| DbError::Query {
-                what,
-                message: e.to_string(),
-            }
-        };
         let row = self
             .client()
             .query_one(
@@ -211,7 +205,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(q("reading the server's backup settings"))?;
+            .map_err(query_err("reading the server's backup settings"))?;
         Ok(Preflight {
             version: info.version,
             version_num: info.version_num,
@@ -234,9 +228,7 @@ impl Db {
             )
             .await
             .map(|_| ())
-            .map_err(crate::db::query_err(
-                "reserving WAL with a temporary replication slot",
-            ))
+            .map_err(query_err("reserving WAL with a temporary replication slot"))
     }
 }
 

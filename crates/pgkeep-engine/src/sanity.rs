@@ -8,11 +8,7 @@
 
 use serde::Serialize;
 
-use crate::db::{Db, DbError, quote_ident};
-
-fn q(what: &'static str) -> impl Fn(tokio_postgres::Error) -> DbError {
-    crate::db::query_err(what)
-}
+use crate::db::{Db, DbError, query_err, quote_ident};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TableRows {
@@ -75,12 +71,12 @@ impl Db {
         let version: String = c
             .query_one("select current_setting('server_version')", &[])
             .await
-            .map_err(q("reading the server version"))?
+            .map_err(query_err("reading the server version"))?
             .get(0);
         let database: String = c
             .query_one("select current_database()::text", &[])
             .await
-            .map_err(q("reading the database name"))?
+            .map_err(query_err("reading the database name"))?
             .get(0);
         let schemas = c
             .query(
@@ -90,7 +86,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(q("listing schemas"))?;
+            .map_err(query_err("listing schemas"))?;
         let rels = c
             .query(
                 &format!(
@@ -101,7 +97,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(q("listing tables"))?;
+            .map_err(query_err("listing tables"))?;
         let mut out: Vec<SchemaReport> = schemas
             .iter()
             .map(|r| SchemaReport {
@@ -138,7 +134,7 @@ impl Db {
                 Some(
                     c.query_one(&sql, &[])
                         .await
-                        .map_err(q("counting rows"))?
+                        .map_err(query_err("counting rows"))?
                         .get::<_, i64>(0),
                 )
             };
@@ -161,7 +157,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(q("listing extensions"))?
+            .map_err(query_err("listing extensions"))?
             .into_iter()
             .map(|r| Extension {
                 name: r.get(0),
@@ -178,7 +174,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(q("listing invalid indexes"))?
+            .map_err(query_err("listing invalid indexes"))?
             .into_iter()
             .map(|r| InvalidIndex {
                 schema: r.get(0),

@@ -176,10 +176,20 @@ impl ManagedConf {
              # (above the include line) or with ALTER SYSTEM.\n",
         );
         for (k, v) in &self.entries {
-            s.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            s.push_str(&conf_line(k, v));
         }
         s
     }
+}
+
+/// One `key = 'value'` line of a PostgreSQL configuration file. Inside the quotes PostgreSQL
+/// reads `''` as a quote and a backslash as the start of an escape (`\n`, `\'`, `\\`), so both
+/// are escaped: a shell-quoted word's `'\''` would otherwise end the string early.
+pub fn conf_line(key: &str, value: &str) -> String {
+    format!(
+        "{key} = '{}'\n",
+        value.replace('\\', "\\\\").replace('\'', "''")
+    )
 }
 
 /// The include line pgkeep adds to postgresql.conf.
@@ -413,6 +423,17 @@ pub fn pg_ctl_stop(pg: &PgBin, pgdata: &Path, run_as: Option<RunAs>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conf_lines_escape_quotes_and_backslashes() {
+        assert_eq!(conf_line("port", "5432"), "port = '5432'\n");
+        assert_eq!(conf_line("a", "it's"), "a = 'it''s'\n");
+        // A shell-quoted quote: PostgreSQL would read `\'` as an escaped quote.
+        assert_eq!(
+            conf_line("archive_command", r"'/opt/it'\''s/pgkeep' wal push %p"),
+            "archive_command = '''/opt/it''\\\\''''s/pgkeep'' wal push %p'\n"
+        );
+    }
 
     #[test]
     fn managed_conf_quotes_values() {

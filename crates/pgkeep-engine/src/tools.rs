@@ -495,7 +495,9 @@ fn failed(command: String, status: ExitStatus, stderr: &str) -> ToolError {
 }
 
 /// Quote one word for a POSIX shell (for `display` and for option strings a program hands to
-/// `/bin/sh`, like `pg_ctl -o`).
+/// `/bin/sh`, like `pg_ctl -o`). `%` is left as it is: the shell gives it no meaning. For a word
+/// in a command PostgreSQL runs (`archive_command`, `restore_command`) use
+/// [`shell_quote_for_pg_command`].
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
@@ -505,6 +507,15 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// Quote one word for a command PostgreSQL hands to `/bin/sh` after replacing its `%`
+/// placeholders (`archive_command`, `restore_command`): [`shell_quote`], then every `%` doubled,
+/// since PostgreSQL reads `%%` as one `%` and would otherwise put a path in place of a `%p` or
+/// `%f` in the word (and 16+ refuses any other `%x`). The placeholders themselves (`%p`, `%f`)
+/// are written next to the quoted words, not through this.
+pub fn shell_quote_for_pg_command(s: &str) -> String {
+    shell_quote(s).replace('%', "%%")
 }
 
 /// Where the PostgreSQL programs live.
@@ -733,5 +744,66 @@ mod tests {
         assert_eq!(shell_quote("plain-arg"), "plain-arg");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("my dir"), "'my dir'");
+        // `%` means nothing to the shell.
+        assert_eq!(shell_quote("100%"), "100%");
+        assert_eq!(shell_quote("a b%p"), "'a b%p'");
+    }
+
+    #[test]
+    fn quoting_for_a_postgresql_command_doubles_every_percent() {
+        let q = shell_quote_for_pg_command;
+        assert_eq!(q("/usr/bin/pgkeep"), "/usr/bin/pgkeep");
+        assert_eq!(q("it's"), r"'it'\''s'");
+        assert_eq!(q("my dir"), "'my dir'");
+        assert_eq!(q("/wal%p"), "/wal%%p");
+        assert_eq!(q("a b%f 100%"), "'a b%%f 100%%'");
+        assert_eq!(q("%%"), "%%%%");
+        assert_eq!(q(""), "''");
+    }
+
+    #[test]
+    fn postgresql_runs_a_quoted_percent_path_as_written() {
+        // A directory whose name has a space, a quote, `%p` and a lone `%`, in an
+        // archive_command written by pgkeep's own conf writer: unless every `%` is doubled,
+        // PostgreSQL puts the segment's path in place of `%p` (cp then fails and the segment is
+        // never archived) and 16+ refuses the lone `%`; unless the conf writer escapes the
+        // backslash of the quoted quote (`'\''`), the file does not even parse.
+        let c = pgkeep_testkit::TempCluster::options()
+            .archive_command("/bin/false")
+            .start();
+        let name = "arch it's %p 100%";
+        let dir = c.root().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(c.uid()), Some(c.gid())).unwrap();
+        let command = format!(
+            "cp %p {}/%f",
+            shell_quote_for_pg_command(&format!("../../{name}"))
+        );
+        let conf = crate::server::ManagedConf::default().set("archive_command", &command);
+        let owner = crate::server::RunAs {
+            uid: c.uid(),
+            gid: c.gid(),
+        };
+        crate::server::write_managed_conf(&c.pgdata(), &conf, Some(owner)).unwrap();
+        c.psql("postgres", "select pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while c.psql("postgres", "show archive_command") != command {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "archive_command not reloaded: {}\n{}",
+                c.psql("postgres", "show archive_command"),
+                c.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let segment = c.switch_wal_and_wait_archived();
+        assert!(
+            dir.join(&segment).is_file(),
+            "{segment} not in {}: {:?}\n{}",
+            dir.display(),
+            pgkeep_testkit::file_names(&dir),
+            c.log()
+        );
     }
 }

@@ -13,7 +13,7 @@ use ops_support::*;
 use pgkeep_engine::settings::Settings;
 use pgkeep_kube::manifests::jobs::{bootstrap_from_basebackup, bootstrap_rbac};
 use pgkeep_kube::ops::fake::FakeLogStream;
-use pgkeep_kube::ops::flows::{bootstrap_basebackup, scale_up_in_job};
+use pgkeep_kube::ops::flows::{FlowCtx, bootstrap_basebackup, scale_up_in_job};
 use pgkeep_kube::ops::job::{JobOutcome, JobRunOptions};
 use pgkeep_kube::ops::{OpsError, Wait};
 use serde_json::{Value, json};
@@ -82,18 +82,7 @@ async fn bootstrap_applies_rbac_scales_down_then_runs_the_job_with_its_options()
     let (report, sink) = run(
         |c| async move {
             let mut sink = Vec::new();
-            let r = bootstrap_basebackup(
-                &c,
-                &rbac_values(),
-                "postgres",
-                "postgres",
-                Wait::new(Duration::from_secs(60), Duration::from_secs(2)),
-                job_with_options(),
-                &logs,
-                &mut sink,
-                std::future::pending(),
-                &JobRunOptions::default(),
-            )
+            let r = bootstrap_basebackup(&c, &rbac_values(), "postgres", "postgres", Wait::new(Duration::from_secs(60), Duration::from_secs(2)), job_with_options(), FlowCtx { logs: &logs, sink: &mut sink, stop: std::future::pending(), opts: &JobRunOptions::default() })
             .await
             .unwrap();
             (r, sink)
@@ -181,10 +170,12 @@ async fn bootstrap_stops_before_scaling_when_rbac_is_forbidden() {
                 "postgres",
                 Wait::default(),
                 job_with_options(),
-                &FakeLogStream::new(),
-                &mut Vec::new(),
-                std::future::pending(),
-                &JobRunOptions::default(),
+                FlowCtx {
+                    logs: &FakeLogStream::new(),
+                    sink: &mut Vec::new(),
+                    stop: std::future::pending(),
+                    opts: &JobRunOptions::default(),
+                },
             )
             .await
             .unwrap_err()

@@ -13,7 +13,8 @@ use pgkeep_kube::ops::Wait;
 use pgkeep_kube::ops::exec::{ExecOutput, UploadRequest};
 use pgkeep_kube::ops::fake::{FakeExec, FakeLogStream};
 use pgkeep_kube::ops::flows::{
-    DeployInput, DeployOptions, debug_perms, deploy, exec_in_db, restore_upload, scale_down_and_run,
+    AfterBootstrap, DebugPermsInput, DeployInput, DeployOptions, FlowCtx, UploadInput, debug_perms,
+    deploy, exec_in_db, exec_in_loader, restore_upload, scale_down_and_run, wait_bootstrapped,
 };
 use pgkeep_kube::ops::job::{JobOutcome, JobRunOptions};
 use pgkeep_kube::ops::pods::MountVerdict;
@@ -202,8 +203,7 @@ async fn wipe_scales_down_first_then_runs_the_job_with_its_complete_log() {
     let ((scaled, outcome), sink) = run(
         |c| async move {
             let mut sink = Vec::new();
-            let r = scale_down_and_run(&c, "postgres", "postgres", Wait::new(Duration::from_secs(60), Duration::from_secs(2)),
-                wipe_job(), &logs, &mut sink, std::future::pending(), &JobRunOptions::default()).await.unwrap();
+            let r = scale_down_and_run(&c, "postgres", "postgres", Wait::new(Duration::from_secs(60), Duration::from_secs(2)), wipe_job(), FlowCtx { logs: &logs, sink: &mut sink, stop: std::future::pending(), opts: &JobRunOptions::default() }).await.unwrap();
             (r, sink)
         },
         |mut h| async move {
@@ -254,17 +254,21 @@ async fn restore_upload_uploads_with_checksum_before_the_restore_job() {
             let mut sink = Vec::new();
             let r = restore_upload(
                 &c,
-                &loader,
-                Wait::default(),
+                &UploadInput {
+                    loader: &loader,
+                    loader_wait: Wait::default(),
+                    local: &path,
+                    upload: &upload,
+                },
                 &exec,
-                &path,
-                &upload,
                 &mut |_| {},
                 job,
-                &logs,
-                &mut sink,
-                std::future::pending(),
-                &JobRunOptions::default(),
+                FlowCtx {
+                    logs: &logs,
+                    sink: &mut sink,
+                    stop: std::future::pending(),
+                    opts: &JobRunOptions::default(),
+                },
             )
             .await
             .unwrap();
@@ -331,17 +335,21 @@ async fn a_failed_upload_runs_no_restore_job() {
             let mut sink = Vec::new();
             restore_upload(
                 &c,
-                &loader,
-                Wait::default(),
+                &UploadInput {
+                    loader: &loader,
+                    loader_wait: Wait::default(),
+                    local: std::path::Path::new("/nonexistent/dump.tar.gz"),
+                    upload: &upload,
+                },
                 &exec,
-                std::path::Path::new("/nonexistent/dump.tar.gz"),
-                &upload,
                 &mut |_| {},
                 job,
-                &logs,
-                &mut sink,
-                std::future::pending(),
-                &JobRunOptions::default(),
+                FlowCtx {
+                    logs: &logs,
+                    sink: &mut sink,
+                    stop: std::future::pending(),
+                    opts: &JobRunOptions::default(),
+                },
             )
             .await
         },
@@ -423,17 +431,21 @@ async fn restore_upload_reuses_an_identical_file_already_in_the_pod() {
         |c| async move {
             let r = restore_upload(
                 &c,
-                &loader_pod(),
-                Wait::default(),
+                &UploadInput {
+                    loader: &loader_pod(),
+                    loader_wait: Wait::default(),
+                    local: &path,
+                    upload: &upload_to("/backups/dump.tar.gz"),
+                },
                 &exec,
-                &path,
-                &upload_to("/backups/dump.tar.gz"),
                 &mut |_| {},
                 upload_job(),
-                &logs,
-                &mut Vec::new(),
-                std::future::pending(),
-                &JobRunOptions::default(),
+                FlowCtx {
+                    logs: &logs,
+                    sink: &mut Vec::new(),
+                    stop: std::future::pending(),
+                    opts: &JobRunOptions::default(),
+                },
             )
             .await
             .unwrap();
@@ -475,17 +487,21 @@ async fn restore_upload_never_overwrites_a_different_file_and_restores_nothing()
         |c| async move {
             let r = restore_upload(
                 &c,
-                &loader_pod(),
-                Wait::default(),
+                &UploadInput {
+                    loader: &loader_pod(),
+                    loader_wait: Wait::default(),
+                    local: &path,
+                    upload: &upload_to("/backups/dump.tar.gz"),
+                },
                 &exec,
-                &path,
-                &upload_to("/backups/dump.tar.gz"),
                 &mut |_| {},
                 upload_job(),
-                &logs,
-                &mut Vec::new(),
-                std::future::pending(),
-                &JobRunOptions::default(),
+                FlowCtx {
+                    logs: &logs,
+                    sink: &mut Vec::new(),
+                    stop: std::future::pending(),
+                    opts: &JobRunOptions::default(),
+                },
             )
             .await
             .unwrap_err();
@@ -536,17 +552,19 @@ async fn debug_perms_on_a_double_mounted_crash_looping_pod() {
         |c| async move {
             let r = debug_perms(
                 &c,
-                "postgres",
-                "db",
-                &["fix-run", "prep-dirs"],
-                "/var/lib/postgresql",
-                "/var/lib/postgresql/data",
-                vec![
-                    "pgkeep".into(),
-                    "debug".into(),
-                    "perms".into(),
-                    "--local".into(),
-                ],
+                DebugPermsInput {
+                    app: "postgres",
+                    container: "db",
+                    init_containers: &["fix-run", "prep-dirs"],
+                    pgroot: "/var/lib/postgresql",
+                    pgdata: "/var/lib/postgresql/data",
+                    local_command: vec![
+                        "pgkeep".into(),
+                        "debug".into(),
+                        "perms".into(),
+                        "--local".into(),
+                    ],
+                },
                 &exec,
                 &logs,
             )
@@ -687,17 +705,21 @@ async fn a_file_uploaded_for_the_restore_is_removed_by_the_job_when_refused_a_re
             |c| async move {
                 restore_upload(
                     &c,
-                    &loader_pod(),
-                    Wait::default(),
+                    &UploadInput {
+                        loader: &loader_pod(),
+                        loader_wait: Wait::default(),
+                        local: &path,
+                        upload: &upload_to("/backups/dump.tar.gz"),
+                    },
                     &exec,
-                    &path,
-                    &upload_to("/backups/dump.tar.gz"),
                     &mut |_| {},
                     job,
-                    &FakeLogStream::new(),
-                    &mut Vec::new(),
-                    std::future::pending(),
-                    &JobRunOptions::default(),
+                    FlowCtx {
+                        logs: &FakeLogStream::new(),
+                        sink: &mut Vec::new(),
+                        stop: std::future::pending(),
+                        opts: &JobRunOptions::default(),
+                    },
                 )
                 .await
                 .unwrap_err()
@@ -728,4 +750,108 @@ async fn a_file_uploaded_for_the_restore_is_removed_by_the_job_when_refused_a_re
         .await;
         assert!(err.to_string().contains("forbidden"), "{err}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_in_loader_creates_the_loader_then_runs_the_command_in_its_container() {
+    let exec = FakeExec::new();
+    exec.answer(ExecOutput {
+        stdout: b"nightly-20261125-0600.tar.gz\n".to_vec(),
+        exit_code: Some(0),
+        ..ExecOutput::default()
+    });
+    let command: Vec<String> = ["pgkeep", "backups", "list", "--local"]
+        .map(String::from)
+        .to_vec();
+    let sent = command.clone();
+    let (done_, exec) = run(
+        |c| async move {
+            let r = exec_in_loader(&c, &loader_pod(), Wait::default(), &exec, sent)
+                .await
+                .unwrap();
+            (r, exec)
+        },
+        |mut h| async move {
+            let loader = "/api/v1/namespaces/record-platform/pods/backups-loader";
+            expect(&mut h, "GET", loader)
+                .await
+                .not_found("pods", "backups-loader");
+            let x = expect(&mut h, "POST", "/api/v1/namespaces/record-platform/pods").await;
+            assert_eq!(x.body["metadata"]["name"], "backups-loader");
+            x.created(pod("backups-loader", json!({}), "Pending", false));
+            expect(&mut h, "GET", loader).await.ok(pod(
+                "backups-loader",
+                json!({}),
+                "Running",
+                true,
+            ));
+            // The command runs only once the loader is Ready: no more requests.
+            done(&mut h).await;
+        },
+    )
+    .await;
+    assert!(done_.loader.created);
+    assert_eq!(done_.loader.pod, "backups-loader");
+    let out = done_.output.unwrap();
+    assert_eq!(out.stdout, b"nightly-20261125-0600.tar.gz\n");
+    let calls = exec.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].request.pod, "backups-loader");
+    assert_eq!(calls[0].request.container.as_deref(), Some("loader"));
+    assert_eq!(calls[0].request.command, command);
+}
+
+fn rolled_out(available: i32) -> Value {
+    json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "postgres", "generation": 3 }, "spec": { "replicas": 1, "selector": {}, "template": {} },
+        "status": { "observedGeneration": 3, "replicas": 1, "updatedReplicas": 1, "availableReplicas": available } })
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_bootstrap_the_cli_waits_for_the_pod_the_job_scaled_up() {
+    let after = run(
+        |c| async move {
+            wait_bootstrapped(
+                &c,
+                "postgres",
+                "postgres",
+                Wait::new(Duration::from_secs(600), Duration::from_secs(2)),
+                std::future::pending(),
+            )
+            .await
+            .unwrap()
+        },
+        |mut h| async move {
+            expect(&mut h, "GET", DEPLOY).await.ok(rolled_out(0));
+            expect(&mut h, "GET", DEPLOY).await.ok(rolled_out(1));
+            done(&mut h).await;
+        },
+    )
+    .await;
+    let AfterBootstrap::Ready(rolled) = after else {
+        panic!("{after:?}")
+    };
+    assert_eq!(rolled.deployment, "postgres");
+    assert_eq!(rolled.replicas, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ctrl_c_after_a_bootstrap_stops_the_wait_not_the_pod() {
+    let after = run(
+        |c| async move {
+            wait_bootstrapped(
+                &c,
+                "postgres",
+                "postgres",
+                Wait::new(Duration::from_secs(600), Duration::from_secs(2)),
+                std::future::ready(()),
+            )
+            .await
+            .unwrap()
+        },
+        // No request: the stop came first, and nothing is scaled or deleted.
+        |mut h| async move { done(&mut h).await },
+    )
+    .await;
+    assert_eq!(after, AfterBootstrap::Stopped);
 }

@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::Pod;
 use ops_support::*;
 use pgkeep_kube::ops::exec::UploadRequest;
 use pgkeep_kube::ops::fake::{FakeExec, FakeLogStream};
-use pgkeep_kube::ops::flows::{bootstrap_basebackup, restore_upload, scale_down_and_run};
+use pgkeep_kube::ops::flows::{
+    FlowCtx, UploadInput, bootstrap_basebackup, restore_upload, scale_down_and_run,
+};
 use pgkeep_kube::ops::job::JobRunOptions;
 use pgkeep_kube::ops::{OpsError, Wait};
 use serde_json::json;
@@ -49,10 +51,12 @@ async fn wipe_flow(c: pgkeep_kube::ops::Cluster, stop: impl Future<Output = ()>)
         "postgres",
         Wait::new(Duration::from_secs(60), Duration::from_secs(2)),
         wipe_job(),
-        &logs,
-        &mut sink,
-        stop,
-        &JobRunOptions::default(),
+        FlowCtx {
+            logs: &logs,
+            sink: &mut sink,
+            stop,
+            opts: &JobRunOptions::default(),
+        },
     )
     .await
     .unwrap_err()
@@ -143,18 +147,7 @@ async fn ctrl_c_while_the_bootstrap_rbac_is_applied_touches_nothing_else() {
         |c| async move {
             let logs = FakeLogStream::new();
             let mut sink = Vec::new();
-            bootstrap_basebackup(
-                &c,
-                &rbac,
-                "postgres",
-                "postgres",
-                Wait::default(),
-                job,
-                &logs,
-                &mut sink,
-                stop,
-                &JobRunOptions::default(),
-            )
+            bootstrap_basebackup(&c, &rbac, "postgres", "postgres", Wait::default(), job, FlowCtx { logs: &logs, sink: &mut sink, stop, opts: &JobRunOptions::default() })
             .await
             .unwrap_err()
         },
@@ -222,17 +215,21 @@ async fn ctrl_c_during_the_upload_restores_nothing_and_leaves_no_upload() {
             };
             let err = restore_upload(
                 &c,
-                &loader(),
-                Wait::default(),
+                &UploadInput {
+                    loader: &loader(),
+                    loader_wait: Wait::default(),
+                    local: &path,
+                    upload: &upload,
+                },
                 &exec,
-                &path,
-                &upload,
                 &mut progress,
                 upload_job(),
-                &logs,
-                &mut sink,
-                stop,
-                &JobRunOptions::default(),
+                FlowCtx {
+                    logs: &logs,
+                    sink: &mut sink,
+                    stop,
+                    opts: &JobRunOptions::default(),
+                },
             )
             .await
             .unwrap_err();

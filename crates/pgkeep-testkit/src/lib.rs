@@ -289,11 +289,11 @@ impl TempCluster {
         if let Some(ac) = &opts.archive_command {
             conf.push_str(&format!(
                 "archive_mode = on\narchive_command = '{}'\n",
-                ac.replace('\'', "''")
+                conf_escape(ac)
             ));
         }
         for (k, v) in &opts.settings {
-            conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            conf.push_str(&format!("{k} = '{}'\n", conf_escape(v)));
         }
         let conf_path = self.pgdata().join("postgresql.conf");
         let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
@@ -684,6 +684,41 @@ pub fn file_names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A value for inside `'...'` in postgresql.conf: backslashes and quotes escaped (as the
+/// engine's `server::conf_line` does; this crate cannot use the engine).
+fn conf_escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\'', "''")
+}
+
+/// The pgkeep binary cargo built for the integration test that calls this
+/// (`CARGO_BIN_EXE_pgkeep`; only the binary crate's own tests have it).
+pub fn pgkeep_bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("pgkeep")
+}
+
+/// The built pgkeep against `c` as its local site: [`TempCluster::env`] (its paths and socket,
+/// PGUSER `postgres`, no config file), the `records` database, no PGPASSWORD from the caller's
+/// environment (a test that wants one sets it), and stdin closed. A `std::process::Command`,
+/// for a test that spawns it; [`pgkeep`] is the same as an `assert_cmd::Command`.
+pub fn pgkeep_command(c: &TempCluster) -> Command {
+    let mut cmd = Command::new(pgkeep_bin());
+    cmd.env_remove("PGPASSWORD")
+        .envs(c.env())
+        .env("PGKEEP_DATABASE", "records")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// [`pgkeep_command`] as an `assert_cmd::Command` (`.assert()`, `.timeout()`, `.write_stdin()`).
+pub fn pgkeep(c: &TempCluster) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(pgkeep_command(c))
+}
+
+/// [`pgkeep`] with `args`, run to its end.
+pub fn pgkeep_output(c: &TempCluster, args: &[&str]) -> Output {
+    pgkeep(c).args(args).output().expect("run pgkeep")
 }
 
 /// A finished command's exit status, stdout and stderr, for assertion messages.

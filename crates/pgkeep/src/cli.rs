@@ -375,6 +375,19 @@ mod tests {
     }
 
     #[test]
+    fn debug_perms_argv_round_trips() {
+        round_trip(
+            &["debug", "perms", "--json"],
+            &[],
+            |c| match c {
+                Command::Debug(DebugCommand::Perms(a)) => Some(a),
+                _ => None,
+            },
+            commands::debug_perms::Args::to_argv,
+        );
+    }
+
+    #[test]
     fn space_argv_round_trips() {
         round_trip(
             &["space", "--json"],

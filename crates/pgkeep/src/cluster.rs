@@ -15,7 +15,7 @@ use pgkeep_kube::ops::apply::ServerVersion;
 use pgkeep_kube::ops::connect::{ConnectOptions, connect as ops_connect};
 use pgkeep_kube::ops::deployed::{Intent, check_deployed};
 use pgkeep_kube::ops::exec::KubeLogs;
-use pgkeep_kube::ops::flows;
+use pgkeep_kube::ops::flows::{self, FlowCtx};
 use pgkeep_kube::ops::job::{self as ops_job, JobRunOptions};
 use pgkeep_kube::ops::{Cluster, Wait};
 use serde_json::Value;
@@ -141,9 +141,38 @@ pub fn stdout_sink() -> std::io::Stdout {
     std::io::stdout()
 }
 
-/// How long the CLI waits for the db pod after a bootstrap (a clean start after recovery; the
-/// startup probe allows longer, but a pod that is not Ready by then needs a person's look).
-const SCALE_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// What the CLI gives a Job-running flow ([`FlowCtx`]): the Job's log streamed from the
+/// cluster to stdout, the Job followed with [`job_options`].
+struct Follow {
+    logs: KubeLogs,
+    sink: std::io::Stdout,
+    opts: JobRunOptions,
+}
+
+impl Follow {
+    fn new(cluster: &Cluster) -> Follow {
+        Follow {
+            logs: KubeLogs {
+                cluster: cluster.clone(),
+            },
+            sink: stdout_sink(),
+            opts: job_options(),
+        }
+    }
+
+    /// The flow's context, with `stop` (Ctrl-C) watched.
+    fn ctx(
+        &mut self,
+        stop: Stop,
+    ) -> FlowCtx<'_, KubeLogs, std::io::Stdout, impl Future<Output = ()>> {
+        FlowCtx {
+            logs: &self.logs,
+            sink: &mut self.sink,
+            stop: stop.into_future(),
+            opts: &self.opts,
+        }
+    }
+}
 
 fn print_scaled_down(scaled: &pgkeep_kube::ops::scale::Scaled) {
     println!(
@@ -276,15 +305,13 @@ pub fn overlay_job_objects(s: &Settings, file: &str) -> Vec<Value> {
 }
 
 /// `bootstrap basebackup --kube`: apply the rendered bootstrap RBAC, scale the Deployment to 0
-/// (waiting for its pods to go), run the bootstrap Job and follow it. The Job scales the
+/// (waiting for its pods to go), run the bootstrap Job and follow it ([`flows::bootstrap_basebackup`]),
+/// then wait for the db pod the Job scaled up ([`flows::wait_bootstrapped`]). The Job scales the
 /// Deployment up itself when recovery has ended, so no "scale up again" hint here.
 pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job, stop: Stop) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
     let rbac = overlay_job_objects(ctx.settings(), manifests::files::BOOTSTRAP_RBAC);
-    let logs = KubeLogs {
-        cluster: cluster.clone(),
-    };
-    let mut sink = stdout_sink();
+    let mut follow = Follow::new(cluster);
     let report = flows::bootstrap_basebackup(
         cluster,
         &rbac,
@@ -292,10 +319,7 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job, stop: Stop) -> an
         &k.app,
         Wait::default().watched(),
         job,
-        &logs,
-        &mut sink,
-        stop.into_future(),
-        &job_options(),
+        follow.ctx(stop),
     )
     .await?;
     print_scaled_down(&report.scaled);
@@ -303,33 +327,28 @@ pub async fn bootstrap(ctx: &Ctx, cluster: &Cluster, job: Job, stop: Stop) -> an
     match &report.job {
         ops_job::JobOutcome::Succeeded { .. } => {
             // The flow's own SIGINT handler stays installed: Ctrl-C must still end this wait.
-            let waited = tokio::select! {
-                r = pgkeep_kube::ops::scale::wait_rollout(
-                    cluster,
-                    &k.deployment,
-                    &k.app,
-                    Wait::new(SCALE_UP_TIMEOUT, Duration::from_secs(2)).watched(),
-                ) => r,
-                _ = ctrl_c() => {
-                    println!(
-                        "stopped waiting (Ctrl-C); deployment/{} is scaled up and its pod keeps starting (`pgkeep --kube scale 1` waits for it)",
+            let wait =
+                Wait::new(flows::BOOTSTRAP_ROLLOUT_TIMEOUT, Duration::from_secs(2)).watched();
+            let after = flows::wait_bootstrapped(cluster, &k.deployment, &k.app, wait, ctrl_c())
+                .await
+                .with_context(|| {
+                    format!(
+                        "the bootstrap Job succeeded and scaled deployment/{} up, but no pod became Ready",
                         k.deployment
-                    );
-                    return Ok(());
-                }
-            };
-            let rolled = waited.with_context(|| {
-                format!(
-                    "the bootstrap Job succeeded and scaled deployment/{} up, but no pod became Ready",
+                    )
+                })?;
+            match after {
+                flows::AfterBootstrap::Ready(rolled) => println!(
+                    "deployment/{} scaled up again by the Job: {} replica(s) ready after {}s",
+                    rolled.deployment,
+                    rolled.replicas,
+                    rolled.waited.as_secs()
+                ),
+                flows::AfterBootstrap::Stopped => println!(
+                    "stopped waiting (Ctrl-C); deployment/{} is scaled up and its pod keeps starting (`pgkeep --kube scale 1` waits for it)",
                     k.deployment
-                )
-            })?;
-            println!(
-                "deployment/{} scaled up again by the Job: {} replica(s) ready after {}s",
-                rolled.deployment,
-                rolled.replicas,
-                rolled.waited.as_secs()
-            );
+                ),
+            }
         }
         ops_job::JobOutcome::Detached { .. } => println!(
             "the Job scales deployment/{} up itself once recovery has ended",
@@ -363,20 +382,14 @@ pub async fn scale_down_and_run(
     stop: Stop,
 ) -> anyhow::Result<()> {
     let k = &ctx.settings().kube;
-    let logs = KubeLogs {
-        cluster: cluster.clone(),
-    };
-    let mut sink = stdout_sink();
+    let mut follow = Follow::new(cluster);
     let (scaled, outcome) = flows::scale_down_and_run(
         cluster,
         &k.deployment,
         &k.app,
         Wait::default().watched(),
         job,
-        &logs,
-        &mut sink,
-        stop.into_future(),
-        &job_options(),
+        follow.ctx(stop),
     )
     .await?;
     print_scaled_down(&scaled);
@@ -394,7 +407,7 @@ pub async fn run_local_in_db(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
     let exec = pgkeep_kube::ops::exec::KubeExec {
         cluster: cluster.clone(),
     };
-    let out = pgkeep_kube::ops::flows::exec_in_db(
+    let out = flows::exec_in_db(
         &cluster,
         &s.kube.app,
         &s.kube.container,
@@ -418,48 +431,36 @@ pub async fn run_local_in_container(
     let exec = pgkeep_kube::ops::exec::KubeExec {
         cluster: cluster.clone(),
     };
-    let out = pgkeep_kube::ops::flows::exec_in_db(
-        &cluster,
-        &s.kube.app,
-        container,
-        &exec,
-        local_command(args),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "running `pgkeep {}` in the db pod's {container} container",
-            args.join(" ")
-        )
-    })?;
+    let out = flows::exec_in_db(&cluster, &s.kube.app, container, &exec, local_command(args))
+        .await
+        .with_context(|| {
+            format!(
+                "running `pgkeep {}` in the db pod's {container} container",
+                args.join(" ")
+            )
+        })?;
     pass_through(out, args, "the db pod")
 }
 
 /// Like [`run_local_in_db`], in the backups-loader pod (the one long-running pod that mounts
 /// the backups volume), which is created first when missing and left running.
 pub async fn run_local_in_loader(ctx: &Ctx, args: &[&str]) -> anyhow::Result<()> {
-    use pgkeep_kube::ops::exec::{Exec as _, ExecRequest};
     let (cluster, _) = connect(ctx).await?;
     let pod = manifests::jobs::backups_loader(ctx.settings());
-    let up = pgkeep_kube::ops::pods::loader_up(&cluster, &pod, Wait::default()).await?;
+    let exec = pgkeep_kube::ops::exec::KubeExec {
+        cluster: cluster.clone(),
+    };
+    let done =
+        flows::exec_in_loader(&cluster, &pod, Wait::default(), &exec, local_command(args)).await?;
+    let up = done.loader;
     if up.created {
         eprintln!(
             "pod/{} created: it mounts the backups volume (`pgkeep --kube loader down` removes it)",
             up.pod
         );
     }
-    let container = pod_container(&pod);
-    let exec = pgkeep_kube::ops::exec::KubeExec {
-        cluster: cluster.clone(),
-    };
-    let req = ExecRequest {
-        pod: up.pod.clone(),
-        container,
-        command: local_command(args),
-    };
-    let out = exec
-        .exec(&req, None)
-        .await
+    let out = done
+        .output
         .with_context(|| format!("running `pgkeep {}` in pod/{}", args.join(" "), up.pod))?;
     pass_through(out, args, &format!("pod/{}", up.pod))
 }
@@ -470,14 +471,6 @@ pub fn job_container(job: &mut Job) -> Option<&mut k8s_openapi::api::core::v1::C
         .as_mut()
         .and_then(|s| s.template.spec.as_mut())
         .and_then(|p| p.containers.first_mut())
-}
-
-/// The name of a rendered pod's (only) container.
-pub fn pod_container(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| c.name.clone())
 }
 
 fn local_command(args: &[&str]) -> Vec<String> {

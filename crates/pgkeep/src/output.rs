@@ -141,6 +141,30 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a bootstrap (`bootstrap basebackup`, the demo's step 5) ended with, in one line: the
+/// bundle, where recovery ended, on which timeline, the last replayed transaction and, when a
+/// target stopped it, PostgreSQL's reason.
+pub fn bootstrap_summary(report: &pgkeep_engine::recovery::BootstrapReport) -> String {
+    format!(
+        "restored {}: recovery ended at {} on timeline {}; last replayed transaction {}{}",
+        report.bundle,
+        report.end_lsn.as_deref().unwrap_or("?"),
+        report
+            .timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
+        report
+            .last_replayed_xact_time
+            .as_deref()
+            .unwrap_or("(none)"),
+        report
+            .stop_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )
+}
+
 /// Ask before a destructive step. `--yes` skips the question; without a terminal and without
 /// `--yes` the answer is no.
 pub fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
@@ -161,5 +185,39 @@ pub fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(Refused("not confirmed; nothing was changed".into()).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bootstrap_summary_names_where_recovery_ended_and_why() {
+        let mut report = pgkeep_engine::recovery::BootstrapReport {
+            bundle: "basebackup-20261125-0620.bundle.tar.gz".into(),
+            end_lsn: Some("0/5000060".into()),
+            timeline: Some(2),
+            last_replayed_xact_time: Some("2026-11-25T19:29:58Z".into()),
+            stop_reason: Some("recovery stopping before commit of transaction 812".into()),
+            left_running: true,
+            old_contents_at: None,
+            log_file: "/var/lib/postgresql/bootstrap.log".into(),
+            seconds: 1.0,
+        };
+        assert_eq!(
+            bootstrap_summary(&report),
+            "restored basebackup-20261125-0620.bundle.tar.gz: recovery ended at 0/5000060 on timeline 2; \
+             last replayed transaction 2026-11-25T19:29:58Z (recovery stopping before commit of transaction 812)"
+        );
+        report.end_lsn = None;
+        report.timeline = None;
+        report.last_replayed_xact_time = None;
+        report.stop_reason = None;
+        assert_eq!(
+            bootstrap_summary(&report),
+            "restored basebackup-20261125-0620.bundle.tar.gz: recovery ended at ? on timeline ?; \
+             last replayed transaction (none)"
+        );
     }
 }

@@ -3,22 +3,12 @@
 //! killed after it emptied PGDATA leaves the marker (and `status` / `debug perms` show it); a
 //! bootstrap that finishes removes it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgkeep_engine::bootmark;
-use pgkeep_testkit::TempCluster;
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn pgkeep(c: &TempCluster) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.envs(c.env()).stdin(Stdio::null());
-    cmd
-}
+use pgkeep_testkit::{TempCluster, pgkeep_bin, pgkeep_command};
 
 /// Output of `pgkeep status`, which exits 1 here: the site is not healthy (no restore drill is
 /// recorded, among others), and says so.
@@ -50,7 +40,7 @@ fn ok(out: Output) -> String {
 fn serve(c: &TempCluster, timeout: Duration) -> Output {
     let initdb_dir = c.root().join("initdb.d");
     std::fs::create_dir_all(&initdb_dir).unwrap();
-    let mut child = pgkeep(c)
+    let mut child = pgkeep_command(c)
         .args(["serve", "--listen", "127.0.0.1", "--initdb-dir"])
         .arg(&initdb_dir)
         .env("POSTGRES_PASSWORD", "pw-Bootmark-31c7")
@@ -113,21 +103,24 @@ fn a_bootstrap_killed_after_emptying_pgdata_leaves_the_marker_and_a_finished_one
     let c = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --archive ../../wal-archive %p",
-            bin().display()
+            pgkeep_bin().display()
         ))
         .start();
     c.psql(
         "postgres",
         "create table kept(x text); insert into kept select repeat('x', 400) || g from generate_series(1, 100000) g",
     );
-    ok(pgkeep(&c).args(["backup", "physical"]).output().unwrap());
+    ok(pgkeep_command(&c)
+        .args(["backup", "physical"])
+        .output()
+        .unwrap());
     c.psql("postgres", "insert into kept values ('after the backup')");
     let count = c.psql("postgres", "select count(*) from kept");
     c.switch_wal_and_wait_archived();
     c.stop();
 
     // Kill the bootstrap while it extracts (PGDATA emptied, its staging directory there).
-    let mut child = pgkeep(&c)
+    let mut child = pgkeep_command(&c)
         .args(["bootstrap", "basebackup", "--yes"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -156,9 +149,9 @@ fn a_bootstrap_killed_after_emptying_pgdata_leaves_the_marker_and_a_finished_one
     assert!(marker.is_file(), "the killed bootstrap left its marker");
     assert!(!c.pgdata().join("PG_VERSION").exists());
 
-    let status = unhealthy(pgkeep(&c).args(["status"]).output().unwrap());
+    let status = unhealthy(pgkeep_command(&c).args(["status"]).output().unwrap());
     assert!(status.contains("UNFINISHED"), "{status}");
-    let perms: serde_json::Value = serde_json::from_str(&ok(pgkeep(&c)
+    let perms: serde_json::Value = serde_json::from_str(&ok(pgkeep_command(&c)
         .args(["debug", "perms", "--json"])
         .output()
         .unwrap()))
@@ -171,7 +164,7 @@ fn a_bootstrap_killed_after_emptying_pgdata_leaves_the_marker_and_a_finished_one
 
     assert_serve_refuses(&c);
 
-    ok(pgkeep(&c)
+    ok(pgkeep_command(&c)
         .args(["bootstrap", "basebackup", "--yes"])
         .output()
         .unwrap());

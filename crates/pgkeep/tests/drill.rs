@@ -7,23 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, file_names, output_text};
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .envs(c.env())
-        .env_remove("PGPASSWORD")
-        .env("PGKEEP_DATABASE", "records")
-        .args(args)
-        .output()
-        .unwrap()
-}
+use pgkeep_testkit::{TempCluster, file_names, output_text, pgkeep_bin, pgkeep_output};
 
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "pgkeep failed: {}", output_text(&out));
@@ -42,7 +26,7 @@ fn site() -> Site {
     let c = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --archive ../../wal-archive %p",
-            bin().display()
+            pgkeep_bin().display()
         ))
         .start();
     c.psql("postgres", "create database records");
@@ -55,10 +39,10 @@ fn site() -> Site {
          insert into public.orders select g, g from generate_series(1, 250) g;",
     );
     let v: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["backup", "logical", "--json"]))).unwrap();
+        serde_json::from_str(&ok(pgkeep_output(&c, &["backup", "logical", "--json"]))).unwrap();
     let logical = v["name"].as_str().unwrap().to_owned();
     let v: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["backup", "physical", "--json"]))).unwrap();
+        serde_json::from_str(&ok(pgkeep_output(&c, &["backup", "physical", "--json"]))).unwrap();
     let physical = v["name"].as_str().unwrap().to_owned();
     c.psql_script(
         "records",
@@ -116,7 +100,7 @@ fn drill_restores_both_backups_and_changes_nothing() {
     };
     let backups = backups_but_records();
 
-    let out = ok(pgkeep(c, &["drill", "--json"]));
+    let out = ok(pgkeep_output(c, &["drill", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
 
     let l = &v["logical"];
@@ -229,7 +213,7 @@ fn a_damaged_newest_bundle_fails_the_drill_naming_it() {
     };
     let backups = backups_but_records();
 
-    let out = pgkeep(c, &["drill"]);
+    let out = pgkeep_output(c, &["drill"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -267,7 +251,7 @@ fn the_physical_drill_promotes_without_writing_into_the_archive() {
     assert!(!before.iter().any(|n| n.contains(".history")), "{before:?}");
     let archive = snapshot(&c.wal_archive());
 
-    let out = ok(pgkeep(c, &["drill", "--skip-logical", "--keep"]));
+    let out = ok(pgkeep_output(c, &["drill", "--skip-logical", "--keep"]));
     assert!(out.contains("physical  drill  passed"), "{out}");
     assert!(out.contains("timeline 2"), "{out}");
     assert!(!out.contains("logical"), "{out}");

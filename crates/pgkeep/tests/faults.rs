@@ -2,27 +2,19 @@
 //! while its tools run, and two writers of one WAL segment. After each: nothing partial under a
 //! final name, no child process left running, and a rerun succeeds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pgkeep_testkit::{TempCluster, archiving_cluster, file_names, output_text, wal_like};
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn pgkeep(c: &TempCluster) -> Command {
-    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
-    cmd.envs(c.env()).env("PGKEEP_DATABASE", "records");
-    cmd
-}
+use pgkeep_testkit::{
+    TempCluster, archiving_cluster, file_names, output_text, pgkeep, pgkeep_bin, wal_like,
+};
 
 fn spawn_pgkeep(c: &TempCluster, args: &[&str]) -> Child {
-    std::process::Command::new(bin())
+    std::process::Command::new(pgkeep_bin())
         .envs(c.env())
         .env("PGKEEP_DATABASE", "records")
         .args(args)
@@ -200,7 +192,7 @@ fn published(dir: &Path) -> Vec<String> {
 }
 
 fn records_cluster() -> TempCluster {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql("postgres", "create database records");
     c.psql(
         "records",
@@ -300,7 +292,7 @@ fn noise_segment(path: &Path) -> Vec<u8> {
 }
 
 fn push(archive: &Path, seg: &Path, level: &str) -> Child {
-    std::process::Command::new(bin())
+    std::process::Command::new(pgkeep_bin())
         .args(["wal", "push", "--zstd-level", level, "--archive"])
         .arg(archive)
         .arg(seg)
@@ -430,7 +422,7 @@ fn two_logical_backups_at_once_both_land_under_their_own_names() {
     let c = records_cluster();
     let runs: Vec<Child> = (0..2)
         .map(|_| {
-            std::process::Command::new(bin())
+            std::process::Command::new(pgkeep_bin())
                 .envs(c.env())
                 .env("PGKEEP_DATABASE", "records")
                 .args(["backup", "logical"])
@@ -502,7 +494,7 @@ fn a_push_stopped_by_sigterm_publishes_nothing_and_the_retry_succeeds() {
 
 #[test]
 fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql(
         "postgres",
         "create table kept(x text); \
@@ -755,7 +747,7 @@ fn a_restore_killed_while_swapping_never_leaves_the_database_closed() {
     };
     signal(backend, Signal::SIGSTOP);
     let log = c.root().join("restore.log");
-    let mut child = std::process::Command::new(bin())
+    let mut child = std::process::Command::new(pgkeep_bin())
         .envs(c.env())
         .env("PGKEEP_DATABASE", "records")
         .args(["restore", "dump", "--clean", "--yes"])
@@ -823,7 +815,7 @@ fn a_restore_killed_while_swapping_never_leaves_the_database_closed() {
 /// every row.
 #[test]
 fn a_bootstrap_killed_at_any_step_leaves_no_server_running_and_the_rerun_recovers_every_row() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql(
         "postgres",
         "create table kept(x text); \

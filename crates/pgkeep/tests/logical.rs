@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, output_text};
+use pgkeep_testkit::{TempCluster, output_text, pgkeep};
 
 /// The backups directory's names, without the result records' directory (every backup run
 /// leaves a record there; tests/unattended.rs checks them).
@@ -69,14 +69,6 @@ alter large object 424242 owner to app_owner;
 create function app.shout(t text) returns text language sql immutable as $$ select upper(t) || '!' $$;
 comment on function app.shout(text) is 'loud';
 "#;
-
-fn pgkeep(c: &TempCluster) -> Command {
-    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
-    cmd.envs(c.env())
-        .env_remove("PGPASSWORD")
-        .env("PGKEEP_DATABASE", "records");
-    cmd
-}
 
 fn ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();

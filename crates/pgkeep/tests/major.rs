@@ -9,23 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, output_text, pg15_bin, pg18_bin};
+use pgkeep_testkit::{TempCluster, output_text, pg15_bin, pg18_bin, pgkeep, pgkeep_output};
 
 /// pgkeep against `c`'s site, with `c`'s PostgreSQL programs (`PGKEEP_PG_BIN`).
-fn pgkeep_cmd(c: &TempCluster, args: &[&str]) -> Command {
-    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
-    cmd.envs(c.env())
-        .env_remove("PGPASSWORD")
-        .env("PGKEEP_DATABASE", "records")
-        .args(args);
-    cmd
-}
-
-fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
-    pgkeep_cmd(c, args).output().unwrap()
-}
-
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -90,7 +76,10 @@ fn a_logical_bundle_made_on_15_restores_into_18() {
     assert_eq!(before[2].split(' ').next(), Some("2000"), "{before:?}");
 
     // The nightly bundle, made by 15's pg_dump / pg_dumpall.
-    let out = ok(pgkeep(&old, &["backup", "logical", "--json", "--no-prune"]));
+    let out = ok(pgkeep_output(
+        &old,
+        &["backup", "logical", "--json", "--no-prune"],
+    ));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let name = report["name"].as_str().unwrap();
     assert!(name.starts_with("nightly-"), "{report}");
@@ -98,12 +87,11 @@ fn a_logical_bundle_made_on_15_restores_into_18() {
     // Restored by pgkeep with 18's tools into a fresh 18 server (no roles, no database yet).
     let new = TempCluster::options().bin(pg18_bin()).start();
     assert_eq!(major(&new), "18");
-    let out = ok(
-        pgkeep_cmd(&new, &["restore", "dump", "--json", "--from", name])
-            .env("PGKEEP_BACKUPS", old.backups())
-            .output()
-            .unwrap(),
-    );
+    let out = ok(pgkeep(&new)
+        .args(["restore", "dump", "--json", "--from", name])
+        .env("PGKEEP_BACKUPS", old.backups())
+        .output()
+        .unwrap());
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["errors"], 0, "{summary}");
     assert_eq!(summary["created_database"], true, "{summary}");
@@ -173,7 +161,7 @@ fn a_base_backup_made_on_15_is_refused_by_18_before_anything_changes() {
         "postgres",
         "create table precious(x int); insert into precious values (42)",
     );
-    let out = ok(pgkeep(&c, &["backup", "physical", "--json"]));
+    let out = ok(pgkeep_output(&c, &["backup", "physical", "--json"]));
     let name = serde_json::from_str::<serde_json::Value>(&out).unwrap()["name"]
         .as_str()
         .unwrap()
@@ -190,7 +178,8 @@ fn a_base_backup_made_on_15_is_refused_by_18_before_anything_changes() {
     let pg18 = pg18_bin();
 
     // bootstrap with 18's binaries: refused (exit 3), nothing changed, the logical path named.
-    let out = pgkeep_cmd(&c, &["bootstrap", "basebackup", "--yes"])
+    let out = pgkeep(&c)
+        .args(["bootstrap", "basebackup", "--yes"])
         .env("PGKEEP_PG_BIN", &pg18)
         .output()
         .unwrap();
@@ -214,7 +203,8 @@ fn a_base_backup_made_on_15_is_refused_by_18_before_anything_changes() {
     assert_eq!(bundle_meta(), bundle, "the bundle changed");
 
     // The physical drill with 18's binaries fails with the same reason (nothing replayed).
-    let out = pgkeep_cmd(&c, &["drill", "--skip-logical"])
+    let out = pgkeep(&c)
+        .args(["drill", "--skip-logical"])
         .env("PGKEEP_PG_BIN", &pg18)
         .output()
         .unwrap();
@@ -227,7 +217,7 @@ fn a_base_backup_made_on_15_is_refused_by_18_before_anything_changes() {
     assert_eq!(fingerprint(&c.pgdata()), pgdata, "PGDATA was touched");
 
     // With 15's binaries the same bundle restores: the refusal was about the major only.
-    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    ok(pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]));
     c.restart();
     assert_eq!(c.psql("postgres", "select x from precious"), "42");
 }

@@ -9,23 +9,16 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use pgkeep_testkit::s3::S3Server;
-use pgkeep_testkit::{TempCluster, archiving_cluster, output_text};
+use pgkeep_testkit::{TempCluster, archiving_cluster, output_text, pgkeep, pgkeep_bin};
 
 const MARKER: &str = "offsite-marker-7f3a9c-plaintext-must-never-leave";
 
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
 /// pgkeep against the cluster and the S3 server, objects under `prefix`.
-fn pgkeep(c: &TempCluster, s3: &S3Server, prefix: &str) -> Command {
-    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
-    cmd.envs(c.env())
-        .envs(s3.env(prefix))
-        .env_remove("PGPASSWORD")
+fn pgkeep_s3(c: &TempCluster, s3: &S3Server, prefix: &str) -> Command {
+    let mut cmd = pgkeep(c);
+    cmd.envs(s3.env(prefix))
         .env_remove("PGKEEP_OFFSITE_RECIPIENTS")
-        .env_remove("PGKEEP_OFFSITE_IDENTITY_FILE")
-        .env("PGKEEP_DATABASE", "records");
+        .env_remove("PGKEEP_OFFSITE_IDENTITY_FILE");
     cmd
 }
 
@@ -86,7 +79,7 @@ fn reveals(data: &[u8], needle: &str) -> bool {
 
 /// A cluster archiving its WAL, with the marker row committed and its segment archived.
 fn cluster_with_marker() -> TempCluster {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql("postgres", "create database records");
     c.psql(
         "records",
@@ -149,7 +142,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
 
     // Off-site without recipients is refused unless encrypt = false is said.
     fails(
-        pgkeep(&c, &s3, "enc").args(["offsite", "sync"]),
+        pgkeep_s3(&c, &s3, "enc").args(["offsite", "sync"]),
         &[
             "offsite.recipients",
             "pgkeep offsite keygen",
@@ -157,13 +150,13 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
         ],
     );
 
-    ok(pgkeep(&c, &s3, "enc").args(["backup", "logical", "--no-prune"]));
+    ok(pgkeep_s3(&c, &s3, "enc").args(["backup", "logical", "--no-prune"]));
     let bundle = pgkeep_testkit::file_names(&c.backups())
         .into_iter()
         .find(|n| n.starts_with("nightly-"))
         .unwrap();
     let sync = |prefix: &str| {
-        let mut cmd = pgkeep(&c, &s3, prefix);
+        let mut cmd = pgkeep_s3(&c, &s3, prefix);
         cmd.env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .args(["offsite", "sync"]);
         cmd
@@ -192,7 +185,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
     // ...while the same files stored unencrypted do (so the check above can fail).
     let cfg = keys_dir.path().join("plain.toml");
     std::fs::write(&cfg, "[offsite]\nencrypt = false\n").unwrap();
-    ok(pgkeep(&c, &s3, "plain")
+    ok(pgkeep_s3(&c, &s3, "plain")
         .env("PGKEEP_CONFIG", &cfg)
         .args(["offsite", "sync"]));
     assert!(
@@ -213,7 +206,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
 
     // backups list says where each backup is.
     let list = |c: &TempCluster| {
-        stdout(&ok(pgkeep(c, &s3, "enc")
+        stdout(&ok(pgkeep_s3(c, &s3, "enc")
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .args(["backups", "list"])))
     };
@@ -230,7 +223,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
     let real = c.backups().join(&bundle);
     let aside = keys_dir.path().join("real-bundle");
     std::fs::rename(&real, &aside).unwrap();
-    ok(pgkeep(&c, &s3, "enc").args(["backup", "logical", "--no-prune"]));
+    ok(pgkeep_s3(&c, &s3, "enc").args(["backup", "logical", "--no-prune"]));
     let second = pgkeep_testkit::file_names(&c.backups())
         .into_iter()
         .find(|n| n.starts_with("nightly-"))
@@ -262,7 +255,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
     );
     c.psql("records", "drop table t");
     let restore = |id_file: &Path| {
-        let mut cmd = pgkeep(&c, &s3, "enc");
+        let mut cmd = pgkeep_s3(&c, &s3, "enc");
         cmd.env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .env("PGKEEP_OFFSITE_IDENTITY_FILE", id_file)
             .args(["restore", "dump", "--yes"]);
@@ -276,7 +269,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
     );
     // No identity at all says which setting is missing.
     fails(
-        pgkeep(&c, &s3, "enc")
+        pgkeep_s3(&c, &s3, "enc")
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .args(["restore", "dump", "--yes"]),
         &["PGKEEP_OFFSITE_IDENTITY_FILE", &recipient],
@@ -293,7 +286,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
 
     // backups verify --offsite reads the off-site copy through.
     let verify = || {
-        let mut cmd = pgkeep(&c, &s3, "enc");
+        let mut cmd = pgkeep_s3(&c, &s3, "enc");
         cmd.env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
             .args(["backups", "verify", "--offsite"]);
         cmd
@@ -328,14 +321,14 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
     let dest_dir = tempfile::tempdir().unwrap();
     let pg_wal = dest_dir.path().join("pg_wal");
     std::fs::create_dir(&pg_wal).unwrap();
-    ok(pgkeep(&c, &s3, "enc")
+    ok(pgkeep_s3(&c, &s3, "enc")
         .args(["wal", "fetch", &name])
         .arg(pg_wal.join("local"))
         .args(["--sysid", &id]));
     let local_copy = std::fs::read(pg_wal.join("local")).unwrap();
     std::fs::remove_file(c.wal_archive().join(&seg)).unwrap();
     let fetch = |dest: &str| {
-        let mut cmd = pgkeep(&c, &s3, "enc");
+        let mut cmd = pgkeep_s3(&c, &s3, "enc");
         cmd.env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .args(["wal", "fetch", &name])
@@ -346,7 +339,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
     ok(&mut fetch("remote"));
     assert_eq!(std::fs::read(pg_wal.join("remote")).unwrap(), local_copy);
     // Not anywhere: exit 1, the normal end of recovery.
-    let out = pgkeep(&c, &s3, "enc")
+    let out = pgkeep_s3(&c, &s3, "enc")
         .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .args(["wal", "fetch", "0000000100000000000000FE"])
@@ -360,7 +353,7 @@ fn sync_restore_with_local_copies_gone_no_plaintext_create_only_wrong_identity()
 #[test]
 fn a_server_frozen_mid_upload_shows_nothing_and_the_next_sync_completes() {
     let s3 = S3Server::start("pgkeep-frozen");
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql("postgres", "create database records");
     // Enough poorly compressible rows for a bundle of several multipart parts.
     c.psql(
@@ -370,7 +363,7 @@ fn a_server_frozen_mid_upload_shows_nothing_and_the_next_sync_completes() {
     );
     let keys_dir = tempfile::tempdir().unwrap();
     let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
-    ok(pgkeep(&c, &s3, "p").args(["backup", "logical", "--no-prune"]));
+    ok(pgkeep_s3(&c, &s3, "p").args(["backup", "logical", "--no-prune"]));
     let bundle = pgkeep_testkit::file_names(&c.backups())
         .into_iter()
         .find(|n| n.starts_with("nightly-"))
@@ -387,7 +380,7 @@ fn a_server_frozen_mid_upload_shows_nothing_and_the_next_sync_completes() {
     let mut caught = false;
     for round in 0..5 {
         let prefix = format!("r{round}");
-        let mut child = std::process::Command::new(bin())
+        let mut child = std::process::Command::new(pgkeep_bin())
             .envs(c.env())
             .envs(s3.env(&prefix))
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
@@ -419,7 +412,7 @@ fn a_server_frozen_mid_upload_shows_nothing_and_the_next_sync_completes() {
         caught = true;
         assert!(s3.open_uploads() > 0);
         // The next sync completes, and what it uploaded restores.
-        let out = ok(pgkeep(&c, &s3, &prefix)
+        let out = ok(pgkeep_s3(&c, &s3, &prefix)
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .args(["offsite", "sync"]));
         assert!(stdout(&out).contains("uploaded"), "{}", output_text(&out));
@@ -432,7 +425,7 @@ fn a_server_frozen_mid_upload_shows_nothing_and_the_next_sync_completes() {
             "records",
             "select count(*), md5(string_agg(a, ',' order by g)) from big",
         );
-        ok(pgkeep(&c, &s3, &prefix)
+        ok(pgkeep_s3(&c, &s3, &prefix)
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
             .args(["restore", "dump", "--offsite", "--clean", "--yes"]));
@@ -487,13 +480,13 @@ fn the_age_cli_decrypts_an_uploaded_bundle() {
     let keys_dir = tempfile::tempdir().unwrap();
     let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
     let (_, escrow) = keygen(keys_dir.path(), "escrow.key");
-    ok(pgkeep(&c, &s3, "x").args(["backup", "logical", "--no-prune"]));
+    ok(pgkeep_s3(&c, &s3, "x").args(["backup", "logical", "--no-prune"]));
     let bundle = pgkeep_testkit::file_names(&c.backups())
         .into_iter()
         .find(|n| n.starts_with("nightly-"))
         .unwrap();
     // Two recipients (rotation, escrow): either identity decrypts.
-    ok(pgkeep(&c, &s3, "x")
+    ok(pgkeep_s3(&c, &s3, "x")
         .env(
             "PGKEEP_OFFSITE_RECIPIENTS",
             format!("{escrow}, {recipient}"),
@@ -537,7 +530,7 @@ fn empty_dir(dir: &Path) {
 #[test]
 fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     let s3 = S3Server::start("pgkeep-pitr");
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql("postgres", "create database records");
     let keys_dir = tempfile::tempdir().unwrap();
     let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
@@ -545,7 +538,7 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         "records",
         "create table t (x int); insert into t select generate_series(1, 1000)",
     );
-    ok(pgkeep(&c, &s3, "p").args(["backup", "physical", "--no-prune"]));
+    ok(pgkeep_s3(&c, &s3, "p").args(["backup", "physical", "--no-prune"]));
     c.psql(
         "records",
         "insert into t select generate_series(1001, 2000)",
@@ -557,13 +550,13 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     std::thread::sleep(Duration::from_millis(50));
     c.psql("records", "create table written_after_t (x int)");
     c.switch_wal_and_wait_archived();
-    ok(pgkeep(&c, &s3, "p")
+    ok(pgkeep_s3(&c, &s3, "p")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .args(["offsite", "sync"]));
     // The drill proves the off-site copy restores (downloaded into a scratch directory that is
     // removed again; nothing local is touched).
     let local_before = pgkeep_testkit::file_names(&c.backups());
-    let out = ok(pgkeep(&c, &s3, "p")
+    let out = ok(pgkeep_s3(&c, &s3, "p")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
         .args(["drill", "--offsite", "--skip-logical"]));
@@ -584,7 +577,7 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     let seg = c.wal_archive().join(foreign);
     std::fs::write(&seg, pgkeep_testkit::wal_like(foreign, 16 << 20, 9)).unwrap();
     std::os::unix::fs::chown(&seg, Some(c.uid()), Some(c.gid())).unwrap();
-    let out = ok(pgkeep(&c, &s3, "p")
+    let out = ok(pgkeep_s3(&c, &s3, "p")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
         .args([
@@ -649,7 +642,7 @@ fn backup_start_segment(c: &TempCluster, bundle: &str) -> String {
 #[test]
 fn offsite_retention_keeps_the_newest_bundles_and_the_wal_the_oldest_kept_one_needs() {
     let s3 = S3Server::start("pgkeep-retention");
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql("postgres", "create database records");
     c.psql("records", "create table t (x int)");
     let keys_dir = tempfile::tempdir().unwrap();
@@ -661,7 +654,7 @@ fn offsite_retention_keeps_the_newest_bundles_and_the_wal_the_oldest_kept_one_ne
     )
     .unwrap();
     let sync = || {
-        ok(pgkeep(&c, &s3, "r")
+        ok(pgkeep_s3(&c, &s3, "r")
             .env("PGKEEP_CONFIG", &config)
             .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
             .args(["offsite", "sync"]))
@@ -671,8 +664,8 @@ fn offsite_retention_keeps_the_newest_bundles_and_the_wal_the_oldest_kept_one_ne
             "records",
             &format!("insert into t select generate_series(1, 1000) + {round} * 1000"),
         );
-        ok(pgkeep(&c, &s3, "r").args(["backup", "logical", "--no-prune"]));
-        ok(pgkeep(&c, &s3, "r").args(["backup", "physical", "--no-prune"]));
+        ok(pgkeep_s3(&c, &s3, "r").args(["backup", "logical", "--no-prune"]));
+        ok(pgkeep_s3(&c, &s3, "r").args(["backup", "physical", "--no-prune"]));
         c.switch_wal_and_wait_archived();
         let out = sync();
         assert!(
@@ -752,7 +745,7 @@ fn offsite_retention_keeps_the_newest_bundles_and_the_wal_the_oldest_kept_one_ne
     for d in [c.pgdata(), c.wal_archive(), c.backups()] {
         empty_dir(&d);
     }
-    let out = ok(pgkeep(&c, &s3, "r")
+    let out = ok(pgkeep_s3(&c, &s3, "r")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
         .args(["bootstrap", "basebackup", "--from", &oldest_kept, "--yes"]));

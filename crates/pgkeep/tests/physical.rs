@@ -9,20 +9,7 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 use pgkeep_engine::bundle::{self, BundleKind, BundleWriter};
-use pgkeep_testkit::{TempCluster, archiving_cluster};
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .envs(c.env())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use pgkeep_testkit::{TempCluster, archiving_cluster, pgkeep_bin, pgkeep_output};
 
 /// Output of `pgkeep status`, which exits 1 here: the site is not healthy (no restore drill is
 /// recorded, among others), and says so.
@@ -79,7 +66,7 @@ fn checksum(c: &TempCluster) -> String {
 }
 
 fn backup(c: &TempCluster) -> String {
-    let out = ok(pgkeep(c, &["backup", "physical", "--json"]));
+    let out = ok(pgkeep_output(c, &["backup", "physical", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["name"].as_str().unwrap().to_owned()
 }
@@ -106,7 +93,7 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (u64, i64)> {
 
 #[test]
 fn point_in_time_recovery_to_a_target_time() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     let bundle = c.backups().join(&name);
@@ -145,7 +132,7 @@ fn point_in_time_recovery_to_a_target_time() {
     c.switch_wal_and_wait_archived();
     c.stop();
 
-    let out = pgkeep(
+    let out = pgkeep_output(
         &c,
         &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
     );
@@ -177,7 +164,7 @@ fn point_in_time_recovery_to_a_target_time() {
 
 #[test]
 fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_switch() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "300", "-c", "2"]);
@@ -185,7 +172,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     c.switch_wal_and_wait_archived();
     c.stop();
 
-    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    ok(pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]));
     c.restart();
     assert_eq!(checksum(&c), all, "every committed write is there");
 
@@ -198,7 +185,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     let all2 = checksum(&c);
     c.switch_wal_and_wait_archived();
     c.stop();
-    let out = ok(pgkeep(
+    let out = ok(pgkeep_output(
         &c,
         &[
             "bootstrap",
@@ -222,7 +209,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     // at the end of the WAL; a bootstrap without that target afterwards still works.
     c.stop();
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &[
                 "bootstrap",
@@ -238,7 +225,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
         err.contains("restore point `no_such_point` is not in the archived WAL"),
         "{err}"
     );
-    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    ok(pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]));
     c.restart();
     assert_eq!(checksum(&c), all2);
 }
@@ -249,7 +236,7 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
 /// old one's back, every committed write of the old system replayed.
 #[test]
 fn bootstrap_hands_the_archive_back_from_a_newer_system() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
@@ -269,7 +256,7 @@ fn bootstrap_hands_the_archive_back_from_a_newer_system() {
     let fresh = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --archive {} %p",
-            bin().display(),
+            pgkeep_bin().display(),
             c.wal_archive().display()
         ))
         .start();
@@ -285,7 +272,7 @@ fn bootstrap_hands_the_archive_back_from_a_newer_system() {
         Some(fresh_system.clone())
     );
 
-    let out = pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]);
+    let out = pgkeep_output(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     ok(out);
     assert!(
@@ -330,7 +317,7 @@ fn without_wal(src: &Path, dir: &Path, name: &str) {
 
 #[test]
 fn bad_input_destroys_nothing() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql(
         "postgres",
         "create table precious(x int); insert into precious values (42)",
@@ -340,13 +327,13 @@ fn bad_input_destroys_nothing() {
     c.switch_wal_and_wait_archived();
 
     // A running postmaster is refused.
-    let err = failed(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]), 3);
+    let err = failed(pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]), 3);
     assert!(err.contains("postmaster"), "{err}");
     c.stop();
     let before = fingerprint(&c.pgdata());
 
     // Without a terminal and without --yes: refused.
-    failed(pgkeep(&c, &["bootstrap", "basebackup"]), 3);
+    failed(pgkeep_output(&c, &["bootstrap", "basebackup"]), 3);
 
     // A flipped byte and a truncated copy.
     let bytes = std::fs::read(&bundle).unwrap();
@@ -368,7 +355,7 @@ fn bad_input_destroys_nothing() {
         "basebackup-20200102-0000.bundle.tar.gz",
     ] {
         let err = failed(
-            pgkeep(&c, &["bootstrap", "basebackup", "--from", bad, "--yes"]),
+            pgkeep_output(&c, &["bootstrap", "basebackup", "--from", bad, "--yes"]),
             3,
         );
         assert!(err.contains(bad), "{err}");
@@ -377,7 +364,7 @@ fn bad_input_destroys_nothing() {
 
     // A target before the backup ended.
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &[
                 "bootstrap",
@@ -391,7 +378,7 @@ fn bad_input_destroys_nothing() {
     );
     assert!(err.contains("before the end of backup"), "{err}");
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &["bootstrap", "basebackup", "--target-lsn", "0/1", "--yes"],
         ),
@@ -414,7 +401,7 @@ fn bad_input_destroys_nothing() {
     )
     .unwrap();
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &[
                 "bootstrap",
@@ -447,7 +434,7 @@ fn bad_input_destroys_nothing() {
     let kept = c.root().join("gap.zst");
     std::fs::rename(&gap_file, &kept).unwrap();
     let err = failed(
-        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        pgkeep_output(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
         3,
     );
     assert!(err.contains(&format!("lacks segment {gap}")), "{err}");
@@ -468,7 +455,7 @@ fn bad_input_destroys_nothing() {
         }
     }
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &[
                 "bootstrap",
@@ -495,7 +482,7 @@ fn foreign_free_start(bundle: &Path) -> String {
 
 #[test]
 fn prune_keeps_what_the_oldest_kept_backup_needs() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     let config = c.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
     let run = |args: &[&str]| {
@@ -573,7 +560,7 @@ fn prune_keeps_what_the_oldest_kept_backup_needs() {
 
 #[test]
 fn space_and_status_report_the_site() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     c.psql("postgres", "create database records");
     c.psql(
         "records",
@@ -583,7 +570,7 @@ fn space_and_status_report_the_site() {
     c.switch_wal_and_wait_archived();
 
     let space: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["space", "--json"]))).unwrap();
+        serde_json::from_str(&ok(pgkeep_output(&c, &["space", "--json"]))).unwrap();
     let vols: Vec<&str> = space["volumes"]
         .as_array()
         .unwrap()
@@ -604,11 +591,11 @@ fn space_and_status_report_the_site() {
     let big = &space["largest_tables"][0];
     assert_eq!(big["table"], "big");
     assert!(big["toast_bytes"].as_u64().unwrap() > 0 || big["table_bytes"].as_u64().unwrap() > 0);
-    let text = ok(pgkeep(&c, &["space"]));
+    let text = ok(pgkeep_output(&c, &["space"]));
     assert!(text.contains("Largest tables in records"), "{text}");
 
     let status: serde_json::Value =
-        serde_json::from_str(&unhealthy(pgkeep(&c, &["status", "--json"]))).unwrap();
+        serde_json::from_str(&unhealthy(pgkeep_output(&c, &["status", "--json"]))).unwrap();
     assert_eq!(status["server"]["up"], true);
     assert_eq!(status["server"]["in_recovery"], false);
     assert_eq!(status["archiver"]["verdict"], "ok", "{status}");
@@ -617,10 +604,10 @@ fn space_and_status_report_the_site() {
 
     c.stop();
     let status: serde_json::Value =
-        serde_json::from_str(&unhealthy(pgkeep(&c, &["status", "--json"]))).unwrap();
+        serde_json::from_str(&unhealthy(pgkeep_output(&c, &["status", "--json"]))).unwrap();
     assert_eq!(status["server"]["up"], false);
     assert!(status["wal_archive"]["files"].as_u64().unwrap() >= 1);
-    let text = unhealthy(pgkeep(&c, &["status"]));
+    let text = unhealthy(pgkeep_output(&c, &["status"]));
     assert!(text.contains("DOWN"), "{text}");
 }
 
@@ -629,7 +616,7 @@ fn space_and_status_report_the_site() {
 /// restore stands, and the error says so and what to run.
 #[test]
 fn scale_up_comes_after_recovery_and_a_failed_one_keeps_the_restore() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
@@ -680,7 +667,7 @@ fn recovery_replays_segments_archived_in_every_form() {
     let c = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --zstd-threads 4 --archive ../../wal-archive %p",
-            bin().display()
+            pgkeep_bin().display()
         ))
         .start();
     pgbench(&c, &["-i", "-s", "1", "-q"]);
@@ -713,7 +700,10 @@ fn recovery_replays_segments_archived_in_every_form() {
     let work = tempfile::tempdir().unwrap();
     let plain = |s: &str| {
         let dest = work.path().join(s);
-        ok(pgkeep(&c, &["wal", "fetch", s, dest.to_str().unwrap()]));
+        ok(pgkeep_output(
+            &c,
+            &["wal", "fetch", s, dest.to_str().unwrap()],
+        ));
         std::fs::remove_file(archive.join(format!("{s}.zst"))).unwrap();
         dest
     };
@@ -743,7 +733,7 @@ fn recovery_replays_segments_archived_in_every_form() {
     enc.finish().unwrap();
     give_to_server(&one);
 
-    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    ok(pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]));
     c.restart();
     assert_eq!(checksum(&c), all, "every write in every form was replayed");
 }
@@ -783,7 +773,7 @@ fn first_segment_in(pg_wal: &Path) -> PathBuf {
 /// segment whose headers are right but one of whose records is damaged (its CRC fails).
 #[test]
 fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touched() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     let at_backup = zst_segments(&c.wal_archive());
@@ -827,14 +817,14 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
             std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
         }
         let err = failed(
-            pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+            pgkeep_output(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
             3,
         );
         assert!(err.contains(says), "{what}: {err}");
         assert!(err.contains(&mid), "{what}: {err}");
         assert!(err.contains("nothing was changed"), "{what}: {err}");
         assert_eq!(fingerprint(&c.pgdata()), before, "{what}: PGDATA untouched");
-        let out = pgkeep(&c, &["drill", "--skip-logical"]);
+        let out = pgkeep_output(&c, &["drill", "--skip-logical"]);
         let text = pgkeep_testkit::output_text(&out);
         assert!(!out.status.success(), "{what}: the drill passed:\n{text}");
         assert!(text.contains("physical drill failed"), "{what}: {text}");
@@ -849,14 +839,14 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
     std::fs::write(&plain, &damaged).unwrap();
     std::os::unix::fs::chown(&plain, Some(c.uid()), Some(c.gid())).unwrap();
     let err = failed(
-        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        pgkeep_output(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
         3,
     );
     assert!(err.contains("would take it as the end of the WAL"), "{err}");
     assert!(err.contains(&mid), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
-    let out = pgkeep(&c, &["drill", "--skip-logical"]);
+    let out = pgkeep_output(&c, &["drill", "--skip-logical"]);
     let text = pgkeep_testkit::output_text(&out);
     assert!(!out.status.success(), "the drill passed:\n{text}");
     assert!(
@@ -870,7 +860,7 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
     c.restart();
     assert_eq!(checksum(&c), all, "the live data is intact");
     c.stop();
-    ok(pgkeep(
+    ok(pgkeep_output(
         &c,
         &["bootstrap", "basebackup", "--from", &name, "--yes"],
     ));
@@ -886,7 +876,7 @@ fn a_bad_segment_in_the_middle_of_the_archive_is_refused_before_pgdata_is_touche
 #[test]
 fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
     // System A: an early backup (pruned), WAL, a kept backup.
-    let a = archiving_cluster(&bin());
+    let a = archiving_cluster(&pgkeep_bin());
     let config = a.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nbasebackups = 2\nnightly = 7\n").unwrap();
     pgbench(&a, &["-i", "-s", "1", "-q"]);
@@ -910,7 +900,7 @@ fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
     let b = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --archive {} %p",
-            bin().display(),
+            pgkeep_bin().display(),
             a.wal_archive().display()
         ))
         .start();
@@ -1014,7 +1004,7 @@ fn prune_cuts_each_systems_wal_against_its_own_kept_backups() {
 /// drill fails; with the file back, the bootstrap follows timeline 2.
 #[test]
 fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
@@ -1027,7 +1017,7 @@ fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
     c.psql("postgres", "create table abandoned_future(x int)");
     c.switch_wal_and_wait_archived();
     c.stop();
-    let out = ok(pgkeep(
+    let out = ok(pgkeep_output(
         &c,
         &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
     ));
@@ -1047,20 +1037,20 @@ fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
     let aside = c.root().join("00000002.history");
     std::fs::rename(&history, &aside).unwrap();
     let err = failed(
-        pgkeep(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
+        pgkeep_output(&c, &["bootstrap", "basebackup", "--from", &name, "--yes"]),
         3,
     );
     assert!(err.contains("00000002.history"), "{err}");
     assert!(err.contains("timeline 2"), "{err}");
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
-    let out = pgkeep(&c, &["drill", "--skip-logical"]);
+    let out = pgkeep_output(&c, &["drill", "--skip-logical"]);
     let text = pgkeep_testkit::output_text(&out);
     assert!(!out.status.success(), "the drill passed:\n{text}");
     assert!(text.contains("00000002.history"), "{text}");
 
     std::fs::rename(&aside, &history).unwrap();
-    ok(pgkeep(
+    ok(pgkeep_output(
         &c,
         &["bootstrap", "basebackup", "--from", &name, "--yes"],
     ));
@@ -1079,7 +1069,7 @@ fn a_missing_history_file_is_refused_not_followed_down_the_wrong_timeline() {
 /// segment does not stand in the way, and the data is exactly as at the target.
 #[test]
 fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     let start = foreign_free_start(&c.backups().join(&name));
@@ -1126,7 +1116,7 @@ fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
     // A gap before the target: refused, PGDATA untouched.
     let (back, kept) = hide(&before_l);
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &["bootstrap", "basebackup", "--target-lsn", &l, "--yes"],
         ),
@@ -1138,7 +1128,7 @@ fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
 
     // A gap after the target's segment: no obstacle, the data is exactly as at the target.
     let (back, kept) = hide(&after_l);
-    let out = ok(pgkeep(
+    let out = ok(pgkeep_output(
         &c,
         &["bootstrap", "basebackup", "--target-lsn", &l, "--yes"],
     ));
@@ -1155,7 +1145,7 @@ fn an_lsn_target_needs_exactly_the_segments_up_to_it() {
 /// twice is warned about (PostgreSQL stops at the first), and an existing one is reached exactly.
 #[test]
 fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     let name = backup(&c);
     pgbench(&c, &["-n", "-t", "100", "-c", "2"]);
@@ -1178,7 +1168,7 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     let before = fingerprint(&c.pgdata());
 
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &[
                 "bootstrap",
@@ -1201,7 +1191,7 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     // (PostgreSQL then refuses to promote: exit 1, the old contents kept aside here).
     std::thread::sleep(Duration::from_millis(1100));
     let late = jiff::Timestamp::now().to_string();
-    let out = pgkeep(
+    let out = pgkeep_output(
         &c,
         &[
             "bootstrap",
@@ -1226,7 +1216,7 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     );
     assert_eq!(out.status.code(), Some(1), "{stderr}");
 
-    let out = pgkeep(
+    let out = pgkeep_output(
         &c,
         &[
             "bootstrap",
@@ -1242,7 +1232,7 @@ fn a_restore_point_target_is_looked_up_in_the_archive_before_pgdata_is_touched()
     ok(out);
     assert!(stderr.contains("`twice` occurs 2 times"), "{stderr}");
 
-    ok(pgkeep(
+    ok(pgkeep_output(
         &c,
         &[
             "bootstrap",
@@ -1286,7 +1276,7 @@ fn a_plain_host_cluster_is_replayed_on_the_run_dir_socket_and_keeps_its_owner() 
     let c = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --archive ../../wal-archive %p",
-            bin().display()
+            pgkeep_bin().display()
         ))
         .socket_on_command_line()
         .start();
@@ -1376,7 +1366,7 @@ fn bootstrap_staging(c: &TempCluster) -> Vec<PathBuf> {
 
 /// Spawn `bootstrap basebackup --yes`, wait until `ready` says so, then SIGKILL it.
 fn kill_bootstrap_when(c: &TempCluster, what: &str, ready: impl Fn() -> bool) {
-    let mut child = std::process::Command::new(bin())
+    let mut child = std::process::Command::new(pgkeep_bin())
         .envs(c.env())
         .args(["bootstrap", "basebackup", "--yes"])
         .stdout(std::process::Stdio::null())
@@ -1402,7 +1392,7 @@ fn kill_bootstrap_when(c: &TempCluster, what: &str, ready: impl Fn() -> bool) {
 /// replaying into a PGDATA the next run empties), and the next bootstrap recovers every commit.
 #[test]
 fn a_killed_bootstraps_staging_is_removed_and_its_replay_server_dies_with_it() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "3", "-q"]);
     backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
@@ -1443,7 +1433,7 @@ fn a_killed_bootstraps_staging_is_removed_and_its_replay_server_dies_with_it() {
     );
 
     // The next bootstrap starts over from the base backup and recovers every commit.
-    ok(pgkeep(&c, &["bootstrap", "basebackup", "--yes"]));
+    ok(pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]));
     assert!(bootstrap_staging(&c).is_empty());
     c.restart();
     assert_eq!(checksum(&c), all);
@@ -1462,7 +1452,7 @@ fn utc_now(c: &TempCluster) -> String {
 /// `--target-timeline 1` timeline 1's state at B comes back.
 #[test]
 fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     backup(&c);
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
@@ -1477,7 +1467,7 @@ fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
     c.switch_wal_and_wait_archived();
     c.stop();
 
-    let out = ok(pgkeep(
+    let out = ok(pgkeep_output(
         &c,
         &["bootstrap", "basebackup", "--target-time", &a, "--yes"],
     ));
@@ -1490,7 +1480,7 @@ fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
 
     let before = fingerprint(&c.pgdata());
     let err = failed(
-        pgkeep(
+        pgkeep_output(
             &c,
             &["bootstrap", "basebackup", "--target-time", &b, "--yes"],
         ),
@@ -1504,7 +1494,7 @@ fn a_target_past_a_newer_timelines_branch_point_needs_the_timeline_chosen() {
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
 
-    let out = ok(pgkeep(
+    let out = ok(pgkeep_output(
         &c,
         &[
             "bootstrap",

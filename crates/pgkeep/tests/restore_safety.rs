@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, file_names, output_text};
-
-fn pgkeep(c: &TempCluster) -> Command {
-    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
-    cmd.envs(c.env())
-        .env_remove("PGPASSWORD")
-        .env("PGKEEP_DATABASE", "records");
-    cmd
-}
+use pgkeep_testkit::{TempCluster, file_names, output_text, pgkeep};
 
 fn ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();

@@ -2,15 +2,10 @@
 //! `backups prune` once their bundle is published (so the CronJobs keep the volumes bounded),
 //! `--no-prune` skips it, and a failed backup removes nothing.
 
-use std::path::PathBuf;
 use std::process::Output;
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, archiving_cluster, file_names, output_text};
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
+use pgkeep_testkit::{TempCluster, archiving_cluster, file_names, output_text, pgkeep_bin};
 
 fn run(c: &TempCluster, config: &std::path::Path, args: &[&str]) -> Output {
     Command::cargo_bin("pgkeep")
@@ -36,7 +31,7 @@ fn bundles(c: &TempCluster, prefix: &str) -> Vec<String> {
 
 #[test]
 fn every_successful_backup_applies_retention_and_a_failed_one_removes_nothing() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     let config = c.root().join("pgkeep.toml");
     std::fs::write(&config, "[retention]\nnightly = 2\nbasebackups = 1\n").unwrap();
     c.psql("postgres", "create database records");

@@ -4,24 +4,10 @@
 //! `pgkeep status` exits 0 when healthy and 1 with the reasons when not.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, archiving_cluster, output_text};
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn pgkeep(c: &TempCluster, args: &[&str]) -> Output {
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .envs(c.env())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use pgkeep_testkit::{TempCluster, archiving_cluster, output_text, pgkeep_bin, pgkeep_output};
 
 fn ok(out: Output) -> String {
     assert!(out.status.success(), "{}", output_text(&out));
@@ -72,7 +58,7 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
 }
 
 fn metrics(c: &TempCluster) -> BTreeMap<String, f64> {
-    parse(&ok(pgkeep(c, &["metrics"])))
+    parse(&ok(pgkeep_output(c, &["metrics"])))
 }
 
 fn epoch(v: &serde_json::Value) -> f64 {
@@ -86,7 +72,7 @@ fn near(a: f64, b: f64) -> bool {
 
 #[test]
 fn records_metrics_and_status_follow_backups_drills_and_failures() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     // Nothing writes WAL behind the test's back, so "everything archived" can be asserted.
     c.psql("postgres", "alter system set autovacuum = off");
     c.psql("postgres", "alter system set checkpoint_timeout = '1d'");
@@ -99,9 +85,9 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
 
     // Backups that succeed leave success records naming their bundles.
     let l: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["backup", "logical", "--json"]))).unwrap();
+        serde_json::from_str(&ok(pgkeep_output(&c, &["backup", "logical", "--json"]))).unwrap();
     let p: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["backup", "physical", "--json"]))).unwrap();
+        serde_json::from_str(&ok(pgkeep_output(&c, &["backup", "physical", "--json"]))).unwrap();
     let recs = records(&c);
     assert_eq!(recs.len(), 2, "{recs:#?}");
     let by_kind = |kind: &str| -> Vec<serde_json::Value> {
@@ -123,7 +109,7 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
 
     // A backup that fails (the server is down) leaves a failure record with the error.
     c.stop();
-    let out = pgkeep(&c, &["backup", "logical"]);
+    let out = pgkeep_output(&c, &["backup", "logical"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let logical = by_kind("logical");
     assert_eq!(logical.len(), 2);
@@ -150,9 +136,9 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
     // Back up; a logical backup that succeeds again; a drill; then every value.
     c.restart();
     let l: serde_json::Value =
-        serde_json::from_str(&ok(pgkeep(&c, &["backup", "logical", "--json"]))).unwrap();
+        serde_json::from_str(&ok(pgkeep_output(&c, &["backup", "logical", "--json"]))).unwrap();
     c.switch_wal_and_wait_archived();
-    ok(pgkeep(&c, &["drill"]));
+    ok(pgkeep_output(&c, &["drill"]));
     let drill = by_kind("drill");
     assert_eq!(drill.len(), 1);
     assert_eq!(drill[0]["outcome"], "success");
@@ -222,24 +208,24 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
 
     // Healthy: exit 0 (this machine's shared disk may be nearly full, so the free-space floor
     // is lowered here; the default is tested as a unit).
-    let out = pgkeep(&c, &["status", "--json", "--min-free-percent", "0"]);
+    let out = pgkeep_output(&c, &["status", "--json", "--min-free-percent", "0"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(v["health"]["healthy"], true, "{v:#}");
 
     // The last logical backup failed: exit 1, the reason named, in text and JSON.
     c.stop();
-    let out = pgkeep(&c, &["backup", "logical"]);
+    let out = pgkeep_output(&c, &["backup", "logical"]);
     assert_eq!(out.status.code(), Some(1));
     c.restart();
-    let out = pgkeep(&c, &["status", "--min-free-percent", "0"]);
+    let out = pgkeep_output(&c, &["status", "--min-free-percent", "0"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("UNHEALTHY") && text.contains("backup_failed"),
         "{text}"
     );
-    let out = pgkeep(&c, &["status", "--json", "--min-free-percent", "0"]);
+    let out = pgkeep_output(&c, &["status", "--json", "--min-free-percent", "0"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["health"]["healthy"], false);
@@ -264,14 +250,15 @@ fn records_metrics_and_status_follow_backups_drills_and_failures() {
     let expect = free / (used / (2.0 * 86400.0));
     assert!(f > expect * 0.5 && f < expect * 2.0, "{f} vs {expect}");
     // `space` shows the same forecast per volume.
-    let v: serde_json::Value = serde_json::from_str(&ok(pgkeep(&c, &["space", "--json"]))).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(pgkeep_output(&c, &["space", "--json"]))).unwrap();
     let sf = v["full_forecast_seconds"]["backups"].as_f64().unwrap();
     assert!(sf > expect * 0.5 && sf < expect * 2.0, "{sf} vs {expect}");
-    let text = ok(pgkeep(&c, &["space"]));
+    let text = ok(pgkeep_output(&c, &["space"]));
     assert!(text.contains("backups      full in about"), "{text}");
-    let ok_backup = ok(pgkeep(&c, &["backup", "logical", "--no-prune"]));
+    let ok_backup = ok(pgkeep_output(&c, &["backup", "logical", "--no-prune"]));
     assert!(!ok_backup.is_empty());
-    let out = pgkeep(&c, &["status", "--json", "--min-free-percent", "0"]);
+    let out = pgkeep_output(&c, &["status", "--json", "--min-free-percent", "0"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let forecast_flagged = v["health"]["problems"]
         .as_array()
@@ -323,7 +310,7 @@ fn listen_serves_metrics_per_scrape_and_stops_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(bin())
+    let mut child = std::process::Command::new(pgkeep_bin())
         .envs(c.env())
         .args(["metrics", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(std::process::Stdio::null())
@@ -365,7 +352,7 @@ fn bundles_without_records_count_as_successes() {
     // success, so neither the metric nor the alert says "no backup".
     let c = TempCluster::start();
     c.psql("postgres", "create database records");
-    let l: serde_json::Value = serde_json::from_str(&ok(pgkeep(
+    let l: serde_json::Value = serde_json::from_str(&ok(pgkeep_output(
         &c,
         &["backup", "logical", "--json", "--no-prune"],
     )))

@@ -1,20 +1,10 @@
 //! `pgkeep wal push` / `wal fetch` against a real PostgreSQL whose archive_command is pgkeep.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use pgkeep_testkit::{TempCluster, archiving_cluster, noise, wal_like};
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
-
-fn pgkeep(c: &TempCluster) -> Command {
-    let mut cmd = Command::cargo_bin("pgkeep").unwrap();
-    cmd.envs(c.env());
-    cmd
-}
+use pgkeep_testkit::{archiving_cluster, noise, pgkeep, pgkeep_bin, wal_like};
 
 fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
@@ -33,7 +23,7 @@ fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn postgres_archives_through_pgkeep_and_pushes_are_idempotent_or_refused() {
-    let c = archiving_cluster(&bin());
+    let c = archiving_cluster(&pgkeep_bin());
     let name = c.switch_wal_and_wait_archived();
     let archived = c.wal_archive().join(format!("{name}.zst"));
     assert!(archived.is_file(), "compressed with zstd by default");
@@ -104,7 +94,7 @@ fn a_killed_push_leaves_no_truncated_segment_and_the_next_push_succeeds() {
     std::fs::write(&seg, wal_like(name, 64 << 20, 7)).unwrap();
 
     // zstd level 19 on 64 MiB of noise takes many seconds: kill it half-way.
-    let mut child = std::process::Command::new(bin())
+    let mut child = std::process::Command::new(pgkeep_bin())
         .args(["wal", "push", "--zstd-level", "19", "--archive"])
         .arg(&archive)
         .arg(&seg)

@@ -9,12 +9,11 @@
 //! works. Run with `--nocapture` for the figures.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::Command;
 use pgkeep_engine::wal::{Archive, WalKind};
-use pgkeep_testkit::{TempCluster, file_names, output_text};
+use pgkeep_testkit::{TempCluster, file_names, output_text, pgkeep, pgkeep_bin};
 
 const DAYS: i64 = 400;
 const NIGHTLY: usize = 7;
@@ -22,10 +21,6 @@ const BASEBACKUPS: usize = 3;
 const DAY: i64 = 86400;
 /// A Monday, 00:00 UTC: simulated day 0.
 const START: &str = "2027-01-04T00:00:00Z";
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("pgkeep")
-}
 
 fn start() -> jiff::Timestamp {
     START.parse().unwrap()
@@ -38,12 +33,9 @@ fn at(d: i64, secs: i64) -> jiff::Timestamp {
         .unwrap()
 }
 
-fn pgkeep(c: &TempCluster, config: &Path, now: jiff::Timestamp, args: &[&str]) -> Output {
-    Command::cargo_bin("pgkeep")
-        .unwrap()
-        .envs(c.env())
+fn pgkeep_at(c: &TempCluster, config: &Path, now: jiff::Timestamp, args: &[&str]) -> Output {
+    pgkeep(c)
         .env("PGKEEP_CONFIG", config)
-        .env("PGKEEP_DATABASE", "records")
         .env("PGKEEP_TEST_NOW", now.to_string())
         .args(args)
         .output()
@@ -95,7 +87,7 @@ fn a_simulated_year_keeps_the_retention_the_wal_the_window_and_the_volumes_bound
     let c = TempCluster::options()
         .archive_command(&format!(
             "{} wal push --archive ../../wal-archive %p",
-            bin().display()
+            pgkeep_bin().display()
         ))
         .wal_segsize_mb(1)
         .setting("autovacuum", "off")
@@ -137,11 +129,11 @@ fn a_simulated_year_keeps_the_retention_the_wal_the_window_and_the_volumes_bound
         );
         timed(0, t);
         let t = std::time::Instant::now();
-        ok(pgkeep(&c, &config, at(d, 3600), &["backup", "logical"]));
+        ok(pgkeep_at(&c, &config, at(d, 3600), &["backup", "logical"]));
         timed(1, t);
         if d % 7 == 6 {
             let t = std::time::Instant::now();
-            let v: serde_json::Value = serde_json::from_str(&ok(pgkeep(
+            let v: serde_json::Value = serde_json::from_str(&ok(pgkeep_at(
                 &c,
                 &config,
                 at(d, 3 * 3600),
@@ -157,7 +149,7 @@ fn a_simulated_year_keeps_the_retention_the_wal_the_window_and_the_volumes_bound
         }
         if d % 91 == 6 {
             let t = std::time::Instant::now();
-            let v: serde_json::Value = serde_json::from_str(&ok(pgkeep(
+            let v: serde_json::Value = serde_json::from_str(&ok(pgkeep_at(
                 &c,
                 &config,
                 at(d, 6 * 3600),
@@ -208,7 +200,7 @@ fn a_simulated_year_keeps_the_retention_the_wal_the_window_and_the_volumes_bound
     let archive_bytes: u64 = archive.iter().map(|f| f.size).sum();
 
     // Metrics at the end of the year: counts, the window, the newest runs.
-    let m = metrics(&ok(pgkeep(&c, &config, end, &["metrics"])));
+    let m = metrics(&ok(pgkeep_at(&c, &config, end, &["metrics"])));
     assert_eq!(m[r#"pgkeep_backups{kind="logical"}"#], NIGHTLY as f64);
     assert_eq!(m[r#"pgkeep_backups{kind="physical"}"#], BASEBACKUPS as f64);
     let window = m["pgkeep_recovery_window_start_timestamp_seconds"];
@@ -269,7 +261,7 @@ fn a_simulated_year_keeps_the_retention_the_wal_the_window_and_the_volumes_bound
     // PITR from the oldest kept base backup to a restore point two days before the end.
     let target_day = DAYS - 3;
     c.stop();
-    ok(pgkeep(
+    ok(pgkeep_at(
         &c,
         &config,
         end,

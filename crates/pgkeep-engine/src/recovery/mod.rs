@@ -735,6 +735,11 @@ mod tests {
             restore_command(Path::new("/opt/my tools/pgkeep"), Path::new("/a'b"), "1"),
             r"'/opt/my tools/pgkeep' wal fetch --archive '/a'\''b' --sysid 1 %f %p"
         );
+        // PostgreSQL expands `%` before the shell runs: the path's own are doubled.
+        assert_eq!(
+            restore_command(Path::new("/usr/bin/pgkeep"), Path::new("/wal%p 100%"), "1"),
+            "/usr/bin/pgkeep wal fetch --archive '/wal%%p 100%%' --sysid 1 %f %p"
+        );
     }
 
     #[test]

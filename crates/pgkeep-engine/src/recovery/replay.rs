@@ -2,6 +2,7 @@
 //! PostgreSQL, waiting for recovery to end and turning its log into a clear error.
 
 use super::*;
+use crate::db::query_err;
 
 /// Settings that must be at least the values the backed-up server ran with.
 pub(super) const REQUIRED_PARAMETERS: [(&str, &str); 5] = [
@@ -63,18 +64,19 @@ pub(super) fn required_parameter_overrides(
     Ok(needed)
 }
 
-/// The restore_command pgkeep writes: every segment is checked to belong to `system`.
+/// The restore_command pgkeep writes: every segment is checked to belong to `system`. Each word
+/// is quoted for PostgreSQL's `%` expansion as well as for the shell.
 pub fn restore_command(pgkeep: &Path, archive: &Path, system: &str) -> String {
     format!(
         "{} wal fetch --archive {} --sysid {} %f %p",
-        crate::tools::shell_quote(&pgkeep.to_string_lossy()),
-        crate::tools::shell_quote(&archive.to_string_lossy()),
-        crate::tools::shell_quote(system)
+        crate::tools::shell_quote_for_pg_command(&pgkeep.to_string_lossy()),
+        crate::tools::shell_quote_for_pg_command(&archive.to_string_lossy()),
+        crate::tools::shell_quote_for_pg_command(system)
     )
 }
 
 pub(super) fn conf_line(k: &str, v: &str) -> String {
-    format!("{k} = '{}'\n", v.replace('\'', "''"))
+    crate::server::conf_line(k, v)
 }
 
 /// Step: recovery.signal and the recovery settings (a marked block in postgresql.auto.conf,
@@ -293,10 +295,7 @@ impl Db {
                 &[],
             )
             .await
-            .map_err(|e| DbError::Query {
-                what: "reading the recovery state",
-                message: e.to_string(),
-            })?;
+            .map_err(query_err("reading the recovery state"))?;
         Ok(RecoveryState {
             in_recovery: row.get(0),
             paused: row.get(1),
@@ -310,20 +309,14 @@ impl Db {
         self.client()
             .batch_execute("select pg_wal_replay_resume()")
             .await
-            .map_err(|e| DbError::Query {
-                what: "resuming WAL replay",
-                message: e.to_string(),
-            })
+            .map_err(query_err("resuming WAL replay"))
     }
 
     pub(super) async fn reload_conf(&self) -> Result<(), DbError> {
         self.client()
             .batch_execute("select pg_reload_conf()")
             .await
-            .map_err(|e| DbError::Query {
-                what: "reloading the configuration",
-                message: e.to_string(),
-            })
+            .map_err(query_err("reloading the configuration"))
     }
 }
 

@@ -17,7 +17,14 @@
 //! - [`debug_perms`] (`pg.debug.perms`): the db container's mounts with the double-mount
 //!   verdict, `pgkeep debug perms --local` run in it, the init containers' last 100 lines, and
 //!   the pod's events; works on a crash-looping pod (each part reports its own failure).
+//! - [`wait_bootstrapped`]: after a bootstrap Job that succeeded, wait for the db pod its
+//!   scale-up started (the laptop's last step of `pg.bootstrap.basebackup`).
 //! - [`exec_in_db`] (`pg.sanity`, `pg.space`, status): a command in the Ready db pod.
+//! - [`exec_in_loader`] (`backups list|verify`): loader up (`pg.backups.loader`), then a
+//!   command in it.
+//!
+//! The Job-running flows take a [`FlowCtx`]: the Job's log source and sink, the stop signal and
+//! how the Job is followed.
 //!
 //! Confirmation prompts (`--yes`) belong to the commands, before these are called.
 //!
@@ -31,6 +38,7 @@ use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::FutureExt as _;
 
@@ -48,13 +56,23 @@ use super::exec::{
 };
 use super::job::{JobOutcome, JobRunOptions, run_job};
 use super::pods::{
-    LoaderUp, MountVerdict, loader_up, mount_check, pod_name, pod_phase, pods_with_labels,
-    ready_pod,
+    LoaderUp, MountVerdict, first_container, loader_up, mount_check, pod_name, pod_phase,
+    pods_with_labels, ready_pod,
 };
 use super::pvc::{PvcReport, ensure_pvcs};
 use super::scale::{RolledOut, Scaled, scale, wait_rollout};
 use super::secret::{SecretOutcome, ensure_secret_with_password};
 use super::{Cluster, OpsError, Wait};
+
+/// What every flow that runs a Job takes besides its own inputs: where the Job's pod log is read
+/// from (`logs`) and copied to (`sink`), the stop signal (`stop`: Ctrl-C, see the module docs)
+/// and how the Job is followed (`opts`).
+pub struct FlowCtx<'a, L, W, S> {
+    pub logs: &'a L,
+    pub sink: &'a mut W,
+    pub stop: S,
+    pub opts: &'a JobRunOptions,
+}
 
 /// What [`deploy`] deploys (rendered by the manifests).
 #[derive(Debug, Clone)]
@@ -211,23 +229,25 @@ async fn interrupted_after_scale(
 /// `pg.wipe` / `pg.bootstrap.basebackup`: read the replicas the Deployment has, scale it to 0,
 /// wait until its pods (`app=<app>`) are gone, then [`run_job`]. Returns the scale report and
 /// the Job's outcome. `stop` is watched throughout (see the module docs).
-#[allow(clippy::too_many_arguments)]
 pub async fn scale_down_and_run<L, W, S>(
     cluster: &Cluster,
     deployment: &str,
     app: &str,
     scale_wait: Wait,
     job: Job,
-    logs: &L,
-    sink: &mut W,
-    stop: S,
-    opts: &JobRunOptions,
+    run: FlowCtx<'_, L, W, S>,
 ) -> Result<(Scaled, JobOutcome), OpsError>
 where
     L: LogStream,
     W: Write + Send,
     S: Future<Output = ()>,
 {
+    let FlowCtx {
+        logs,
+        sink,
+        stop,
+        opts,
+    } = run;
     let mut stop = std::pin::pin!(stop);
     let label = job_label(&job);
     // `biased`: a stop that arrived together with an answer wins (tests rely on it).
@@ -267,7 +287,6 @@ pub struct BootstrapReport {
 /// `pg.bootstrap.basebackup`: server-side apply `rbac` (the rendered bootstrap-rbac.yaml, field
 /// manager `pgkeep`), then [`scale_down_and_run`] the bootstrap `job`. The Job's own
 /// `--scale-up` brings the Deployment back ([`scale_up_in_job`]); this flow does not.
-#[allow(clippy::too_many_arguments)]
 pub async fn bootstrap_basebackup<L, W, S>(
     cluster: &Cluster,
     rbac: &[Value],
@@ -275,16 +294,19 @@ pub async fn bootstrap_basebackup<L, W, S>(
     app: &str,
     scale_wait: Wait,
     job: Job,
-    logs: &L,
-    sink: &mut W,
-    stop: S,
-    opts: &JobRunOptions,
+    run: FlowCtx<'_, L, W, S>,
 ) -> Result<BootstrapReport, OpsError>
 where
     L: LogStream,
     W: Write + Send,
     S: Future<Output = ()>,
 {
+    let FlowCtx {
+        logs,
+        sink,
+        stop,
+        opts,
+    } = run;
     let mut stop = std::pin::pin!(stop);
     let rbac = tokio::select! {
         biased;
@@ -299,10 +321,13 @@ where
         tracing::info!("{a}");
     }
     tracing::info!("scaling deployment/{deployment} to 0 before the bootstrap Job");
-    let (scaled, job) = scale_down_and_run(
-        cluster, deployment, app, scale_wait, job, logs, sink, stop, opts,
-    )
-    .await?;
+    let run = FlowCtx {
+        logs,
+        sink,
+        stop,
+        opts,
+    };
+    let (scaled, job) = scale_down_and_run(cluster, deployment, app, scale_wait, job, run).await?;
     Ok(BootstrapReport { rbac, scaled, job })
 }
 
@@ -322,6 +347,50 @@ pub async fn scale_up_in_job(
     scale(cluster, deployment, app, 1, wait).await
 }
 
+/// What [`restore_upload`] uploads, and to where.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadInput<'a> {
+    /// The backups-loader pod (rendered): created when missing, left running.
+    pub loader: &'a Pod,
+    /// How long to wait for the loader pod to be Ready.
+    pub loader_wait: Wait,
+    /// The local file.
+    pub local: &'a Path,
+    /// Where in the loader pod it goes, and the program that receives it.
+    pub upload: &'a UploadRequest,
+}
+
+/// How long to wait for the db pod after a bootstrap Job succeeded ([`wait_bootstrapped`]): a
+/// clean start after recovery. The startup probe allows longer, but a pod that is not Ready by
+/// then needs a person's look.
+pub const BOOTSTRAP_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What [`wait_bootstrapped`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterBootstrap {
+    /// The db pod the Job's scale-up started is Ready.
+    Ready(RolledOut),
+    /// The stop signal came first: the Deployment stays scaled up and its pod keeps starting.
+    Stopped,
+}
+
+/// The step after a bootstrap Job that succeeded: the Job scaled the Deployment up itself
+/// ([`scale_up_in_job`]) without waiting (its pod held the data volume), so wait here for the
+/// rollout ([`wait_rollout`]) within `wait`, until `stop` comes.
+pub async fn wait_bootstrapped<S: Future<Output = ()>>(
+    cluster: &Cluster,
+    deployment: &str,
+    app: &str,
+    wait: Wait,
+    stop: S,
+) -> Result<AfterBootstrap, OpsError> {
+    tokio::select! {
+        biased;
+        _ = stop => Ok(AfterBootstrap::Stopped),
+        r = wait_rollout(cluster, deployment, app, wait) => r.map(AfterBootstrap::Ready),
+    }
+}
+
 /// Reports of [`restore_upload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreUploadReport {
@@ -338,20 +407,13 @@ pub struct RestoreUploadReport {
 /// (checksum verified in the pod before anything is restored). Then the restore Job, followed;
 /// told [`REMOVE_IF_REFUSED`](crate::manifests::jobs::REMOVE_IF_REFUSED) when the file was
 /// uploaded here (not reused), so a refused restore leaves no upload behind.
-#[allow(clippy::too_many_arguments)]
 pub async fn restore_upload<E, L, W, S>(
     cluster: &Cluster,
-    loader: &Pod,
-    loader_wait: Wait,
+    input: &UploadInput<'_>,
     exec: &E,
-    local: &Path,
-    upload: &UploadRequest,
     progress: &mut (dyn FnMut(UploadProgress) + Send),
     job: Job,
-    logs: &L,
-    sink: &mut W,
-    stop: S,
-    opts: &JobRunOptions,
+    run: FlowCtx<'_, L, W, S>,
 ) -> Result<RestoreUploadReport, OpsError>
 where
     E: Exec,
@@ -359,6 +421,18 @@ where
     W: Write + Send,
     S: Future<Output = ()>,
 {
+    let UploadInput {
+        loader,
+        loader_wait,
+        local,
+        upload,
+    } = *input;
+    let FlowCtx {
+        logs,
+        sink,
+        stop,
+        opts,
+    } = run;
     let mut stop = std::pin::pin!(stop);
     let when = "(Ctrl-C) before the restore Job was created";
     let loader = tokio::select! {
@@ -517,6 +591,38 @@ pub async fn exec_in_db<E: Exec>(
     exec.exec(&req, None).await
 }
 
+/// What [`exec_in_loader`] did.
+#[derive(Debug)]
+pub struct LoaderExec {
+    /// The loader pod, and whether this call created it (it is left running either way).
+    pub loader: LoaderUp,
+    /// The command's output (a command that ran and failed is `Ok` with its exit code), or why
+    /// it could not run.
+    pub output: Result<ExecOutput, OpsError>,
+}
+
+/// A command in the backups-loader pod (`backups list|verify --kube`: the one long-running pod
+/// that mounts the backups volume): [`loader_up`] (created from the rendered `loader` when
+/// missing, and left running), then `command` in its container. Fails only when the loader
+/// cannot be brought up; once it is, the exec's own result is in the report, so that the caller
+/// can say the pod was created even when the command could not run.
+pub async fn exec_in_loader<E: Exec>(
+    cluster: &Cluster,
+    loader: &Pod,
+    wait: Wait,
+    exec: &E,
+    command: Vec<String>,
+) -> Result<LoaderExec, OpsError> {
+    let up = loader_up(cluster, loader, wait).await?;
+    let req = ExecRequest {
+        pod: up.pod.clone(),
+        container: first_container(loader),
+        command,
+    };
+    let output = exec.exec(&req, None).await;
+    Ok(LoaderExec { loader: up, output })
+}
+
 /// Everything `debug perms` shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DebugPermsReport {
@@ -532,19 +638,36 @@ pub struct DebugPermsReport {
     pub events: Vec<String>,
 }
 
+/// Which pod [`debug_perms`] looks at, and what it checks there.
+#[derive(Debug, Clone)]
+pub struct DebugPermsInput<'a> {
+    /// The pods labelled `app=<app>` (the newest is looked at).
+    pub app: &'a str,
+    /// The db container, and the init containers whose last lines are shown.
+    pub container: &'a str,
+    pub init_containers: &'a [&'a str],
+    /// The data volume's mount path and PGDATA, for the double-mount verdict.
+    pub pgroot: &'a str,
+    pub pgdata: &'a str,
+    /// `pgkeep debug perms --local` (with its flags), run in the db container.
+    pub local_command: Vec<String>,
+}
+
 /// `pg.debug.perms` for the newest pod labelled `app=<app>`, Ready or not.
-#[allow(clippy::too_many_arguments)]
 pub async fn debug_perms<E: Exec, L: LogStream>(
     cluster: &Cluster,
-    app: &str,
-    container: &str,
-    init_containers: &[&str],
-    pgroot: &str,
-    pgdata: &str,
-    local_command: Vec<String>,
+    input: DebugPermsInput<'_>,
     exec: &E,
     logs: &L,
 ) -> Result<DebugPermsReport, OpsError> {
+    let DebugPermsInput {
+        app,
+        container,
+        init_containers,
+        pgroot,
+        pgdata,
+        local_command,
+    } = input;
     let pods = pods_with_labels(cluster, &format!("app={app}")).await?;
     let Some(pod) = pods.last() else {
         return Err(OpsError::NotFound {

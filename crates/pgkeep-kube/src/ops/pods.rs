@@ -39,6 +39,15 @@ pub fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or("")
 }
 
+/// The name of a (rendered) pod's first container: the one to exec into for a one-container
+/// helper pod like the backups loader.
+pub fn first_container(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+}
+
 /// The pod's phase (`Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`).
 pub fn pod_phase(pod: &Pod) -> &str {
     pod.status

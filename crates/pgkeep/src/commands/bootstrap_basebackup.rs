@@ -210,24 +210,7 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if args.json {
         crate::output::print_json(&report)?;
     } else {
-        println!(
-            "restored {}: recovery ended at {} on timeline {}; last replayed transaction {}{}",
-            report.bundle,
-            report.end_lsn.as_deref().unwrap_or("?"),
-            report
-                .timeline
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| "?".into()),
-            report
-                .last_replayed_xact_time
-                .as_deref()
-                .unwrap_or("(none)"),
-            report
-                .stop_reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        );
+        println!("{}", crate::output::bootstrap_summary(&report));
         println!(
             "PostgreSQL {} (server log: {})",
             if report.left_running {

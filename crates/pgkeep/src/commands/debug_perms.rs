@@ -29,6 +29,18 @@ pub struct Args {
     pub json: bool,
 }
 
+impl Args {
+    /// This command's line (after `pgkeep`) with every option as parsed here, for the same command
+    /// run in the db container; `cli.rs` tests that it parses back to the same arguments.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut a = vec!["debug".to_owned(), "perms".to_owned()];
+        if self.json {
+            a.push("--json".to_owned());
+        }
+        a
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct DirInfo {
     role: &'static str,
@@ -278,22 +290,22 @@ async fn perms_kube(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         .map(|c| c.name.clone())
         .collect();
     let init: Vec<&str> = init.iter().map(String::as_str).collect();
-    let mut command: Vec<String> = ["pgkeep", "debug", "perms", "--local"]
-        .map(str::to_owned)
-        .to_vec();
-    if args.json {
-        command.push("--json".into());
-    }
+    let mut command = vec!["pgkeep".to_owned()];
+    command.extend(args.to_argv());
+    command.push("--local".to_owned());
     let pgroot = s.paths.pgroot.display().to_string();
     let pgdata = s.paths.pgdata.display().to_string();
+    let input = flows::DebugPermsInput {
+        app: &s.kube.app,
+        container: &s.kube.container,
+        init_containers: &init,
+        pgroot: &pgroot,
+        pgdata: &pgdata,
+        local_command: command,
+    };
     let report = flows::debug_perms(
         &cluster,
-        &s.kube.app,
-        &s.kube.container,
-        &init,
-        &pgroot,
-        &pgdata,
-        command,
+        input,
         &KubeExec {
             cluster: cluster.clone(),
         },

@@ -18,7 +18,7 @@ use pgkeep_engine::datadir::{self, PrepMode};
 use pgkeep_engine::db::{ConnParams, Db};
 use pgkeep_engine::server::{self, InitDb, ManagedConf, RunAs};
 use pgkeep_engine::settings::Settings;
-use pgkeep_engine::tools::PgBin;
+use pgkeep_engine::tools::{PgBin, shell_quote_for_pg_command};
 use pgkeep_engine::{logical, physical, recovery};
 
 use crate::cli::Ctx;
@@ -255,8 +255,8 @@ fn start(site: &Site) -> anyhow::Result<()> {
             "archive_command",
             format!(
                 "{} wal push --archive {} %p",
-                site.exe.display(),
-                s.paths.wal_archive.display()
+                shell_quote_for_pg_command(&site.exe.to_string_lossy()),
+                shell_quote_for_pg_command(&s.paths.wal_archive.to_string_lossy())
             ),
         );
     server::write_managed_conf(&s.paths.pgdata, &conf, site.run_as)?;
@@ -419,16 +419,7 @@ async fn bootstrap(site: &Site, later: i64) -> anyhow::Result<()> {
         },
     )
     .await?;
-    println!(
-        "   recovered from {}: end LSN {}, timeline {}, last replayed transaction {}",
-        report.bundle,
-        report.end_lsn.as_deref().unwrap_or("?"),
-        report
-            .timeline
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "?".into()),
-        report.last_replayed_xact_time.as_deref().unwrap_or("?")
-    );
+    println!("   {}", crate::output::bootstrap_summary(&report));
     let db = Db::connect(&site.params()).await?;
     let found = db.demo_count_after_backup().await?;
     if found != later {

@@ -153,7 +153,7 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
             .name
             .clone()
             .unwrap_or_else(|| jobs::LOADER.into()),
-        container: crate::cluster::pod_container(&loader),
+        container: pgkeep_kube::ops::pods::first_container(&loader),
         program: "pgkeep".into(),
         dest: dest.clone(),
     };
@@ -176,19 +176,25 @@ async fn upload_kube(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
     tracing::info!(
         "uploading {name}, then the restore-from-upload Job runs (its last 50 log lines are shown when it ends)"
     );
+    let input = flows::UploadInput {
+        loader: &loader,
+        loader_wait: crate::cluster::wait_secs(300),
+        local: &args.file,
+        upload: &upload,
+    };
+    let run = flows::FlowCtx {
+        logs: &logs,
+        sink: &mut std::io::sink(),
+        stop: stop.into_future(),
+        opts: &crate::cluster::job_options(),
+    };
     let report = flows::restore_upload(
         &cluster,
-        &loader,
-        crate::cluster::wait_secs(300),
+        &input,
         &exec,
-        &args.file,
-        &upload,
         &mut on_progress,
         upload_job(s, &dest, &args.restore),
-        &logs,
-        &mut std::io::sink(),
-        stop.into_future(),
-        &crate::cluster::job_options(),
+        run,
     )
     .await;
     bar.finish_and_clear();

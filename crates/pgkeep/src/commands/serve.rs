@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use pgkeep_engine::postmaster::{self, Postmaster, ServeConfig, Signals};
-use pgkeep_engine::tools::PgBin;
+use pgkeep_engine::tools::{PgBin, shell_quote_for_pg_command};
 
 use crate::cli::Ctx;
 
@@ -33,15 +33,12 @@ fn archive_command() -> String {
         .ok()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "pgkeep".to_owned());
-    let quoted = if exe
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
-    {
-        exe
-    } else {
-        format!("'{}'", exe.replace('\'', r"'\''"))
-    };
-    format!("{quoted} wal push %p")
+    archive_command_of(&exe)
+}
+
+/// `EXE wal push %p`, with EXE quoted for PostgreSQL's `%` expansion and for the shell.
+fn archive_command_of(exe: &str) -> String {
+    format!("{} wal push %p", shell_quote_for_pg_command(exe))
 }
 
 /// PostgreSQL's own exit code once it stopped (0 when it stopped cleanly).
@@ -92,4 +89,26 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
     }
     // A code outside 0..=255 cannot come from a wait status; if it did, it is a failure.
     Ok(u8::try_from(code).unwrap_or(crate::exit::FAILED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_command_quotes_the_binary_for_postgresql_and_the_shell() {
+        assert_eq!(
+            archive_command_of("/usr/local/bin/pgkeep"),
+            "/usr/local/bin/pgkeep wal push %p"
+        );
+        assert_eq!(
+            archive_command_of("/opt/it's here/pgkeep"),
+            r"'/opt/it'\''s here/pgkeep' wal push %p"
+        );
+        // A `%` of the path is doubled, or PostgreSQL would expand `%p` in it.
+        assert_eq!(
+            archive_command_of("/opt/100%p/pgkeep"),
+            "/opt/100%%p/pgkeep wal push %p"
+        );
+    }
 }
