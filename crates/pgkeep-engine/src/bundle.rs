@@ -163,6 +163,14 @@ impl<W: Write> MultiGz<W> {
         Ok(())
     }
 
+    /// End the current gzip member: what is written next starts a new one.
+    fn boundary(&mut self) -> io::Result<()> {
+        if let Some((enc, _)) = self.current.take() {
+            self.inner = Some(enc.finish()?);
+        }
+        Ok(())
+    }
+
     fn encoder(&mut self) -> &mut GzEncoder<W> {
         if self.current.is_none() {
             let w = self.inner.take().expect("writer present");
@@ -220,6 +228,11 @@ impl<R: Read> Read for HashingReader<R> {
         self.count += n as u64;
         Ok(n)
     }
+}
+
+/// Hex SHA-256 of bytes in memory.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// SHA-256 of a file, streamed.
@@ -359,6 +372,21 @@ impl BundleWriter {
     /// Add in-memory bytes under `name`.
     pub fn append_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
         self.append_reader(name, bytes.len() as u64, Level::for_name(name), bytes)
+    }
+
+    /// [`append_bytes`](Self::append_bytes) starting a gzip member of its own, so the member
+    /// can be read from the bundle's tail without reading the rest
+    /// ([`crate::catalog::peek_member`]).
+    pub fn append_bytes_at_boundary(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), BundleError> {
+        self.builder
+            .get_mut()
+            .boundary()
+            .map_err(|e| self.io_err(e))?;
+        self.append_bytes(name, bytes)
     }
 
     /// Add a directory tree under `name/` (files sorted; symlinks and special files refused).
@@ -669,6 +697,31 @@ fn check_against_manifest(archive: &Path, c: &Contents) -> Result<(), BundleErro
         });
     }
     Ok(())
+}
+
+/// One regular-file member's bytes (at most `limit`), reading the archive from its start until
+/// the member turns up. Nothing is verified here: the caller checks the bytes against a digest.
+pub fn read_member(
+    archive: &Path,
+    member: &str,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, BundleError> {
+    let f = File::open(archive).fs_ctx("open", archive)?;
+    let mut tar = tar::Archive::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f)));
+    for entry in tar.entries().map_err(|e| corrupt(archive, e))? {
+        let mut entry = entry.map_err(|e| corrupt(archive, e))?;
+        if entry.path().map_err(|e| corrupt(archive, e))?.as_ref() != Path::new(member) {
+            continue;
+        }
+        let mut buf = Vec::new();
+        entry
+            .by_ref()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(|e| corrupt(archive, e))?;
+        return Ok(Some(buf));
+    }
+    Ok(None)
 }
 
 /// Read the whole archive, check every member against the manifest (when present), write nothing.

@@ -30,9 +30,17 @@ const TAIL: u64 = 256 * 1024;
 /// the last 256 KiB (nearest the end first), read the tar entries that follow until
 /// `MANIFEST.json` turns up. Tar members start at gzip member boundaries in pgkeep bundles.
 pub fn peek_manifest(path: &Path) -> Option<Manifest> {
+    let body = peek_member(path, MANIFEST_NAME, TAIL, 16 << 20)?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// One member near the end of a pgkeep bundle (the manifest, or pg_basebackup's
+/// `backup_manifest` just before it), read from the last `tail` bytes as [`peek_manifest`] does;
+/// at most `limit` bytes of it. Only a hint: a caller checks what it got against a digest.
+pub fn peek_member(path: &Path, member: &str, tail_len: u64, limit: u64) -> Option<Vec<u8>> {
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
-    let start = len.saturating_sub(TAIL);
+    let start = len.saturating_sub(tail_len);
     f.seek(SeekFrom::Start(start)).ok()?;
     let mut tail = Vec::new();
     f.read_to_end(&mut tail).ok()?;
@@ -42,23 +50,23 @@ pub fn peek_manifest(path: &Path) -> Option<Manifest> {
         if !tail[pos..].starts_with(&[0x1f, 0x8b, 0x08]) {
             continue;
         }
-        if let Some(m) = manifest_from(&tail[pos..]) {
+        if let Some(m) = member_from(&tail[pos..], member, limit) {
             return Some(m);
         }
     }
     None
 }
 
-fn manifest_from(stream: &[u8]) -> Option<Manifest> {
+fn member_from(stream: &[u8], member: &str, limit: u64) -> Option<Vec<u8>> {
     let mut archive = tar::Archive::new(MultiGzDecoder::new(stream));
     for entry in archive.entries().ok()? {
         let mut entry = entry.ok()?;
-        if entry.path().ok()?.as_ref() != Path::new(MANIFEST_NAME) {
+        if entry.path().ok()?.as_ref() != Path::new(member) {
             continue;
         }
         let mut body = Vec::new();
-        entry.by_ref().take(16 << 20).read_to_end(&mut body).ok()?;
-        return serde_json::from_slice(&body).ok();
+        entry.by_ref().take(limit).read_to_end(&mut body).ok()?;
+        return Some(body);
     }
     None
 }
@@ -102,6 +110,8 @@ pub struct Entry {
     pub time: String,
     pub size: u64,
     pub database: Option<String>,
+    /// An incremental base backup's parent (from its manifest; None for a full one).
+    pub parent: Option<String>,
     /// `yes`, `no` (never verified, or changed since) or `FAILED`.
     pub verified: &'static str,
     pub verified_at: Option<String>,
@@ -126,6 +136,10 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>, LogicalError> {
                 database: manifest
                     .as_ref()
                     .and_then(|m| m.info_str("database").map(str::to_owned)),
+                parent: manifest
+                    .as_ref()
+                    .filter(|_| b.incremental)
+                    .map(|m| m.info_str("parent").unwrap_or("?").to_owned()),
                 verified: match rec {
                     Some(r) if r.ok => "yes",
                     Some(_) => "FAILED",
@@ -216,13 +230,14 @@ pub struct Checked {
 pub fn check(pg: &PgBin, staging_in: &Path, backup: &Backup) -> Result<Checked, LogicalError> {
     if backup.kind == BackupKind::Physical {
         let c = bundle::verify(&backup.path)?;
-        if c.manifest.is_none() {
+        let Some(m) = &c.manifest else {
             return Err(BundleError::BadManifest {
                 archive: backup.path.clone(),
                 message: "no MANIFEST.json in the bundle".into(),
             }
             .into());
-        }
+        };
+        check_chain_links(backup.path.parent().unwrap_or(Path::new(".")), backup, m)?;
         return Ok(Checked {
             members: c.members.len(),
             toc_entries: None,
@@ -237,6 +252,47 @@ pub fn check(pg: &PgBin, staging_in: &Path, backup: &Backup) -> Result<Checked, 
         .and_then(|c| check_logical_extracted(pg, &backup.path, &c, &staging));
     drop(staging_dir);
     result
+}
+
+/// An incremental's chain holds in `dir`: every link is there, is the backup the incremental
+/// recorded (by the manifest in its tail; each link's own checksums are its own verification),
+/// and the LSNs line up. A full base backup passes.
+pub fn check_chain_links(dir: &Path, backup: &Backup, m: &Manifest) -> Result<(), LogicalError> {
+    use crate::chain::{ChainError, ChainInfo};
+    let info = ChainInfo::from_manifest(m).map_err(|message| ChainError::BadInfo {
+        bundle: backup.name.clone(),
+        message,
+    })?;
+    let Some(info) = info else {
+        if backup.incremental {
+            return Err(ChainError::BadInfo {
+                bundle: backup.name.clone(),
+                message: "named as an incremental, but MANIFEST.json records no chain".into(),
+            }
+            .into());
+        }
+        return Ok(());
+    };
+    let links = crate::chain::resolve(dir, &backup.name, &info)?;
+    let own_start = m.info_str("start_lsn").unwrap_or_default().to_owned();
+    for (i, link) in links.iter().enumerate() {
+        let lm = peek_manifest(&link.path).ok_or_else(|| ChainError::Broken {
+            bundle: backup.name.clone(),
+            link: link.name.clone(),
+            problem: "has no readable MANIFEST.json".into(),
+        })?;
+        let child = match info.chain.get(i + 1) {
+            Some(next) => (next.name.clone(), next.start_lsn.clone()),
+            None => (backup.name.clone(), own_start.clone()),
+        };
+        crate::chain::check_link(
+            &backup.name,
+            &info.chain[i],
+            &lm,
+            Some((&child.0, &child.1)),
+        )?;
+    }
+    Ok(())
 }
 
 /// The checks of a logical bundle after [`bundle::extract`] verified every checksum into

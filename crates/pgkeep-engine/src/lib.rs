@@ -13,7 +13,7 @@
 //! - `backup logical`, `restore dump`, `restore upload` → [`logical`] (with [`sqlscan`] for
 //!   uploaded SQL, [`upload`] for what a file is, [`sqlgz`] for `records.sql.gz`).
 //! - `backup physical` → [`physical`]; `bootstrap basebackup` → [`recovery`] (with [`walscan`]
-//!   for restore points and damaged records).
+//!   for restore points and damaged records); incremental chains (17+) → [`chain`].
 //! - `wal push`, `wal fetch` → [`wal`] (names, LSNs, the archive) and [`walcheck`] (does a
 //!   segment belong); `wal stream` → [`walstream`]; whose archive it is → [`archive_owner`].
 //! - `status`, `space` → [`inspect`] and [`observe`]; `metrics` → [`observe`] and [`metrics`].
@@ -28,6 +28,7 @@ pub mod archive_owner;
 pub mod bootmark;
 pub mod bundle;
 pub mod catalog;
+pub mod chain;
 pub mod clock;
 pub mod datadir;
 pub mod db;
@@ -89,6 +90,7 @@ pub fn exit_class_of(err: &(dyn std::error::Error + 'static)) -> Option<ExitClas
     first_of!(
         bootmark::BootmarkError,
         bundle::BundleError,
+        chain::ChainError,
         datadir::DatadirError,
         db::DbError,
         drill::DrillError,
@@ -136,7 +138,6 @@ always_failed!(
     fsutil::FsError,
     offsite::FetchError,
     offsite::OffsiteError,
-    physical::PhysicalError,
     repo::RepoError,
     results::ResultsError,
     retention::PruneError,

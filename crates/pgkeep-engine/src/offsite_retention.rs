@@ -10,12 +10,20 @@
 //! so nothing has to be decrypted and the identity is not needed. When a kept base backup has no
 //! such metadata (uploaded by an earlier version), or no base backup is kept, all WAL stays.
 //!
+//! Incremental base backups (names `*.incr.bundle.tar.gz`) go by chain, as locally
+//! ([`crate::retention`]): `retention.offsite_basebackups` counts full base backups, every
+//! incremental newer than the oldest kept full stays, and so does every link a kept incremental
+//! names in its `pgkeep-chain` metadata (written at upload); when a kept incremental has no such
+//! metadata, no older base backup is deleted.
+//!
 //! Deletes only ever follow a listing of the same round; an object that is already gone is not an
 //! error (two syncs may prune at once).
 
 use serde::Serialize;
 
-use crate::offsite::{META_SEGMENT_SIZE, META_WAL_START, OffsiteError, RemoteFile, System};
+use crate::offsite::{
+    META_CHAIN, META_SEGMENT_SIZE, META_WAL_START, OffsiteError, RemoteFile, System,
+};
 use crate::repo::{self, BackupKind};
 use crate::wal::{self, Compression, WalKind};
 
@@ -50,12 +58,31 @@ pub async fn plan(
             .filter(|(n, _)| n.kind == kind)
             .collect();
         of_kind.sort_by_key(|(n, _)| std::cmp::Reverse((n.time, n.seq)));
+        if kind == BackupKind::Physical {
+            let named: Vec<(repo::BackupName, String)> = of_kind
+                .iter()
+                .map(|(n, f)| (n.clone(), f.name.clone()))
+                .collect();
+            let (mut keep, remove) = by_chain(&named, n.max(1) as usize);
+            let mut chains = Vec::new();
+            for (parsed, name) in &named {
+                if parsed.incremental && keep.contains(name) {
+                    let meta = sys.backup_metadata(name, META_CHAIN).await?;
+                    chains.push((
+                        name.clone(),
+                        meta.map(|m| m.split_whitespace().map(str::to_owned).collect()),
+                    ));
+                }
+            }
+            let remove = rescue_links(&named, &mut keep, remove, &chains);
+            kept_physical.extend(keep.iter().cloned());
+            out.keep.extend(keep);
+            out.remove.extend(remove);
+            continue;
+        }
         let cut = (n.max(1) as usize).min(of_kind.len());
         for (_, f) in &of_kind[..cut] {
             out.keep.push(f.name.clone());
-            if kind == BackupKind::Physical {
-                kept_physical.push(f.name.clone());
-            }
         }
         out.remove
             .extend(of_kind[cut..].iter().rev().map(|(_, f)| f.name.clone()));
@@ -101,6 +128,65 @@ pub async fn plan(
     Ok(out)
 }
 
+/// Physical names (newest first): keep the `n` newest full ones and every incremental newer than
+/// the oldest kept full (all of them when no full is there). Returns (keep, remove oldest first).
+fn by_chain(named: &[(repo::BackupName, String)], n: usize) -> (Vec<String>, Vec<String>) {
+    let oldest_kept_full = named
+        .iter()
+        .filter(|(p, _)| !p.incremental)
+        .take(n)
+        .last()
+        .map(|(p, _)| (p.time, p.seq));
+    let mut keep = Vec::new();
+    let mut remove = Vec::new();
+    let mut fulls = 0;
+    for (p, name) in named {
+        let kept = if p.incremental {
+            oldest_kept_full.is_none_or(|t| (p.time, p.seq) > t)
+        } else {
+            fulls += 1;
+            fulls <= n
+        };
+        if kept {
+            keep.push(name.clone());
+        } else {
+            remove.push(name.clone());
+        }
+    }
+    remove.reverse();
+    (keep, remove)
+}
+
+/// Move back from `remove` to `keep` every link a kept incremental names (`chains`: its link
+/// names, None when it was uploaded without them: then nothing older than it is removed).
+fn rescue_links(
+    named: &[(repo::BackupName, String)],
+    keep: &mut Vec<String>,
+    remove: Vec<String>,
+    chains: &[(String, Option<Vec<String>>)],
+) -> Vec<String> {
+    let time_of = |name: &str| {
+        named
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(p, _)| (p.time, p.seq))
+    };
+    let mut out = Vec::new();
+    for name in remove {
+        let needed = chains.iter().any(|(incr, links)| match links {
+            Some(links) => links.contains(&name),
+            None => time_of(&name) < time_of(incr),
+        });
+        if needed {
+            tracing::info!(bundle = %name, "kept off-site: a kept incremental base backup needs it");
+            keep.push(name);
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// Delete what `plan` chose: bundles first, then WAL.
 pub async fn apply(sys: &System, plan: &OffsitePrunePlan) -> Result<(), OffsiteError> {
     for name in &plan.remove {
@@ -133,6 +219,43 @@ fn strip_compression(file: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incrementals_go_with_their_chain_and_their_links_are_never_deleted() {
+        let names = [
+            "basebackup-20261110-0000.incr.bundle.tar.gz",
+            "basebackup-20261109-0000.incr.bundle.tar.gz",
+            "basebackup-20261108-0000.bundle.tar.gz",
+            "basebackup-20261103-0000.incr.bundle.tar.gz",
+            "basebackup-20261101-0000.bundle.tar.gz",
+        ];
+        let named: Vec<(repo::BackupName, String)> = names
+            .iter()
+            .map(|n| (repo::parse_name(n).unwrap(), (*n).to_owned()))
+            .collect();
+        let (mut keep, remove) = by_chain(&named, 1);
+        assert_eq!(keep, names[..3]);
+        assert_eq!(remove, [names[4], names[3]]);
+        // 20261110 was taken on top of the old chain (the newer full was damaged, say).
+        let chains = vec![
+            (
+                names[0].to_owned(),
+                Some(vec![names[4].to_owned(), names[3].to_owned()]),
+            ),
+            (names[1].to_owned(), Some(vec![names[2].to_owned()])),
+        ];
+        let left = rescue_links(&named, &mut keep, remove.clone(), &chains);
+        assert!(left.is_empty(), "{left:?}");
+        assert!(keep.contains(&names[4].to_owned()) && keep.contains(&names[3].to_owned()));
+        // Without chain metadata nothing older than a kept incremental goes.
+        let (mut keep, remove) = by_chain(&named, 1);
+        let left = rescue_links(&named, &mut keep, remove, &[(names[1].to_owned(), None)]);
+        assert!(left.is_empty(), "{left:?}");
+        // Two fulls kept: everything stays.
+        let (keep, remove) = by_chain(&named, 2);
+        assert_eq!(keep.len(), 5);
+        assert!(remove.is_empty());
+    }
 
     #[test]
     fn compression_suffixes_are_stripped_and_plain_names_kept() {

@@ -14,6 +14,16 @@
 //! the top, and `MANIFEST.json` last (start/stop LSN, timeline, system identifier, server version,
 //! and size + SHA-256 of every member). The bundle is written as a hidden partial file on the
 //! backups volume and renamed into place only when complete (0600); on any failure it is removed.
+//!
+//! Incremental base backups (PostgreSQL 17+, [`Incremental`]): the same stream with
+//! `--incremental=<the parent's backup_manifest>`, on top of the newest base backup (full or
+//! incremental) of the same system, major and timeline history that verifies ([`pick_parent`]);
+//! named `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz`, its MANIFEST.json naming the parent and
+//! the chain down to the full ([`crate::chain`]). The parent's `backup_manifest` is read from the
+//! tail of its bundle (it starts a gzip member of its own) and checked against the SHA-256 its
+//! MANIFEST.json records. When no incremental can be taken (server < 17, `summarize_wal` off or
+//! its summaries not reaching back to the parent, no usable parent) the backup is refused
+//! ([`PhysicalError::NoIncremental`], exit 3), or with `auto` a full one is taken instead.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read};
@@ -22,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleKind, BundleWriter, Level, Manifest};
+use crate::chain::ChainInfo;
 use crate::db::{ConnParams, Db, DbError, query_err};
 use crate::fsutil::{FsError, IoContext};
 use crate::repo::{self, BackupKind};
@@ -49,6 +60,8 @@ pub enum PhysicalError {
     Unsupported { what: String, hint: String },
     #[error("the base backup stream is not what pgkeep expects: {0}")]
     Stream(String),
+    #[error("an incremental base backup cannot be taken: {why}; nothing was written\nhint: {hint}")]
+    NoIncremental { why: String, hint: String },
     #[error("backups directory {dir} is not usable: {message}\nhint: {hint}")]
     Repo {
         dir: PathBuf,
@@ -57,8 +70,31 @@ pub enum PhysicalError {
     },
 }
 
+impl crate::Classified for PhysicalError {
+    fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            PhysicalError::NoIncremental { .. } => crate::ExitClass::Refused,
+            _ => crate::ExitClass::Failed,
+        }
+    }
+}
+
+/// Full or incremental (`--incremental[=auto]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Incremental {
+    /// A full base backup.
+    #[default]
+    Off,
+    /// An incremental one, or a refusal saying why not.
+    On,
+    /// An incremental one when possible, else a full one (saying why).
+    Auto,
+}
+
 /// What to back up and where.
 pub struct BackupRequest<'a> {
+    pub incremental: Incremental,
     pub pg: &'a PgBin,
     pub conn: &'a ConnParams,
     pub backups_dir: &'a Path,
@@ -80,6 +116,10 @@ pub struct BackupReport {
     pub data_bytes: u64,
     pub members: usize,
     pub facts: PhysicalFacts,
+    /// The bundle an incremental was taken on top of (None: a full base backup).
+    pub parent: Option<String>,
+    /// Why `auto` took a full base backup instead of an incremental one.
+    pub full_because: Option<String>,
     pub seconds: f64,
 }
 
@@ -239,37 +279,34 @@ pub async fn take(mut req: BackupRequest<'_>) -> Result<BackupReport, PhysicalEr
     // The maintenance database: a physical backup does not depend on the application database.
     let db = Db::connect(&req.conn.with_db("postgres")).await?;
     let server = identify_server(&db).await?;
+    let mut full_because = None;
+    let parent = match req.incremental {
+        Incremental::Off => None,
+        mode => match pick_parent(&db, &server, req.pg, req.backups_dir).await {
+            Ok(p) => Some(p),
+            Err(PhysicalError::NoIncremental { why, .. }) if mode == Incremental::Auto => {
+                tracing::warn!("taking a full base backup instead of an incremental one: {why}");
+                full_because = Some(why);
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
     reserve_wal(&db).await;
     if let Some(f) = req.on_estimate.take() {
         f(server.database_bytes);
     }
-    let name = repo::free_name(req.backups_dir, BackupKind::Physical, crate::clock::now());
-    let label = format!("pgkeep {name}");
-    let cmd = req
-        .conn
-        .apply(req.pg.cmd("pg_basebackup"))
-        .args(["-D", "-", "-F", "t", "-X", "fetch", "-c", "fast", "-w"])
-        .arg("-l")
-        .arg(&label);
-    let dir = req.backups_dir.to_owned();
-    let level = req.level;
-    let progress = req.on_progress.take();
-    let server2 = server.clone();
-    let (writer, stream) = tokio::task::spawn_blocking(move || {
-        stream_base_backup(cmd, &dir, &name, level, progress, &server2)
-    })
-    .await
-    .map_err(|e| PhysicalError::Stream(format!("the copying thread failed: {e}")))??;
-    let facts = read_facts(&stream, &server, &label)?;
-    check_wal_included(&stream, &facts)?;
-    let data_bytes = stream.data_bytes;
-    let members = writer.members().len() + 1;
-    let info = facts.to_info(data_bytes);
-    let (path, _manifest) =
-        tokio::task::spawn_blocking(move || writer.finish(BundleKind::Physical, info))
-            .await
-            .map_err(|e| PhysicalError::Stream(format!("the copying thread failed: {e}")))??;
+    let mut result = stream_and_publish(&mut req, &server, parent.as_ref()).await;
+    if let (Err(PhysicalError::NoIncremental { why, .. }), Incremental::Auto) =
+        (&result, req.incremental)
+    {
+        // The server refused (its WAL summaries do not cover the parent): a full one instead.
+        tracing::warn!("taking a full base backup instead of an incremental one: {why}");
+        full_because = Some(why.clone());
+        result = stream_and_publish(&mut req, &server, None).await;
+    }
     drop(db); // ends the session: the temporary slot and its WAL reservation go away
+    let (path, data_bytes, members, facts) = result?;
     let size = std::fs::metadata(&path).fs_ctx("stat", &path)?.len();
     Ok(BackupReport {
         name: path
@@ -280,9 +317,346 @@ pub async fn take(mut req: BackupRequest<'_>) -> Result<BackupReport, PhysicalEr
         size,
         data_bytes,
         members,
+        parent: parent
+            .filter(|_| full_because.is_none())
+            .map(|p| p.chain.parent),
+        full_because,
         facts,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Steps: stream the base backup (incremental on top of `parent` when given) into a bundle,
+/// read its facts, publish it.
+async fn stream_and_publish(
+    req: &mut BackupRequest<'_>,
+    server: &Preflight,
+    parent: Option<&Parent>,
+) -> Result<(PathBuf, u64, usize, PhysicalFacts), PhysicalError> {
+    let name = repo::free_name_of(
+        req.backups_dir,
+        BackupKind::Physical,
+        parent.is_some(),
+        crate::clock::now(),
+    );
+    let label = format!("pgkeep {name}");
+    let mut cmd = req
+        .conn
+        .apply(req.pg.cmd("pg_basebackup"))
+        .args(["-D", "-", "-F", "t", "-X", "fetch", "-c", "fast", "-w"])
+        .arg("-l")
+        .arg(&label);
+    if let Some(p) = parent {
+        cmd = cmd.arg(format!("--incremental={}", p.manifest_file.display()));
+    }
+    let dir = req.backups_dir.to_owned();
+    let level = req.level;
+    let progress = req.on_progress.take();
+    let server2 = server.clone();
+    let streamed = tokio::task::spawn_blocking(move || {
+        stream_base_backup(cmd, &dir, &name, level, progress, &server2)
+    })
+    .await
+    .map_err(|e| PhysicalError::Stream(format!("the copying thread failed: {e}")))?;
+    let (writer, stream) = match streamed {
+        Err(PhysicalError::Tool(e)) if parent.is_some() && e.stderr().contains("WAL summar") => {
+            return Err(PhysicalError::NoIncremental {
+                why: format!(
+                    "the server has no WAL summaries for the range the incremental needs: {}",
+                    e.stderr().trim()
+                ),
+                hint: SUMMARY_HINT.into(),
+            });
+        }
+        other => other?,
+    };
+    let facts = read_facts(&stream, server, &label)?;
+    check_wal_included(&stream, &facts)?;
+    let data_bytes = stream.data_bytes;
+    let members = writer.members().len() + 1;
+    let mut info = facts.to_info(data_bytes);
+    if let Some(p) = parent {
+        info.extend(p.chain.to_info());
+    }
+    let (path, _manifest) =
+        tokio::task::spawn_blocking(move || writer.finish(BundleKind::Physical, info))
+            .await
+            .map_err(|e| PhysicalError::Stream(format!("the copying thread failed: {e}")))??;
+    Ok((path, data_bytes, members, facts))
+}
+
+const SUMMARY_HINT: &str = "pgkeep serve sets summarize_wal = on for PostgreSQL 17+ (elsewhere: ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf()); summaries start when it is turned on, so take a full base backup after that (`pgkeep backup physical`), then incrementals on top of it";
+
+/// The base backup an incremental is taken on top of.
+struct Parent {
+    /// Its chain with it as the last link: what the incremental's MANIFEST.json records.
+    chain: ChainInfo,
+    /// Its `backup_manifest`, for `pg_basebackup --incremental`.
+    manifest_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Step: whether this server can take an incremental, and on top of which bundle: the newest
+/// (by the stop time its manifest records) of the same system and major, on a timeline in the
+/// server's history, that verifies with every link of its chain.
+async fn pick_parent(
+    db: &Db,
+    server: &Preflight,
+    pg: &PgBin,
+    dir: &Path,
+) -> Result<Parent, PhysicalError> {
+    let refuse = |why: String, hint: &str| PhysicalError::NoIncremental {
+        why,
+        hint: hint.to_owned(),
+    };
+    if server.version_num < 170000 {
+        return Err(refuse(
+            format!(
+                "server < 17: PostgreSQL {} has no incremental base backups (they came with 17)",
+                server.version
+            ),
+            "take a full base backup (`pgkeep backup physical`, or --incremental=auto takes one when an incremental cannot be had)",
+        ));
+    }
+    let state = db.summarizer_state().await?;
+    if !state.summarize_wal {
+        return Err(refuse(
+            "summarize_wal is off, so the server keeps no WAL summaries to find the changed blocks"
+                .into(),
+            SUMMARY_HINT,
+        ));
+    }
+    if !state.running {
+        return Err(refuse(
+            "the WAL summarizer is not running (summarize_wal is on but no summarizer process is up, so summaries fall behind)".into(),
+            "check the server log for the WAL summarizer; a restart of PostgreSQL starts it again",
+        ));
+    }
+    let mut skipped = Vec::new();
+    let candidates = crate::catalog::newest_first(dir, BackupKind::Physical)
+        .map_err(|e| PhysicalError::Stream(e.to_string()))?;
+    for (b, _) in candidates {
+        match usable_parent(db, server, pg, dir, &b, &state).await? {
+            Ok(p) => {
+                if !skipped.is_empty() {
+                    tracing::warn!(parent = %b.name, "newer base backups were not usable as a parent: {}", skipped.join("; "));
+                }
+                return Ok(p);
+            }
+            Err(why) => skipped.push(format!("{}: {why}", b.name)),
+        }
+    }
+    Err(refuse(
+        if skipped.is_empty() {
+            format!(
+                "no usable parent: there is no base backup in {}",
+                dir.display()
+            )
+        } else {
+            format!("no usable parent: {}", skipped.join("; "))
+        },
+        "take a full base backup first (`pgkeep backup physical`); incrementals go on top of it",
+    ))
+}
+
+/// One candidate parent: Ok(parent) or why it is not usable.
+async fn usable_parent(
+    db: &Db,
+    server: &Preflight,
+    pg: &PgBin,
+    dir: &Path,
+    b: &crate::repo::Backup,
+    state: &SummarizerState,
+) -> Result<Result<Parent, String>, PhysicalError> {
+    let Some(m) = crate::catalog::peek_manifest(&b.path) else {
+        return Ok(Err("its MANIFEST.json cannot be read".into()));
+    };
+    let facts = match PhysicalFacts::from_manifest(&m) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    if facts.system_identifier != server.system_identifier {
+        return Ok(Err(format!(
+            "a backup of system {}, the server is system {}",
+            facts.system_identifier, server.system_identifier
+        )));
+    }
+    if facts.server_version_num / 10000 != server.version_num / 10000 {
+        return Ok(Err(format!("taken on PostgreSQL {}", facts.server_version)));
+    }
+    if let Err(why) = timeline_in_history(db, &facts).await? {
+        return Ok(Err(why));
+    }
+    if let Some(first) = state.first_summary_on(facts.timeline)
+        && first > facts.start_lsn
+    {
+        return Ok(Err(format!(
+            "the server's WAL summaries on timeline {} start at {first}, after its start {} (summarize_wal was turned on after it, or old summaries were removed)",
+            facts.timeline, facts.start_lsn
+        )));
+    }
+    let chain = match ChainInfo::from_manifest(&m) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    // The parent and every link it needs must verify (a remembered result counts).
+    let mut links = vec![b.clone()];
+    if let Some(c) = &chain {
+        match crate::chain::resolve(dir, &b.name, c) {
+            Ok(found) => links.extend(found),
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+    for l in &links {
+        let v = crate::catalog::verify_cached(pg, dir, l)
+            .map_err(|e| PhysicalError::Stream(e.to_string()))?;
+        if !v.ok {
+            return Ok(Err(format!(
+                "{} fails verification: {}",
+                l.name,
+                v.message.unwrap_or_default()
+            )));
+        }
+    }
+    let Some(sha) = crate::chain::backup_manifest_sha256(&m).map(str::to_owned) else {
+        return Ok(Err("it has no backup_manifest".into()));
+    };
+    let size = m
+        .members
+        .iter()
+        .find(|d| d.path == PG_MANIFEST)
+        .map(|d| d.size)
+        .unwrap_or(0);
+    let bytes = match crate::catalog::peek_member(&b.path, PG_MANIFEST, size + (1 << 20), size) {
+        Some(bytes) => bytes,
+        // Bundles written before the manifest started a gzip member of its own: read through.
+        None => crate::bundle::read_member(&b.path, PG_MANIFEST, size)?.unwrap_or_default(),
+    };
+    if crate::bundle::sha256_hex(&bytes) != sha {
+        return Ok(Err(
+            "its backup_manifest does not match the SHA-256 its MANIFEST.json records".into(),
+        ));
+    }
+    let tmp = tempfile::tempdir().fs_ctx("create temp dir", &std::env::temp_dir())?;
+    let manifest_file = tmp.path().join(PG_MANIFEST);
+    std::fs::write(&manifest_file, &bytes).fs_ctx("write", &manifest_file)?;
+    Ok(Ok(Parent {
+        chain: ChainInfo::on_top_of(&b.name, &facts, &sha, chain.as_ref()),
+        manifest_file,
+        _dir: tmp,
+    }))
+}
+
+/// Whether the parent's timeline is the server's, or one its history went through after the
+/// parent ended. Ok(Err(why)) when not; a history file the server will not show is left to
+/// the server to judge.
+async fn timeline_in_history(
+    db: &Db,
+    facts: &PhysicalFacts,
+) -> Result<Result<(), String>, PhysicalError> {
+    let current = db.current_timeline().await?;
+    if facts.timeline == current {
+        return Ok(Ok(()));
+    }
+    if facts.timeline > current {
+        return Ok(Err(format!(
+            "it is on timeline {}, after the server's timeline {current}",
+            facts.timeline
+        )));
+    }
+    let Some(history) = db.timeline_history(current).await else {
+        return Ok(Ok(()));
+    };
+    let switch = history.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let tli: u32 = f.next()?.parse().ok()?;
+        let lsn: Lsn = f.next()?.parse().ok()?;
+        (tli == facts.timeline).then_some(lsn)
+    });
+    Ok(match switch {
+        Some(at) if at >= facts.stop_lsn => Ok(()),
+        Some(at) => Err(format!(
+            "timeline {} ended at {at}, before it ended ({}): the server's history branched off earlier",
+            facts.timeline, facts.stop_lsn
+        )),
+        None => Err(format!(
+            "timeline {} is not in the server's history (timeline {current})",
+            facts.timeline
+        )),
+    })
+}
+
+/// What the server says about WAL summarization (PostgreSQL 17+).
+#[derive(Debug, Clone)]
+struct SummarizerState {
+    summarize_wal: bool,
+    running: bool,
+    /// (timeline, earliest start LSN) of the summaries on disk.
+    first_summaries: Vec<(u32, Lsn)>,
+}
+
+impl SummarizerState {
+    fn first_summary_on(&self, tli: u32) -> Option<Lsn> {
+        self.first_summaries
+            .iter()
+            .find(|(t, _)| *t == tli)
+            .map(|(_, l)| *l)
+    }
+}
+
+impl Db {
+    async fn summarizer_state(&self) -> Result<SummarizerState, DbError> {
+        let row = self
+            .client()
+            .query_one(
+                "select current_setting('summarize_wal')::bool, \
+                 (select summarizer_pid is not null from pg_get_wal_summarizer_state())",
+                &[],
+            )
+            .await
+            .map_err(crate::db::query_err("reading the WAL summarizer's state"))?;
+        let rows = self
+            .client()
+            .query(
+                "select tli::int8, min(start_lsn)::text from pg_available_wal_summaries() group by 1",
+                &[],
+            )
+            .await
+            .map_err(crate::db::query_err("listing the WAL summaries"))?;
+        Ok(SummarizerState {
+            summarize_wal: row.get(0),
+            running: row.get::<_, Option<bool>>(1).unwrap_or(false),
+            first_summaries: rows
+                .iter()
+                .filter_map(|r| {
+                    let lsn: String = r.get(1);
+                    Some((r.get::<_, i64>(0) as u32, lsn.parse().ok()?))
+                })
+                .collect(),
+        })
+    }
+
+    async fn current_timeline(&self) -> Result<u32, DbError> {
+        let row = self
+            .client()
+            .query_one("select timeline_id::int8 from pg_control_checkpoint()", &[])
+            .await
+            .map_err(crate::db::query_err("reading the server's timeline"))?;
+        Ok(row.get::<_, i64>(0) as u32)
+    }
+
+    /// The server's history file of `tli`, when it will show it (superuser or
+    /// pg_read_server_files).
+    async fn timeline_history(&self, tli: u32) -> Option<String> {
+        self.client()
+            .query_one(
+                "select pg_read_file($1)",
+                &[&format!("pg_wal/{tli:08X}.history")],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0))
+    }
 }
 
 /// Step: the backups directory exists and takes files.
@@ -471,7 +845,7 @@ fn stream_base_backup(
         .pg_manifest
         .as_ref()
         .ok_or_else(|| PhysicalError::Stream("no backup_manifest in the stream".into()))?;
-    writer.append_bytes(PG_MANIFEST, manifest)?;
+    writer.append_bytes_at_boundary(PG_MANIFEST, manifest)?;
     let _ = server;
     Ok((writer, facts))
 }

@@ -91,6 +91,8 @@ pub struct ServeConfig {
     /// The WAL archive archive_command writes to: a new system (initdb) takes its root over
     /// ([`crate::archive_owner::supersede`]).
     pub wal_archive: PathBuf,
+    /// PostgreSQL 17+: `summarize_wal = on`, which incremental base backups need.
+    pub summarize_wal: bool,
 }
 
 /// The superuser password from `POSTGRES_PASSWORD` or the file named by
@@ -124,7 +126,7 @@ pub struct Prepared {
 
 /// The settings pgkeep manages in `pgkeep.conf`.
 pub fn managed_conf(cfg: &ServeConfig) -> ManagedConf {
-    ManagedConf::default()
+    let conf = ManagedConf::default()
         .set("listen_addresses", &cfg.listen)
         .set("port", cfg.port)
         .set("unix_socket_directories", cfg.run_dir.display())
@@ -148,7 +150,14 @@ pub fn managed_conf(cfg: &ServeConfig) -> ManagedConf {
         )
         // The container's log is stderr (`kubectl logs`).
         .set("logging_collector", "off")
-        .set("log_destination", "stderr")
+        .set("log_destination", "stderr");
+    // 17+: WAL summaries, so `backup physical --incremental` can find the changed blocks (a
+    // background process reading WAL once; the GUC does not exist before 17).
+    if cfg.summarize_wal {
+        conf.set("summarize_wal", "on")
+    } else {
+        conf
+    }
 }
 
 const HBA_BEGIN: &str = "# BEGIN pgkeep managed block (rewritten at every start)";
@@ -657,9 +666,17 @@ mod tests {
             archive_timeout: 60,
             synchronous_stream: false,
             wal_archive: "/wal-archive".into(),
+            summarize_wal: false,
         };
         let text = managed_conf(&cfg).render();
         assert!(text.contains("synchronous_standby_names = ''"), "{text}");
+        assert!(!text.contains("summarize_wal"), "not before 17: {text}");
+        let on17 = managed_conf(&ServeConfig {
+            summarize_wal: true,
+            ..cfg.clone()
+        })
+        .render();
+        assert!(on17.contains("summarize_wal = 'on'"), "{on17}");
         let sync = managed_conf(&ServeConfig {
             synchronous_stream: true,
             ..cfg.clone()

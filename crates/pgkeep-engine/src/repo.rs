@@ -1,5 +1,7 @@
 //! The backup repository: a directory (the backups volume) of bundles named as the seed names
-//! them, `nightly-YYYYMMDD-HHMM.tar.gz` and `basebackup-YYYYMMDD-HHMM.bundle.tar.gz`, in UTC.
+//! them, `nightly-YYYYMMDD-HHMM.tar.gz` and `basebackup-YYYYMMDD-HHMM.bundle.tar.gz`, in UTC;
+//! an incremental base backup (PostgreSQL 17+) is `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz`,
+//! a physical backup too (its MANIFEST.json names its parent, see [`crate::chain`]).
 //!
 //! Names are parsed strictly, so unrelated files and partial files (`.NAME.partial`) are never
 //! taken for backups. When a name is already taken (two backups in one minute) a `-N` suffix is
@@ -71,6 +73,8 @@ pub struct BackupName {
     pub time: DateTime,
     /// The `-N` suffix for a second backup in the same minute (0 when absent).
     pub seq: u32,
+    /// `.incr.bundle.tar.gz`: an incremental base backup (physical only).
+    pub incremental: bool,
 }
 
 /// Parse `nightly-YYYYMMDD-HHMM[-N].tar.gz` or `basebackup-YYYYMMDD-HHMM[-N].bundle.tar.gz`.
@@ -86,6 +90,10 @@ pub fn parse_name(name: &str) -> Option<BackupName> {
         if kind == BackupKind::Logical && rest.ends_with(".bundle") {
             return None;
         }
+        let (rest, incremental) = match rest.strip_suffix(INCR_INFIX) {
+            Some(r) if kind == BackupKind::Physical => (r, true),
+            _ => (rest, false),
+        };
         let (stamp, seq) = match rest.get(13..) {
             Some("") => (rest, 0),
             Some(s) if s.starts_with('-') => (&rest[..13], s[1..].parse().ok()?),
@@ -112,10 +120,18 @@ pub fn parse_name(name: &str) -> Option<BackupName> {
             0,
         )
         .ok()?;
-        return Some(BackupName { kind, time, seq });
+        return Some(BackupName {
+            kind,
+            time,
+            seq,
+            incremental,
+        });
     }
     None
 }
+
+/// What sits between the stamp and `.bundle.tar.gz` in an incremental base backup's name.
+pub const INCR_INFIX: &str = ".incr";
 
 /// The name for a backup taken at `at` (UTC), with sequence `seq` (0 = none).
 pub fn format_name(kind: BackupKind, at: jiff::Timestamp, seq: u32) -> String {
@@ -123,17 +139,23 @@ pub fn format_name(kind: BackupKind, at: jiff::Timestamp, seq: u32) -> String {
         kind,
         at.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime(),
         seq,
+        false,
     )
 }
 
-fn format_name_at(kind: BackupKind, t: DateTime, seq: u32) -> String {
+fn format_name_at(kind: BackupKind, t: DateTime, seq: u32, incremental: bool) -> String {
     let seq = if seq == 0 {
         String::new()
     } else {
         format!("-{seq}")
     };
+    let incr = if incremental && kind == BackupKind::Physical {
+        INCR_INFIX
+    } else {
+        ""
+    };
     format!(
-        "{}{:04}{:02}{:02}-{:02}{:02}{seq}{}",
+        "{}{:04}{:02}{:02}-{:02}{:02}{seq}{incr}{}",
         kind.prefix(),
         t.year(),
         t.month(),
@@ -148,13 +170,29 @@ fn format_name_at(kind: BackupKind, t: DateTime, seq: u32) -> String {
 /// directory of that name. Another run may still take it first; the bundle is then published
 /// under the next free name (see [`names_after`]).
 pub fn free_name(dir: &Path, kind: BackupKind, at: jiff::Timestamp) -> String {
+    free_name_of(dir, kind, false, at)
+}
+
+/// [`free_name`] for a full or an incremental base backup: a minute and sequence number that
+/// neither form of the name takes yet (so the two never share one).
+pub fn free_name_of(
+    dir: &Path,
+    kind: BackupKind,
+    incremental: bool,
+    at: jiff::Timestamp,
+) -> String {
+    let t = at.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime();
+    let taken = |n: &str| {
+        dir.join(n).exists()
+            || !fsutil::partials_of(dir, n).is_empty()
+            || dir.join(format!(".{n}.staging")).exists()
+    };
     (0..)
-        .map(|seq| format_name(kind, at, seq))
-        .find(|n| {
-            !dir.join(n).exists()
-                && fsutil::partials_of(dir, n).is_empty()
-                && !dir.join(format!(".{n}.staging")).exists()
+        .find(|&seq| {
+            !taken(&format_name_at(kind, t, seq, false))
+                && !taken(&format_name_at(kind, t, seq, true))
         })
+        .map(|seq| format_name_at(kind, t, seq, incremental))
         .expect("some sequence number is free")
 }
 
@@ -162,9 +200,10 @@ pub fn free_name(dir: &Path, kind: BackupKind, at: jiff::Timestamp) -> String {
 /// a bundle may be published when another run took its name meanwhile.
 pub fn names_after(name: &str) -> Box<dyn Iterator<Item = String> + Send> {
     match parse_name(name) {
-        Some(b) => {
-            Box::new((b.seq..b.seq + 1000).map(move |seq| format_name_at(b.kind, b.time, seq)))
-        }
+        Some(b) => Box::new(
+            (b.seq..b.seq + 1000)
+                .map(move |seq| format_name_at(b.kind, b.time, seq, b.incremental)),
+        ),
         None => Box::new(std::iter::once(name.to_owned())),
     }
 }
@@ -176,6 +215,9 @@ pub struct Backup {
     pub kind: BackupKind,
     pub time: DateTime,
     pub seq: u32,
+    /// An incremental base backup (`.incr.bundle.tar.gz`).
+    #[serde(default)]
+    pub incremental: bool,
     pub size: u64,
     pub path: PathBuf,
 }
@@ -205,6 +247,7 @@ pub fn list(dir: &Path) -> Result<Vec<Backup>, RepoError> {
             kind: parsed.kind,
             time: parsed.time,
             seq: parsed.seq,
+            incremental: parsed.incremental,
             size: meta.len(),
             path: entry.path(),
         });
@@ -273,6 +316,12 @@ mod tests {
         assert_eq!(n.time.to_string(), "2025-11-02T11:00:00");
         let n = parse_name("basebackup-20251102-1120.bundle.tar.gz").unwrap();
         assert_eq!(n.kind, BackupKind::Physical);
+        assert!(!n.incremental);
+        let n = parse_name("basebackup-20251102-1120-2.incr.bundle.tar.gz").unwrap();
+        assert_eq!(
+            (n.kind, n.seq, n.incremental),
+            (BackupKind::Physical, 2, true)
+        );
         let n = parse_name("nightly-20251102-1100-2.tar.gz").unwrap();
         assert_eq!(n.seq, 2);
         for bad in [
@@ -285,6 +334,9 @@ mod tests {
             "nightly-20251102-1100.bundle.tar.gz",
             "records_dump_20251102.tar.gz",
             "basebackup-20251102-1100.tar.gz",
+            "nightly-20251102-1100.incr.tar.gz",
+            "basebackup-20251102-1100.incr.tar.gz",
+            "basebackup-20251102-1100.incr.incr.bundle.tar.gz",
         ] {
             assert_eq!(parse_name(bad), None, "{bad}");
         }
@@ -333,6 +385,14 @@ mod tests {
         assert_eq!(
             free_name(t.path(), BackupKind::Logical, at),
             "nightly-20260103-0600-1.tar.gz"
+        );
+        // A full and an incremental never share a minute and sequence number.
+        let at: jiff::Timestamp = "2026-01-05T06:20:00Z".parse().unwrap();
+        let incr = free_name_of(t.path(), BackupKind::Physical, true, at);
+        assert_eq!(incr, "basebackup-20260105-0620-1.incr.bundle.tar.gz");
+        assert_eq!(
+            names_after(&incr).nth(1).unwrap(),
+            "basebackup-20260105-0620-2.incr.bundle.tar.gz"
         );
     }
 

@@ -1,7 +1,14 @@
 //! Retention: which backups and which archived WAL to remove (`pgkeep backups prune`).
 //!
 //! Keep the newest `retention.nightly` logical and `retention.basebackups` physical bundles that
-//! verify, newest by the stop time their manifest records (never by file name). A bundle that
+//! verify, newest by the stop time their manifest records (never by file name).
+//!
+//! Incremental base backups (PostgreSQL 17+) are kept by chain, as pgBackRest keeps them with
+//! their full: `retention.basebackups` counts full base backups, and an incremental stays exactly
+//! when the full its chain starts from stays and every link of its chain is there and verifies
+//! (one with a broken chain cannot be restored: it is reported as damaged). So a bundle a kept
+//! incremental needs is never removed, and the WAL kept reaches back to the oldest kept chain's
+//! full. A bundle that
 //! fails verification (as `backups verify` checks it; a result remembered for an unchanged file is
 //! reused) is never counted as kept: it is reported, and removed only when asked to
 //! (`--delete-damaged`).
@@ -163,6 +170,19 @@ pub fn plan_with(
             b.0.cmp(&a.0)
                 .then_with(|| (b.1.time, b.1.seq).cmp(&(a.1.time, a.1.seq)))
         });
+        if kind == BackupKind::Physical {
+            let chains = by_chain(sound.into_iter().map(|(_, b)| b).collect(), n as usize);
+            keep.extend(chains.keep);
+            remove.extend(chains.remove);
+            for (b, reason) in chains.broken {
+                tracing::warn!(bundle = %b.name, "cannot be restored, not counted as a kept backup: {reason}");
+                if delete_damaged {
+                    remove.push(b.clone());
+                }
+                damaged.push(Damaged { backup: b, reason });
+            }
+            continue;
+        }
         let cut = (n as usize).min(sound.len());
         keep.extend(sound[..cut].iter().map(|(_, b)| b.clone()));
         remove.extend(sound[cut..].iter().rev().map(|(_, b)| b.clone()));
@@ -213,6 +233,79 @@ pub fn plan_with(
         remove_wal,
         remove_wal_bytes,
     })
+}
+
+/// What retention does with the sound physical bundles.
+struct ByChain {
+    keep: Vec<Backup>,
+    /// Oldest first.
+    remove: Vec<Backup>,
+    /// Incrementals whose chain is broken.
+    broken: Vec<(Backup, String)>,
+}
+
+/// Keep the `n` newest full base backups of `sound` (newest first) and every incremental whose
+/// chain starts at a kept full with all its links among `sound`; the chain of an incremental is
+/// read from the manifest in its tail (bundles that verify).
+fn by_chain(sound: Vec<Backup>, n: usize) -> ByChain {
+    let names: std::collections::BTreeSet<String> = sound.iter().map(|b| b.name.clone()).collect();
+    let kept_fulls: Vec<String> = sound
+        .iter()
+        .filter(|b| !b.incremental)
+        .take(n)
+        .map(|b| b.name.clone())
+        .collect();
+    let mut out = ByChain {
+        keep: Vec::new(),
+        remove: Vec::new(),
+        broken: Vec::new(),
+    };
+    let mut needed = std::collections::BTreeSet::new();
+    for b in sound {
+        if !b.incremental {
+            if kept_fulls.contains(&b.name) {
+                out.keep.push(b);
+            } else {
+                out.remove.push(b);
+            }
+            continue;
+        }
+        let info = crate::catalog::peek_manifest(&b.path)
+            .ok_or_else(|| "its MANIFEST.json cannot be read".to_owned())
+            .and_then(|m| crate::chain::ChainInfo::from_manifest(&m))
+            .and_then(|c| c.ok_or_else(|| "its MANIFEST.json records no chain".to_owned()));
+        let info = match info {
+            Ok(i) => i,
+            Err(e) => {
+                out.broken.push((b, e));
+                continue;
+            }
+        };
+        if let Some(gone) = info.chain.iter().find(|l| !names.contains(&l.name)) {
+            let reason = format!(
+                "its chain needs {}, which is missing or fails verification",
+                gone.name
+            );
+            out.broken.push((b, reason));
+            continue;
+        }
+        if kept_fulls.contains(&info.chain[0].name) {
+            needed.extend(info.chain.iter().map(|l| l.name.clone()));
+            out.keep.push(b);
+        } else {
+            out.remove.push(b);
+        }
+    }
+    // Never remove a link a kept incremental needs (its chain's full is kept, so this only
+    // guards against a chain that names a link out of order).
+    let (rescued, remove): (Vec<Backup>, Vec<Backup>) = out
+        .remove
+        .into_iter()
+        .partition(|b| needed.contains(&b.name));
+    out.keep.extend(rescued);
+    out.remove = remove;
+    out.remove.reverse();
+    out
 }
 
 /// One directory of WAL: the archive root or a superseded system's directory.
@@ -445,6 +538,94 @@ mod tests {
             ]
         );
         assert_eq!(repo::list(&b).unwrap().len(), 3);
+    }
+
+    /// A small physical bundle with real facts (and a chain when `on` names links).
+    fn physical_bundle(dir: &Path, name: &str, start: &str, on: &[(&str, &str)]) {
+        let facts = PhysicalFacts::for_test(1, start, start);
+        let mut info: std::collections::BTreeMap<String, serde_json::Value> =
+            match serde_json::to_value(&facts).unwrap() {
+                serde_json::Value::Object(m) => m.into_iter().collect(),
+                _ => unreachable!(),
+            };
+        info.insert("layout".into(), crate::physical::LAYOUT.into());
+        if let Some((parent, _)) = on.last() {
+            let chain = crate::chain::ChainInfo {
+                parent: (*parent).into(),
+                chain: on
+                    .iter()
+                    .map(|(n, s)| crate::chain::link_of(n, &PhysicalFacts::for_test(1, s, s), "x"))
+                    .collect(),
+            };
+            info.extend(chain.to_info());
+        }
+        let mut w = bundle::BundleWriter::create(dir, name).unwrap();
+        w.append_bytes_at_boundary("backup_manifest", b"{}")
+            .unwrap();
+        w.finish(bundle::BundleKind::Physical, info).unwrap();
+    }
+
+    #[test]
+    fn incrementals_are_kept_with_their_chain_and_never_without_a_link_they_need() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let f1 = "basebackup-20261101-0000.bundle.tar.gz";
+        let i1a = "basebackup-20261102-0000.incr.bundle.tar.gz";
+        let i1b = "basebackup-20261103-0000.incr.bundle.tar.gz";
+        let f2 = "basebackup-20261108-0000.bundle.tar.gz";
+        let i2a = "basebackup-20261109-0000.incr.bundle.tar.gz";
+        let orphan = "basebackup-20261110-0000.incr.bundle.tar.gz";
+        physical_bundle(d, f1, "0/2000028", &[]);
+        physical_bundle(d, i1a, "0/3000028", &[(f1, "0/2000028")]);
+        physical_bundle(
+            d,
+            i1b,
+            "0/4000028",
+            &[(f1, "0/2000028"), (i1a, "0/3000028")],
+        );
+        physical_bundle(d, f2, "0/8000028", &[]);
+        physical_bundle(d, i2a, "0/9000028", &[(f2, "0/8000028")]);
+        physical_bundle(
+            d,
+            orphan,
+            "0/A000028",
+            &[("basebackup-20261020-0000.bundle.tar.gz", "0/1000028")],
+        );
+        fn names(v: &[Backup]) -> Vec<&str> {
+            v.iter().map(|b| b.name.as_str()).collect()
+        }
+        let none = d.join("no-archive");
+        let mut sound = |b: &Backup| -> Result<Verdict, PruneError> { Ok(Ok(name_time(b))) };
+        // One full kept: its chain stays, the older chain goes whole (oldest first).
+        let p = plan_with(d, &none, 7, 1, false, &mut sound).unwrap();
+        assert_eq!(names(&p.keep), [i2a, f2]);
+        assert_eq!(names(&p.remove), [f1, i1a, i1b]);
+        assert_eq!(p.damaged.len(), 1);
+        assert!(
+            p.damaged[0].reason.contains("basebackup-20261020-0000"),
+            "{}",
+            p.damaged[0].reason
+        );
+        // Two fulls: both chains whole.
+        let p = plan_with(d, &none, 7, 2, false, &mut sound).unwrap();
+        assert_eq!(names(&p.keep), [i2a, f2, i1b, i1a, f1]);
+        assert!(p.remove.is_empty());
+        // A damaged middle link: the incremental on top of it cannot be restored; the full stays.
+        let mut middle_damaged = |b: &Backup| -> Result<Verdict, PruneError> {
+            Ok(if b.name == i1a {
+                Err("checksum mismatch".into())
+            } else {
+                Ok(name_time(b))
+            })
+        };
+        let p = plan_with(d, &none, 7, 2, false, &mut middle_damaged).unwrap();
+        assert_eq!(names(&p.keep), [i2a, f2, f1]);
+        let damaged: Vec<&str> = p.damaged.iter().map(|x| x.backup.name.as_str()).collect();
+        assert!(
+            damaged.contains(&i1a) && damaged.contains(&i1b),
+            "{damaged:?}"
+        );
+        assert!(p.remove.is_empty(), "nothing goes without --delete-damaged");
     }
 
     #[test]

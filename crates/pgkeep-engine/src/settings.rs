@@ -184,6 +184,11 @@ pub struct Schedule {
     /// The weekly restore drill (`pgkeep drill`): by default three hours after the weekly
     /// physical backup, in the same time zone.
     pub drill: String,
+    /// Incremental base backups between the weekly full ones (PostgreSQL 17+): the third
+    /// CronJob runs `pgkeep backup physical --incremental=auto` on this schedule. Rendered
+    /// suspended unless `incremental_enabled` (off by default: see the README).
+    pub incremental: String,
+    pub incremental_enabled: bool,
     pub timezone: String,
 }
 
@@ -192,7 +197,8 @@ pub struct Schedule {
 pub struct Retention {
     /// Nightly logical bundles to keep.
     pub nightly: u32,
-    /// Physical base backups to keep (and the WAL they need).
+    /// Full physical base backups to keep (and the WAL they need), each with the incremental
+    /// base backups taken on top of it.
     pub basebackups: u32,
     /// Nightly logical bundles to keep off-site (`offsite sync` applies it after uploading; at
     /// least the newest one is always kept).
@@ -294,6 +300,8 @@ impl Default for Settings {
                 logical: "0 6 * * *".into(),
                 physical: "20 6 * * 0".into(),
                 drill: "20 9 * * 0".into(),
+                incremental: "20 6 * * 1-6".into(),
+                incremental_enabled: false,
                 timezone: "America/New_York".into(),
             },
             retention: Retention {

@@ -274,6 +274,16 @@ fn first_start_initializes_second_reuses_and_sigterm_stops_cleanly() {
     assert_eq!(site.query("show data_checksums"), "on");
     assert_eq!(site.query("show archive_mode"), "on");
     assert_eq!(site.query("show wal_level"), "replica");
+    // 17+: WAL summaries for incremental base backups (the setting does not exist before).
+    let major: u32 = site
+        .query("show server_version_num")
+        .parse::<u32>()
+        .unwrap()
+        / 10000;
+    assert_eq!(
+        site.query("select coalesce(current_setting('summarize_wal', true), 'absent')"),
+        if major >= 17 { "on" } else { "absent" }
+    );
     assert_eq!(site.query("show listen_addresses"), "127.0.0.1");
     assert!(site.query("show archive_command").ends_with(" wal push %p"));
     assert_eq!(

@@ -80,6 +80,9 @@ pub enum LogicalError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// An incremental base backup whose chain does not hold (`backups verify`).
+    #[error(transparent)]
+    Chain(#[from] crate::chain::ChainError),
     #[error(transparent)]
     SqlGz(#[from] SqlGzError),
     #[error(
@@ -168,7 +171,8 @@ impl Classified for LogicalError {
             | UploadClash { .. }
             | UnsafeSql { .. }
             | RestoreBusy { .. }
-            | NotVerified { .. } => ExitClass::Refused,
+            | NotVerified { .. }
+            | Chain(_) => ExitClass::Refused,
             Bundle(
                 BundleError::Corrupt { .. }
                 | BundleError::UnsafeEntry { .. }

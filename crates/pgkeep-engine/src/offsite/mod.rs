@@ -54,6 +54,9 @@ const META_RECIPIENTS: &str = "pgkeep-recipients";
 /// retention knows which WAL the oldest kept base backup needs without decrypting anything.
 pub(crate) const META_WAL_START: &str = "pgkeep-wal-start";
 pub(crate) const META_SEGMENT_SIZE: &str = "pgkeep-segment-size";
+/// An incremental base backup's chain (link names, full first, space-separated), so off-site
+/// retention keeps what a kept incremental needs without decrypting anything.
+pub(crate) const META_CHAIN: &str = "pgkeep-chain";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {

@@ -197,13 +197,18 @@ pub(super) fn wal_start_metadata(
     if b.kind != crate::repo::BackupKind::Physical {
         return Vec::new();
     }
-    match manifest.map(crate::physical::PhysicalFacts::from_manifest) {
+    let mut meta = match manifest.map(crate::physical::PhysicalFacts::from_manifest) {
         Some(Ok(f)) => vec![
             (META_WAL_START, f.start_wal_file),
             (META_SEGMENT_SIZE, f.wal_segment_size.to_string()),
         ],
         _ => Vec::new(),
+    };
+    if let Some(Ok(Some(c))) = manifest.map(crate::chain::ChainInfo::from_manifest) {
+        let names: Vec<&str> = c.chain.iter().map(|l| l.name.as_str()).collect();
+        meta.push((super::META_CHAIN, names.join(" ")));
     }
+    meta
 }
 
 pub(super) fn record(report: &mut SyncReport, name: &str, size: u64, outcome: PutOutcome) {

@@ -35,6 +35,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
             bundle: bundle.path.clone(),
             reason,
         })?;
+    let chain = check_chain(&req.backups, &bundle, &manifest, &facts)?;
     let root = Archive::new(&req.wal_archive);
     let found = plan_handover(&root, &facts)?;
     // The checks look where the WAL will be: the root, or the directory moved back into it (in
@@ -62,7 +63,9 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         .iter()
         .filter(|m| m.path.starts_with(DATA_PREFIX))
         .map(|m| m.size)
-        .sum();
+        .sum::<u64>()
+        + chain.iter().map(|(_, bytes)| bytes).sum::<u64>();
+    let chain = chain.into_iter().map(|(b, _)| b).collect();
     let keep_old_at = if req.keep_old {
         let at = keep_old_path(&req.pgdata);
         check_room(&req.pgroot, data_bytes)?;
@@ -81,6 +84,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     check_not_running(&req.pgdata)?;
     Ok(Plan {
         bundle,
+        chain,
         facts,
         target: req.target.clone(),
         data_bytes,
@@ -91,6 +95,65 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         newest_archived,
         target_timeline: req.target_timeline.unwrap_or(TimelineChoice::Latest),
     })
+}
+
+/// When `bundle` is an incremental: every bundle of its chain, full first, verified (every
+/// checksum) and checked against the links the incremental recorded (system, LSNs lining up,
+/// the SHA-256 of each `backup_manifest`), with its data bytes. Nothing is changed.
+pub fn check_chain(
+    dir: &Path,
+    bundle: &Backup,
+    manifest: &bundle::Manifest,
+    facts: &PhysicalFacts,
+) -> Result<Vec<(Backup, u64)>, RecoveryError> {
+    use crate::chain::{ChainError, ChainInfo};
+    let bad = |message: String| ChainError::BadInfo {
+        bundle: bundle.name.clone(),
+        message,
+    };
+    let Some(info) = ChainInfo::from_manifest(manifest).map_err(bad)? else {
+        return Ok(vec![]);
+    };
+    let links = crate::chain::resolve(dir, &bundle.name, &info)?;
+    let mut out = Vec::new();
+    for (i, link) in links.iter().enumerate() {
+        tracing::info!(bundle = %link.name, "verifying every member's checksum (chain link {} of {})", i + 1, links.len());
+        let contents = bundle::verify(&link.path)?;
+        let m = contents
+            .manifest
+            .ok_or_else(|| RecoveryError::NotPhysical {
+                bundle: link.path.clone(),
+                reason: format!("it has no {}", bundle::MANIFEST_NAME),
+            })?;
+        let child = match info.chain.get(i + 1) {
+            Some(next) => (next.name.clone(), next.start_lsn.clone()),
+            None => (bundle.name.clone(), facts.start_lsn.to_string()),
+        };
+        crate::chain::check_link(&bundle.name, &info.chain[i], &m, Some((&child.0, &child.1)))?;
+        // Each link's own chain is the part of this one before it (the first is a full one).
+        let own = ChainInfo::from_manifest(&m).map_err(bad)?;
+        let expected = &info.chain[..i];
+        if own.as_ref().map(|c| c.chain.as_slice()).unwrap_or(&[]) != expected {
+            return Err(ChainError::Broken {
+                bundle: bundle.name.clone(),
+                link: link.name.clone(),
+                problem: if i == 0 {
+                    "should be a full base backup but is an incremental one".into()
+                } else {
+                    "records a different chain below it".into()
+                },
+            }
+            .into());
+        }
+        let bytes = m
+            .members
+            .iter()
+            .filter(|d| d.path.starts_with(DATA_PREFIX))
+            .map(|d| d.size)
+            .sum();
+        out.push((link.clone(), bytes));
+    }
+    Ok(out)
 }
 
 /// The owner a bootstrap should give the data when the settings do not name one: the owner of

@@ -101,7 +101,7 @@ pub(super) async fn replay(
     }
     clean_stale_staging(&req.pgdata)?;
     let old_at = clear_pgdata(req, plan)?;
-    extract_into_pgdata(req, plan)?;
+    extract_into_pgdata(pg, req, plan)?;
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
     hand_over_archive(req, plan)?;
     let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
@@ -279,8 +279,11 @@ pub fn clean_stale_staging(pgdata: &Path) -> Result<Vec<PathBuf>, RecoveryError>
 
 /// Step: extract the bundle next to PGDATA (same volume) into a staging directory marked as this
 /// run's (a `pid` file with a heartbeat, so a later run can tell it was left by a killed one),
-/// then move the data directory in.
+/// then move the data directory in. A chain: every link is extracted there and
+/// `pg_combinebackup` combines them into the data directory that is moved in (hard links into
+/// the staging copies on 18+, which has `--link`; copies on 17).
 pub(super) fn extract_into_pgdata(
+    pg: &PgBin,
     req: &BootstrapRequest,
     plan: &Plan,
 ) -> Result<(), RecoveryError> {
@@ -298,9 +301,13 @@ pub(super) fn extract_into_pgdata(
     let heartbeat = crate::runmark::mark(&staging).fs_ctx("write", &staging.join("pid"))?;
     tracing::info!(bundle = %plan.bundle.name, staging = %staging.display(), "extracting");
     let result = (|| {
-        let unpacked = staging.join("bundle");
-        bundle::extract(&plan.bundle.path, &unpacked)?;
-        let data = unpacked.join(DATA_PREFIX.trim_end_matches('/'));
+        let data = if plan.chain.is_empty() {
+            let unpacked = staging.join("bundle");
+            bundle::extract(&plan.bundle.path, &unpacked)?;
+            unpacked.join(DATA_PREFIX.trim_end_matches('/'))
+        } else {
+            combine_chain(pg, plan, &staging)?
+        };
         for entry in std::fs::read_dir(&data).fs_ctx("read directory", &data)? {
             let entry = entry.fs_ctx("read directory", &data)?;
             let to = req.pgdata.join(entry.file_name());
@@ -316,6 +323,34 @@ pub(super) fn extract_into_pgdata(
     drop(heartbeat);
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// Extract every link of the chain (full first, the incremental last) into `staging` and combine
+/// them with pg_combinebackup; returns the combined data directory.
+fn combine_chain(pg: &PgBin, plan: &Plan, staging: &Path) -> Result<PathBuf, RecoveryError> {
+    let mut inputs = Vec::new();
+    for (i, b) in plan.chain.iter().chain([&plan.bundle]).enumerate() {
+        let unpacked = staging.join(format!("link-{i}"));
+        tracing::info!(bundle = %b.name, "extracting chain link {} of {}", i + 1, plan.chain.len() + 1);
+        bundle::extract(&b.path, &unpacked)?;
+        // pg_combinebackup reads each backup's backup_manifest inside its directory.
+        let data = unpacked.join(DATA_PREFIX.trim_end_matches('/'));
+        let from = unpacked.join(crate::physical::PG_MANIFEST);
+        let to = data.join(crate::physical::PG_MANIFEST);
+        std::fs::rename(&from, &to).fs_ctx("move into place", &from)?;
+        inputs.push(data);
+    }
+    let out = staging.join("combined");
+    let mut cmd = pg.cmd("pg_combinebackup").arg("-o").arg(&out);
+    if pg.major_version("pg_combinebackup")? >= 18 {
+        cmd = cmd.arg("--link");
+    }
+    tracing::info!(
+        links = inputs.len(),
+        "combining the chain with pg_combinebackup"
+    );
+    cmd.args(&inputs).run()?;
+    Ok(out)
 }
 
 /// Step: PGDATA and everything in it owned by the data owner, directories 0700, files 0600.

@@ -7,7 +7,10 @@
 //! bundle or the archive, that every archived segment recovery will read (up to the newest on the
 //! timeline path, or an LSN target) is there and belongs there ([`crate::walcheck`]) and that
 //! its records' CRCs hold ([`crate::walscan`]), that a named restore point is there, that no
-//! higher timeline lacks its history file, and that no postmaster runs on PGDATA. Only then does the caller ask for
+//! higher timeline lacks its history file, and that no postmaster runs on PGDATA. An
+//! incremental bundle (PostgreSQL 17+) brings its chain: every bundle of it is verified and
+//! checked against what the incremental recorded ([`crate::chain`]) before anything changes, and
+//! extraction unpacks each link and combines them with `pg_combinebackup`. Only then does the caller ask for
 //! confirmation and call [`execute`], a script of named steps: clear PGDATA (or move its contents
 //! aside with `keep_old`), extract, set ownership and modes, write the recovery settings, start
 //! PostgreSQL as the data owner, wait for recovery to end (resuming a pause), report where it
@@ -65,6 +68,8 @@ pub enum RecoveryError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Chain(#[from] crate::chain::ChainError),
     #[error(
         "{bundle}: not a usable physical bundle: {reason}\nhint: pick another with --from (`pgkeep backups list`)"
     )]
@@ -237,6 +242,7 @@ impl Classified for RecoveryError {
             Datadir(e) => e.exit_class(),
             Guard(e) => e.exit_class(),
             Bundle(_)
+            | Chain(_)
             | NotPhysical { .. }
             | ForeignSystem { .. }
             | TargetBeforeBackupEnd { .. }
@@ -452,6 +458,9 @@ impl Sandbox {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub bundle: Backup,
+    /// When `bundle` is an incremental: the bundles of its chain, full first (each verified and
+    /// checked against what the incremental recorded); they are combined with pg_combinebackup.
+    pub chain: Vec<Backup>,
     pub facts: PhysicalFacts,
     pub target: Option<RecoveryTarget>,
     /// Bytes of data-directory content in the bundle.
@@ -684,9 +693,11 @@ mod tests {
                 kind: BackupKind::Physical,
                 time: jiff::civil::date(2026, 12, 1).at(12, 0, 0, 0),
                 seq: 0,
+                incremental: false,
                 size: 1,
                 path: "b".into(),
             },
+            chain: vec![],
             facts: PhysicalFacts::for_test(1, "0/2000028", "0/2000100"),
             target: None,
             data_bytes: 0,

@@ -1,6 +1,7 @@
 //! The backup CronJobs (batch/v1): nightly `pgkeep backup logical` and weekly
-//! `pgkeep backup physical`, and the weekly restore drill (`pgkeep drill`), on the settings'
-//! schedules in the settings' time zone.
+//! `pgkeep backup physical`, the incremental base backups between them (`pgkeep backup physical
+//! --incremental=auto`, suspended unless `schedule.incremental_enabled`), and the weekly restore
+//! drill (`pgkeep drill`), on the settings' schedules in the settings' time zone.
 //!
 //! Kubernetes 1.20 (the e2e cluster) serves CronJob only as batch/v1beta1 and has no
 //! `timeZone` (1.25+). The API layer, not this module, adapts: on a server older than 1.21 it
@@ -28,6 +29,10 @@ pub fn logical_name(s: &Settings) -> String {
 
 pub fn physical_name(s: &Settings) -> String {
     format!("{}-backup-physical", s.kube.deployment)
+}
+
+pub fn incremental_name(s: &Settings) -> String {
+    format!("{}-backup-incremental", s.kube.deployment)
 }
 
 pub fn drill_name(s: &Settings) -> String {
@@ -139,6 +144,31 @@ pub fn physical_cronjob(s: &Settings) -> CronJob {
         &s.schedule.physical,
         pod,
     )
+}
+
+/// Incremental base backups (`basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz`, PostgreSQL 17+)
+/// between the weekly full ones: the physical backup's pod running `backup physical
+/// --incremental=auto` (a full one when no incremental can be taken, saying why). Suspended
+/// unless `schedule.incremental_enabled`.
+pub fn incremental_cronjob(s: &Settings) -> CronJob {
+    let pod = client_pod(
+        s,
+        "backup",
+        &["backup", "physical", "--incremental=auto"],
+        vec![backups_mount(s), wal_mount(s)],
+        vec![backups_volume(s), wal_volume(s)],
+    );
+    let mut c = cron(
+        s,
+        incremental_name(s),
+        Component::BackupPhysical,
+        &s.schedule.incremental,
+        pod,
+    );
+    if let Some(spec) = c.spec.as_mut() {
+        spec.suspend = Some(!s.schedule.incremental_enabled);
+    }
+    c
 }
 
 /// Weekly restore drill (`pgkeep drill`), a few hours after the physical backup: the same pod
@@ -255,6 +285,30 @@ mod tests {
             paths.contains(&"/backups".to_owned()) && paths.contains(&"/wal-archive".to_owned())
         );
         assert!(!mount_paths(&pod(&logical_cronjob(&s))).contains(&"/wal-archive".to_owned()));
+    }
+
+    #[test]
+    fn the_incremental_cronjob_is_suspended_until_turned_on() {
+        let mut s = Settings::default();
+        let c = incremental_cronjob(&s);
+        let spec = c.spec.as_ref().unwrap();
+        assert_eq!(spec.suspend, Some(true));
+        assert_eq!(spec.schedule, "20 6 * * 1-6");
+        let p = pod(&c);
+        assert_eq!(
+            p.containers[0].args.as_ref().unwrap()[..],
+            ["backup", "physical", "--incremental=auto"]
+        );
+        assert_eq!(mount_paths(&p), mount_paths(&pod(&physical_cronjob(&s))));
+        s.schedule.incremental_enabled = true;
+        s.schedule.incremental = "0 3 * * 1-6".into();
+        let c = incremental_cronjob(&s);
+        assert_eq!(c.spec.as_ref().unwrap().suspend, Some(false));
+        assert_eq!(c.spec.as_ref().unwrap().schedule, "0 3 * * 1-6");
+        assert_eq!(
+            c.metadata.name.as_deref(),
+            Some(incremental_name(&s).as_str())
+        );
     }
 
     #[test]

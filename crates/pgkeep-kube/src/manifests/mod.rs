@@ -184,6 +184,7 @@ pub mod files {
     pub const SERVICE: &str = "service.yaml";
     pub const CRON_LOGICAL: &str = "cronjob-backup-logical.yaml";
     pub const CRON_PHYSICAL: &str = "cronjob-backup-physical.yaml";
+    pub const CRON_INCREMENTAL: &str = "cronjob-backup-incremental.yaml";
     pub const CRON_DRILL: &str = "cronjob-drill.yaml";
     pub const KUSTOMIZATION: &str = "kustomization.yaml";
     pub const RESTORE_FROM_DUMP: &str = "restore-from-dump.yaml";
@@ -266,6 +267,15 @@ pub fn render(s: &Settings) -> Tree {
         ),
         File::new(
             BASE_DIR,
+            CRON_INCREMENTAL,
+            &[
+                "Incremental base backups (PostgreSQL 17+) between the weekly full ones; suspended unless",
+                "schedule.incremental_enabled (README: Incremental base backups).",
+            ],
+            vec![Object::CronJob(backup::incremental_cronjob(s))],
+        ),
+        File::new(
+            BASE_DIR,
             CRON_DRILL,
             &[],
             vec![Object::CronJob(backup::drill_cronjob(s))],
@@ -282,6 +292,7 @@ pub fn render(s: &Settings) -> Tree {
                     SERVICE,
                     CRON_LOGICAL,
                     CRON_PHYSICAL,
+                    CRON_INCREMENTAL,
                     CRON_DRILL,
                 ],
             ))],

@@ -148,6 +148,7 @@ fn base_kustomization_lists_no_pvc_and_no_secret() {
         files::SERVICE,
         files::CRON_LOGICAL,
         files::CRON_PHYSICAL,
+        files::CRON_INCREMENTAL,
     ] {
         assert!(
             k.resources.iter().any(|r| r == needed),

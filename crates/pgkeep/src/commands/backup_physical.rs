@@ -4,10 +4,14 @@
 //! on a terminal. The engine's `physical::take` does the work. Then retention as `backups prune`
 //! applies it, WAL included (unless `--no-prune`). A result record (`crate::record`) is left
 //! either way.
+//!
+//! `--incremental` (PostgreSQL 17+) takes `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz` on top of
+//! the newest base backup of the same system, or refuses saying why (exit 3);
+//! `--incremental=auto` takes a full one instead and says so.
 
 use pgkeep_engine::bundle::Level;
 use pgkeep_engine::db::ConnParams;
-use pgkeep_engine::physical::{self, BackupRequest};
+use pgkeep_engine::physical::{self, BackupRequest, Incremental};
 use pgkeep_engine::settings::Target;
 use pgkeep_engine::tools::PgBin;
 
@@ -26,8 +30,21 @@ pub enum Compress {
     None,
 }
 
+/// `--incremental` / `--incremental=auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IncrementalArg {
+    /// An incremental base backup, or a refusal saying why not.
+    On,
+    /// An incremental base backup when one can be taken, else a full one.
+    Auto,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Take an incremental base backup (PostgreSQL 17+) on top of the newest base backup;
+    /// `=auto` takes a full one when an incremental cannot be taken.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "on")]
+    pub incremental: Option<IncrementalArg>,
     /// Compression of the bundle.
     #[arg(long, value_enum, default_value_t = Compress::Fast)]
     pub compress: Compress,
@@ -41,7 +58,12 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     if ctx.target() == Target::Kube {
-        let cron = pgkeep_kube::manifests::backup::physical_name(ctx.settings());
+        // `--incremental` in the cluster: a Job from the incremental CronJob (which runs
+        // `--incremental=auto`).
+        let cron = match args.incremental {
+            Some(_) => pgkeep_kube::manifests::backup::incremental_name(ctx.settings()),
+            None => pgkeep_kube::manifests::backup::physical_name(ctx.settings()),
+        };
         return crate::cluster::run_cronjob(&ctx, &cron).await;
     }
     let start = pgkeep_engine::clock::now();
@@ -63,6 +85,11 @@ async fn backup(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     let bar = crate::output::progress(0, "base backup", true);
     let (b1, b2) = (bar.clone(), bar.clone());
     let report = physical::take(BackupRequest {
+        incremental: match args.incremental {
+            None => Incremental::Off,
+            Some(IncrementalArg::On) => Incremental::On,
+            Some(IncrementalArg::Auto) => Incremental::Auto,
+        },
         pg: &pg,
         conn: &conn,
         backups_dir: &s.paths.backups,
@@ -77,9 +104,15 @@ async fn backup(args: &Args, ctx: &Ctx) -> anyhow::Result<Produced> {
     .await;
     bar.finish_and_clear();
     let report = report?;
+    if let Some(why) = &report.full_because {
+        eprintln!("took a full base backup instead of an incremental one: {why}");
+    }
     if args.json {
         crate::output::print_json(&report)?;
     } else {
+        if let Some(parent) = &report.parent {
+            println!("incremental on top of {parent}");
+        }
         tracing::info!(
             start_lsn = %report.facts.start_lsn,
             stop_lsn = %report.facts.stop_lsn,

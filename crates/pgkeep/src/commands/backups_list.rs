@@ -1,7 +1,8 @@
 //! `pgkeep backups list`: the backups in the repository, both kinds: kind, name, time (UTC, from
 //! the name), size, database, and whether `backups verify` checked it since it last changed.
 //! With off-site copies configured, also where each backup is: `local`, `off-site` or `both`
-//! (an off-site-only backup shows the object's size and no database).
+//! (an off-site-only backup shows the object's size and no database). An incremental base
+//! backup's kind is `incr` and its parent is shown after it.
 
 use pgkeep_engine::catalog;
 use pgkeep_engine::offsite::{self, Offsite};
@@ -53,9 +54,18 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         "KIND", "NAME", "TIME", "SIZE", "DATABASE"
     );
     for e in &entries {
+        let parent = e
+            .parent
+            .as_deref()
+            .map(|p| format!("  parent {p}"))
+            .unwrap_or_default();
         println!(
-            "{:<9} {:<w$} {:<20} {:>14} {:<12} {}",
-            e.kind.label(),
+            "{:<9} {:<w$} {:<20} {:>14} {:<12} {}{parent}",
+            if e.parent.is_some() {
+                "incr"
+            } else {
+                e.kind.label()
+            },
             e.name,
             e.time,
             e.size,

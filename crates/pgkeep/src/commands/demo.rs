@@ -345,6 +345,7 @@ async fn logical_round_trip(site: &Site) -> anyhow::Result<()> {
 /// Take a base backup, then write rows that only WAL replay can bring back; returns their count.
 async fn physical_backup_then_write(site: &Site) -> anyhow::Result<i64> {
     let report = physical::take(physical::BackupRequest {
+        incremental: physical::Incremental::Off,
         pg: &site.pg,
         conn: &site.params(),
         backups_dir: &site.settings.paths.backups,

@@ -44,6 +44,9 @@ fn archive_command_of(exe: &str) -> String {
 /// PostgreSQL's own exit code once it stopped (0 when it stopped cleanly).
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
     let s = ctx.settings();
+    // Before anything else, so a SIGTERM during initialization is not lost.
+    let mut signals = Signals::install()?;
+    let pg = PgBin::locate()?;
     let cfg = ServeConfig {
         pgroot: s.paths.pgroot.clone(),
         pgdata: s.paths.pgdata.clone(),
@@ -59,10 +62,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
         archive_timeout: s.wal.archive_timeout,
         synchronous_stream: s.wal.stream == pgkeep_engine::settings::StreamMode::Sync,
         wal_archive: s.paths.wal_archive.clone(),
+        summarize_wal: pg.major_version("postgres")? >= 17,
     };
-    // Before anything else, so a SIGTERM during initialization is not lost.
-    let mut signals = Signals::install()?;
-    let pg = PgBin::locate()?;
     let password = postmaster::password_from(|k| std::env::var(k).ok())?;
     // A guard refusal or an unfinished bootstrap's marker exits with 3 (PostmasterError's class).
     let prepared = postmaster::prepare(&pg, &cfg, password.as_deref())?;
