@@ -67,7 +67,11 @@ pub async fn plan(
             let mut chains = Vec::new();
             for (parsed, name) in &named {
                 if parsed.incremental && keep.contains(name) {
-                    let meta = sys.backup_metadata(name, META_CHAIN).await?;
+                    let meta = sys
+                        .backup_metadata_all(name, &[META_CHAIN])
+                        .await?
+                        .pop()
+                        .flatten();
                     chains.push((
                         name.clone(),
                         meta.map(|m| m.split_whitespace().map(str::to_owned).collect()),

@@ -777,7 +777,7 @@ fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_st
 
     // The store cannot be reached: the backup is still taken, recorded and kept; the upload
     // waits for the follower.
-    let mut cmd = pgkeep(&c, &s3, "p");
+    let mut cmd = pgkeep_s3(&c, &s3, "p");
     with_keys(&mut cmd);
     let out = ok(cmd
         .env("PGKEEP_OFFSITE_ENDPOINT", "http://127.0.0.1:1")
@@ -794,7 +794,7 @@ fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_st
     assert!(s3.keys().is_empty(), "{:?}", s3.keys());
 
     // Reachable: the new bundle is off-site when the backup returns, without any sync.
-    let mut cmd = pgkeep(&c, &s3, "p");
+    let mut cmd = pgkeep_s3(&c, &s3, "p");
     with_keys(&mut cmd);
     ok(cmd.args(["backup", "logical", "--no-prune"]));
     let second = pgkeep_testkit::file_names(&c.backups())
@@ -809,14 +809,14 @@ fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_st
     );
 
     // No follower round yet: the metrics say so, `status` names the problem.
-    let metrics = |c: &TempCluster| stdout(&ok(pgkeep(c, &s3, "p").arg("metrics")));
+    let metrics = |c: &TempCluster| stdout(&ok(pgkeep_s3(c, &s3, "p").arg("metrics")));
     let m = metrics(&c);
     assert_eq!(
         sample(&m, "pgkeep_offsite_last_sync_timestamp_seconds"),
         Some(0.0),
         "{m}"
     );
-    let status = pgkeep(&c, &s3, "p")
+    let status = pgkeep_s3(&c, &s3, "p")
         .args(["status", "--json"])
         .output()
         .unwrap();
@@ -828,7 +828,7 @@ fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_st
 
     // A round: everything is off-site, the status file feeds the metrics.
     let before = jiff::Timestamp::now().as_second() as f64;
-    let mut cmd = pgkeep(&c, &s3, "p");
+    let mut cmd = pgkeep_s3(&c, &s3, "p");
     with_keys(&mut cmd);
     ok(cmd.args(["offsite", "sync", "--no-prune"]));
     assert!(c.run_dir().join("pgkeep-offsite.json").is_file());
@@ -870,7 +870,7 @@ fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_st
         sample(&m, "pgkeep_offsite_lag_segments").unwrap() >= 1.0,
         "{m}"
     );
-    let mut cmd = pgkeep(&c, &s3, "p");
+    let mut cmd = pgkeep_s3(&c, &s3, "p");
     with_keys(&mut cmd);
     ok(cmd.args(["offsite", "sync", "--no-prune"]));
     assert_eq!(
