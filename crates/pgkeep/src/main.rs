@@ -11,6 +11,7 @@ mod commands;
 mod exit;
 mod output;
 mod record;
+mod stop;
 
 use std::process::ExitCode;
 

@@ -878,3 +878,58 @@ fn a_backup_copies_its_bundle_off_site_at_once_and_metrics_show_the_followers_st
         Some(0.0)
     );
 }
+
+/// The follower is PID 1 of its container: it must stop on SIGTERM by itself (the kernel does
+/// not stop PID 1 on a signal it does not handle, and the kubelet would wait out the grace
+/// period), between rounds and in the middle of one.
+#[test]
+fn the_follower_stops_on_sigterm_between_and_during_rounds() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let s3 = S3Server::start("pgkeep-follow");
+    let c = cluster_with_marker();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (_id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
+    let status = c.run_dir().join("pgkeep-offsite.json");
+    let follow = |frozen: bool| {
+        let _ = std::fs::remove_file(&status);
+        if frozen {
+            s3.freeze(true);
+        }
+        let mut child = pgkeep_testkit::pgkeep_command(&c)
+            .envs(s3.env("f"))
+            .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+            .args(["offsite", "sync", "--follow", "--interval", "3600"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if frozen {
+            // A round hangs on the frozen server.
+            std::thread::sleep(Duration::from_secs(2));
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !status.is_file() {
+                assert!(Instant::now() < deadline, "no round completed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "still following");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the follower ignored SIGTERM (frozen: {frozen})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        s3.freeze(false);
+        assert!(st.success(), "{st:?}");
+    };
+    follow(false);
+    follow(true);
+}

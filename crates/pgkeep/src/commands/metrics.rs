@@ -55,7 +55,7 @@ async fn scrape(s: &Settings) -> String {
 }
 
 async fn serve(addr: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> {
-    let mut stop = Stop::install();
+    let mut stop = crate::stop::Stop::install();
     // In the db pod a container that exits makes the whole pod unready (and the Service drop
     // PostgreSQL), so a port that cannot be bound is retried and logged, never fatal; the
     // scraper sees the target down.
@@ -95,39 +95,6 @@ async fn serve(addr: SocketAddr, settings: Arc<Settings>) -> anyhow::Result<()> 
                     }
                 });
             }
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, registered once before the server loop: a stream created anew for each
-/// turn of the loop misses a signal that arrives between two turns (seen: a SIGTERM right after
-/// a scrape was lost and the process never stopped).
-struct Stop {
-    term: Option<tokio::signal::unix::Signal>,
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl Stop {
-    fn install() -> Stop {
-        use tokio::signal::unix::{SignalKind, signal};
-        Stop {
-            term: signal(SignalKind::terminate()).ok(),
-            int: signal(SignalKind::interrupt()).ok(),
-        }
-    }
-
-    async fn requested(&mut self) {
-        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            _ = one(&mut self.term) => {}
-            _ = one(&mut self.int) => {}
         }
     }
 }

@@ -75,16 +75,24 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let mut first = true;
     let status_path = offsite::status::path(&s.paths.run_dir);
     let mut stored: Option<std::collections::BTreeMap<String, u64>> = None;
+    // SIGTERM or SIGINT ends a --follow at once, even mid-upload: an upload that did not
+    // complete is never visible (see `offsite`), and the next start begins over.
+    let mut stop = crate::stop::Stop::install();
     loop {
-        let round = offsite::sync(
-            &off,
-            &s.paths.pgdata,
-            &s.paths.backups,
-            &archive,
-            &mut known,
-            progress.clone(),
-        )
-        .await;
+        let round = tokio::select! {
+            r = offsite::sync(
+                &off,
+                &s.paths.pgdata,
+                &s.paths.backups,
+                &archive,
+                &mut known,
+                progress.clone(),
+            ) => r,
+            _ = stop.requested(), if args.follow => {
+                tracing::info!("stopping: a signal arrived during a round");
+                return Ok(());
+            }
+        };
         match round {
             Ok(report) => {
                 let new_bundles = first || report.new_bundles > 0;
@@ -163,7 +171,13 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         if !args.follow {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.interval.max(1))) => {}
+            _ = stop.requested() => {
+                tracing::info!("stopping: a signal arrived");
+                return Ok(());
+            }
+        }
     }
 }
 
