@@ -517,6 +517,8 @@ mod tests {
                 "ConfigMap",
                 "Deployment",
                 "Service",
+                // logical, physical, incremental (suspended unless turned on), drill
+                "CronJob",
                 "CronJob",
                 "CronJob",
                 "CronJob"
