@@ -334,7 +334,7 @@ print(size)' "$REPO")
         printf '   %-62s %6.2f s\n' "$label" "$(secs "$a" "$b")"
     }
     SCRATCH=$SITE/scratch
-    piece "pgkeep backups verify $(basename "$BUNDLE")" "$PGKEEP" -q backups verify "$(basename "$BUNDLE")"
+    piece "pgkeep backups verify $(basename "$BUNDLE")" sh -c "'$PGKEEP' -q backups verify '$(basename "$BUNDLE")' >/dev/null"
     piece "gzip -dc bundle > /dev/null (gunzip alone, one core)" sh -c "gzip -dc '$BUNDLE' >/dev/null"
     piece "gzip -dc bundle | sha256sum (gunzip + one hash of the tar)" sh -c "gzip -dc '$BUNDLE' | sha256sum >/dev/null"
     mkdir -p "$SCRATCH"
