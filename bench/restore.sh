@@ -304,6 +304,7 @@ print(size)' "$REPO")
         rm -rf "$PGDATA"; install -d -m 0700 -o postgres -g postgres "$PGDATA"
         as_pg "${BR[@]}" restore
         m=$(now)
+        BR_RESTORE_COMMAND=$(grep -h '^restore_command' "$PGDATA/postgresql.auto.conf" || echo '?')
         as_pg pg_ctl -D "$PGDATA" -l "$log" -W start >/dev/null
         wait_writable
         b=$(now)
@@ -318,7 +319,7 @@ print(size)' "$REPO")
     for r in $(seq "$REPEAT"); do
         if [ $((r % 2)) = 1 ]; then restore_pgkeep "$r"; restore_pgbr "$r"; else restore_pgbr "$r"; restore_pgkeep "$r"; fi
     done
-    echo "   pgBackRest's restore_command: $(grep -h restore_command "$PGDATA/postgresql.auto.conf" || echo '?')"
+    echo "   pgBackRest's $BR_RESTORE_COMMAND"
     stop_server
     echo "-- steps of the best round"
     echo "   pgkeep (${T_KR} s):"
@@ -330,23 +331,27 @@ print(size)' "$REPO")
     echo "-- pieces alone (one run each), load average $(cut -d' ' -f1-3 /proc/loadavg)"
     piece() { # label, command...
         local label=$1 a b; shift
-        sync; a=$(now); "$@"; b=$(now)
+        a=$(now); "$@"; b=$(now)
         printf '   %-62s %6.2f s\n' "$label" "$(secs "$a" "$b")"
     }
     SCRATCH=$SITE/scratch
+    sync
     piece "pgkeep backups verify $(basename "$BUNDLE")" sh -c "'$PGKEEP' -q backups verify '$(basename "$BUNDLE")' >/dev/null"
+    sync
     piece "gzip -dc bundle > /dev/null (gunzip alone, one core)" sh -c "gzip -dc '$BUNDLE' >/dev/null"
+    sync
     piece "gzip -dc bundle | sha256sum (gunzip + one hash of the tar)" sh -c "gzip -dc '$BUNDLE' | sha256sum >/dev/null"
-    mkdir -p "$SCRATCH"
+    mkdir -p "$SCRATCH"; sync
     piece "tar -xzf bundle (extract, no fsync)" tar -xzf "$BUNDLE" -C "$SCRATCH"
     piece "sync (write back what tar wrote)" sync
     TAR_BYTES=$(du -sb "$SCRATCH" | cut -f1)
     rm -rf "$SCRATCH"
     gzip -dc "$BUNDLE" | zstd -q -3 -T"$CORES" -o "$SITE/bundle.tar.zst"
+    sync
     piece "zstd -dc (same tar as one zstd -3 stream) > /dev/null" sh -c "zstd -q -dc '$SITE/bundle.tar.zst' >/dev/null"
-    mkdir -p "$SCRATCH"
+    mkdir -p "$SCRATCH"; sync
     piece "zstd -dc | tar -x (extract, no fsync)" sh -c "zstd -q -dc '$SITE/bundle.tar.zst' | tar -x -C '$SCRATCH'"
-    piece "sync" sync
+    piece "sync (write back what tar wrote)" sync
     rm -rf "$SCRATCH"
     printf '   sizes: tar %s MiB, bundle (gzip) %s MiB, as zstd -3 %s MiB, pgBackRest %s MiB\n' \
         "$(mib "$TAR_BYTES")" "$(mib "$S_K")" "$(mib "$(stat -c %s "$SITE/bundle.tar.zst")")" "$(mib "$S_B")"
