@@ -293,6 +293,25 @@ impl Site {
         }
     }
 
+    /// Wait until the db pod is Ready (`kubectl wait`), e.g. after the bootstrap Job scaled it
+    /// up; panics after `secs`.
+    fn wait_db_ready(&self, when: &str, secs: u64) {
+        self.wait_for(&format!("the db pod to be Ready {when}"), secs, || {
+            run(kubectl().args([
+                "-n",
+                &self.ns,
+                "wait",
+                "--for=condition=Ready",
+                "pod",
+                "-l",
+                "app=postgres",
+                "--timeout=5s",
+            ]))
+            .status
+            .success()
+        });
+    }
+
     /// `GET /metrics` on the db pod's metrics port (9187), from its db container (bash's
     /// /dev/tcp: the pod shares one network namespace); the body, after checking the status.
     fn scrape_metrics(&self) -> String {
@@ -514,20 +533,7 @@ fn seed_flows_in_order() {
         "bootstrap basebackup --target-time T",
         &["bootstrap", "basebackup", "--target-time", &t, "--yes"],
     );
-    site.wait_for("the db pod to be Ready after bootstrap", 180, || {
-        run(kubectl().args([
-            "-n",
-            &site.ns,
-            "wait",
-            "--for=condition=Ready",
-            "pod",
-            "-l",
-            "app=postgres",
-            "--timeout=5s",
-        ]))
-        .status
-        .success()
-    });
+    site.wait_db_ready("after bootstrap", 180);
     assert_eq!(
         site.sql("SELECT pg_is_in_recovery()"),
         "f",
@@ -1257,20 +1263,7 @@ fn a_deleted_namespace_comes_back_from_the_bucket_alone() {
         ],
     );
     println!("bootstrap from off-site:\n{out}");
-    new.wait_for("the db pod to be Ready after bootstrap", 240, || {
-        run(kubectl().args([
-            "-n",
-            &new.ns,
-            "wait",
-            "--for=condition=Ready",
-            "pod",
-            "-l",
-            "app=postgres",
-            "--timeout=5s",
-        ]))
-        .status
-        .success()
-    });
+    new.wait_db_ready("after bootstrap", 240);
     assert_eq!(new.sql("SELECT pg_is_in_recovery()"), "f", "promoted");
     assert_eq!(
         new.sql("SELECT string_agg(note, ',' ORDER BY id) FROM t"),

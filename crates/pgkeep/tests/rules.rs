@@ -243,6 +243,23 @@ fn promtool_unit_tests_of_the_alerts_pass() {
     promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
 }
 
+/// promtool's unit tests `tests` against the rules rendered from `config` (a pgkeep.toml),
+/// whose parsed form `settings` words the expected annotations.
+fn promtool_test_rendered_with(
+    config: &str,
+    settings: &pgkeep_engine::settings::Settings,
+    tests: &str,
+) {
+    let t = tempfile::tempdir().unwrap();
+    rendered_with(t.path(), Some(config));
+    std::fs::write(
+        t.path().join("rules_test.yaml"),
+        with_annotations_of(tests, settings),
+    )
+    .unwrap();
+    promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
+}
+
 /// The off-site alerts (rendered only with `offsite.url` set): the follower completed rounds
 /// until t=30m, then none; WAL waiting for it grows by one segment a minute from then on.
 const OFFSITE_TESTS: &str = r#"
@@ -281,18 +298,14 @@ tests:
 
 #[test]
 fn promtool_unit_tests_of_the_offsite_alerts_pass() {
-    let t = tempfile::tempdir().unwrap();
-    let config = "[offsite]\nurl = \"s3://bucket/p\"\nencrypt = false\n";
-    rendered_with(t.path(), Some(config));
     let mut settings = pgkeep_engine::settings::Settings::default();
     settings.offsite.url = "s3://bucket/p".into();
     settings.offsite.encrypt = false;
-    std::fs::write(
-        t.path().join("rules_test.yaml"),
-        with_annotations_of(OFFSITE_TESTS, &settings),
-    )
-    .unwrap();
-    promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
+    promtool_test_rendered_with(
+        "[offsite]\nurl = \"s3://bucket/p\"\nencrypt = false\n",
+        &settings,
+        OFFSITE_TESTS,
+    );
 }
 
 /// The stream alert with `wal.stream = sync`: the stream drops at t=20m and stays down.
@@ -320,14 +333,7 @@ tests:
 
 #[test]
 fn promtool_unit_tests_of_the_sync_stream_alert_pass() {
-    let t = tempfile::tempdir().unwrap();
-    rendered_with(t.path(), Some("[wal]\nstream = \"sync\"\n"));
     let mut settings = pgkeep_engine::settings::Settings::default();
     settings.wal.stream = pgkeep_engine::settings::StreamMode::Sync;
-    std::fs::write(
-        t.path().join("rules_test.yaml"),
-        with_annotations_of(STREAM_TESTS, &settings),
-    )
-    .unwrap();
-    promtool_ok(&["test", "rules", "rules_test.yaml"], t.path());
+    promtool_test_rendered_with("[wal]\nstream = \"sync\"\n", &settings, STREAM_TESTS);
 }
