@@ -58,7 +58,7 @@ fn rendered_tree_is_written_and_lints_clean() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("no findings in 22 file(s)"), "{stdout}");
+    assert!(stdout.contains("no findings in 23 file(s)"), "{stdout}");
     assert!(
         t.path()
             .join("infra/prometheus/pgkeep-rules.yaml")
@@ -76,7 +76,7 @@ fn render_without_out_prints_one_stream_and_follows_the_environment() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let docs = pgkeep_kube::yaml::parse_documents("stdout", &text).unwrap();
-    assert_eq!(docs.len(), 23, "every Kubernetes object of every file");
+    assert_eq!(docs.len(), 24, "every Kubernetes object of every file");
     assert!(docs.iter().all(|d| d.value["kind"].is_string()));
     assert!(text.contains("namespace: from-env"));
     // --defaults ignores the environment (what deploy/ holds).
