@@ -11,6 +11,7 @@
 #   1. sync throughput, encrypted vs `offsite.encrypt = false` (the plain upload)  -> ratio
 #   2. per-segment upload latency (one segment per sync), encrypted vs plain        -> ratio
 #   3. per-segment `wal fetch` from off-site vs from the local archive              -> ratio
+#   4. the same data PUT file by file with curl (the HTTP floor of the server), vs pgkeep plain and encrypted
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,4 +113,22 @@ t0, t1, t2, n = map(float, sys.argv[1:])
 l, o = (t1 - t0) / n, (t2 - t1) / n
 print(f"   local     {l*1000:7.0f} ms per segment")
 print(f"   off-site  {o*1000:7.0f} ms per segment   ratio {o/l:.2f}x")
+PY
+
+echo "4. the same $SIZE_MIB MiB with a bare HTTP client (curl PUT per file, no verify, no encryption)"
+t0=$(now)
+for f in "$SITE"/wal/*; do
+  curl -sf -X PUT -T "$f" -H 'Authorization: AWS4-HMAC-SHA256 Credential=x/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0' \
+    "http://127.0.0.1:$PORT/bench/bare/$(basename "$f")" >/dev/null
+done
+t1=$(now)
+t2=$(now); sync_run plain2 "$SITE/wal" "$SITE/plain.toml"; t3=$(now)
+sync_run enc2 "$SITE/wal"; t4=$(now)
+python3 - "$t0" "$t1" "$t2" "$t3" "$t4" "$SIZE_MIB" <<'PY'
+import sys
+t0, t1, t2, t3, t4, mib = map(float, sys.argv[1:])
+b, p, e = t1 - t0, t3 - t2, t4 - t3
+print(f"   curl PUT  {b:7.2f} s  {mib/b:7.1f} MiB/s")
+print(f"   pgkeep plain     {p:7.2f} s   ratio {p/b:.2f}x")
+print(f"   pgkeep encrypted {e:7.2f} s   ratio {e/b:.2f}x")
 PY
