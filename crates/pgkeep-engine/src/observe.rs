@@ -138,20 +138,19 @@ pub const OFFSITE_LAG_SEGMENTS_MAX: u64 = 16;
 /// No completed off-site round for this long is a problem.
 pub const OFFSITE_MAX_SYNC_AGE_SECS: i64 = 3600;
 
-fn look_offsite(status: &Path, archive: &Archive) -> OffsiteLook {
+/// The follower's status against this look's archive listing (None: it could not be read).
+fn look_offsite(status: &Path, files: Option<&[crate::wal::ArchivedFile]>) -> OffsiteLook {
     match crate::offsite::status::read(status) {
         Ok(st) => {
             let newest = st.as_ref().and_then(|s| s.newest_segment.clone());
-            let (lag_segments, error) =
-                match crate::offsite::status::lag_segments(archive, newest.as_deref()) {
-                    Ok(n) => (Some(n), None),
-                    Err(e) => (None, Some(e)),
-                };
             OffsiteLook {
                 last_sync: st.as_ref().map(|s| s.synced_at),
-                lag_segments,
+                lag_segments: files
+                    .map(|f| crate::offsite::status::lag_segments(f, newest.as_deref())),
                 backups: st.map(|s| s.backups).unwrap_or_default(),
-                error,
+                error: files
+                    .is_none()
+                    .then(|| "the WAL archive cannot be listed".to_owned()),
             }
         }
         Err(e) => OffsiteLook {
@@ -363,10 +362,14 @@ pub async fn observe(
             .map(|r| r.max(0) as u64)
     });
 
-    let newest = Archive::new(site.wal_archive)
-        .list()
-        .ok()
-        .and_then(|files| files.into_iter().rfind(|f| f.wal.kind == WalKind::Segment));
+    // One listing of the archive serves the lag and the off-site look.
+    let archive_files = Archive::new(site.wal_archive).list().ok();
+    let newest = archive_files.as_ref().and_then(|files| {
+        files
+            .iter()
+            .rfind(|f| f.wal.kind == WalKind::Segment)
+            .cloned()
+    });
     let archive_lag_seconds = newest.as_ref().and_then(|f| {
         let caught_up = archiver
             .as_ref()
@@ -429,7 +432,7 @@ pub async fn observe(
     let offsite = site
         .offsite_status
         .as_deref()
-        .map(|p| look_offsite(p, &Archive::new(site.wal_archive)));
+        .map(|p| look_offsite(p, archive_files.as_deref()));
     Observation {
         at: now,
         up,

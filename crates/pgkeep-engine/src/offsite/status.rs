@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{Archive, WalKind};
+use crate::wal::{ArchivedFile, WalKind};
 
 /// The file's name in the socket directory (`paths.run_dir`).
 pub const STATUS_FILE: &str = "pgkeep-offsite.json";
@@ -54,25 +54,24 @@ pub fn read(path: &Path) -> Result<Option<Status>, String> {
     }
 }
 
-/// The newest segment among the archive's files (what a completed round has uploaded).
-pub fn newest_segment(archive: &Archive) -> Option<String> {
-    archive
-        .list()
-        .ok()?
-        .into_iter()
+/// The newest segment in an archive listing (after a completed round: the newest one
+/// off-site). Taken from the listing the round uploaded, never from a fresh look, which could
+/// name a segment that arrived after the round and is not off-site yet.
+pub fn newest_segment(files: &[ArchivedFile]) -> Option<String> {
+    files
+        .iter()
         .rfind(|f| f.wal.kind == WalKind::Segment)
-        .map(|f| f.name)
+        .map(|f| f.name.clone())
 }
 
-/// Segments in the local archive that are newer than `newest_off_site` (all of them when
+/// Segments in an archive listing that are newer than `newest_off_site` (all of them when
 /// nothing is off-site yet): what losing the cluster now would lose beyond the off-site copy.
-pub fn lag_segments(archive: &Archive, newest_off_site: Option<&str>) -> Result<u64, String> {
-    let files = archive.list().map_err(|e| e.to_string())?;
-    Ok(files
+pub fn lag_segments(files: &[ArchivedFile], newest_off_site: Option<&str>) -> u64 {
+    files
         .iter()
         .filter(|f| f.wal.kind == WalKind::Segment)
         .filter(|f| newest_off_site.is_none_or(|n| f.name.as_str() > n))
-        .count() as u64)
+        .count() as u64
 }
 
 #[cfg(test)]
@@ -108,18 +107,12 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
-        let a = Archive::new(dir.path());
-        assert_eq!(lag_segments(&a, None).unwrap(), 3);
+        let files = crate::wal::Archive::new(dir.path()).list().unwrap();
+        assert_eq!(lag_segments(&files, None), 3);
+        assert_eq!(lag_segments(&files, Some("000000010000000000000001")), 2);
+        assert_eq!(lag_segments(&files, Some("000000010000000000000003")), 0);
         assert_eq!(
-            lag_segments(&a, Some("000000010000000000000001")).unwrap(),
-            2
-        );
-        assert_eq!(
-            lag_segments(&a, Some("000000010000000000000003")).unwrap(),
-            0
-        );
-        assert_eq!(
-            newest_segment(&a).as_deref(),
+            newest_segment(&files).as_deref(),
             Some("000000010000000000000003")
         );
     }

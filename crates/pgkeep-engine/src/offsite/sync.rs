@@ -101,6 +101,7 @@ pub async fn sync(
     } else {
         Vec::new()
     };
+    let newest_segment = status::newest_segment(&files);
     for f in files {
         let file = file_name(&f.path)?;
         let key = format!("wal/{file}");
@@ -125,7 +126,7 @@ pub async fn sync(
         record(&mut report, &file, f.size, outcome);
         known.names.insert(key);
     }
-    report.newest_segment = status::newest_segment(archive);
+    report.newest_segment = newest_segment;
     Ok(report)
 }
 

@@ -215,10 +215,11 @@ pub fn job_from_cronjob(cron: &CronJob, name: &str) -> Job {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn pod(c: &CronJob) -> PodSpec {
+    /// The pod a CronJob's Jobs run (also for the Job tests beside this module).
+    pub(in crate::manifests) fn pod(c: &CronJob) -> PodSpec {
         c.spec
             .clone()
             .unwrap()

@@ -313,18 +313,8 @@ mod tests {
 
     #[test]
     fn only_the_pods_that_read_off_site_get_the_identity_and_backups_get_the_credentials() {
+        use super::super::backup::tests::pod as cron_pod;
         use super::super::backup::{drill_cronjob, logical_cronjob, physical_cronjob};
-        use k8s_openapi::api::batch::v1::CronJob;
-        let cron_pod = |c: CronJob| {
-            c.spec
-                .unwrap()
-                .job_template
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap()
-        };
         let identity = |p: &PodSpec| {
             let mounted = p.containers[0]
                 .volume_mounts
@@ -351,12 +341,12 @@ mod tests {
         for p in [
             pod_of(&restore_from_dump(&off, &[])),
             pod_of(&bootstrap_from_basebackup(&off, &[])),
-            cron_pod(drill_cronjob(&off)),
-            cron_pod(logical_cronjob(&off)),
+            cron_pod(&drill_cronjob(&off)),
+            cron_pod(&logical_cronjob(&off)),
         ] {
             assert!(!identity(&p) && !credentials(&p));
         }
-        assert_eq!(args(&cron_pod(drill_cronjob(&off))), ["drill"]);
+        assert_eq!(args(&cron_pod(&drill_cronjob(&off))), ["drill"]);
 
         let mut s = Settings::default();
         s.offsite.url = "s3://bucket/p".into();
@@ -365,7 +355,7 @@ mod tests {
         for p in [
             pod_of(&restore_from_dump(&s, &[])),
             pod_of(&bootstrap_from_basebackup(&s, &[])),
-            cron_pod(drill_cronjob(&s)),
+            cron_pod(&drill_cronjob(&s)),
         ] {
             assert!(identity(&p), "a reader gets the identity");
             assert!(credentials(&p));
@@ -380,8 +370,8 @@ mod tests {
             assert_eq!(secret.default_mode, Some(0o440));
         }
         for p in [
-            cron_pod(logical_cronjob(&s)),
-            cron_pod(physical_cronjob(&s)),
+            cron_pod(&logical_cronjob(&s)),
+            cron_pod(&physical_cronjob(&s)),
         ] {
             assert!(credentials(&p), "a backup uploads its bundle");
             assert!(!identity(&p), "a backup never sees the identity");
@@ -393,9 +383,9 @@ mod tests {
             assert!(!identity(&p) && !credentials(&p));
         }
         // The weekly drill drills the off-site copies when it can read them.
-        assert_eq!(args(&cron_pod(drill_cronjob(&s))), ["drill", "--offsite"]);
+        assert_eq!(args(&cron_pod(&drill_cronjob(&s))), ["drill", "--offsite"]);
         s.offsite.identity_secret.clear();
-        assert_eq!(args(&cron_pod(drill_cronjob(&s))), ["drill"]);
+        assert_eq!(args(&cron_pod(&drill_cronjob(&s))), ["drill"]);
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
     let mut stored: Option<std::collections::BTreeMap<String, u64>> = None;
     // SIGTERM or SIGINT ends a --follow at once, even mid-upload: an upload that did not
     // complete is never visible (see `offsite`), and the next start begins over.
-    let mut stop = crate::stop::Stop::install();
+    // Only a follower catches them: a one-shot sync keeps the default (a signal ends it).
+    let mut stop = args.follow.then(crate::stop::Stop::install);
     loop {
         let round = tokio::select! {
             r = offsite::sync(
@@ -88,7 +89,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 &mut known,
                 progress.clone(),
             ) => r,
-            _ = stop.requested(), if args.follow => {
+            _ = requested(&mut stop) => {
                 tracing::info!("stopping: a signal arrived during a round");
                 return Ok(());
             }
@@ -173,11 +174,19 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(args.interval.max(1))) => {}
-            _ = stop.requested() => {
+            _ = requested(&mut stop) => {
                 tracing::info!("stopping: a signal arrived");
                 return Ok(());
             }
         }
+    }
+}
+
+/// Resolves when the follower's signals arrived; never without them.
+async fn requested(stop: &mut Option<crate::stop::Stop>) {
+    match stop {
+        Some(s) => s.requested().await,
+        None => std::future::pending().await,
     }
 }
 
