@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The e2e image without Docker: kubebox's bookworm root filesystem (postgres is uid/gid 999) with
-# the PostgreSQL of the chosen major, plus the freshly built release pgkeep, wrapped as a
+# the PostgreSQL of the chosen major, plus the freshly built pgkeep, wrapped as a
 # one-layer image and imported into the running kubebox cluster. The tag is derived from the
 # binary and the major (never `latest`), so a changed build is a new image and nothing is ever
 # pulled.
@@ -13,6 +13,10 @@
 # Usage: e2e/kubebox-image.sh            prints the image reference on stdout (logs on stderr)
 # Env:   KUBEBOX  path of the kubebox script (default: ../shared/kubebox/kubebox beside the checkout)
 #        PGKEEP_E2E_PG_MAJOR  18 (default) or 15
+#        PGKEEP_E2E_PROFILE   dev (default) or release: the cargo profile of the image's pgkeep.
+#                 dev reuses the test suite's build (a release build of every dependency costs
+#                 ~8 min of CI on 2 cores); the e2e data is small, so the speed does not matter.
+#                 Its debug info is stripped from the copy in the image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KUBEBOX=${KUBEBOX:-$(cd .. && pwd)/shared/kubebox/kubebox}
@@ -25,8 +29,12 @@ case "$MAJOR" in
   *) echo "PGKEEP_E2E_PG_MAJOR=$MAJOR: the e2e image is built for 18 (the default) or 15" >&2; exit 1 ;;
 esac
 
-cargo build --release --locked -p pgkeep >&2
-bin=target/release/pgkeep
+PROFILE=${PGKEEP_E2E_PROFILE:-dev}
+case "$PROFILE" in
+  dev) cargo build --locked -p pgkeep >&2; bin=target/debug/pgkeep ;;
+  release) cargo build --release --locked -p pgkeep >&2; bin=target/release/pgkeep ;;
+  *) echo "PGKEEP_E2E_PROFILE=$PROFILE: use dev or release" >&2; exit 1 ;;
+esac
 ref="kubebox.local/pgkeep:$(sha256sum "$bin" | cut -c1-12)-pg$MAJOR"
 
 work=$(mktemp -d /tmp/pgkeep-image.XXXXXX)
@@ -45,6 +53,9 @@ fi
 "$work/fs$pgbin/postgres" --version | grep -q "(PostgreSQL) $MAJOR\." \
   || { echo "$work/fs$pgbin/postgres is not PostgreSQL $MAJOR" >&2; exit 1; }
 install -m 755 "$bin" "$work/fs/usr/local/bin/pgkeep"
+# Debug info is most of a dev binary's size (the image is imported on every run); binutils'
+# strip is on Debian machines, and without it the image is only larger.
+if command -v strip >/dev/null; then strip --strip-debug "$work/fs/usr/local/bin/pgkeep"; fi
 bash "$KUBEBOX" mkimage "$work/fs" "$ref" "$work/pgkeep.tar" --user 999:999 \
   --env PATH=$pgbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env LANG=C.UTF-8 --cmd '["pgkeep","--help"]' >&2
