@@ -2,8 +2,8 @@
 //! directory, of both kinds (logical `nightly-*` and physical `basebackup-*`).
 //!
 //! Listing must be cheap, but `MANIFEST.json` is the last member of a bundle. pgkeep bundles end
-//! with a gzip member of their own holding the manifest (the member before it is stored), so
-//! [`peek_manifest`] reads only the last 256 KiB of the file and tries each gzip header found
+//! with a compressed frame of their own holding the manifest (a gzip member or a zstd frame), so
+//! [`peek_manifest`] reads only the last 256 KiB of the file and tries each frame header found
 //! there. What it finds is only shown, never trusted: verification reads everything.
 //!
 //! Verification results are remembered in `.pgkeep-verified.json` in the backups directory
@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, BundleError, MANIFEST_NAME, Manifest};
@@ -26,9 +25,9 @@ use crate::tools::PgBin;
 pub const VERIFIED_FILE: &str = ".pgkeep-verified.json";
 const TAIL: u64 = 256 * 1024;
 
-/// Find the manifest in the tail of a bundle without reading all of it: from each gzip header in
-/// the last 256 KiB (nearest the end first), read the tar entries that follow until
-/// `MANIFEST.json` turns up. Tar members start at gzip member boundaries in pgkeep bundles.
+/// Find the manifest in the tail of a bundle without reading all of it: from each gzip or zstd
+/// frame header in the last 256 KiB (nearest the end first), read the tar entries that follow
+/// until `MANIFEST.json` turns up. Tar members start at frame boundaries in pgkeep bundles.
 pub fn peek_manifest(path: &Path) -> Option<Manifest> {
     let body = peek_member(path, MANIFEST_NAME, TAIL, 16 << 20)?;
     serde_json::from_slice(&body).ok()
@@ -47,18 +46,18 @@ pub fn peek_member(path: &Path, member: &str, tail_len: u64, limit: u64) -> Opti
     let mut pos = tail.len();
     while pos > 0 {
         pos -= 1;
-        if !tail[pos..].starts_with(&[0x1f, 0x8b, 0x08]) {
+        let Some(codec) = bundle::Codec::sniff(&tail[pos..]) else {
             continue;
-        }
-        if let Some(m) = member_from(&tail[pos..], member, limit) {
+        };
+        if let Some(m) = member_from(codec, &tail[pos..], member, limit) {
             return Some(m);
         }
     }
     None
 }
 
-fn member_from(stream: &[u8], member: &str, limit: u64) -> Option<Vec<u8>> {
-    let mut archive = tar::Archive::new(MultiGzDecoder::new(stream));
+fn member_from(codec: bundle::Codec, stream: &[u8], member: &str, limit: u64) -> Option<Vec<u8>> {
+    let mut archive = tar::Archive::new(codec.decoder(stream).ok()?);
     for entry in archive.entries().ok()? {
         let mut entry = entry.ok()?;
         if entry.path().ok()?.as_ref() != Path::new(member) {

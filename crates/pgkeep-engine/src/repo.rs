@@ -1,7 +1,9 @@
 //! The backup repository: a directory (the backups volume) of bundles named as the seed names
-//! them, `nightly-YYYYMMDD-HHMM.tar.gz` and `basebackup-YYYYMMDD-HHMM.bundle.tar.gz`, in UTC;
-//! an incremental base backup (PostgreSQL 17+) is `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz`,
-//! a physical backup too (its MANIFEST.json names its parent, see [`crate::chain`]).
+//! them, `nightly-YYYYMMDD-HHMM.tar.gz` and `basebackup-YYYYMMDD-HHMM.bundle.tar.zst`, in UTC;
+//! an incremental base backup (PostgreSQL 17+) is `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.zst`,
+//! a physical backup too (its MANIFEST.json names its parent, see [`crate::chain`]). Base
+//! backups written before bundles were zstd are `….bundle.tar.gz` and stay what they were:
+//! listed, verified, restored and pruned like the others.
 //!
 //! Names are parsed strictly, so unrelated files and partial files (`.NAME.partial`) are never
 //! taken for backups. When a name is already taken (two backups in one minute) a `-N` suffix is
@@ -28,7 +30,7 @@ pub enum RepoError {
     #[error("{name} not found in {dir}\nhint: `pgkeep backups list` shows what is there")]
     NotFound { name: String, dir: PathBuf },
     #[error(
-        "`{name}` is not a backup name\nhint: give a file name in the backups directory, like nightly-20260101-0600.tar.gz or basebackup-20260104-0620.bundle.tar.gz"
+        "`{name}` is not a backup name\nhint: give a file name in the backups directory, like nightly-20260101-0600.tar.gz or basebackup-20260104-0620.bundle.tar.zst"
     )]
     BadName { name: String },
 }
@@ -38,7 +40,7 @@ pub enum RepoError {
 pub enum BackupKind {
     /// `nightly-*.tar.gz`
     Logical,
-    /// `basebackup-*.bundle.tar.gz`
+    /// `basebackup-*.bundle.tar.zst` (`.bundle.tar.gz` when written before zstd)
     Physical,
 }
 
@@ -50,10 +52,11 @@ impl BackupKind {
         }
     }
 
-    fn suffix(self) -> &'static str {
+    fn suffix(self, legacy: bool) -> &'static str {
         match self {
             BackupKind::Logical => ".tar.gz",
-            BackupKind::Physical => ".bundle.tar.gz",
+            BackupKind::Physical if legacy => LEGACY_PHYSICAL_SUFFIX,
+            BackupKind::Physical => ".bundle.tar.zst",
         }
     }
 
@@ -73,16 +76,27 @@ pub struct BackupName {
     pub time: DateTime,
     /// The `-N` suffix for a second backup in the same minute (0 when absent).
     pub seq: u32,
-    /// `.incr.bundle.tar.gz`: an incremental base backup (physical only).
+    /// `.incr.bundle.tar.zst`: an incremental base backup (physical only).
     pub incremental: bool,
+    /// A base backup with the gzip name (`.bundle.tar.gz`), written before bundles were zstd.
+    pub legacy: bool,
 }
 
-/// Parse `nightly-YYYYMMDD-HHMM[-N].tar.gz` or `basebackup-YYYYMMDD-HHMM[-N].bundle.tar.gz`.
+/// The name ending of base backups written before they were zstd.
+pub const LEGACY_PHYSICAL_SUFFIX: &str = ".bundle.tar.gz";
+
+/// Parse `nightly-YYYYMMDD-HHMM[-N].tar.gz` or `basebackup-YYYYMMDD-HHMM[-N][.incr].bundle.tar.zst`
+/// (or `.bundle.tar.gz`).
 pub fn parse_name(name: &str) -> Option<BackupName> {
-    for kind in [BackupKind::Physical, BackupKind::Logical] {
+    let forms = [
+        (BackupKind::Physical, false),
+        (BackupKind::Physical, true),
+        (BackupKind::Logical, false),
+    ];
+    for (kind, legacy) in forms {
         let Some(rest) = name
             .strip_prefix(kind.prefix())
-            .and_then(|r| r.strip_suffix(kind.suffix()))
+            .and_then(|r| r.strip_suffix(kind.suffix(legacy)))
         else {
             continue;
         };
@@ -125,12 +139,13 @@ pub fn parse_name(name: &str) -> Option<BackupName> {
             time,
             seq,
             incremental,
+            legacy,
         });
     }
     None
 }
 
-/// What sits between the stamp and `.bundle.tar.gz` in an incremental base backup's name.
+/// What sits between the stamp and `.bundle.tar.zst` in an incremental base backup's name.
 pub const INCR_INFIX: &str = ".incr";
 
 /// The name for a backup taken at `at` (UTC), with sequence `seq` (0 = none).
@@ -140,10 +155,17 @@ pub fn format_name(kind: BackupKind, at: jiff::Timestamp, seq: u32) -> String {
         at.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime(),
         seq,
         false,
+        false,
     )
 }
 
-fn format_name_at(kind: BackupKind, t: DateTime, seq: u32, incremental: bool) -> String {
+fn format_name_at(
+    kind: BackupKind,
+    t: DateTime,
+    seq: u32,
+    incremental: bool,
+    legacy: bool,
+) -> String {
     let seq = if seq == 0 {
         String::new()
     } else {
@@ -162,7 +184,7 @@ fn format_name_at(kind: BackupKind, t: DateTime, seq: u32, incremental: bool) ->
         t.day(),
         t.hour(),
         t.minute(),
-        kind.suffix()
+        kind.suffix(legacy)
     )
 }
 
@@ -187,12 +209,15 @@ pub fn free_name_of(
             || !fsutil::partials_of(dir, n).is_empty()
             || dir.join(format!(".{n}.staging")).exists()
     };
+    // Nor the gzip name of an older base backup of the same minute.
+    let forms = [(false, false), (true, false), (false, true), (true, true)];
     (0..)
         .find(|&seq| {
-            !taken(&format_name_at(kind, t, seq, false))
-                && !taken(&format_name_at(kind, t, seq, true))
+            forms
+                .iter()
+                .all(|&(incr, legacy)| !taken(&format_name_at(kind, t, seq, incr, legacy)))
         })
-        .map(|seq| format_name_at(kind, t, seq, incremental))
+        .map(|seq| format_name_at(kind, t, seq, incremental, false))
         .expect("some sequence number is free")
 }
 
@@ -202,7 +227,7 @@ pub fn names_after(name: &str) -> Box<dyn Iterator<Item = String> + Send> {
     match parse_name(name) {
         Some(b) => Box::new(
             (b.seq..b.seq + 1000)
-                .map(move |seq| format_name_at(b.kind, b.time, seq, b.incremental)),
+                .map(move |seq| format_name_at(b.kind, b.time, seq, b.incremental, b.legacy)),
         ),
         None => Box::new(std::iter::once(name.to_owned())),
     }
@@ -215,7 +240,7 @@ pub struct Backup {
     pub kind: BackupKind,
     pub time: DateTime,
     pub seq: u32,
-    /// An incremental base backup (`.incr.bundle.tar.gz`).
+    /// An incremental base backup (`.incr.bundle.tar.zst`).
     #[serde(default)]
     pub incremental: bool,
     pub size: u64,
@@ -314,14 +339,18 @@ mod tests {
         let n = parse_name("nightly-20251102-1100.tar.gz").unwrap();
         assert_eq!(n.kind, BackupKind::Logical);
         assert_eq!(n.time.to_string(), "2025-11-02T11:00:00");
-        let n = parse_name("basebackup-20251102-1120.bundle.tar.gz").unwrap();
-        assert_eq!(n.kind, BackupKind::Physical);
-        assert!(!n.incremental);
-        let n = parse_name("basebackup-20251102-1120-2.incr.bundle.tar.gz").unwrap();
+        let n = parse_name("basebackup-20251102-1120.bundle.tar.zst").unwrap();
+        assert_eq!((n.kind, n.incremental, n.legacy), (BackupKind::Physical, false, false));
+        let n = parse_name("basebackup-20251102-1120-2.incr.bundle.tar.zst").unwrap();
         assert_eq!(
             (n.kind, n.seq, n.incremental),
             (BackupKind::Physical, 2, true)
         );
+        // Base backups written before bundles were zstd keep their gzip name.
+        let n = parse_name("basebackup-20251102-1120.bundle.tar.gz").unwrap();
+        assert_eq!((n.kind, n.incremental, n.legacy), (BackupKind::Physical, false, true));
+        let n = parse_name("basebackup-20251102-1120-2.incr.bundle.tar.gz").unwrap();
+        assert_eq!((n.seq, n.incremental, n.legacy), (2, true, true));
         let n = parse_name("nightly-20251102-1100-2.tar.gz").unwrap();
         assert_eq!(n.seq, 2);
         for bad in [
@@ -337,6 +366,9 @@ mod tests {
             "nightly-20251102-1100.incr.tar.gz",
             "basebackup-20251102-1100.incr.tar.gz",
             "basebackup-20251102-1100.incr.incr.bundle.tar.gz",
+            "nightly-20251102-1100.tar.zst",
+            "basebackup-20251102-1100.tar.zst",
+            "basebackup-20251102-1100.bundle.tar.zst.partial",
         ] {
             assert_eq!(parse_name(bad), None, "{bad}");
         }
@@ -351,7 +383,7 @@ mod tests {
         );
         assert_eq!(
             format_name(BackupKind::Physical, at, 3),
-            "basebackup-20261125-1100-3.bundle.tar.gz"
+            "basebackup-20261125-1100-3.bundle.tar.zst"
         );
         for kind in [BackupKind::Logical, BackupKind::Physical] {
             let name = format_name(kind, at, 0);
@@ -388,11 +420,21 @@ mod tests {
         );
         // A full and an incremental never share a minute and sequence number.
         let at: jiff::Timestamp = "2026-01-05T06:20:00Z".parse().unwrap();
+        // (The full one there has the older gzip name: a new zstd name does not take its
+        // minute and sequence number either.)
         let incr = free_name_of(t.path(), BackupKind::Physical, true, at);
-        assert_eq!(incr, "basebackup-20260105-0620-1.incr.bundle.tar.gz");
+        assert_eq!(incr, "basebackup-20260105-0620-1.incr.bundle.tar.zst");
+        assert_eq!(
+            free_name_of(t.path(), BackupKind::Physical, false, at),
+            "basebackup-20260105-0620-1.bundle.tar.zst"
+        );
         assert_eq!(
             names_after(&incr).nth(1).unwrap(),
-            "basebackup-20260105-0620-2.incr.bundle.tar.gz"
+            "basebackup-20260105-0620-2.incr.bundle.tar.zst"
+        );
+        assert_eq!(
+            names_after("basebackup-20260105-0620.bundle.tar.gz").nth(1).unwrap(),
+            "basebackup-20260105-0620-1.bundle.tar.gz"
         );
     }
 

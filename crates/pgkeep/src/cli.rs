@@ -218,7 +218,7 @@ pub enum DebugCommand {
 pub enum BackupCommand {
     /// The nightly logical bundle: nightly-YYYYMMDD-HHMM.tar.gz.
     Logical(commands::backup_logical::Args),
-    /// The weekly physical bundle: basebackup-YYYYMMDD-HHMM.bundle.tar.gz.
+    /// The weekly physical bundle: basebackup-YYYYMMDD-HHMM.bundle.tar.zst.
     Physical(commands::backup_physical::Args),
 }
 

@@ -476,7 +476,7 @@ fn seed_flows_in_order() {
         .into_iter()
         .filter(|n| n.starts_with("nightly-"))
         .collect::<Vec<_>>();
-    let base = bundles(&site, ".bundle.tar.gz");
+    let base = bundles(&site, ".bundle.tar.zst");
     assert_eq!(
         (nightly.len(), base.len()),
         (1, 1),

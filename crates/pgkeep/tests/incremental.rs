@@ -151,13 +151,13 @@ fn a_chain_of_three_restores_what_each_link_and_the_wal_after_it_hold() {
 
     let (full, parent, _) = backup(&c, &[]);
     assert!(
-        full.ends_with(".bundle.tar.gz") && !full.contains(".incr."),
+        full.ends_with(".bundle.tar.zst") && !full.contains(".incr."),
         "{full}"
     );
     assert_eq!(parent, None);
     insert(&c, 2);
     let (incr1, parent, _) = backup(&c, &["--incremental"]);
-    assert!(incr1.ends_with(".incr.bundle.tar.gz"), "{incr1}");
+    assert!(incr1.ends_with(".incr.bundle.tar.zst"), "{incr1}");
     assert_eq!(parent.as_deref(), Some(full.as_str()));
     let m1 = manifest(&c, &incr1);
     assert_eq!(m1.info_str("parent"), Some(full.as_str()));

@@ -1414,7 +1414,6 @@ fn a_killed_bootstraps_staging_is_removed_and_its_replay_server_dies_with_it() {
         c.pgdata().join("postmaster.pid").exists()
     });
     assert!(!left[0].exists(), "a dead run's staging is removed");
-    assert!(bootstrap_staging(&c).is_empty());
 
     // The replay server died with it (an immediate shutdown from the kernel's parent-death
     // signal): nothing runs on PGDATA, and the marker says the bootstrap is unfinished.

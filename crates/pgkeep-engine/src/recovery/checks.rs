@@ -22,14 +22,20 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
             reason: "it is a logical (nightly) bundle; use `pgkeep restore dump`".into(),
         });
     }
-    tracing::info!(bundle = %bundle.name, "verifying every member's checksum");
-    let contents = bundle::verify(&bundle.path)?;
-    let manifest = contents
-        .manifest
-        .ok_or_else(|| RecoveryError::NotPhysical {
-            bundle: bundle.path.clone(),
-            reason: format!("it has no {}", bundle::MANIFEST_NAME),
-        })?;
+    // The manifest from the bundle's tail plans the bootstrap; every member is verified against
+    // it while it is extracted beside PGDATA, before PGDATA is touched (execute). A bundle whose
+    // manifest is not at its tail (not written by this pgkeep) is verified here, in full.
+    let (manifest, verified) = match crate::catalog::peek_manifest(&bundle.path) {
+        Some(m) => (Some(m), false),
+        None => {
+            tracing::info!(bundle = %bundle.name, "verifying every member's checksum");
+            (bundle::verify(&bundle.path)?.manifest, true)
+        }
+    };
+    let manifest = manifest.ok_or_else(|| RecoveryError::NotPhysical {
+        bundle: bundle.path.clone(),
+        reason: format!("it has no {}", bundle::MANIFEST_NAME),
+    })?;
     let facts =
         PhysicalFacts::from_manifest(&manifest).map_err(|reason| RecoveryError::NotPhysical {
             bundle: bundle.path.clone(),
@@ -84,6 +90,8 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     check_not_running(&req.pgdata)?;
     Ok(Plan {
         bundle,
+        manifest,
+        verified,
         chain,
         facts,
         target: req.target.clone(),

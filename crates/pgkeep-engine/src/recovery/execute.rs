@@ -95,13 +95,30 @@ pub(super) async fn replay(
 ) -> Result<Replayed, RecoveryError> {
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
     check_not_running(&req.pgdata)?;
+    clean_stale_staging(&req.pgdata)?;
+    let staging = Staging::create(&req.pgdata)?;
+    // The new data is unpacked (and so verified) beside PGDATA first; only then is PGDATA
+    // given up. Without room for both, every checksum is verified in a pass of its own first,
+    // PGDATA emptied, and the bundle unpacked after.
+    let room = room_for_both(&req.pgroot, plan);
+    let unpacked = if room {
+        Some(staging.unpack(pg, plan)?)
+    } else {
+        verify_before_emptying(plan)?;
+        None
+    };
     // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
     if req.sandbox.is_none() {
         crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
     }
-    clean_stale_staging(&req.pgdata)?;
-    let old_at = clear_pgdata(req, plan)?;
-    extract_into_pgdata(pg, req, plan)?;
+    let old_at = clear_pgdata(req, plan, room.then(|| staging.trash()))?;
+    let data = match unpacked {
+        Some(d) => d,
+        None => staging.unpack(pg, plan)?,
+    };
+    move_into_pgdata(&data, &req.pgdata)?;
+    // The replaced contents and the bundle's leftovers go while the server replays.
+    let _cleanup = staging.remove_in_background();
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
     hand_over_archive(req, plan)?;
     let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
@@ -132,6 +149,50 @@ pub(super) async fn replay(
         log_file,
         old_at,
     })
+}
+
+/// Whether the volume holds the unpacked bundle beside today's PGDATA (a chain: its links and
+/// the combined copy), with 5 % and 64 MiB to spare.
+fn room_for_both(volume: &Path, plan: &Plan) -> bool {
+    let Ok(st) = rustix::fs::statvfs(volume) else {
+        return false;
+    };
+    let available = st.f_bavail.saturating_mul(st.f_frsize);
+    let copies = if plan.chain.is_empty() { 1 } else { 2 };
+    let needed = plan.data_bytes.saturating_mul(copies) + plan.data_bytes / 20 + (64 << 20);
+    if available < needed {
+        tracing::warn!(
+            volume = %volume.display(),
+            available,
+            needed,
+            "no room to unpack the bundle beside PGDATA: verifying it in a pass of its own, then emptying PGDATA before unpacking"
+        );
+    }
+    available >= needed
+}
+
+/// Step (only without room for both copies): verify every member before PGDATA is emptied.
+/// Chain links were verified by [`prepare`].
+fn verify_before_emptying(plan: &Plan) -> Result<(), RecoveryError> {
+    if plan.verified {
+        return Ok(());
+    }
+    tracing::info!(bundle = %plan.bundle.name, "verifying every member's checksum");
+    let contents = bundle::verify(&plan.bundle.path)?;
+    same_manifest(plan, &contents)
+}
+
+/// The manifest read while unpacking or verifying must be the one the bootstrap was planned
+/// with (the file was not replaced meanwhile).
+fn same_manifest(plan: &Plan, contents: &bundle::Contents) -> Result<(), RecoveryError> {
+    if contents.manifest.as_ref() == Some(&plan.manifest) {
+        Ok(())
+    } else {
+        Err(RecoveryError::BundleChanged {
+            bundle: plan.bundle.path.clone(),
+            manifest: bundle::MANIFEST_NAME,
+        })
+    }
 }
 
 /// Step: without a target, replay must have reached the newest archived segment on the path;
@@ -174,23 +235,29 @@ pub async fn bootstrap(
     execute(pg, conn, req, &plan).await
 }
 
-/// Step: empty PGDATA (never PGDATA itself, never the volume root), or move its contents aside.
+/// Step: empty PGDATA (never PGDATA itself, never the volume root), or move its contents aside:
+/// to the keep-old directory, or into `trash` (this run's staging directory, removed while the
+/// server replays). Returns the keep-old directory.
 pub(super) fn clear_pgdata(
     req: &BootstrapRequest,
     plan: &Plan,
+    trash: Option<PathBuf>,
 ) -> Result<Option<PathBuf>, RecoveryError> {
     let pgdata = &req.pgdata;
     if !pgdata.exists() {
         std::fs::create_dir_all(pgdata).fs_ctx("create directory", pgdata)?;
     }
-    let aside = plan.keep_old_at.clone();
-    if let Some(dir) = &aside {
+    let kept = plan.keep_old_at.clone();
+    if let Some(dir) = &kept {
         std::fs::create_dir(dir).fs_ctx("create directory", dir)?;
         fsutil::set_mode(dir, 0o700)?;
         if fsutil::is_root() {
             fsutil::chown(dir, req.uid, req.gid)?;
         }
+    } else if let Some(dir) = &trash {
+        std::fs::create_dir(dir).fs_ctx("create directory", dir)?;
     }
+    let aside = kept.clone().or(trash);
     for entry in std::fs::read_dir(pgdata).fs_ctx("read directory", pgdata)? {
         let entry = entry.fs_ctx("read directory", pgdata)?;
         let path = entry.path();
@@ -210,13 +277,13 @@ pub(super) fn clear_pgdata(
         }
     }
     fsutil::fsync_dir(pgdata)?;
-    if let Some(dir) = &aside {
+    if let Some(dir) = &kept {
         fsutil::fsync_dir(dir)?;
         tracing::info!(to = %dir.display(), "moved the old PGDATA contents aside");
     } else {
         tracing::info!(pgdata = %pgdata.display(), "emptied PGDATA");
     }
-    Ok(aside)
+    Ok(kept)
 }
 
 /// The name prefix of a bootstrap's staging directory beside PGDATA (`.pgkeep-bootstrap-HOST-PID`,
@@ -277,52 +344,103 @@ pub fn clean_stale_staging(pgdata: &Path) -> Result<Vec<PathBuf>, RecoveryError>
     Ok(removed)
 }
 
-/// Step: extract the bundle next to PGDATA (same volume) into a staging directory marked as this
-/// run's (a `pid` file with a heartbeat, so a later run can tell it was left by a killed one),
-/// then move the data directory in. A chain: every link is extracted there and
-/// `pg_combinebackup` combines them into the data directory that is moved in (hard links into
-/// the staging copies on 18+, which has `--link`; copies on 17).
-pub(super) fn extract_into_pgdata(
-    pg: &PgBin,
-    req: &BootstrapRequest,
-    plan: &Plan,
-) -> Result<(), RecoveryError> {
-    let parent = req.pgdata.parent().unwrap_or(Path::new("/"));
-    let label = crate::runmark::run_label("pgkeep-bootstrap");
-    let staging = parent.join(format!(".{label}"));
-    if staging.exists() {
-        // Our own label: left by an earlier run with this PID on this host, which is gone.
-        std::fs::remove_dir_all(&staging).fs_ctx("remove", &staging)?;
+/// This run's staging directory beside PGDATA (same volume, so everything in it is renamed into
+/// place), marked as this run's (a `pid` file with a heartbeat, so a later run can tell it was
+/// left by a killed one): the unpacked bundle (`bundle/`; a chain: `link-N/` and `combined/`),
+/// then PGDATA's replaced contents (`old/`).
+struct Staging {
+    dir: PathBuf,
+    heartbeat: Option<crate::runmark::Heartbeat>,
+}
+
+impl Staging {
+    fn create(pgdata: &Path) -> Result<Staging, RecoveryError> {
+        let parent = pgdata.parent().unwrap_or(Path::new("/"));
+        let label = crate::runmark::run_label("pgkeep-bootstrap");
+        let dir = parent.join(format!(".{label}"));
+        if dir.exists() {
+            // Our own label: left by an earlier run with this PID on this host, which is gone.
+            std::fs::remove_dir_all(&dir).fs_ctx("remove", &dir)?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .fs_ctx("create directory", &dir)?;
+        let heartbeat = crate::runmark::mark(&dir).fs_ctx("write", &dir.join("pid"))?;
+        Ok(Staging {
+            dir,
+            heartbeat: Some(heartbeat),
+        })
     }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .fs_ctx("create directory", &staging)?;
-    let heartbeat = crate::runmark::mark(&staging).fs_ctx("write", &staging.join("pid"))?;
-    tracing::info!(bundle = %plan.bundle.name, staging = %staging.display(), "extracting");
-    let result = (|| {
-        let data = if plan.chain.is_empty() {
-            let unpacked = staging.join("bundle");
-            bundle::extract(&plan.bundle.path, &unpacked)?;
-            unpacked.join(DATA_PREFIX.trim_end_matches('/'))
-        } else {
-            combine_chain(pg, plan, &staging)?
-        };
-        for entry in std::fs::read_dir(&data).fs_ctx("read directory", &data)? {
-            let entry = entry.fs_ctx("read directory", &data)?;
-            let to = req.pgdata.join(entry.file_name());
-            std::fs::rename(entry.path(), &to).fs_ctx("move into PGDATA", &to)?;
+
+    fn trash(&self) -> PathBuf {
+        self.dir.join("old")
+    }
+
+    /// Step: unpack the bundle (a chain: every link, combined with pg_combinebackup) here,
+    /// verifying every member against the planned manifest; returns the data directory.
+    fn unpack(&self, pg: &PgBin, plan: &Plan) -> Result<PathBuf, RecoveryError> {
+        tracing::info!(bundle = %plan.bundle.name, staging = %self.dir.display(), "extracting and verifying");
+        if !plan.chain.is_empty() {
+            return combine_chain(pg, plan, &self.dir);
         }
-        for sub in ["pg_wal/archive_status", "pg_tblspc", "pg_replslot"] {
-            let p = req.pgdata.join(sub);
-            std::fs::create_dir_all(&p).fs_ctx("create directory", &p)?;
+        let unpacked = self.dir.join("bundle");
+        let contents = bundle::extract(&plan.bundle.path, &unpacked)?;
+        same_manifest(plan, &contents)?;
+        Ok(unpacked.join(DATA_PREFIX.trim_end_matches('/')))
+    }
+
+    /// Remove the staging directory on a thread of its own; the returned guard waits for it
+    /// when dropped. The heartbeat goes on until it is gone, so no other run takes it for a
+    /// killed run's meanwhile.
+    fn remove_in_background(mut self) -> Cleanup {
+        let heartbeat = self.heartbeat.take();
+        let dir = self.dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("pgkeep-staging-rm".into())
+            .spawn(move || {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(path = %dir.display(), error = %e, "could not remove the staging directory; the next bootstrap removes it");
+                }
+                drop(heartbeat);
+            });
+        Cleanup(thread.ok())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Still holding its heartbeat: not handed over to the background removal (an error).
+        if self.heartbeat.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
-        fsutil::fsync_dir(&req.pgdata)?;
-        Ok::<_, RecoveryError>(())
-    })();
-    drop(heartbeat);
-    let _ = std::fs::remove_dir_all(&staging);
-    result
+    }
+}
+
+/// Waits for the staging directory's removal when dropped.
+struct Cleanup(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Step: move the unpacked data directory's entries into PGDATA and make them durable.
+fn move_into_pgdata(data: &Path, pgdata: &Path) -> Result<(), RecoveryError> {
+    for entry in std::fs::read_dir(data).fs_ctx("read directory", data)? {
+        let entry = entry.fs_ctx("read directory", data)?;
+        let to = pgdata.join(entry.file_name());
+        std::fs::rename(entry.path(), &to).fs_ctx("move into PGDATA", &to)?;
+    }
+    for sub in ["pg_wal/archive_status", "pg_tblspc", "pg_replslot"] {
+        let p = pgdata.join(sub);
+        std::fs::create_dir_all(&p).fs_ctx("create directory", &p)?;
+    }
+    fsutil::fsync_dir(pgdata)?;
+    Ok(())
 }
 
 /// Extract every link of the chain (full first, the incremental last) into `staging` and combine

@@ -1,8 +1,9 @@
 //! Bootstrap from a physical bundle, with WAL replay and point-in-time recovery (the seed's
 //! `pg.bootstrap.basebackup` job, made safe).
 //!
-//! Two phases. [`prepare`] changes nothing: it picks the bundle (newest or named), verifies every
-//! member's checksum, checks that the bundle belongs to the same system as the WAL archive, that
+//! Two phases. [`prepare`] changes nothing: it picks the bundle (newest or named), reads its
+//! manifest (from the tail; a bundle without one there is verified in full here), checks that
+//! the bundle belongs to the same system as the WAL archive, that
 //! an explicit target lies after the backup's end, that the WAL needed for consistency is in the
 //! bundle or the archive, that every archived segment recovery will read (up to the newest on the
 //! timeline path, or an LSN target) is there and belongs there ([`crate::walcheck`]) and that
@@ -11,8 +12,12 @@
 //! incremental bundle (PostgreSQL 17+) brings its chain: every bundle of it is verified and
 //! checked against what the incremental recorded ([`crate::chain`]) before anything changes, and
 //! extraction unpacks each link and combines them with `pg_combinebackup`. Only then does the caller ask for
-//! confirmation and call [`execute`], a script of named steps: clear PGDATA (or move its contents
-//! aside with `keep_old`), extract, set ownership and modes, write the recovery settings, start
+//! confirmation and call [`execute`], a script of named steps: unpack the bundle beside PGDATA
+//! on the same volume, verifying every member's size and SHA-256 against the manifest as it is
+//! written (nothing is read twice, and a damaged bundle stops here with PGDATA untouched; without
+//! room for both copies, a verification pass comes first and PGDATA is emptied before
+//! unpacking), clear PGDATA (or move its contents aside with `keep_old`), rename the new data
+//! in (the old contents are removed while the server replays), set ownership and modes, write the recovery settings, start
 //! PostgreSQL as the data owner, wait for recovery to end (resuming a pause), report where it
 //! ended, clean the recovery settings up, and stop unless asked to leave it running.
 //!
@@ -74,6 +79,10 @@ pub enum RecoveryError {
         "{bundle}: not a usable physical bundle: {reason}\nhint: pick another with --from (`pgkeep backups list`)"
     )]
     NotPhysical { bundle: PathBuf, reason: String },
+    #[error(
+        "{bundle} changed while the bootstrap ran: its {manifest} is not the one checked before; nothing was changed\nhint: is another process rewriting the backups volume? Run the bootstrap again"
+    )]
+    BundleChanged { bundle: PathBuf, manifest: &'static str },
     #[error(
         "{bundle} is a backup of system {bundle_system}, but the WAL archive {archive} holds WAL of system {archive_system}; nothing was changed\nhint: this bundle comes from another cluster; restore a bundle of this cluster, or point PGKEEP_WAL_ARCHIVE at that cluster's archive"
     )]
@@ -244,6 +253,7 @@ impl Classified for RecoveryError {
             Bundle(_)
             | Chain(_)
             | NotPhysical { .. }
+            | BundleChanged { .. }
             | ForeignSystem { .. }
             | TargetBeforeBackupEnd { .. }
             | TargetInFuture { .. }
@@ -458,6 +468,12 @@ impl Sandbox {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub bundle: Backup,
+    /// The bundle's manifest as planned with; extraction verifies every member against the
+    /// manifest it reads and requires that one to be this one.
+    pub manifest: bundle::Manifest,
+    /// Every member was already verified by [`prepare`] (a bundle whose manifest was not at its
+    /// tail); otherwise extraction is the verification.
+    pub verified: bool,
     /// When `bundle` is an incremental: the bundles of its chain, full first (each verified and
     /// checked against what the incremental recorded); they are combined with pg_combinebackup.
     pub chain: Vec<Backup>,
@@ -697,6 +713,14 @@ mod tests {
                 size: 1,
                 path: "b".into(),
             },
+            manifest: bundle::Manifest {
+                format: bundle::MANIFEST_FORMAT,
+                kind: bundle::BundleKind::Physical,
+                pgkeep_version: "test".into(),
+                info: Default::default(),
+                members: vec![],
+            },
+            verified: true,
             chain: vec![],
             facts: PhysicalFacts::for_test(1, "0/2000028", "0/2000100"),
             target: None,

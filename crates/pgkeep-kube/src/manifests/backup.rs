@@ -127,7 +127,7 @@ pub fn logical_cronjob(s: &Settings) -> CronJob {
     )
 }
 
-/// Weekly physical bundle (`basebackup-YYYYMMDD-HHMM.bundle.tar.gz`); mounts the WAL archive
+/// Weekly physical bundle (`basebackup-YYYYMMDD-HHMM.bundle.tar.zst`); mounts the WAL archive
 /// too (the bundle's consistency point and pruning of WAL no kept backup needs).
 pub fn physical_cronjob(s: &Settings) -> CronJob {
     let pod = client_pod(
@@ -146,7 +146,7 @@ pub fn physical_cronjob(s: &Settings) -> CronJob {
     )
 }
 
-/// Incremental base backups (`basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz`, PostgreSQL 17+)
+/// Incremental base backups (`basebackup-YYYYMMDD-HHMM.incr.bundle.tar.zst`, PostgreSQL 17+)
 /// between the weekly full ones: the physical backup's pod running `backup physical
 /// --incremental=auto` (a full one when no incremental can be taken, saying why). Suspended
 /// unless `schedule.incremental_enabled`.

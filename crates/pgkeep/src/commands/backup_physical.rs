@@ -1,11 +1,11 @@
-//! `pgkeep backup physical`: the weekly physical bundle, `basebackup-YYYYMMDD-HHMM.bundle.tar.gz`
+//! `pgkeep backup physical`: the weekly physical bundle, `basebackup-YYYYMMDD-HHMM.bundle.tar.zst`
 //! (UTC) in the backups directory: pg_basebackup with a fast checkpoint and the WAL needed for
 //! consistency, its backup_manifest, and MANIFEST.json. Written atomically, 0600; a progress bar
 //! on a terminal. The engine's `physical::take` does the work. Then retention as `backups prune`
 //! applies it, WAL included (unless `--no-prune`). A result record (`crate::record`) is left
 //! either way.
 //!
-//! `--incremental` (PostgreSQL 17+) takes `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz` on top of
+//! `--incremental` (PostgreSQL 17+) takes `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.zst` on top of
 //! the newest base backup of the same system, or refuses saying why (exit 3);
 //! `--incremental=auto` takes a full one instead and says so.
 
@@ -22,11 +22,12 @@ use crate::record::Produced;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compress {
-    /// gzip level 1: fast, and PostgreSQL data compresses well at it.
+    /// zstd level 3 on every core: fast, and PostgreSQL data compresses well at it.
     Fast,
-    /// gzip level 6: smaller, several times slower.
+    /// zstd level 9: smaller, several times slower.
     Best,
-    /// No compression (stored gzip blocks).
+    /// zstd level 1, the least CPU (zstd has no stored mode; data that does not compress is
+    /// kept as raw blocks).
     None,
 }
 

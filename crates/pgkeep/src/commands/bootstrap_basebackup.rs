@@ -2,8 +2,9 @@
 //! archive, optionally to a point in time (the seed's `pg.bootstrap.basebackup`).
 //!
 //! Everything that can be checked is checked before anything is destroyed (`recovery::prepare`:
-//! checksums, system identifier, target, WAL for consistency, no running postmaster); then a
-//! confirmation (or `--yes`), then `recovery::execute`. With `--scale-up DEPLOYMENT` (what the
+//! manifest, system identifier, target, WAL for consistency, no running postmaster); then a
+//! confirmation (or `--yes`), then `recovery::execute`, which unpacks the bundle beside PGDATA
+//! verifying every checksum before PGDATA is given up. With `--scale-up DEPLOYMENT` (what the
 //! bootstrap Job runs), once recovery has ended and PostgreSQL has stopped, the Deployment is
 //! scaled to 1 with the in-cluster service account (not waited for: this pod still holds the
 //! data volume; the CLI that follows the Job waits for the rollout).
@@ -185,7 +186,7 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
         stop_lsn = %plan.facts.stop_lsn,
         timeline = plan.facts.timeline,
         system_identifier = %plan.facts.system_identifier,
-        "bundle verified"
+        "bundle checked (every member's checksum is verified as it is unpacked, before PGDATA is touched)"
     );
     let what = match &plan.keep_old_at {
         Some(at) => format!(
