@@ -37,8 +37,8 @@
 #   wal push `pgkeep wal push` / `pgbackrest archive-push` per 16 MiB segment, into a fresh
 #            archive each round (also `cp` + `sync FILE`)   target <= 0.5x (and <= 1.5x cp+sync)
 #   steps    of the best restore round of each, from pgkeep's log lines and the server log, and
-#            the pieces alone: `pgkeep backups verify`, `gzip -dc`, `tar -xzf`, `sync`, and the
-#            same tar as zstd (what a zstd bundle would cost to read).
+#            the pieces alone: `pgkeep backups verify`, the bundle's decompressor (`zstd -dc`, or
+#            `gzip -dc` for an older gzip bundle) alone, with sha256sum, and into `tar -x`, `sync`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -121,14 +121,13 @@ if who == "pgkeep":
         m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z", line)
         if not m: continue
         t = datetime.strptime(m.group(1)[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
-        for key, text in [("verify0", "verifying every member"), ("verify1", "bundle verified"),
-                          ("cleared", "emptied PGDATA"), ("extract0", "extracting"),
+        for key, text in [("checked", "bundle checked"), ("cleared", "emptied PGDATA"),
+                          ("extract0", "extracting and verifying"),
                           ("restart0", "starting PostgreSQL")]:
             if text in line: first(key, t)
-    order = [("pgkeep start-up, settings, locks", "t0", "verify0"),
-             ("verify (read + gunzip + sha256 of every member)", "verify0", "verify1"),
-             ("empty PGDATA", "verify1", "cleared"),
-             ("extract (gunzip + sha256 + write), chown, settings, spawn", "extract0", "start1"),
+    order = [("pgkeep start-up, settings, manifest, archive checks", "t0", "checked"),
+             ("extract + verify, one pass (decompress + sha256 + write)", "extract0", "cleared"),
+             ("old contents aside, new in, chown, settings, spawn", "cleared", "start1"),
              ("server start to redo (data dir fsync, first segment)", "start1", "redo_start"),
              (f"replay ({segs} segments fetched)", "redo_start", "redo_done"),
              ("end of recovery (checkpoint, new timeline)", "redo_done", "ready1"),
@@ -338,24 +337,20 @@ print(size)' "$REPO")
     sync
     piece "pgkeep backups verify $(basename "$BUNDLE")" sh -c "'$PGKEEP' -q backups verify '$(basename "$BUNDLE")' >/dev/null"
     sync
-    piece "gzip -dc bundle > /dev/null (gunzip alone, one core)" sh -c "gzip -dc '$BUNDLE' >/dev/null"
+    case "$BUNDLE" in
+        *.zst) DEC="zstd -q -dc"; CODEC=zstd ;;
+        *) DEC="gzip -dc"; CODEC=gzip ;;
+    esac
+    piece "$DEC bundle > /dev/null (decompress alone, one core)" sh -c "$DEC '$BUNDLE' >/dev/null"
     sync
-    piece "gzip -dc bundle | sha256sum (gunzip + one hash of the tar)" sh -c "gzip -dc '$BUNDLE' | sha256sum >/dev/null"
+    piece "$DEC bundle | sha256sum (decompress + one hash of the tar)" sh -c "$DEC '$BUNDLE' | sha256sum >/dev/null"
     mkdir -p "$SCRATCH"; sync
-    piece "tar -xzf bundle (extract, no fsync)" tar -xzf "$BUNDLE" -C "$SCRATCH"
+    piece "$DEC | tar -x (extract, no fsync)" sh -c "$DEC '$BUNDLE' | tar -x -C '$SCRATCH'"
     piece "sync (write back what tar wrote)" sync
     TAR_BYTES=$(du -sb "$SCRATCH" | cut -f1)
     rm -rf "$SCRATCH"
-    gzip -dc "$BUNDLE" | zstd -q -3 -T"$CORES" -o "$SITE/bundle.tar.zst"
-    sync
-    piece "zstd -dc (same tar as one zstd -3 stream) > /dev/null" sh -c "zstd -q -dc '$SITE/bundle.tar.zst' >/dev/null"
-    mkdir -p "$SCRATCH"; sync
-    piece "zstd -dc | tar -x (extract, no fsync)" sh -c "zstd -q -dc '$SITE/bundle.tar.zst' | tar -x -C '$SCRATCH'"
-    piece "sync (write back what tar wrote)" sync
-    rm -rf "$SCRATCH"
-    printf '   sizes: tar %s MiB, bundle (gzip) %s MiB, as zstd -3 %s MiB, pgBackRest %s MiB\n' \
-        "$(mib "$TAR_BYTES")" "$(mib "$S_K")" "$(mib "$(stat -c %s "$SITE/bundle.tar.zst")")" "$(mib "$S_B")"
-    rm -f "$SITE/bundle.tar.zst"
+    printf '   sizes: tar %s MiB, bundle (%s) %s MiB, pgBackRest %s MiB\n' \
+        "$(mib "$TAR_BYTES")" "$CODEC" "$(mib "$S_K")" "$(mib "$S_B")"
 
     # --- archiving one segment ------------------------------------------------------------------
     echo "-- archive one segment (ms per 16 MiB segment, $PUSH_N segments, best of 3 interleaved rounds)"

@@ -298,6 +298,60 @@ fn bootstrap_hands_the_archive_back_from_a_newer_system() {
     assert!(std::fs::read_dir(fresh_aside).unwrap().count() > 0);
 }
 
+/// Base backups are zstd now; a gzip one written before (here: one gzip stream, manifest last,
+/// not at a frame of its own, so it cannot be read from the tail and is verified in a pass of
+/// its own first) is still listed, verified and restored.
+#[test]
+fn a_gzip_base_backup_from_before_zstd_still_lists_verifies_and_restores() {
+    let c = archiving_cluster(&pgkeep_bin());
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    // Text that does not compress much: the bundle is larger than the 256 KiB tail a listing
+    // reads, so an old layout's manifest cannot be found there.
+    c.psql(
+        "postgres",
+        "create table noise as select md5(random()::text) as t from generate_series(1, 60000)",
+    );
+    let name = backup(&c);
+    assert!(name.ends_with(".bundle.tar.zst"), "{name}");
+    let zst = c.backups().join(&name);
+    assert!(std::fs::read(&zst).unwrap().starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+    pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
+    let all = checksum(&c);
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("x");
+    let contents = bundle::extract(&zst, &out).unwrap();
+    let legacy = name.replace(".bundle.tar.zst", ".bundle.tar.gz");
+    let f = std::fs::File::create(c.backups().join(&legacy)).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        f,
+        flate2::Compression::fast(),
+    ));
+    for d in &contents.dirs {
+        tar.append_dir(d, out.join(d)).unwrap();
+    }
+    for m in &contents.manifest.as_ref().unwrap().members {
+        tar.append_path_with_name(out.join(&m.path), &m.path).unwrap();
+    }
+    tar.append_path_with_name(out.join(bundle::MANIFEST_NAME), bundle::MANIFEST_NAME)
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    std::fs::remove_file(&zst).unwrap();
+    assert!(std::fs::metadata(c.backups().join(&legacy)).unwrap().len() > 512 << 10);
+
+    let list = ok(pgkeep_output(&c, &["backups", "list"]));
+    assert!(list.contains(&legacy), "{list}");
+    ok(pgkeep_output(&c, &["backups", "verify", &legacy]));
+    let out = pgkeep_output(&c, &["bootstrap", "basebackup", "--yes"]);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(log.contains("verifying every member's checksum"), "{log}");
+    c.restart();
+    assert_eq!(checksum(&c), all, "every committed write is there");
+}
+
 /// Re-pack a bundle without its WAL (same manifest facts, valid checksums).
 fn without_wal(src: &Path, dir: &Path, name: &str) {
     let work = tempfile::tempdir().unwrap();
@@ -360,7 +414,12 @@ fn bad_input_destroys_nothing() {
         );
         assert!(err.contains(bad), "{err}");
         assert!(err.contains("hint:"), "{err}");
+        // Refused before PGDATA was given up: not marked as a bootstrap in progress, and the
+        // unpacked part beside PGDATA is gone again.
+        assert!(!c.pgroot().join(pgkeep_engine::bootmark::FILE_NAME).exists());
+        assert!(bootstrap_staging(&c).is_empty(), "{bad}");
     }
+    assert_eq!(fingerprint(&c.pgdata()), before, "PGDATA untouched");
 
     // A target before the backup ended.
     let err = failed(
