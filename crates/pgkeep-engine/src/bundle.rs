@@ -189,7 +189,10 @@ impl Codec {
     }
 
     /// A decoder of every frame in `r`, one after the other.
-    pub fn decoder<'a, R: BufRead + Send + 'a>(self, r: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    pub fn decoder<'a, R: BufRead + Send + 'a>(
+        self,
+        r: R,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Codec::Gzip => Box::new(MultiGzDecoder::new(r)),
             Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
@@ -502,7 +505,10 @@ impl BundleWriter {
     pub fn create(dir: &Path, name: &str) -> Result<BundleWriter, BundleError> {
         let file = AtomicFile::create(dir, name, 0o600)?;
         let path = file.target_path().to_owned();
-        let frames = Frames::new(Codec::for_name(name), BufWriter::with_capacity(1 << 20, file));
+        let frames = Frames::new(
+            Codec::for_name(name),
+            BufWriter::with_capacity(1 << 20, file),
+        );
         let mut builder = tar::Builder::new(frames);
         builder.mode(tar::HeaderMode::Deterministic);
         builder.follow_symlinks(false);
@@ -678,7 +684,9 @@ impl BundleWriter {
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         // A frame of its own, at the end: listings read it from the tail.
         let frames = self.builder.get_mut();
-        let started = frames.boundary().and_then(|()| frames.set_level(Level::Fast));
+        let started = frames
+            .boundary()
+            .and_then(|()| frames.set_level(Level::Fast));
         started.map_err(|e| self.io_err(e))?;
         let mut header = Self::header(json.len() as u64, 0o600, tar::EntryType::Regular);
         self.builder
@@ -689,7 +697,9 @@ impl BundleWriter {
             .builder
             .into_inner()
             .map_err(|e| FsError::new("write", &path, e))?;
-        let buf = frames.finish().map_err(|e| FsError::new("write", &path, e))?;
+        let buf = frames
+            .finish()
+            .map_err(|e| FsError::new("write", &path, e))?;
         let file = buf
             .into_inner()
             .map_err(|e| FsError::new("write", &path, e.into_error()))?;
@@ -1063,7 +1073,11 @@ mod tests {
         let gz = sample_named(&t.path().join("gz"), "nightly-20260101-0600.tar.gz");
         assert!(std::fs::read(&gz).unwrap().starts_with(&GZIP_MAGIC));
         let c = verify(&path).unwrap();
-        assert_eq!(c.members, verify(&gz).unwrap().members, "same members, same digests");
+        assert_eq!(
+            c.members,
+            verify(&gz).unwrap().members,
+            "same members, same digests"
+        );
         let dest = t.path().join("out");
         extract(&path, &dest).unwrap();
         assert_eq!(
@@ -1076,9 +1090,16 @@ mod tests {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let list = String::from_utf8_lossy(&out.stdout);
-        assert!(list.contains("records.dir/toc.dat") && list.contains(MANIFEST_NAME), "{list}");
+        assert!(
+            list.contains("records.dir/toc.dat") && list.contains(MANIFEST_NAME),
+            "{list}"
+        );
     }
 
     #[test]
@@ -1114,11 +1135,17 @@ mod tests {
         // A flipped byte in the middle, and the first half alone.
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 0x55;
-        for (what, bytes) in [("flipped", flipped), ("truncated", good[..good.len() / 2].to_vec())] {
+        for (what, bytes) in [
+            ("flipped", flipped),
+            ("truncated", good[..good.len() / 2].to_vec()),
+        ] {
             std::fs::write(&path, &bytes).unwrap();
             let err = verify(&path).unwrap_err();
             assert!(
-                matches!(err, BundleError::Checksum { .. } | BundleError::Corrupt { .. }),
+                matches!(
+                    err,
+                    BundleError::Checksum { .. } | BundleError::Corrupt { .. }
+                ),
                 "{what}: {err}"
             );
             let dest = t.path().join(format!("out-{what}"));
@@ -1128,7 +1155,12 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         assert!(verify(&path).unwrap_err().to_string().contains("empty"));
         std::fs::write(&path, b"PK\x03\x04 not a tar stream").unwrap();
-        assert!(verify(&path).unwrap_err().to_string().contains("neither gzip nor zstd"));
+        assert!(
+            verify(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("neither gzip nor zstd")
+        );
     }
 
     /// Gives `good` bytes, then fails (or panics).

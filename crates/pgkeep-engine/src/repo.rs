@@ -340,7 +340,10 @@ mod tests {
         assert_eq!(n.kind, BackupKind::Logical);
         assert_eq!(n.time.to_string(), "2025-11-02T11:00:00");
         let n = parse_name("basebackup-20251102-1120.bundle.tar.zst").unwrap();
-        assert_eq!((n.kind, n.incremental, n.legacy), (BackupKind::Physical, false, false));
+        assert_eq!(
+            (n.kind, n.incremental, n.legacy),
+            (BackupKind::Physical, false, false)
+        );
         let n = parse_name("basebackup-20251102-1120-2.incr.bundle.tar.zst").unwrap();
         assert_eq!(
             (n.kind, n.seq, n.incremental),
@@ -348,7 +351,10 @@ mod tests {
         );
         // Base backups written before bundles were zstd keep their gzip name.
         let n = parse_name("basebackup-20251102-1120.bundle.tar.gz").unwrap();
-        assert_eq!((n.kind, n.incremental, n.legacy), (BackupKind::Physical, false, true));
+        assert_eq!(
+            (n.kind, n.incremental, n.legacy),
+            (BackupKind::Physical, false, true)
+        );
         let n = parse_name("basebackup-20251102-1120-2.incr.bundle.tar.gz").unwrap();
         assert_eq!((n.seq, n.incremental, n.legacy), (2, true, true));
         let n = parse_name("nightly-20251102-1100-2.tar.gz").unwrap();
@@ -433,7 +439,9 @@ mod tests {
             "basebackup-20260105-0620-2.incr.bundle.tar.zst"
         );
         assert_eq!(
-            names_after("basebackup-20260105-0620.bundle.tar.gz").nth(1).unwrap(),
+            names_after("basebackup-20260105-0620.bundle.tar.gz")
+                .nth(1)
+                .unwrap(),
             "basebackup-20260105-0620-1.bundle.tar.gz"
         );
     }

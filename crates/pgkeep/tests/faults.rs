@@ -493,7 +493,7 @@ fn a_push_stopped_by_sigterm_publishes_nothing_and_the_retry_succeeds() {
 }
 
 #[test]
-fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database() {
+fn a_bootstrap_stopped_by_sigterm_mid_extraction_leaves_the_old_database_whole() {
     let c = archiving_cluster(&pgkeep_bin());
     c.psql(
         "postgres",
@@ -527,18 +527,20 @@ fn a_bootstrap_stopped_by_sigterm_mid_extraction_never_becomes_an_empty_database
     }
     signal(child.id() as i32, Signal::SIGTERM);
     assert!(!child.wait().unwrap().success(), "stopped by SIGTERM");
-    // The marker stays, so nothing starts an empty database on the emptied PGDATA; no server
-    // runs; the rerun cleans up and recovers every row.
+    // The bundle is unpacked and verified beside PGDATA before PGDATA is given up: stopped
+    // there, PGDATA is the old database, whole (not marked as an unfinished bootstrap), and no
+    // server runs; the rerun cleans up and recovers every row.
     assert!(
-        c.pgroot()
-            .join(pgkeep_engine::bootmark::FILE_NAME)
-            .is_file(),
-        "the marker of the unfinished bootstrap stays"
+        !c.pgroot().join(pgkeep_engine::bootmark::FILE_NAME).exists(),
+        "PGDATA was never given up"
     );
     assert!(
         !c.pgdata().join("postmaster.pid").exists(),
         "no server runs"
     );
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from kept"), count);
+    c.stop();
     let out = pgkeep(&c)
         .args(["bootstrap", "basebackup", "--yes"])
         .output()

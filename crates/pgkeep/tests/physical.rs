@@ -314,7 +314,11 @@ fn a_gzip_base_backup_from_before_zstd_still_lists_verifies_and_restores() {
     let name = backup(&c);
     assert!(name.ends_with(".bundle.tar.zst"), "{name}");
     let zst = c.backups().join(&name);
-    assert!(std::fs::read(&zst).unwrap().starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+    assert!(
+        std::fs::read(&zst)
+            .unwrap()
+            .starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+    );
     pgbench(&c, &["-n", "-t", "200", "-c", "2"]);
     let all = checksum(&c);
     c.switch_wal_and_wait_archived();
@@ -333,7 +337,8 @@ fn a_gzip_base_backup_from_before_zstd_still_lists_verifies_and_restores() {
         tar.append_dir(d, out.join(d)).unwrap();
     }
     for m in &contents.manifest.as_ref().unwrap().members {
-        tar.append_path_with_name(out.join(&m.path), &m.path).unwrap();
+        tar.append_path_with_name(out.join(&m.path), &m.path)
+            .unwrap();
     }
     tar.append_path_with_name(out.join(bundle::MANIFEST_NAME), bundle::MANIFEST_NAME)
         .unwrap();

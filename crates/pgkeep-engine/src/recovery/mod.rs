@@ -82,7 +82,10 @@ pub enum RecoveryError {
     #[error(
         "{bundle} changed while the bootstrap ran: its {manifest} is not the one checked before; nothing was changed\nhint: is another process rewriting the backups volume? Run the bootstrap again"
     )]
-    BundleChanged { bundle: PathBuf, manifest: &'static str },
+    BundleChanged {
+        bundle: PathBuf,
+        manifest: &'static str,
+    },
     #[error(
         "{bundle} is a backup of system {bundle_system}, but the WAL archive {archive} holds WAL of system {archive_system}; nothing was changed\nhint: this bundle comes from another cluster; restore a bundle of this cluster, or point PGKEEP_WAL_ARCHIVE at that cluster's archive"
     )]
