@@ -21,11 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
-
-use std::io::BufRead;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use flate2::Compression;
@@ -310,7 +308,7 @@ impl<W: Write> Write for Frames<W> {
 /// the next chunks are decompressed. Chunks of 1 MiB, at most four waiting (bounded memory).
 /// An error of the decoder is returned in order, where it happened; a decoder thread that ends
 /// without saying it reached the end is an error, never a short stream.
-pub struct ReadAhead {
+struct ReadAhead {
     rx: Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     pos: usize,
@@ -327,7 +325,7 @@ enum AheadState {
 const AHEAD_CHUNK: usize = 1 << 20;
 
 impl ReadAhead {
-    pub fn new(mut inner: Box<dyn Read + Send>) -> ReadAhead {
+    fn new(mut inner: Box<dyn Read + Send>) -> ReadAhead {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
         let mut feed = move |tx: SyncSender<io::Result<Vec<u8>>>| {
             loop {
@@ -868,6 +866,21 @@ fn scan(archive: &Path, dest: Option<&Path>) -> Result<Contents, BundleError> {
             _ => return Err(unsafe_entry("unsupported entry type")),
         }
     }
+    // After the end-of-archive blocks only zeros may follow (tar's padding): anything else
+    // would be members no check has seen. Reading to the end also checks the last frame.
+    let mut rest = tar.into_inner();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(archive, e)),
+        };
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Err(corrupt(archive, "data after the end of the tar archive"));
+        }
+    }
     let manifest =
         match manifest_bytes {
             Some(b) => Some(serde_json::from_slice::<Manifest>(&b).map_err(|e| {
@@ -1161,6 +1174,22 @@ mod tests {
                 .to_string()
                 .contains("neither gzip nor zstd")
         );
+    }
+
+    #[test]
+    fn members_after_the_end_of_the_archive_are_refused() {
+        // A second tar stream appended to a good bundle (its own frame, its own manifest): no
+        // check would have seen its members, so the whole file is refused.
+        let t = tempfile::tempdir().unwrap();
+        for name in [ZST_NAME, "nightly-20260101-0600.tar.gz"] {
+            let path = sample_named(&t.path().join(name), name);
+            let extra = sample_named(&t.path().join(format!("extra-{name}")), name);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.extend(std::fs::read(&extra).unwrap());
+            std::fs::write(&path, &bytes).unwrap();
+            let err = verify(&path).unwrap_err();
+            assert!(err.to_string().contains("after the end"), "{name}: {err}");
+        }
     }
 
     /// Gives `good` bytes, then fails (or panics).

@@ -657,7 +657,7 @@ async fn physical_steps(
         }),
     };
 
-    tracing::info!(step = "physical-verify", bundle = %bundle.name, "verifying every checksum and the WAL the bundle needs");
+    tracing::info!(step = "physical-verify", bundle = %bundle.name, "checking the bundle and the WAL it needs (every checksum is verified as the bundle is unpacked)");
     let clock = Instant::now();
     let plan = {
         let breq = breq.clone();
@@ -666,7 +666,6 @@ async fn physical_steps(
             .map_err(|e| DrillError::Internal(e.to_string()))??
     };
     crate::major::check_physical(&req.pg, &plan.bundle.name, &plan.facts)?;
-    out.verified = true;
     out.verify_secs = Some(clock.elapsed().as_secs_f64());
 
     tracing::info!(step = "physical-replay", bundle = %bundle.name, "extracting and replaying WAL from the archive (read only)");
@@ -674,6 +673,8 @@ async fn physical_steps(
     let conn = sandbox_conn(&dir, &req.user, "postgres");
     let (report, replay_server) =
         recovery::execute_in_sandbox(&req.pg, &conn, &breq, &plan).await?;
+    // Unpacking verified every member against the manifest, or the replay step failed.
+    out.verified = true;
     out.replay = Some(Replay {
         end_lsn: report.end_lsn.clone(),
         timeline: report.timeline,

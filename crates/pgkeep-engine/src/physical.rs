@@ -1,11 +1,11 @@
-//! Physical base backups: `basebackup-YYYYMMDD-HHMM.bundle.tar.gz`.
+//! Physical base backups: `basebackup-YYYYMMDD-HHMM.bundle.tar.zst`.
 //!
 //! [`take`] reads as a script of named steps (pgBackRest's `backup.c` style): check the
 //! repository, identify the server, reserve WAL, stream the base backup into the bundle, read the
 //! backup's own facts, publish. pg_basebackup writes one tar to its stdout (`-D - -Ft -X fetch
 //! -c fast`, with its backup_manifest injected at the end) and pgkeep re-packs that stream member
 //! by member into the bundle while it arrives: no staging copy, and pg_basebackup, the server and
-//! pgkeep's gzip + SHA-256 run in parallel. A temporary physical replication slot held on
+//! pgkeep's zstd + SHA-256 run in parallel. A temporary physical replication slot held on
 //! pgkeep's own connection keeps the server from recycling the WAL that `-X fetch` collects at
 //! the end.
 //!
@@ -18,9 +18,9 @@
 //! Incremental base backups (PostgreSQL 17+, [`Incremental`]): the same stream with
 //! `--incremental=<the parent's backup_manifest>`, on top of the newest base backup (full or
 //! incremental) of the same system, major and timeline history that verifies ([`pick_parent`]);
-//! named `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.gz`, its MANIFEST.json naming the parent and
+//! named `basebackup-YYYYMMDD-HHMM.incr.bundle.tar.zst`, its MANIFEST.json naming the parent and
 //! the chain down to the full ([`crate::chain`]). The parent's `backup_manifest` is read from the
-//! tail of its bundle (it starts a gzip member of its own) and checked against the SHA-256 its
+//! tail of its bundle (it starts a compressed frame of its own) and checked against the SHA-256 its
 //! MANIFEST.json records. When no incremental can be taken (server < 17, `summarize_wal` off or
 //! its summaries not reaching back to the parent, no usable parent) the backup is refused
 //! ([`PhysicalError::NoIncremental`], exit 3), or with `auto` a full one is taken instead.
@@ -529,7 +529,7 @@ async fn usable_parent(
         .unwrap_or(0);
     let bytes = match crate::catalog::peek_member(&b.path, PG_MANIFEST, size + (1 << 20), size) {
         Some(bytes) => bytes,
-        // Bundles written before the manifest started a gzip member of its own: read through.
+        // Bundles written before the manifest started a frame of its own: read through.
         None => crate::bundle::read_member(&b.path, PG_MANIFEST, size)?.unwrap_or_default(),
     };
     if crate::bundle::sha256_hex(&bytes) != sha {

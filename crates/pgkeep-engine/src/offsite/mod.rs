@@ -5,7 +5,7 @@
 //! (the `initdb` identity of the cluster the files belong to, as in `global/pg_control`):
 //!
 //! ```text
-//! <prefix>/<system identifier>/backups/<bundle name>.age     nightly-*.tar.gz, basebackup-*.bundle.tar.gz
+//! <prefix>/<system identifier>/backups/<bundle name>.age     nightly-*.tar.gz, basebackup-*.bundle.tar.zst (or .tar.gz)
 //! <prefix>/<system identifier>/wal/<archived file name>.age  000000010000000000000003.zst, 00000002.history, ...
 //! ```
 //!

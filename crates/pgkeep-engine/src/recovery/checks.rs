@@ -25,11 +25,11 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     // The manifest from the bundle's tail plans the bootstrap; every member is verified against
     // it while it is extracted beside PGDATA, before PGDATA is touched (execute). A bundle whose
     // manifest is not at its tail (not written by this pgkeep) is verified here, in full.
-    let (manifest, verified) = match crate::catalog::peek_manifest(&bundle.path) {
-        Some(m) => (Some(m), false),
+    let manifest = match crate::catalog::peek_manifest(&bundle.path) {
+        Some(m) => Some(m),
         None => {
             tracing::info!(bundle = %bundle.name, "verifying every member's checksum");
-            (bundle::verify(&bundle.path)?.manifest, true)
+            bundle::verify(&bundle.path)?.manifest
         }
     };
     let manifest = manifest.ok_or_else(|| RecoveryError::NotPhysical {
@@ -64,14 +64,18 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         req.target.as_ref(),
         req.target_timeline,
     )?;
+    // Sizes from a manifest not verified yet: saturating, never overflowing.
     let data_bytes = manifest
         .members
         .iter()
         .filter(|m| m.path.starts_with(DATA_PREFIX))
-        .map(|m| m.size)
-        .sum::<u64>()
-        + chain.iter().map(|(_, bytes)| bytes).sum::<u64>();
-    let chain = chain.into_iter().map(|(b, _)| b).collect();
+        .fold(0u64, |sum, m| sum.saturating_add(m.size))
+        .saturating_add(
+            chain
+                .iter()
+                .fold(0u64, |sum, (_, _, bytes)| sum.saturating_add(*bytes)),
+        );
+    let (chain, chain_manifests) = chain.into_iter().map(|(b, m, _)| (b, m)).unzip();
     let keep_old_at = if req.keep_old {
         let at = keep_old_path(&req.pgdata);
         check_room(&req.pgroot, data_bytes)?;
@@ -91,8 +95,8 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
     Ok(Plan {
         bundle,
         manifest,
-        verified,
         chain,
+        chain_manifests,
         facts,
         target: req.target.clone(),
         data_bytes,
@@ -107,13 +111,14 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
 
 /// When `bundle` is an incremental: every bundle of its chain, full first, verified (every
 /// checksum) and checked against the links the incremental recorded (system, LSNs lining up,
-/// the SHA-256 of each `backup_manifest`), with its data bytes. Nothing is changed.
+/// the SHA-256 of each `backup_manifest`), with its verified manifest and its data bytes.
+/// Nothing is changed.
 pub fn check_chain(
     dir: &Path,
     bundle: &Backup,
     manifest: &bundle::Manifest,
     facts: &PhysicalFacts,
-) -> Result<Vec<(Backup, u64)>, RecoveryError> {
+) -> Result<Vec<(Backup, bundle::Manifest, u64)>, RecoveryError> {
     use crate::chain::{ChainError, ChainInfo};
     let bad = |message: String| ChainError::BadInfo {
         bundle: bundle.name.clone(),
@@ -157,9 +162,8 @@ pub fn check_chain(
             .members
             .iter()
             .filter(|d| d.path.starts_with(DATA_PREFIX))
-            .map(|d| d.size)
-            .sum();
-        out.push((link.clone(), bytes));
+            .fold(0u64, |sum, d| sum.saturating_add(d.size));
+        out.push((link.clone(), m, bytes));
     }
     Ok(out)
 }

@@ -97,24 +97,10 @@ pub(super) async fn replay(
     check_not_running(&req.pgdata)?;
     clean_stale_staging(&req.pgdata)?;
     let staging = Staging::create(&req.pgdata)?;
-    // The new data is unpacked (and so verified) beside PGDATA first; only then is PGDATA
-    // given up. Without room for both, every checksum is verified in a pass of its own first,
-    // PGDATA emptied, and the bundle unpacked after.
-    let room = room_for_both(&req.pgroot, plan);
-    let unpacked = if room {
-        Some(staging.unpack(pg, plan)?)
+    let (data, old_at) = if room_for_both(&req.pgroot, plan) {
+        unpack_then_clear(pg, req, plan, &staging)?
     } else {
-        verify_before_emptying(plan)?;
-        None
-    };
-    // Until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
-    if req.sandbox.is_none() {
-        crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
-    }
-    let old_at = clear_pgdata(req, plan, room.then(|| staging.trash()))?;
-    let data = match unpacked {
-        Some(d) => d,
-        None => staging.unpack(pg, plan)?,
+        verify_clear_unpack(pg, req, plan, &staging)?
     };
     move_into_pgdata(&data, &req.pgdata)?;
     // The replaced contents and the bundle's leftovers go while the server replays.
@@ -154,12 +140,20 @@ pub(super) async fn replay(
 /// Whether the volume holds the unpacked bundle beside today's PGDATA (a chain: its links and
 /// the combined copy), with 5 % and 64 MiB to spare.
 fn room_for_both(volume: &Path, plan: &Plan) -> bool {
-    let Ok(st) = rustix::fs::statvfs(volume) else {
-        return false;
+    let st = match rustix::fs::statvfs(volume) {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::warn!(volume = %volume.display(), error = %e, "cannot tell the free space: verifying the bundle in a pass of its own, then emptying PGDATA before unpacking");
+            return false;
+        }
     };
     let available = st.f_bavail.saturating_mul(st.f_frsize);
     let copies = if plan.chain.is_empty() { 1 } else { 2 };
-    let needed = plan.data_bytes.saturating_mul(copies) + plan.data_bytes / 20 + (64 << 20);
+    let needed = plan
+        .data_bytes
+        .saturating_mul(copies)
+        .saturating_add(plan.data_bytes / 20)
+        .saturating_add(64 << 20);
     if available < needed {
         tracing::warn!(
             volume = %volume.display(),
@@ -171,26 +165,69 @@ fn room_for_both(volume: &Path, plan: &Plan) -> bool {
     available >= needed
 }
 
-/// Step (only without room for both copies): verify every member before PGDATA is emptied.
-/// Chain links were verified by [`prepare`].
-fn verify_before_emptying(plan: &Plan) -> Result<(), RecoveryError> {
-    if plan.verified {
-        return Ok(());
+/// Steps with room for both copies: unpack and verify beside PGDATA, and only then give PGDATA
+/// up (its contents into the staging directory, or aside with keep_old). Returns the data
+/// directory to move in and the keep-old directory.
+fn unpack_then_clear(
+    pg: &PgBin,
+    req: &BootstrapRequest,
+    plan: &Plan,
+    staging: &Staging,
+) -> Result<(PathBuf, Option<PathBuf>), RecoveryError> {
+    let data = staging.unpack(pg, plan, NOTHING_CHANGED)?;
+    // The unpack takes a while: nothing may have started a server on PGDATA meanwhile.
+    check_not_running(&req.pgdata)?;
+    mark_unfinished(req, plan)?;
+    let old_at = clear_pgdata(req, plan, Some(staging.trash()))?;
+    Ok((data, old_at))
+}
+
+/// Steps without room for both copies: verify every member (every link of a chain) in a pass
+/// of its own, empty PGDATA, then unpack (verifying again).
+fn verify_clear_unpack(
+    pg: &PgBin,
+    req: &BootstrapRequest,
+    plan: &Plan,
+    staging: &Staging,
+) -> Result<(PathBuf, Option<PathBuf>), RecoveryError> {
+    for (b, expected) in plan.links() {
+        tracing::info!(bundle = %b.name, "verifying every member's checksum");
+        let contents = bundle::verify(&b.path)?;
+        same_manifest(b, expected, &contents, NOTHING_CHANGED)?;
     }
-    tracing::info!(bundle = %plan.bundle.name, "verifying every member's checksum");
-    let contents = bundle::verify(&plan.bundle.path)?;
-    same_manifest(plan, &contents)
+    check_not_running(&req.pgdata)?;
+    mark_unfinished(req, plan)?;
+    let old_at = clear_pgdata(req, plan, None)?;
+    let state = "; PGDATA was emptied already: run the bootstrap again with a good bundle";
+    let data = staging.unpack(pg, plan, state)?;
+    Ok((data, old_at))
+}
+
+/// What a refusal before PGDATA was given up says about it.
+const NOTHING_CHANGED: &str = "; nothing was changed";
+
+/// Step: until recovery has ended, an empty or partial PGDATA is not a new database (bootmark).
+fn mark_unfinished(req: &BootstrapRequest, plan: &Plan) -> Result<(), RecoveryError> {
+    if req.sandbox.is_none() {
+        crate::bootmark::set(&req.pgroot, &plan.bundle.name)?;
+    }
+    Ok(())
 }
 
 /// The manifest read while unpacking or verifying must be the one the bootstrap was planned
-/// with (the file was not replaced meanwhile).
-fn same_manifest(plan: &Plan, contents: &bundle::Contents) -> Result<(), RecoveryError> {
-    if contents.manifest.as_ref() == Some(&plan.manifest) {
+/// with (the file was not replaced meanwhile, and has the manifest its end promised).
+fn same_manifest(
+    b: &Backup,
+    expected: &bundle::Manifest,
+    contents: &bundle::Contents,
+    state: &'static str,
+) -> Result<(), RecoveryError> {
+    if contents.manifest.as_ref() == Some(expected) {
         Ok(())
     } else {
         Err(RecoveryError::BundleChanged {
-            bundle: plan.bundle.path.clone(),
-            manifest: bundle::MANIFEST_NAME,
+            bundle: b.path.clone(),
+            state,
         })
     }
 }
@@ -378,16 +415,32 @@ impl Staging {
     }
 
     /// Step: unpack the bundle (a chain: every link, combined with pg_combinebackup) here,
-    /// verifying every member against the planned manifest; returns the data directory.
-    fn unpack(&self, pg: &PgBin, plan: &Plan) -> Result<PathBuf, RecoveryError> {
+    /// verifying every member against the planned manifest; returns the data directory, which
+    /// must hold a data directory's `PG_VERSION` and `global/pg_control`.
+    fn unpack(
+        &self,
+        pg: &PgBin,
+        plan: &Plan,
+        state: &'static str,
+    ) -> Result<PathBuf, RecoveryError> {
         tracing::info!(bundle = %plan.bundle.name, staging = %self.dir.display(), "extracting and verifying");
-        if !plan.chain.is_empty() {
-            return combine_chain(pg, plan, &self.dir);
+        let data = if plan.chain.is_empty() {
+            let unpacked = self.dir.join("bundle");
+            let contents = bundle::extract(&plan.bundle.path, &unpacked)?;
+            same_manifest(&plan.bundle, &plan.manifest, &contents, state)?;
+            unpacked.join(DATA_PREFIX.trim_end_matches('/'))
+        } else {
+            combine_chain(pg, plan, &self.dir, state)?
+        };
+        for needed in ["PG_VERSION", "global/pg_control"] {
+            if !data.join(needed).is_file() {
+                return Err(RecoveryError::NotPhysical {
+                    bundle: plan.bundle.path.clone(),
+                    reason: format!("it holds no data directory (no {DATA_PREFIX}{needed}){state}"),
+                });
+            }
         }
-        let unpacked = self.dir.join("bundle");
-        let contents = bundle::extract(&plan.bundle.path, &unpacked)?;
-        same_manifest(plan, &contents)?;
-        Ok(unpacked.join(DATA_PREFIX.trim_end_matches('/')))
+        Ok(data)
     }
 
     /// Remove the staging directory on a thread of its own; the returned guard waits for it
@@ -443,14 +496,21 @@ fn move_into_pgdata(data: &Path, pgdata: &Path) -> Result<(), RecoveryError> {
     Ok(())
 }
 
-/// Extract every link of the chain (full first, the incremental last) into `staging` and combine
-/// them with pg_combinebackup; returns the combined data directory.
-fn combine_chain(pg: &PgBin, plan: &Plan, staging: &Path) -> Result<PathBuf, RecoveryError> {
+/// Extract every link of the chain (full first, the incremental last) into `staging`, each
+/// verified against its planned manifest, and combine them with pg_combinebackup; returns the
+/// combined data directory.
+fn combine_chain(
+    pg: &PgBin,
+    plan: &Plan,
+    staging: &Path,
+    state: &'static str,
+) -> Result<PathBuf, RecoveryError> {
     let mut inputs = Vec::new();
-    for (i, b) in plan.chain.iter().chain([&plan.bundle]).enumerate() {
+    for (i, (b, expected)) in plan.links().enumerate() {
         let unpacked = staging.join(format!("link-{i}"));
         tracing::info!(bundle = %b.name, "extracting chain link {} of {}", i + 1, plan.chain.len() + 1);
-        bundle::extract(&b.path, &unpacked)?;
+        let contents = bundle::extract(&b.path, &unpacked)?;
+        same_manifest(b, expected, &contents, state)?;
         // pg_combinebackup reads each backup's backup_manifest inside its directory.
         let data = unpacked.join(DATA_PREFIX.trim_end_matches('/'));
         let from = unpacked.join(crate::physical::PG_MANIFEST);

@@ -80,11 +80,12 @@ pub enum RecoveryError {
     )]
     NotPhysical { bundle: PathBuf, reason: String },
     #[error(
-        "{bundle} changed while the bootstrap ran: its {manifest} is not the one checked before; nothing was changed\nhint: is another process rewriting the backups volume? Run the bootstrap again"
+        "{bundle}: the MANIFEST.json read while unpacking is not the one the bootstrap was planned with (the manifest at the bundle's end){state}\nhint: the file changed meanwhile, or it was not written by pgkeep in one piece; check it with `pgkeep backups verify`, or pick another with --from"
     )]
     BundleChanged {
         bundle: PathBuf,
-        manifest: &'static str,
+        /// What became of PGDATA: "; nothing was changed", or what was done already.
+        state: &'static str,
     },
     #[error(
         "{bundle} is a backup of system {bundle_system}, but the WAL archive {archive} holds WAL of system {archive_system}; nothing was changed\nhint: this bundle comes from another cluster; restore a bundle of this cluster, or point PGKEEP_WAL_ARCHIVE at that cluster's archive"
@@ -474,12 +475,11 @@ pub struct Plan {
     /// The bundle's manifest as planned with; extraction verifies every member against the
     /// manifest it reads and requires that one to be this one.
     pub manifest: bundle::Manifest,
-    /// Every member was already verified by [`prepare`] (a bundle whose manifest was not at its
-    /// tail); otherwise extraction is the verification.
-    pub verified: bool,
     /// When `bundle` is an incremental: the bundles of its chain, full first (each verified and
     /// checked against what the incremental recorded); they are combined with pg_combinebackup.
     pub chain: Vec<Backup>,
+    /// The verified manifest of each bundle of `chain`: unpacking a link must read the same.
+    pub chain_manifests: Vec<bundle::Manifest>,
     pub facts: PhysicalFacts,
     pub target: Option<RecoveryTarget>,
     /// Bytes of data-directory content in the bundle.
@@ -500,6 +500,17 @@ pub struct Plan {
     pub newest_archived: Option<(String, Lsn)>,
     /// The timeline recovery follows (written as recovery_target_timeline).
     pub target_timeline: TimelineChoice,
+}
+
+impl Plan {
+    /// Every bundle to unpack with the manifest it must have: the chain's, full first, then
+    /// the bundle itself.
+    pub fn links(&self) -> impl Iterator<Item = (&Backup, &bundle::Manifest)> {
+        self.chain
+            .iter()
+            .zip(&self.chain_manifests)
+            .chain([(&self.bundle, &self.manifest)])
+    }
 }
 
 /// Where recovery ended.
@@ -723,8 +734,8 @@ mod tests {
                 info: Default::default(),
                 members: vec![],
             },
-            verified: true,
             chain: vec![],
+            chain_manifests: vec![],
             facts: PhysicalFacts::for_test(1, "0/2000028", "0/2000100"),
             target: None,
             data_bytes: 0,
