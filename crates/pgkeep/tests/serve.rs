@@ -240,6 +240,21 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// Stops a `wal stream` child (SIGTERM, then waits) if a test fails half-way, so no stream is
+/// left retrying against a server that is gone.
+struct StreamGuard(Child);
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = wait_exit(&mut self.0, Duration::from_secs(30));
+        }
+    }
+}
+
 fn gz(text: &str) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::default());
     e.write_all(text.as_bytes()).unwrap();
@@ -922,8 +937,8 @@ fn sync_mode_falls_back_to_async_after_the_timeout_and_back_when_the_stream_retu
     site.query("insert into waited values (1)");
 
     // The stream comes back: serve makes commits wait for it again.
-    let mut streamer = spawn_stream(&site, true);
-    wait_streaming(&site, &mut streamer, true);
+    let mut streamer = StreamGuard(spawn_stream(&site, true));
+    wait_streaming(&site, &mut streamer.0, true);
     assert_eq!(site.query("show synchronous_standby_names"), "pgkeep");
     let log = site.read_log(1);
     assert!(log.contains("commits wait for it again"), "{log}");
@@ -945,11 +960,11 @@ fn sync_mode_falls_back_to_async_after_the_timeout_and_back_when_the_stream_retu
     site.query("insert into waited values (2)");
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(streamer.id() as i32),
+        nix::unistd::Pid::from_raw(streamer.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    wait_exit(&mut streamer, Duration::from_secs(60)).expect("wal stream stops");
+    wait_exit(&mut streamer.0, Duration::from_secs(60)).expect("wal stream stops");
     assert_eq!(site.stop(g.0, 1).code(), Some(0), "{}", site.read_log(1));
 }
 
@@ -967,8 +982,8 @@ fn a_connected_stream_is_healthy_in_metrics_and_status() {
     let mut child = site.spawn(1, &env);
     let g = Guard(&mut child);
     site.wait_ready(g.0, 1);
-    let mut streamer = spawn_stream(&site, false);
-    wait_streaming(&site, &mut streamer, false);
+    let mut streamer = StreamGuard(spawn_stream(&site, false));
+    wait_streaming(&site, &mut streamer.0, false);
     let (metrics, status) = look(&site, &env);
     assert_eq!(
         metric(&metrics, "pgkeep_wal_stream_connected"),
@@ -990,11 +1005,11 @@ fn a_connected_stream_is_healthy_in_metrics_and_status() {
     );
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(streamer.id() as i32),
+        nix::unistd::Pid::from_raw(streamer.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    wait_exit(&mut streamer, Duration::from_secs(60)).expect("wal stream stops");
+    wait_exit(&mut streamer.0, Duration::from_secs(60)).expect("wal stream stops");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (metrics, status) = look(&site, &env);
