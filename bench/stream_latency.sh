@@ -47,7 +47,10 @@ run_mode() {
     PSQL "alter system set synchronous_standby_names = '$([ "$mode" = sync ] && echo pgkeep)'" >/dev/null
     PSQL "select pg_reload_conf()" >/dev/null
     if [ "$mode" != off ]; then
-        as "${ENV[@]}" "$PGKEEP" wal stream $([ "$mode" = sync ] && echo --synchronous) 2>>"$DIR/stream.log" &
+        # setpriv execs (runuser forks and does not pass SIGTERM on), so $! is the stream
+        # itself; its stdout must not hold this function's pipe open.
+        setpriv --reuid=$U --regid=$U --init-groups env "${ENV[@]}" "$PGKEEP" wal stream \
+            $([ "$mode" = sync ] && echo --synchronous) >/dev/null 2>>"$DIR/stream.log" &
         STREAM=$!
         local n=0
         until [ "$(PSQL "select count(*) from pg_stat_replication where application_name = 'pgkeep' and state = 'streaming'")" = 1 ]; do

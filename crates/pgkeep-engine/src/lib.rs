@@ -8,7 +8,7 @@
 //! Where each command's work lives (command → module):
 //! - `serve` → [`postmaster`] (data directory, initdb, supervision), [`server`] (initdb and the
 //!   managed settings, also for throwaway servers), [`datadir`] and [`mountinfo`] (the guard),
-//!   [`bootmark`] (an unfinished bootstrap's marker).
+//!   [`bootmark`] (an unfinished bootstrap's marker), [`syncfallback`] (`wal.sync_fallback_after`).
 //! - `prep-dirs`, `wipe` → [`datadir`]; `debug perms` → [`mountinfo`].
 //! - `backup logical`, `restore dump`, `restore upload` → [`logical`] (with [`sqlscan`] for
 //!   uploaded SQL, [`upload`] for what a file is, [`sqlgz`] for `records.sql.gz`).
@@ -54,6 +54,7 @@ pub mod server;
 pub mod settings;
 pub mod sqlgz;
 pub mod sqlscan;
+pub mod syncfallback;
 pub mod tools;
 pub mod transfer;
 pub mod upload;

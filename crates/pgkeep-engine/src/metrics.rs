@@ -169,6 +169,13 @@ pub fn render(o: &Observation) -> String {
             "1 when `pgkeep wal stream` is streaming from the server (pg_stat_replication), 0 when not",
             gauge(if st.connected { 1.0 } else { 0.0 }),
         );
+        if st.mode == crate::settings::StreamMode::Sync {
+            r.register(
+                "pgkeep_wal_sync_degraded",
+                "1 when wal.stream = sync but serve fell back to asynchronous commits (the stream was down longer than wal.sync_fallback_after): commits do not wait for the stream",
+                gauge(if st.sync_degraded { 1.0 } else { 0.0 }),
+            );
+        }
         if let Some(b) = st.flush_lag_bytes {
             r.register(
                 "pgkeep_wal_stream_flush_lag_bytes",

@@ -117,6 +117,9 @@ pub struct StreamLook {
     /// Bytes the server has written that the stream has not flushed yet (None when not
     /// connected).
     pub flush_lag_bytes: Option<u64>,
+    /// `sync` mode, but the server's `synchronous_standby_names` is empty: `serve` fell back to
+    /// asynchronous commits after `wal.sync_fallback_after` (commits no longer wait).
+    pub sync_degraded: bool,
 }
 
 /// The off-site copy as the follower last reported it ([`crate::offsite::status`]).
@@ -163,8 +166,16 @@ fn look_offsite(status: &Path, files: Option<&[crate::wal::ArchivedFile]>) -> Of
 }
 
 impl Db {
-    /// The stream's walsender, if connected: (connected, bytes written but not flushed by it).
-    async fn stream_state(&self) -> Result<(bool, Option<u64>), DbError> {
+    /// The stream's walsender, if connected: (connected, bytes written but not flushed by it),
+    /// and whether the server makes commits wait for a synchronous standby.
+    async fn stream_state(&self) -> Result<(bool, Option<u64>, bool), DbError> {
+        let names: String = self
+            .client()
+            .query_one("select current_setting('synchronous_standby_names')", &[])
+            .await
+            .map_err(crate::db::query_err("reading synchronous_standby_names"))?
+            .get(0);
+        let waits = !names.trim().is_empty();
         let rows = self
             .client()
             .query(
@@ -175,8 +186,12 @@ impl Db {
             .await
             .map_err(crate::db::query_err("reading pg_stat_replication"))?;
         Ok(match rows.first() {
-            Some(r) => (true, r.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64)),
-            None => (false, None),
+            Some(r) => (
+                true,
+                r.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64),
+                waits,
+            ),
+            None => (false, None, waits),
         })
     }
 
@@ -330,11 +345,13 @@ pub async fn observe(
             up = true;
             if wal.stream != crate::settings::StreamMode::Off {
                 match db.stream_state().await {
-                    Ok((connected, flush_lag_bytes)) => {
+                    Ok((connected, flush_lag_bytes, waits)) => {
                         stream = Some(StreamLook {
                             mode: wal.stream,
                             connected,
                             flush_lag_bytes,
+                            sync_degraded: wal.stream == crate::settings::StreamMode::Sync
+                                && !waits,
                         })
                     }
                     Err(e) => server_error = Some(e.to_string()),
@@ -595,10 +612,15 @@ pub fn problems_with(o: &Observation, min_free_percent: f64) -> Vec<Problem> {
         ),
         _ => {}
     }
-    if let Some(st) = o.stream.as_ref().filter(|st| !st.connected) {
+    if let Some(st) = o
+        .stream
+        .as_ref()
+        .filter(|st| !st.connected || st.sync_degraded)
+    {
         add(
             "stream_down",
             match st.mode {
+                crate::settings::StreamMode::Sync if st.sync_degraded => "the synchronous WAL stream (`pgkeep wal stream`) was down longer than wal.sync_fallback_after and serve FELL BACK to asynchronous commits: commits no longer wait for it, and a commit acknowledged now is lost with the data volume until the stream is back (serve restores waiting by itself then); see the walstream container's log".to_owned(),
                 crate::settings::StreamMode::Sync => "the synchronous WAL stream (`pgkeep wal stream`) is not connected: commits wait until it is back; see the walstream container's log".to_owned(),
                 _ => "the WAL stream (`pgkeep wal stream`) is not connected: recent commits are only in pg_wal until it is back or their segment is archived".to_owned(),
             },
@@ -768,11 +790,19 @@ mod tests {
             mode: crate::settings::StreamMode::Sync,
             connected: true,
             flush_lag_bytes: Some(0),
+            sync_degraded: false,
         });
         assert_eq!(checks(&o), Vec::<&str>::new());
         o.stream.as_mut().unwrap().connected = false;
         assert_eq!(checks(&o), ["stream_down"]);
         assert!(problems(&o)[0].message.contains("commits wait"));
+        // Fallen back to asynchronous commits: said, also in the moment the stream is back
+        // before serve restores waiting.
+        o.stream.as_mut().unwrap().sync_degraded = true;
+        assert_eq!(checks(&o), ["stream_down"]);
+        assert!(problems(&o)[0].message.contains("FELL BACK"));
+        o.stream.as_mut().unwrap().connected = true;
+        assert_eq!(checks(&o), ["stream_down"]);
     }
 
     #[test]

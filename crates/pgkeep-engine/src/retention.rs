@@ -21,10 +21,18 @@
 //! history files are always kept. A directory no kept base backup of its system anchors keeps all
 //! its WAL.
 //!
+//! Streamed WAL set aside under `stream/superseded/<system>/` (another system or an earlier
+//! timeline, see [`crate::walstream`]) is cut by the same rule: a file of a system with a kept
+//! base backup goes when its segment is older than that system's oldest kept base backup's
+//! start; a file of a system none of the kept base backups belongs to (or of an unreadable one,
+//! which no recovery uses) goes too. Nothing of it goes while no base backup is kept or a kept
+//! one's system cannot be told. The live spool (`stream/` itself) is never touched.
+//!
 //! A base backup's start is read cheaply from the `.backup` file PostgreSQL archives for it (its
 //! LABEL names the bundle); only when that is missing is the bundle's MANIFEST.json read, which
 //! means reading the whole bundle.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -80,6 +88,9 @@ pub struct PrunePlan {
     pub wal_dirs: Vec<WalDirPlan>,
     pub remove_wal: Vec<ArchivedFile>,
     pub remove_wal_bytes: u64,
+    /// Streamed files set aside under `stream/superseded/` that no kept base backup can need.
+    pub remove_streamed: Vec<PathBuf>,
+    pub remove_streamed_bytes: u64,
 }
 
 /// What prune keeps of one WAL directory.
@@ -191,17 +202,37 @@ pub fn plan_with(
     // Each kept base backup anchors the WAL of its own system only: where its `.backup` label
     // lies, else (no label anywhere) the directory of the system its manifest names.
     let mut anchors: Vec<Option<(u64, u64, String)>> = vec![None; wal_dirs.len()];
+    // The same per system, for the streamed files set aside; None once a kept base backup's
+    // system cannot be told (then none of them is removed).
+    let mut system_anchors: Option<BTreeMap<u64, (u64, u64)>> = Some(BTreeMap::new());
     for b in keep.iter().filter(|b| b.kind == BackupKind::Physical) {
-        let (dir_ix, start, seg_size) = backup_start(b, &wal_dirs)?;
+        let (dir_ix, start, seg_size, system) = backup_start(b, &wal_dirs)?;
+        let start_no = wal::parse_name(&start).map(|w| w.segment_no(seg_size));
         for i in dir_ix {
-            let start_no = wal::parse_name(&start)
-                .expect("a segment name")
-                .segment_no(seg_size);
+            let start_no = start_no.expect("a segment name");
             if anchors[i].as_ref().is_none_or(|(n, _, _)| start_no < *n) {
                 anchors[i] = Some((start_no, seg_size, start.clone()));
             }
         }
+        match (system, start_no, system_anchors.as_mut()) {
+            (Some(sys), Some(start_no), Some(map)) => {
+                let a = map.entry(sys).or_insert((start_no, seg_size));
+                if start_no < a.0 {
+                    *a = (start_no, seg_size);
+                }
+            }
+            _ => system_anchors = None,
+        }
     }
+    let remove_streamed = match system_anchors.filter(|m| !m.is_empty()) {
+        Some(map) => streamed_unneeded(wal_archive, &map)?,
+        None => Vec::new(),
+    };
+    let remove_streamed_bytes = remove_streamed
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     let mut remove_wal = Vec::new();
     let mut per_dir = Vec::new();
     for (d, anchor) in wal_dirs.into_iter().zip(anchors) {
@@ -232,7 +263,68 @@ pub fn plan_with(
         wal_dirs: per_dir,
         remove_wal,
         remove_wal_bytes,
+        remove_streamed,
+        remove_streamed_bytes,
     })
+}
+
+/// The segment a file set aside from the spool holds: `NAME`, `NAME.partial`, and either with
+/// a `.N` that told apart files of the same name.
+fn streamed_segment(file: &str) -> Option<wal::WalName> {
+    let (name, rest) = (file.get(..24)?, file.get(24..)?);
+    let rest = rest.strip_prefix(".partial").unwrap_or(rest);
+    let plain = rest.is_empty()
+        || rest
+            .strip_prefix('.')
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty());
+    let w = wal::parse_name(name).filter(|w| w.kind == WalKind::Segment)?;
+    plain.then_some(w)
+}
+
+/// Files under `stream/superseded/` that no kept base backup can need: `anchors` maps each
+/// system with a kept base backup to the start segment number (and segment size) of its
+/// oldest one. A directory of a system not in it (or `unreadable`) goes whole; in one that is,
+/// the segments before the start go. Names that are not streamed segments stay.
+fn streamed_unneeded(
+    wal_archive: &Path,
+    anchors: &BTreeMap<u64, (u64, u64)>,
+) -> Result<Vec<PathBuf>, PruneError> {
+    let parent = crate::walstream::spool(wal_archive).join(crate::walstream::SUPERSEDED_DIR);
+    let entries = match std::fs::read_dir(&parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("read directory", &parent, e).into()),
+    };
+    let mut out = Vec::new();
+    for dir in entries {
+        let dir = dir.fs_ctx("read directory", &parent)?;
+        if !dir.file_type().fs_ctx("stat", &dir.path())?.is_dir() {
+            continue;
+        }
+        let anchor = dir
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|sys| anchors.get(&sys));
+        let path = dir.path();
+        for f in std::fs::read_dir(&path).fs_ctx("read directory", &path)? {
+            let f = f.fs_ctx("read directory", &path)?;
+            let name = f.file_name();
+            let Some(seg) = name.to_str().and_then(streamed_segment) else {
+                continue;
+            };
+            if !f.file_type().fs_ctx("stat", &f.path())?.is_file() {
+                continue;
+            }
+            let needed =
+                anchor.is_some_and(|(start_no, seg_size)| seg.segment_no(*seg_size) >= *start_no);
+            if !needed {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// What retention does with the sound physical bundles.
@@ -350,8 +442,12 @@ fn wal_dirs(wal_archive: &Path) -> Result<Vec<WalDir>, PruneError> {
     Ok(out)
 }
 
-/// The WAL directories a base backup's WAL lies in, its start segment, and the segment size.
-fn backup_start(b: &Backup, dirs: &[WalDir]) -> Result<(Vec<usize>, String, u64), PruneError> {
+/// The WAL directories a base backup's WAL lies in, its start segment, the segment size, and
+/// its system (when known).
+fn backup_start(
+    b: &Backup,
+    dirs: &[WalDir],
+) -> Result<(Vec<usize>, String, u64, Option<u64>), PruneError> {
     let label = format!("LABEL: pgkeep {}", b.name);
     for (i, d) in dirs.iter().enumerate() {
         for f in d.files.iter().filter(|f| f.wal.kind == WalKind::Backup) {
@@ -375,7 +471,7 @@ fn backup_start(b: &Backup, dirs: &[WalDir]) -> Result<(Vec<usize>, String, u64)
                     .filter(|f| f.wal.kind == WalKind::Segment)
                     .find_map(|f| archive.segment_size(f))
                     .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
-                return Ok((vec![i], start, seg_size));
+                return Ok((vec![i], start, seg_size, d.system));
             }
         }
     }
@@ -396,7 +492,12 @@ fn backup_start(b: &Backup, dirs: &[WalDir]) -> Result<(Vec<usize>, String, u64)
         .filter(|(_, d)| d.system.is_some() && d.system == system)
         .map(|(i, _)| i)
         .collect();
-    Ok((of_system, facts.start_wal_file, facts.wal_segment_size))
+    Ok((
+        of_system,
+        facts.start_wal_file,
+        facts.wal_segment_size,
+        system,
+    ))
 }
 
 /// What prune removed.
@@ -405,6 +506,7 @@ pub struct PruneReport {
     pub removed_backups: Vec<PathBuf>,
     pub removed_wal: usize,
     pub removed_wal_bytes: u64,
+    pub removed_streamed: usize,
 }
 
 /// Remove what the plan says (WAL first, oldest first, then bundles), fsyncing the directories.
@@ -421,8 +523,24 @@ pub fn apply(
         std::fs::remove_file(&f.path).fs_ctx("remove", &f.path)?;
         dirs.insert(f.path.parent().unwrap_or(wal_archive).to_owned());
     }
+    for p in &plan.remove_streamed {
+        std::fs::remove_file(p).fs_ctx("remove", p)?;
+        dirs.insert(p.parent().unwrap_or(wal_archive).to_owned());
+    }
     for d in &dirs {
         fsutil::fsync_dir(d)?;
+    }
+    // A set-aside directory emptied here goes too (a failure leaves an empty directory).
+    let superseded = crate::walstream::spool(wal_archive).join(crate::walstream::SUPERSEDED_DIR);
+    let mut emptied = false;
+    for d in dirs
+        .iter()
+        .filter(|d| d.parent() == Some(superseded.as_path()))
+    {
+        emptied |= std::fs::remove_dir(d).is_ok();
+    }
+    if emptied {
+        fsutil::fsync_dir(&superseded)?;
     }
     let mut removed = Vec::new();
     for b in &plan.remove {
@@ -436,6 +554,7 @@ pub fn apply(
         removed_backups: removed,
         removed_wal: plan.remove_wal.len(),
         removed_wal_bytes: plan.remove_wal_bytes,
+        removed_streamed: plan.remove_streamed.len(),
     })
 }
 
@@ -748,11 +867,127 @@ mod tests {
     fn without_a_physical_backup_no_wal_is_removed() {
         let t = tempfile::tempdir().unwrap();
         touch(t.path(), "000000010000000000000001.zst", "x");
+        let aside = t.path().join("stream/superseded/99");
+        std::fs::create_dir_all(&aside).unwrap();
+        touch(&aside, "000000010000000000000001.partial", "x");
         let p = plan_with(t.path(), t.path(), 7, 4, false, &mut |b| {
             Ok(Ok(name_time(b)))
         })
         .unwrap();
         assert!(p.remove_wal.is_empty());
         assert!(p.wal_kept_from.is_none());
+        assert!(p.remove_streamed.is_empty());
+    }
+
+    /// A WAL segment's first page naming system `sysid` (the rest zeros).
+    fn segment(sysid: u64) -> Vec<u8> {
+        let mut s = vec![0u8; 16 << 20];
+        s[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        s[2] = 0x02; // long header
+        s[24..32].copy_from_slice(&sysid.to_le_bytes());
+        s[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        s
+    }
+
+    #[test]
+    fn streamed_files_set_aside_go_when_no_kept_base_backup_needs_them() {
+        let t = tempfile::tempdir().unwrap();
+        let (b, w) = (t.path().join("b"), t.path().join("w"));
+        let old = w.join("superseded/111-20261101T000000Z");
+        let spool = w.join("stream");
+        let aside = spool.join("superseded");
+        for d in [&b, &old, &aside.join("111"), &aside.join("7")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for d in ["99", "unreadable"] {
+            std::fs::create_dir_all(aside.join(d)).unwrap();
+        }
+        let label = |dir: &Path, seg: &str, bundle: &str| {
+            touch(
+                dir,
+                &format!("{seg}.00000028.backup"),
+                &format!("START WAL LOCATION: 0/0 (file {seg})\nLABEL: pgkeep {bundle}\n"),
+            )
+        };
+        // System 111 (superseded archive): a kept bundle from segment 9; the live system 7
+        // (the root's segments say so): one from segment 2.
+        for n in [
+            "basebackup-20261102-0620.bundle.tar.gz",
+            "basebackup-20261202-0620.bundle.tar.gz",
+        ] {
+            touch(&b, n, "x");
+        }
+        label(
+            &old,
+            "000000010000000000000009",
+            "basebackup-20261102-0620.bundle.tar.gz",
+        );
+        label(
+            &w,
+            "000000010000000000000002",
+            "basebackup-20261202-0620.bundle.tar.gz",
+        );
+        std::fs::write(w.join("000000010000000000000002"), segment(7)).unwrap();
+        for (dir, name) in [
+            ("111", "000000010000000000000008.partial"),
+            ("111", "000000010000000000000009.partial"),
+            ("111", "00000001000000000000000A.partial.1"),
+            ("111", "notes.txt"),
+            ("7", "000000010000000000000001.partial"),
+            ("7", "000000010000000000000001"),
+            ("7", "000000010000000000000003.partial"),
+            ("99", "000000010000000000000005.partial"),
+            ("unreadable", "000000010000000000000001.partial"),
+        ] {
+            touch(&aside.join(dir), name, "x");
+        }
+        // The live spool is the stream's, never retention's, however old.
+        touch(&spool, "000000010000000000000001.partial", "x");
+
+        let p = plan_with(&b, &w, 7, 2, false, &mut |b: &Backup| Ok(Ok(name_time(b)))).unwrap();
+        let rel = |v: &[PathBuf]| {
+            v.iter()
+                .map(|f| f.strip_prefix(&aside).unwrap().display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rel(&p.remove_streamed),
+            [
+                "111/000000010000000000000008.partial",
+                "7/000000010000000000000001",
+                "7/000000010000000000000001.partial",
+                "99/000000010000000000000005.partial",
+                "unreadable/000000010000000000000001.partial",
+            ]
+        );
+        apply(&p, &b, &w).unwrap();
+        let mut left: Vec<String> = walkdir(&aside);
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "111/000000010000000000000009.partial",
+                "111/00000001000000000000000A.partial.1",
+                "111/notes.txt",
+                "7/000000010000000000000003.partial",
+            ]
+        );
+        assert!(!aside.join("99").exists(), "an emptied directory goes");
+        assert!(spool.join("000000010000000000000001.partial").is_file());
+    }
+
+    /// Files under `dir`, one level of directories deep, relative to it.
+    fn walkdir(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(dir).unwrap().flatten() {
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                out.push(format!(
+                    "{}/{}",
+                    d.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ));
+            }
+        }
+        out
     }
 }

@@ -224,6 +224,10 @@ pub struct Wal {
     /// makes PostgreSQL wait for the stream's flush before acknowledging a commit: nothing
     /// acknowledged is lost with the data volume, and commits wait while the stream is down).
     pub stream: StreamMode,
+    /// With `stream = sync`: seconds without a streaming `pgkeep wal stream` after which `serve`
+    /// stops making commits wait for it (`synchronous_standby_names = ''`) until it streams
+    /// again; 0 (the default) never falls back: commits wait, which is the RPO-0 promise.
+    pub sync_fallback_after: u32,
 }
 
 /// `wal.stream`.
@@ -315,6 +319,7 @@ impl Default for Settings {
                 zstd_level: crate::wal::DEFAULT_ZSTD_LEVEL,
                 archive_timeout: 60,
                 stream: StreamMode::Off,
+                sync_fallback_after: 0,
             },
             lint: Lint { strict: false },
             offsite: Offsite {
@@ -377,6 +382,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PGKEEP_WAL_ZSTD_LEVEL", "wal.zstd_level"),
     ("PGKEEP_WAL_ARCHIVE_TIMEOUT", "wal.archive_timeout"),
     ("PGKEEP_WAL_STREAM", "wal.stream"),
+    ("PGKEEP_WAL_SYNC_FALLBACK_AFTER", "wal.sync_fallback_after"),
     ("PGKEEP_LINT_STRICT", "lint.strict"),
     ("PGKEEP_OFFSITE_URL", "offsite.url"),
     ("PGKEEP_OFFSITE_ENDPOINT", "offsite.endpoint"),

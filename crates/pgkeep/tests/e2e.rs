@@ -1278,3 +1278,99 @@ fn a_deleted_namespace_comes_back_from_the_bucket_alone() {
     assert!(s3.keys().len() >= objects, "nothing off-site was lost");
     new.print_timings();
 }
+
+/// Issue 18: `wal.stream = sync` on a real cluster. The db pod's `walstream` container streams
+/// as the synchronous standby; after a base backup, single-row commits (each acknowledged) land
+/// only in the stream's partial segment (archive_timeout off, no segment switch); then the data
+/// is lost (scaled to 0, PGDATA's contents deleted on the PV) and `bootstrap basebackup`
+/// recovers from the base backup, the archive and the streamed partial: no acknowledged row is
+/// missing.
+#[test]
+fn synchronous_stream_loses_no_acknowledged_commit_with_the_data() {
+    let site = Site::new("rpo");
+    let mut toml = std::fs::read_to_string(site.config()).unwrap();
+    toml.push_str("\n[wal]\nstream = \"sync\"\narchive_timeout = 0\n");
+    std::fs::write(site.config(), toml).unwrap();
+    site.pgkeep_ok("deploy (wal.stream = sync)", &["deploy", "--wait"]);
+    let streaming = || {
+        site.sql(
+            "SELECT coalesce(max(sync_state), '') FROM pg_stat_replication \
+             WHERE application_name = 'pgkeep' AND state = 'streaming'",
+        ) == "sync"
+    };
+    site.wait_for(
+        "the walstream container to stream as the synchronous standby",
+        180,
+        streaming,
+    );
+    assert_eq!(site.sql("SHOW synchronous_standby_names"), "pgkeep");
+    site.sql("CREATE TABLE acked(id int PRIMARY KEY)");
+    site.pgkeep_ok("backup physical", &["backup", "physical"]);
+
+    let mut acked = 0;
+    for id in 1..=20 {
+        site.sql(&format!("INSERT INTO acked VALUES ({id})"));
+        acked = id;
+    }
+    let last_archived = site.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+    let current = site.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    println!(
+        "e2e rpo: {acked} commits acknowledged; current segment {current}, last archived {last_archived}"
+    );
+
+    assert!(
+        last_archived.as_str() < current.as_str(),
+        "the commits' segment must not be archived yet, or the stream proves nothing"
+    );
+
+    // The data is lost, as with a dead node and its disk: PGDATA's contents deleted on the PV
+    // and every server process SIGKILLed (no shutdown, so no last segment switch and archive).
+    // The marker an unfinished bootstrap leaves keeps the restarted db container from
+    // initializing a new database on the empty PGDATA (it exits 3) until the bootstrap.
+    let pgroot = site.volume("pgdata-big");
+    let marker = pgroot.join(".pgkeep-bootstrap-in-progress");
+    std::fs::write(&marker, "the data volume was lost\n").unwrap();
+    std::os::unix::fs::chown(&marker, Some(999), Some(999)).unwrap();
+    let pgdata = pgroot.join("data");
+    for e in std::fs::read_dir(&pgdata).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    // Every process of the db container but its PID 1 (serve) and this shell.
+    let _ = run(kubectl().args([
+        "-n",
+        &site.ns,
+        "exec",
+        "deploy/postgres",
+        "-c",
+        "db",
+        "--",
+        "sh",
+        "-c",
+        "kill -9 -1",
+    ]));
+    let spooled: Vec<String> = std::fs::read_dir(site.volume("pg-wal-archive").join("stream"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    println!("e2e rpo: the stream's spool holds {spooled:?}");
+
+    site.pgkeep_ok(
+        "bootstrap basebackup",
+        &["bootstrap", "basebackup", "--yes"],
+    );
+    site.wait_db_ready("after bootstrap", 240);
+    let back = site.sql("SELECT count(*) FROM acked WHERE id BETWEEN 1 AND 20");
+    let missing = acked - back.parse::<i32>().unwrap();
+    println!("e2e rpo: wal.stream = sync: {acked} acknowledged, {back} back, {missing} lost");
+    assert_eq!(
+        missing, 0,
+        "acknowledged commits lost with synchronous streaming"
+    );
+    site.print_timings();
+}

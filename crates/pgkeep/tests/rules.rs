@@ -337,3 +337,52 @@ fn promtool_unit_tests_of_the_sync_stream_alert_pass() {
     settings.wal.stream = pgkeep_engine::settings::StreamMode::Sync;
     promtool_test_rendered_with("[wal]\nstream = \"sync\"\n", &settings, STREAM_TESTS);
 }
+
+/// With `wal.sync_fallback_after`: the stream is back at t=20m but serve has not restored
+/// waiting yet (degraded until t=30m): the alert stays until both are fine.
+const FALLBACK_TESTS: &str = r#"
+rule_files:
+  - infra/prometheus/pgkeep-rules.yaml
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'pgkeep_wal_stream_connected{job="pg",instance="db:9187"}'
+        values: '0+0x20 1+0x20'
+      - series: 'pgkeep_wal_sync_degraded{job="pg",instance="db:9187"}'
+        values: '1+0x30 0+0x10'
+    alert_rule_test:
+      - eval_time: 25m
+        alertname: PgkeepWalStreamDown
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              job: pg
+              instance: db:9187
+      - eval_time: 35m
+        alertname: PgkeepWalStreamDown
+        exp_alerts: []
+"#;
+
+#[test]
+fn promtool_unit_tests_of_the_sync_fallback_alert_pass() {
+    let mut settings = pgkeep_engine::settings::Settings::default();
+    settings.wal.stream = pgkeep_engine::settings::StreamMode::Sync;
+    settings.wal.sync_fallback_after = 30;
+    let rules = pgkeep_kube::manifests::monitoring::rules(&settings);
+    let down = rules.groups[0]
+        .rules
+        .iter()
+        .find(|r| r.alert == "PgkeepWalStreamDown")
+        .unwrap();
+    assert!(
+        down.annotations["description"].contains("after 30 s without it"),
+        "{:?}",
+        down.annotations
+    );
+    promtool_test_rendered_with(
+        "[wal]\nstream = \"sync\"\nsync_fallback_after = 30\n",
+        &settings,
+        FALLBACK_TESTS,
+    );
+}

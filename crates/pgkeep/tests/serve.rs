@@ -240,6 +240,21 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// Stops a `wal stream` child (SIGTERM, then waits) if a test fails half-way, so no stream is
+/// left retrying against a server that is gone.
+struct StreamGuard(Child);
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = wait_exit(&mut self.0, Duration::from_secs(30));
+        }
+    }
+}
+
 fn gz(text: &str) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::default());
     e.write_all(text.as_bytes()).unwrap();
@@ -783,4 +798,233 @@ fn asynchronous_streaming_loses_at_most_what_was_in_flight() {
             loss.acked
         );
     }
+}
+
+/// `pgkeep metrics` and `pgkeep status --json` of a site (with serve's settings `env`), over
+/// TCP with the password.
+fn look(site: &Site, env: &[(&str, &str)]) -> (String, serde_json::Value) {
+    let run = |args: &[&str]| {
+        site.pgkeep()
+            .args(args)
+            .envs(env.iter().copied())
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let metrics = run(&["metrics"]);
+    assert!(
+        metrics.status.success(),
+        "{}",
+        pgkeep_testkit::output_text(&metrics)
+    );
+    // status exits non-zero when unhealthy (no backups here); its JSON is what counts.
+    let status = run(&["status", "--json", "--min-free-percent", "0"]);
+    let json = serde_json::from_slice(&status.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}\n{}",
+            pgkeep_testkit::output_text(&status)
+        )
+    });
+    (String::from_utf8_lossy(&metrics.stdout).into_owned(), json)
+}
+
+/// The value of one unlabelled metric.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The `check` names of `status --json`'s problems.
+fn problem_checks(status: &serde_json::Value) -> Vec<String> {
+    status["health"]["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems array in {status}"))
+        .iter()
+        .map(|p| p["check"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `wal.stream = sync` with `wal.sync_fallback_after = 3`: with no stream running a commit
+/// first waits (it is in SyncRep and has not returned after a second), then returns once serve
+/// has fallen back (synchronous_standby_names '' , `pgkeep_wal_sync_degraded 1`, status says
+/// so); a `wal stream --synchronous` that starts makes serve switch back ('pgkeep', commits
+/// wait for it again, metric 0).
+#[test]
+fn sync_mode_falls_back_to_async_after_the_timeout_and_back_when_the_stream_returns() {
+    let site = Site::new();
+    let wal = site.path("wal");
+    std::os::unix::fs::chown(&wal, Some(site.uid), Some(site.gid)).unwrap();
+    let env = [
+        ("POSTGRES_PASSWORD", PASSWORD),
+        ("PGKEEP_WAL_STREAM", "sync"),
+        ("PGKEEP_WAL_SYNC_FALLBACK_AFTER", "3"),
+    ];
+    let mut child = site.spawn(1, &env);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    assert_eq!(site.query("show synchronous_standby_names"), "pgkeep");
+
+    // A commit with no stream: it waits.
+    let mut commit = Command::new(site.bin.join("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", "records", "-p", &site.port.to_string()])
+        .args(["-c", "create table waited(id int)"])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGPASSFILE", "/nonexistent")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        commit.try_wait().unwrap().is_none(),
+        "the commit returned within a second although no stream runs:\n{}",
+        site.read_log(1)
+    );
+    // It waits for the synchronous standby, unless serve fell back in the meantime (then it
+    // has returned or is about to).
+    let waiting = site.query("select count(*) from pg_stat_activity where wait_event = 'SyncRep'");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        waiting == "1" || commit.try_wait().unwrap().is_some(),
+        "the commit is neither waiting for the stream (SyncRep) nor done ({waiting} waiters)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let st = loop {
+        if let Some(st) = commit.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit never returned: serve did not fall back (SyncRep waiters at 1 s: \
+             {waiting}):\n{}",
+            site.read_log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = commit.wait_with_output().unwrap();
+    assert!(st.success(), "{}", pgkeep_testkit::output_text(&out));
+    assert_eq!(site.query("show synchronous_standby_names"), "");
+    let log = site.read_log(1);
+    assert!(log.contains("COMMITS NO LONGER WAIT"), "{log}");
+    let (metrics, status) = look(&site, &env);
+    assert_eq!(
+        metric(&metrics, "pgkeep_wal_sync_degraded"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "pgkeep_wal_stream_connected"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        problem_checks(&status).contains(&"stream_down".to_owned()),
+        "{status}"
+    );
+    assert!(status.to_string().contains("FELL BACK"), "{status}");
+    // Commits go on without waiting.
+    site.query("insert into waited values (1)");
+
+    // The stream comes back: serve makes commits wait for it again.
+    let mut streamer = StreamGuard(spawn_stream(&site, true));
+    wait_streaming(&site, &mut streamer.0, true);
+    assert_eq!(site.query("show synchronous_standby_names"), "pgkeep");
+    let log = site.read_log(1);
+    assert!(log.contains("commits wait for it again"), "{log}");
+    let (metrics, status) = look(&site, &env);
+    assert_eq!(
+        metric(&metrics, "pgkeep_wal_sync_degraded"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "pgkeep_wal_stream_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        !problem_checks(&status).contains(&"stream_down".to_owned()),
+        "{status}"
+    );
+    site.query("insert into waited values (2)");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(streamer.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_exit(&mut streamer.0, Duration::from_secs(60)).expect("wal stream stops");
+    assert_eq!(site.stop(g.0, 1).code(), Some(0), "{}", site.read_log(1));
+}
+
+/// A running `wal stream` (async mode) is seen as connected: `pgkeep_wal_stream_connected 1`
+/// and no `stream_down` problem in `status`; once it stops, both say so.
+#[test]
+fn a_connected_stream_is_healthy_in_metrics_and_status() {
+    let site = Site::new();
+    let wal = site.path("wal");
+    std::os::unix::fs::chown(&wal, Some(site.uid), Some(site.gid)).unwrap();
+    let env = [
+        ("POSTGRES_PASSWORD", PASSWORD),
+        ("PGKEEP_WAL_STREAM", "async"),
+    ];
+    let mut child = site.spawn(1, &env);
+    let g = Guard(&mut child);
+    site.wait_ready(g.0, 1);
+    let mut streamer = StreamGuard(spawn_stream(&site, false));
+    wait_streaming(&site, &mut streamer.0, false);
+    let (metrics, status) = look(&site, &env);
+    assert_eq!(
+        metric(&metrics, "pgkeep_wal_stream_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "pgkeep_wal_stream_flush_lag_bytes").is_some(),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "pgkeep_wal_sync_degraded"),
+        None,
+        "async: {metrics}"
+    );
+    assert!(
+        !problem_checks(&status).contains(&"stream_down".to_owned()),
+        "{status}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(streamer.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_exit(&mut streamer.0, Duration::from_secs(60)).expect("wal stream stops");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (metrics, status) = look(&site, &env);
+        if metric(&metrics, "pgkeep_wal_stream_connected") == Some(0.0) {
+            assert!(
+                problem_checks(&status).contains(&"stream_down".to_owned()),
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still connected after stopping: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(site.stop(g.0, 1).code(), Some(0), "{}", site.read_log(1));
 }

@@ -273,13 +273,24 @@ pub fn rules(s: &Settings) -> RuleFile {
         ));
     }
     match s.wal.stream {
+        StreamMode::Sync if s.wal.sync_fallback_after > 0 => rules.push(rule(
+            "PgkeepWalStreamDown",
+            "pgkeep_wal_stream_connected == 0 or pgkeep_wal_sync_degraded == 1".into(),
+            "1m",
+            "critical",
+            "The synchronous WAL stream is down: commits wait, then stop waiting",
+            &format!(
+                "wal.stream = sync makes every commit wait for `pgkeep wal stream`; after {} s without it (wal.sync_fallback_after) serve falls back to asynchronous commits (pgkeep_wal_sync_degraded 1): commits no longer wait, and what is acknowledged then is lost with the data volume until the stream is back. Check the db pod's walstream container (its log, restarts) and the WAL archive volume; serve makes commits wait again when it reconnects.",
+                s.wal.sync_fallback_after
+            ),
+        )),
         StreamMode::Sync => rules.push(rule(
             "PgkeepWalStreamDown",
             "pgkeep_wal_stream_connected == 0".into(),
             "1m",
             "critical",
             "The synchronous WAL stream is down: commits wait",
-            "wal.stream = sync makes every commit wait for `pgkeep wal stream`. Check the db pod's walstream container (its log, restarts) and the WAL archive volume; commits resume when it reconnects.",
+            "wal.stream = sync makes every commit wait for `pgkeep wal stream` (wal.sync_fallback_after = 0: no fallback). Check the db pod's walstream container (its log, restarts) and the WAL archive volume; commits resume when it reconnects.",
         )),
         StreamMode::Async => rules.push(rule(
             "PgkeepWalStreamDown",

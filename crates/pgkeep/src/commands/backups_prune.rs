@@ -130,6 +130,13 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
                 ),
             }
         }
+        if !plan.remove_streamed.is_empty() {
+            println!(
+                "{verb} {} streamed files ({} bytes) set aside in stream/superseded/ that no kept base backup needs",
+                plan.remove_streamed.len(),
+                plan.remove_streamed_bytes
+            );
+        }
         println!(
             "keeping {} backups (retention: {} nightly, {} basebackups)",
             plan.keep.len(),
@@ -175,11 +182,12 @@ pub(crate) async fn after_backup(ctx: &Ctx) -> anyhow::Result<()> {
         step = "prune",
         nightly,
         basebackups,
-        "retention: kept {} backups, removed {} backups and {} WAL files ({} bytes)",
+        "retention: kept {} backups, removed {} backups, {} WAL files ({} bytes) and {} streamed files set aside",
         plan.keep.len(),
         report.removed_backups.len(),
         report.removed_wal,
-        report.removed_wal_bytes
+        report.removed_wal_bytes,
+        report.removed_streamed
     );
     Ok(())
 }

@@ -4,11 +4,15 @@
 //! and pg_hba block, then PostgreSQL as a child: SIGTERM becomes a fast shutdown, and pgkeep
 //! exits with PostgreSQL's status. Works with any image that has the server binaries and pgkeep.
 //! No initdb while an unfinished bootstrap's marker is in the volume root (exit 3; see
-//! `pgkeep_engine::bootmark`).
+//! `pgkeep_engine::bootmark`). With `wal.stream = sync` and `wal.sync_fallback_after`, a watcher
+//! beside the server lets commits stop waiting for a stream that stays away (see
+//! `pgkeep_engine::syncfallback`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pgkeep_engine::postmaster::{self, Postmaster, ServeConfig, Signals};
+use pgkeep_engine::syncfallback;
 use pgkeep_engine::tools::{PgBin, shell_quote_for_pg_command};
 
 use crate::cli::Ctx;
@@ -81,7 +85,19 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
     if cfg.archive_timeout > 0 {
         pm = pm.arm_archive_timeout(&cfg.pgdata);
     }
-    let status = pm.supervise(&mut signals).await?;
+    // `wal.sync_fallback_after`: commits stop waiting for a stream that stays away that long.
+    let fallback = (cfg.synchronous_stream && s.wal.sync_fallback_after > 0).then(|| {
+        tokio::spawn(syncfallback::watch(
+            cfg.clone(),
+            prepared.run_as,
+            Duration::from_secs(s.wal.sync_fallback_after.into()),
+        ))
+    });
+    let status = pm.supervise(&mut signals).await;
+    if let Some(task) = fallback {
+        task.abort();
+    }
+    let status = status?;
     let code = postmaster::exit_code(status);
     if code == 0 {
         tracing::info!("postgres stopped cleanly");
