@@ -538,6 +538,10 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         "records",
         "create table t (x int); insert into t select generate_series(1, 1000)",
     );
+    // An older base backup keeps its WAL off-site (retention), but a restore from the newest
+    // never reads what came before the newest's start: it stays there.
+    ok(pgkeep_s3(&c, &s3, "p").args(["backup", "physical", "--no-prune"]));
+    c.switch_wal_and_wait_archived();
     ok(pgkeep_s3(&c, &s3, "p").args(["backup", "physical", "--no-prune"]));
     c.psql(
         "records",
@@ -550,6 +554,14 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
     std::thread::sleep(Duration::from_millis(50));
     c.psql("records", "create table written_after_t (x int)");
     c.switch_wal_and_wait_archived();
+    let names = pgkeep_testkit::file_names(&c.backups());
+    let bases: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("basebackup-"))
+        .collect();
+    let bases = oldest_first(&bases);
+    let start = backup_start_segment(&c, &bases[1]);
+    assert!(backup_start_segment(&c, &bases[0]) < start);
     ok(pgkeep_s3(&c, &s3, "p")
         .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
         .args(["offsite", "sync"]));
@@ -591,6 +603,17 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
         stdout(&out).contains("recovery ended at"),
         "{}",
         output_text(&out)
+    );
+    let older: Vec<String> = pgkeep_testkit::file_names(&c.wal_archive())
+        .into_iter()
+        .filter(|n| {
+            let seg = n.strip_suffix(".zst").unwrap_or(n);
+            seg.len() == 24 && seg[8..] < start[8..]
+        })
+        .collect();
+    assert!(
+        older.is_empty(),
+        "segments before the backup's start {start} came back from off-site: {older:?}"
     );
     c.restart();
     assert_eq!(c.psql("records", "select count(*) from t").trim(), "2000");

@@ -280,11 +280,16 @@ pub struct Materialized {
     pub bundle_downloaded: bool,
     /// WAL files downloaded into the archive.
     pub wal_files: usize,
+    /// Off-site segments older than the bundle's first one, left there (no recovery from it
+    /// reads them; off-site retention keeps them for older base backups).
+    pub wal_older_left: usize,
 }
 
 /// Put the off-site copies a bootstrap needs back on the local volumes: the physical bundle
 /// `from` (default: the newest off-site) into `backups` unless it is there, and every off-site
-/// WAL file that the archive lacks (in any compression) into `archive`. Each file is published
+/// WAL file that the archive lacks (in any compression) into `archive`, but no segment older
+/// than the bundle's start (its `pgkeep-wal-start` metadata; all of them for a bundle uploaded
+/// without it). Each file is published
 /// only when whole and authentic, segments only when they check out as this system's; nothing
 /// local is replaced. The bootstrap then runs on the local copies with every usual check.
 pub async fn materialize(
@@ -351,7 +356,9 @@ pub async fn materialize(
         _ => archive.dir().to_owned(),
     };
     let local = Archive::new(&dest);
+    let first_needed = first_needed_segment(sys, &bundle).await?;
     let mut wal_files = 0;
+    let mut wal_older_left = 0;
     for r in sys.list_wal().await? {
         let walname = r
             .name
@@ -361,6 +368,13 @@ pub async fn materialize(
         let Some(w) = wal::parse_name(walname) else {
             continue;
         };
+        let older = first_needed.is_some_and(|(no, seg_size)| {
+            w.kind != WalKind::History && w.segment_no(seg_size) < no
+        });
+        if older {
+            wal_older_left += 1;
+            continue;
+        }
         if local.find(walname).is_some() {
             continue;
         }
@@ -398,7 +412,23 @@ pub async fn materialize(
         bundle,
         bundle_downloaded,
         wal_files,
+        wal_older_left,
     })
+}
+
+/// The first segment (number, segment size) a recovery from the off-site `bundle` reads, from
+/// its object metadata; None when it was uploaded without it (or is not off-site).
+async fn first_needed_segment(sys: &System, bundle: &str) -> Result<Option<(u64, u64)>> {
+    let mut meta = sys
+        .backup_metadata_all(bundle, &[META_WAL_START, META_SEGMENT_SIZE])
+        .await?
+        .into_iter();
+    let (start, size) = (meta.next().flatten(), meta.next().flatten());
+    Ok(start
+        .as_deref()
+        .and_then(wal::parse_name)
+        .zip(size.and_then(|s| s.parse::<u64>().ok()))
+        .map(|(w, seg_size)| (w.segment_no(seg_size), seg_size)))
 }
 
 /// As root, give `path` the owner of `like` (the archive's), so the data owner can read and

@@ -153,6 +153,7 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
             bundle = %got.bundle,
             downloaded = got.bundle_downloaded,
             wal_files = got.wal_files,
+            wal_older_left = got.wal_older_left,
             "off-site copies are on the local volumes"
         );
         args.from = Some(got.bundle);

@@ -183,7 +183,7 @@ async fn stage_offsite(args: &Args, ctx: &Ctx) -> anyhow::Result<tempfile::TempD
     if !args.skip_physical {
         match offsite::materialize(&sys, None, &backups, &Archive::new(&wal)).await {
             Ok(got) => {
-                tracing::info!(bundle = %got.bundle, wal_files = got.wal_files, "off-site copies staged")
+                tracing::info!(bundle = %got.bundle, wal_files = got.wal_files, wal_older_left = got.wal_older_left, "off-site copies staged")
             }
             // No base backup off-site: the physical drill reports that itself.
             Err(offsite::OffsiteError::Missing { .. }) => {}
