@@ -20,7 +20,7 @@ pub const FILE_NAME: &str = ".pgkeep-bootstrap-in-progress";
 #[derive(Debug, thiserror::Error)]
 pub enum BootmarkError {
     #[error(
-        "PGDATA {pgdata} is not initialized but a bootstrap from a base backup did not finish ({marker} is there); refusing to initdb a new, empty database in its place\nhint: run the bootstrap again (`pgkeep bootstrap basebackup`); only if you mean to give the old data up for an empty database, remove {marker} (or run `pgkeep wipe`) and start again"
+        "PGDATA {pgdata} holds no finished database: a bootstrap from a base backup did not finish ({marker} is there); refusing to start a server on it or to initdb a new, empty database in its place\nhint: run the bootstrap again (`pgkeep bootstrap basebackup`); only if you mean to give the old data up for an empty database, remove {marker} (or run `pgkeep wipe`) and start again"
     )]
     Unfinished { pgdata: PathBuf, marker: PathBuf },
 }
@@ -67,7 +67,7 @@ pub fn clear(pgroot: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
-/// `serve`'s check before initdb: refuse while a bootstrap is unfinished.
+/// `serve`'s first check: refuse to start or initdb while a bootstrap is unfinished.
 pub fn refuse_initdb(pgroot: &Path, pgdata: &Path) -> Result<(), BootmarkError> {
     match present(pgroot) {
         Some(marker) => Err(BootmarkError::Unfinished {

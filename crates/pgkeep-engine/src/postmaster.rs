@@ -216,6 +216,10 @@ pub fn prepare(
     cfg: &ServeConfig,
     password: Option<&str>,
 ) -> Result<Prepared, PostmasterError> {
+    // An unfinished bootstrap gave PGDATA up: whatever is there now (nothing, a partly emptied
+    // old database, the new data before its recovery ended) is not a database to start or to
+    // initdb over (see bootmark). Checked first: only reads.
+    crate::bootmark::refuse_initdb(&cfg.pgroot, &cfg.pgdata)?;
     datadir::prep_dirs(
         &cfg.pgroot,
         &cfg.pgdata,
@@ -247,8 +251,6 @@ pub fn prepare(
             run_as,
         });
     }
-    // An unfinished bootstrap emptied PGDATA: not a new database (see bootmark).
-    crate::bootmark::refuse_initdb(&cfg.pgroot, &cfg.pgdata)?;
     let Some(password) = password else {
         return Err(PostmasterError::NoPassword {
             pgdata: cfg.pgdata.clone(),

@@ -635,6 +635,60 @@ fn point_in_time_bootstrap_from_offsite_with_every_local_volume_emptied() {
 
 /// Bundle names oldest first: by the time in the name, then the sequence within a minute
 /// (`-1`, `-2`).
+/// An incremental base backup restores from off-site alone: the bundles of its chain come back
+/// with it. Needs 17+ for an incremental; on an older server `--incremental=auto` takes a full
+/// one, and only that one comes back.
+#[test]
+fn an_incremental_restores_from_off_site_with_the_bundles_of_its_chain() {
+    let s3 = S3Server::start("pgkeep-chain");
+    let out = std::process::Command::new(pgkeep_testkit::pg_bin().join("postgres"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let major = pgkeep_engine::tools::parse_major(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let mut o = TempCluster::options().archive_command(&format!(
+        "{} wal push --archive ../../wal-archive %p",
+        pgkeep_bin().display()
+    ));
+    if major >= 17 {
+        o = o.setting("summarize_wal", "on");
+    }
+    let c = o.start();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (id_file, recipient) = keygen(keys_dir.path(), "offsite.key");
+    c.psql(
+        "postgres",
+        "create table t (x int); insert into t select generate_series(1, 100)",
+    );
+    ok(pgkeep_s3(&c, &s3, "c").args(["backup", "physical", "--no-prune"]));
+    c.psql("postgres", "insert into t select generate_series(101, 200)");
+    ok(pgkeep_s3(&c, &s3, "c").args(["backup", "physical", "--incremental=auto", "--no-prune"]));
+    c.psql("postgres", "insert into t select generate_series(201, 300)");
+    c.switch_wal_and_wait_archived();
+    let names = pgkeep_testkit::file_names(&c.backups());
+    let incremental = names.iter().any(|n| n.contains(".incr.bundle."));
+    assert_eq!(incremental, major >= 17, "{names:?}");
+    ok(pgkeep_s3(&c, &s3, "c")
+        .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+        .args(["offsite", "sync"]));
+    c.stop();
+
+    for d in [c.pgdata(), c.wal_archive(), c.backups()] {
+        empty_dir(&d);
+    }
+    ok(pgkeep_s3(&c, &s3, "c")
+        .env("PGKEEP_OFFSITE_RECIPIENTS", &recipient)
+        .env("PGKEEP_OFFSITE_IDENTITY_FILE", &id_file)
+        .args(["bootstrap", "basebackup", "--yes"]));
+    let back: Vec<String> = pgkeep_testkit::file_names(&c.backups())
+        .into_iter()
+        .filter(|n| n.starts_with("basebackup-"))
+        .collect();
+    assert_eq!(back.len(), if incremental { 2 } else { 1 }, "{back:?}");
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from t").trim(), "300");
+}
+
 fn oldest_first(names: &[&String]) -> Vec<String> {
     let mut v: Vec<(pgkeep_engine::repo::BackupName, String)> = names
         .iter()

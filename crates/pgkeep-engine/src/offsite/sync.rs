@@ -278,6 +278,8 @@ pub struct Materialized {
     pub bundle: String,
     /// Whether the bundle was downloaded (false: it was local already).
     pub bundle_downloaded: bool,
+    /// Bundles of an incremental's chain downloaded because they were not local.
+    pub links_downloaded: Vec<String>,
     /// WAL files downloaded into the archive.
     pub wal_files: usize,
     /// Off-site segments older than the bundle's first one, left there (no recovery from it
@@ -286,7 +288,8 @@ pub struct Materialized {
 }
 
 /// Put the off-site copies a bootstrap needs back on the local volumes: the physical bundle
-/// `from` (default: the newest off-site) into `backups` unless it is there, and every off-site
+/// `from` (default: the newest off-site) into `backups` unless it is there (an incremental with
+/// every bundle of its chain its manifest names that is not there), and every off-site
 /// WAL file that the archive lacks (in any compression) into `archive`, but no segment older
 /// than the bundle's start (its `pgkeep-wal-start` metadata; all of them for a bundle uploaded
 /// without it). Each file is published
@@ -320,6 +323,17 @@ pub async fn materialize(
         sys.fetch_backup(&bundle, backups).await?;
         true
     };
+    // An incremental restores only with its chain; the bootstrap checks every link as usual.
+    let mut links_downloaded = Vec::new();
+    let chain = crate::catalog::peek_manifest(&backups.join(&bundle))
+        .and_then(|m| crate::chain::ChainInfo::from_manifest(&m).ok().flatten());
+    for link in chain.map(|c| c.chain).unwrap_or_default() {
+        if !backups.join(&link.name).is_file() {
+            tracing::info!(url = %sys.backup_url(&link.name), "downloading a base backup of the incremental's chain from off-site");
+            sys.fetch_backup(&link.name, backups).await?;
+            links_downloaded.push(link.name);
+        }
+    }
     std::fs::create_dir_all(archive.dir()).fs_ctx("create", archive.dir())?;
     // The archive root belongs to one system. When another one (a fresh initdb after the
     // disaster) archives there now, this system's WAL goes where bootstrap looks for a
@@ -411,6 +425,7 @@ pub async fn materialize(
     Ok(Materialized {
         bundle,
         bundle_downloaded,
+        links_downloaded,
         wal_files,
         wal_older_left,
     })
