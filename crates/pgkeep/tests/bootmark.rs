@@ -61,15 +61,16 @@ fn serve(c: &TempCluster, timeout: Duration) -> Output {
 }
 
 fn assert_serve_refuses(c: &TempCluster) {
+    let before = entries(&c.pgdata());
     let out = serve(c, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(3), "serve must refuse:\n{stderr}");
     assert!(stderr.contains(bootmark::FILE_NAME), "{stderr}");
     assert!(stderr.contains("run the bootstrap again"), "{stderr}");
-    assert!(
-        !c.pgdata().join("PG_VERSION").exists(),
-        "no initdb ran:\n{stderr}"
-    );
+    // No initdb, no server: PGDATA holds what it held (empty, partly emptied, or the new data
+    // before its recovery ended).
+    assert_eq!(entries(&c.pgdata()), before, "PGDATA untouched:\n{stderr}");
+    assert!(!c.pgdata().join("postmaster.pid").exists(), "{stderr}");
 }
 
 fn entries(dir: &Path) -> Vec<String> {
