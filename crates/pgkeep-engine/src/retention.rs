@@ -879,15 +879,7 @@ mod tests {
         assert!(p.remove_streamed.is_empty());
     }
 
-    /// A WAL segment's first page naming system `sysid` (the rest zeros).
-    fn segment(sysid: u64) -> Vec<u8> {
-        let mut s = vec![0u8; 16 << 20];
-        s[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        s[2] = 0x02; // long header
-        s[24..32].copy_from_slice(&sysid.to_le_bytes());
-        s[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
-        s
-    }
+    use crate::walstream::tests::segment;
 
     #[test]
     fn streamed_files_set_aside_go_when_no_kept_base_backup_needs_them() {

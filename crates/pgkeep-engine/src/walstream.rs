@@ -427,10 +427,11 @@ pub fn find_streamed(archive: &Path, name: &str, system: Option<u64>) -> Option<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn segment(sysid: u64) -> Vec<u8> {
+    /// A WAL segment's first page naming system `sysid` (the rest zeros).
+    pub(crate) fn segment(sysid: u64) -> Vec<u8> {
         let mut s = vec![0u8; 16 << 20];
         s[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
         s[2] = 0x02; // long header

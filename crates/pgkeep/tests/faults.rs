@@ -558,6 +558,63 @@ fn a_bootstrap_stopped_by_sigterm_mid_extraction_leaves_the_old_database_whole()
     );
 }
 
+/// Two bootstraps at once: the second is refused before it changes anything (the first holds
+/// the data volume's lock), and the first finishes with every row.
+#[test]
+fn a_second_bootstrap_while_one_runs_is_refused_and_changes_nothing() {
+    let c = archiving_cluster(&pgkeep_bin());
+    c.psql(
+        "postgres",
+        "create table kept(x text); \
+         insert into kept select repeat('x', 400) || g from generate_series(1, 50000) g",
+    );
+    let out = pgkeep(&c).args(["backup", "physical"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let count = c.psql("postgres", "select count(*) from kept");
+    c.switch_wal_and_wait_archived();
+    c.stop();
+
+    // The first one, frozen (SIGSTOP) once it unpacks beside PGDATA: it holds the lock then.
+    let mut first = spawn_pgkeep(&c, &["bootstrap", "basebackup", "--yes"]);
+    let suffix = format!("-{}", first.id());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_dir(c.pgroot()).unwrap().flatten().any(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.starts_with(".pgkeep-bootstrap-") && n.ends_with(&suffix) && e.path().is_dir()
+    }) {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first bootstrap ended early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the first bootstrap never unpacked"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(first.id() as i32, Signal::SIGSTOP);
+    let before = file_names(&c.pgdata());
+    let second = pgkeep(&c)
+        .args(["bootstrap", "basebackup", "--yes"])
+        .output()
+        .unwrap();
+    let text = output_text(&second);
+    assert_eq!(second.status.code(), Some(3), "{text}");
+    assert!(text.contains("another bootstrap is running"), "{text}");
+    assert_eq!(
+        file_names(&c.pgdata()),
+        before,
+        "the second changed nothing"
+    );
+    signal(first.id() as i32, Signal::SIGCONT);
+    assert!(
+        first.wait().unwrap().success(),
+        "the first bootstrap finishes"
+    );
+    c.restart();
+    assert_eq!(c.psql("postgres", "select count(*) from kept"), count);
+}
+
 /// SIGKILL or SIGTERM (alternating: odd points SIGKILL, even ones SIGTERM) of pgkeep at `points`
 /// moments spread evenly over a normal run of `args` (measured first), so every step is hit, not
 /// only the one where a tool runs: writing and fsyncing the bundle, the rename, verification,

@@ -67,6 +67,8 @@ pub(super) struct Replayed {
     pub(super) ended: Ended,
     pub(super) log_file: PathBuf,
     pub(super) old_at: Option<PathBuf>,
+    /// This run's hold on the data volume ([`lock_volume`]), until the caller is done.
+    pub(super) _lock: std::fs::File,
 }
 
 impl Replayed {
@@ -94,6 +96,7 @@ pub(super) async fn replay(
     run_as: Option<RunAs>,
 ) -> Result<Replayed, RecoveryError> {
     mountinfo::guard(&req.pgroot, &req.pgdata)?;
+    let lock = lock_volume(&req.pgroot)?;
     check_not_running(&req.pgdata)?;
     clean_stale_staging(&req.pgdata)?;
     let staging = Staging::create(&req.pgdata)?;
@@ -134,7 +137,30 @@ pub(super) async fn replay(
         ended,
         log_file,
         old_at,
+        _lock: lock,
     })
+}
+
+/// The lock file on the data volume that one bootstrap at a time holds.
+pub(super) const LOCK_FILE: &str = ".pgkeep-bootstrap.lock";
+
+/// Step: hold the data volume's bootstrap lock (`flock` on [`LOCK_FILE`], released by the
+/// kernel when this process ends, however it ends), or refuse: a second bootstrap running now
+/// would empty PGDATA under the first one's server or move its data away.
+fn lock_volume(pgroot: &Path) -> Result<std::fs::File, RecoveryError> {
+    let path = pgroot.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .fs_ctx("open", &path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(RecoveryError::BootstrapRunning { lock: path }),
+        Err(e) => Err(FsError::new("lock", &path, e.into()).into()),
+    }
 }
 
 /// Whether the volume holds the unpacked bundle beside today's PGDATA (a chain: its links and

@@ -228,6 +228,10 @@ pub enum RecoveryError {
         hint: String,
     },
     #[error(
+        "another bootstrap is running on this data volume ({lock} is locked); nothing was changed\nhint: wait for it to finish (`pgkeep status`), then run this one again if it is still needed"
+    )]
+    BootstrapRunning { lock: PathBuf },
+    #[error(
         "an earlier bootstrap was interrupted: PostgreSQL (pid {pid}) is still running on {pgdata} with pgkeep's recovery settings in postgresql.auto.conf ({state}); nothing was changed\nhint: {hint}"
     )]
     InterruptedBootstrap {
@@ -273,6 +277,7 @@ impl Classified for RecoveryError {
             | RunDirUnusable { .. }
             | PortInUse { .. }
             | InterruptedBootstrap { .. }
+            | BootstrapRunning { .. }
             | TargetAfterBranch { .. }
             | BadTimeline { .. }
             | Repo(_) => ExitClass::Refused,
