@@ -501,6 +501,38 @@ pub fn expect_from_pgdata(pgdata: &Path) -> Expect {
     }
 }
 
+/// The segment size of [`test_segment`].
+#[cfg(test)]
+pub(crate) const TEST_SEG: usize = 1 << 20;
+
+#[cfg(test)]
+/// A WAL-like segment `name` of 1 MiB: every page headed like PostgreSQL heads it, the
+/// pages from `zero_from` on zeroed (as after a switch).
+#[cfg(test)]
+pub(crate) fn test_segment(name: &str, magic: u16, sys: u64, zero_from: Option<usize>) -> Vec<u8> {
+    let w = wal::parse_name(name).unwrap();
+    let start = w.segment_no(TEST_SEG as u64) * TEST_SEG as u64;
+    let mut data = vec![0u8; TEST_SEG];
+    for (i, page) in data.chunks_mut(XLOG_BLCKSZ).enumerate() {
+        if zero_from.is_some_and(|z| i >= z) {
+            continue;
+        }
+        page[0..2].copy_from_slice(&magic.to_le_bytes());
+        page[2..4].copy_from_slice(&(if i == 0 { 0x0002u16 } else { 0x0001 }).to_le_bytes());
+        page[4..8].copy_from_slice(&w.timeline.to_le_bytes());
+        page[8..16].copy_from_slice(&(start + (i * XLOG_BLCKSZ) as u64).to_le_bytes());
+        if i == 0 {
+            page[24..32].copy_from_slice(&sys.to_le_bytes());
+            page[32..36].copy_from_slice(&(TEST_SEG as u32).to_le_bytes());
+            page[36..40].copy_from_slice(&(XLOG_BLCKSZ as u32).to_le_bytes());
+        }
+        for (j, b) in page.iter_mut().enumerate().skip(64) {
+            *b = (i * 7 + j) as u8;
+        }
+    }
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,31 +540,7 @@ mod tests {
     const SEG: usize = 1 << 20;
     const SYS: u64 = 7_300_000_000_000_000_001;
 
-    /// A WAL-like segment `name` of 1 MiB: every page headed like PostgreSQL heads it, the
-    /// pages from `zero_from` on zeroed (as after a switch).
-    fn segment(name: &str, magic: u16, sys: u64, zero_from: Option<usize>) -> Vec<u8> {
-        let w = wal::parse_name(name).unwrap();
-        let start = w.segment_no(SEG as u64) * SEG as u64;
-        let mut data = vec![0u8; SEG];
-        for (i, page) in data.chunks_mut(XLOG_BLCKSZ).enumerate() {
-            if zero_from.is_some_and(|z| i >= z) {
-                continue;
-            }
-            page[0..2].copy_from_slice(&magic.to_le_bytes());
-            page[2..4].copy_from_slice(&(if i == 0 { 0x0002u16 } else { 0x0001 }).to_le_bytes());
-            page[4..8].copy_from_slice(&w.timeline.to_le_bytes());
-            page[8..16].copy_from_slice(&(start + (i * XLOG_BLCKSZ) as u64).to_le_bytes());
-            if i == 0 {
-                page[24..32].copy_from_slice(&sys.to_le_bytes());
-                page[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
-                page[36..40].copy_from_slice(&(XLOG_BLCKSZ as u32).to_le_bytes());
-            }
-            for (j, b) in page.iter_mut().enumerate().skip(64) {
-                *b = (i * 7 + j) as u8;
-            }
-        }
-        data
-    }
+    use super::test_segment as segment;
 
     fn pg15() -> Expect {
         Expect {

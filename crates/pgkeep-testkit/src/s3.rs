@@ -40,13 +40,26 @@ fn moto_server() -> PathBuf {
 
 impl S3Server {
     /// Start moto on 127.0.0.1 and create `bucket`.
+    /// A port picked free can be taken by another test's server before moto binds it; moto
+    /// then exits with "Address already in use" and the start is retried on a new port.
     pub fn start(bucket: &str) -> S3Server {
-        Self::start_at("127.0.0.1", crate::free_port(), bucket)
+        for _ in 0..5 {
+            if let Some(s) = Self::try_start("127.0.0.1", crate::free_port(), bucket) {
+                return s;
+            }
+        }
+        panic!("moto_server found its port taken five times in a row");
     }
 
     /// Start moto on `host:port` (e.g. kubebox's pod bridge address and one of its
     /// `KUBEBOX_HOST_PORTS`, so pods reach it) and create `bucket`.
     pub fn start_at(host: &str, port: u16, bucket: &str) -> S3Server {
+        Self::try_start(host, port, bucket)
+            .unwrap_or_else(|| panic!("moto_server: port {host}:{port} is in use"))
+    }
+
+    /// None when moto could not bind `port` (it is in use).
+    fn try_start(host: &str, port: u16, bucket: &str) -> Option<S3Server> {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(moto_server())
             .args(["-H", host, "-p", &port.to_string()])
@@ -62,27 +75,36 @@ impl S3Server {
             bucket: bucket.to_owned(),
             log,
         };
-        s.wait_ready();
+        if !s.wait_ready() {
+            return None;
+        }
         let (status, body) = s.request("PUT", &format!("/{bucket}"), &[]);
         assert!(
             status == 200,
             "create bucket {bucket}: HTTP {status}: {}",
             String::from_utf8_lossy(&body)
         );
-        s
+        Some(s)
     }
 
-    fn wait_ready(&mut self) {
+    /// Wait until moto says it listens on our port: a connection alone could reach another
+    /// process that holds the port (a test's PostgreSQL, another test's moto). False when moto
+    /// exited because the port was in use.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let listening = format!("Running on http://{}:{}", self.host, self.port);
         loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
-                panic!(
-                    "moto_server exited ({st}) before it was ready:\n{}",
-                    self.log_text()
-                );
+                let log = self.log_text();
+                if log.contains("Address already in use") || log.contains("is in use") {
+                    return false;
+                }
+                panic!("moto_server exited ({st}) before it was ready:\n{log}");
             }
-            if TcpStream::connect((self.host.as_str(), self.port)).is_ok() {
-                return;
+            if self.log_text().contains(&listening)
+                && TcpStream::connect((self.host.as_str(), self.port)).is_ok()
+            {
+                return true;
             }
             assert!(
                 Instant::now() < deadline,

@@ -202,6 +202,8 @@ mod tests {
             stop_reason: Some("recovery stopping before commit of transaction 812".into()),
             left_running: true,
             old_contents_at: None,
+            archived_segments: 4,
+            prefetched_segments: 3,
             log_file: "/var/lib/postgresql/bootstrap.log".into(),
             seconds: 1.0,
         };

@@ -199,6 +199,20 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     ));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["timeline"], 3, "{out}");
+    // Replay took segments of both timelines from the prefetch spool (started before the
+    // server, it has the first ready long before PostgreSQL asks), which is gone afterwards,
+    // and everything in pg_wal belongs to the data owner (PostgreSQL recycles those files).
+    let archived = report["archived_segments"].as_u64().unwrap();
+    let prefetched = report["prefetched_segments"].as_u64().unwrap();
+    assert!(archived >= 3 && prefetched >= 1, "{out}");
+    assert!(prefetched <= archived, "{out}");
+    let pg_wal = c.pgdata().join("pg_wal");
+    assert!(!pg_wal.join(".pgkeep-prefetch").exists());
+    for e in std::fs::read_dir(&pg_wal).unwrap() {
+        let e = e.unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(e.metadata().unwrap().uid(), c.uid(), "{:?}", e.path());
+    }
     let old = PathBuf::from(report["old_contents_at"].as_str().unwrap());
     assert!(old.join("PG_VERSION").is_file(), "old contents moved aside");
     c.restart();

@@ -57,7 +57,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         check_target(t, &facts, &bundle.name)?;
     }
     check_consistency_wal(&manifest.members, &facts, &archive, &bundle.name)?;
-    let newest_archived = check_archive_wal(
+    let archive_wal = check_archive_wal(
         &manifest.members,
         &facts,
         &archive,
@@ -104,7 +104,8 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         pgdata_entries,
         archive_handover,
         restore_from,
-        newest_archived,
+        newest_archived: archive_wal.newest,
+        replay_segments: archive_wal.segments,
         target_timeline: req.target_timeline.unwrap_or(TimelineChoice::Latest),
     })
 }

@@ -67,6 +67,8 @@ pub(super) struct Replayed {
     pub(super) ended: Ended,
     pub(super) log_file: PathBuf,
     pub(super) old_at: Option<PathBuf>,
+    /// Segments recovery took from the prefetch spool.
+    pub(super) prefetched: usize,
     /// This run's hold on the data volume ([`lock_volume`]), until the caller is done.
     pub(super) _lock: std::fs::File,
 }
@@ -81,6 +83,8 @@ impl Replayed {
             stop_reason: stop_reason(&self.log_file),
             left_running: req.leave_running,
             old_contents_at: self.old_at.clone(),
+            archived_segments: plan.replay_segments.len(),
+            prefetched_segments: self.prefetched,
             log_file: self.log_file.clone(),
             seconds: started.elapsed().as_secs_f64(),
         }
@@ -111,7 +115,10 @@ pub(super) async fn replay(
     set_ownership_and_modes(&req.pgdata, req.uid, req.gid)?;
     hand_over_archive(req, plan)?;
     let overrides = required_parameter_overrides(pg, &req.pgdata, run_as)?;
-    write_recovery_settings(req, plan, &overrides)?;
+    // Segments are decompressed and checked ahead of replay, on the cores replay leaves idle;
+    // stopped (and its spool removed) when this step ends, however it ends.
+    let prefetch = start_prefetch(req, plan, run_as)?;
+    write_recovery_settings(req, plan, &overrides, prefetch.as_ref().map(|p| p.dir()))?;
     let log_file = open_log_file(req, run_as)?;
     let (socket_dir, port) = replay_socket(req);
     // The replay server is our child: should this run be killed, the kernel stops it, and the
@@ -131,14 +138,42 @@ pub(super) async fn replay(
     let ended = wait_for_recovery_end(&replay_conn, req, plan, &log_file, &mut server).await?;
     check_replayed_to_the_end(plan, &ended, &log_file)?;
     remove_recovery_settings(&req.pgdata)?;
+    // Stopped and its spool removed here: recovery asks for nothing more.
+    let prefetched = prefetch.map_or(0, |p| p.taken());
     Ok(Replayed {
         server,
         conn: replay_conn,
         ended,
         log_file,
         old_at,
+        prefetched,
         _lock: lock,
     })
+}
+
+/// Step: start the replay prefetcher ([`crate::wal::prefetch`]) on the segments recovery will
+/// read, one thread per two cores (replay itself is one process).
+fn start_prefetch(
+    req: &BootstrapRequest,
+    plan: &Plan,
+    run_as: Option<RunAs>,
+) -> Result<Option<crate::wal::prefetch::Prefetcher>, RecoveryError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spec = crate::wal::prefetch::Spec {
+        archive: plan.restore_from.clone(),
+        pg_wal: req.pgdata.join("pg_wal"),
+        segments: plan.replay_segments.clone(),
+        expect: crate::walcheck::Expect {
+            system_identifier: plan.facts.system_identifier.parse().ok(),
+            major: Some(plan.facts.server_version_num / 10000),
+        },
+        segment_size: plan.facts.wal_segment_size,
+        owner: run_as.map(|r| (r.uid, r.gid)),
+    };
+    Ok(crate::wal::prefetch::Prefetcher::start(
+        spec,
+        (cores / 2).clamp(1, 4),
+    )?)
 }
 
 /// The lock file on the data volume that one bootstrap at a time holds.

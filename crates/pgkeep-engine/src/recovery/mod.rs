@@ -503,6 +503,8 @@ pub struct Plan {
     /// The newest archived segment on the timeline path recovery follows, and its start: without
     /// a target, replay must get at least that far.
     pub newest_archived: Option<(String, Lsn)>,
+    /// The archived segments recovery will read, in order (what the replay prefetcher fetches).
+    pub replay_segments: Vec<String>,
     /// The timeline recovery follows (written as recovery_target_timeline).
     pub target_timeline: TimelineChoice,
 }
@@ -529,6 +531,11 @@ pub struct BootstrapReport {
     pub stop_reason: Option<String>,
     pub left_running: bool,
     pub old_contents_at: Option<PathBuf>,
+    /// Archived segments on recovery's path (from the backup's start on).
+    pub archived_segments: usize,
+    /// Of those, the segments recovery took already decompressed and checked from the replay
+    /// prefetcher's spool.
+    pub prefetched_segments: usize,
     pub log_file: PathBuf,
     pub seconds: f64,
 }
@@ -749,6 +756,7 @@ mod tests {
             archive_handover: None,
             restore_from: "w".into(),
             newest_archived: Some(("000000010000000000000007".into(), Lsn(0x700_0000))),
+            replay_segments: Vec::new(),
             target_timeline: TimelineChoice::Latest,
         };
         let ended = |end: &str| Ended {
@@ -793,6 +801,15 @@ mod tests {
         assert_eq!(
             restore_command(Path::new("/usr/bin/pgkeep"), Path::new("/wal%p 100%"), "1"),
             "/usr/bin/pgkeep wal fetch --archive '/wal%%p 100%%' --sysid 1 %f %p"
+        );
+        assert_eq!(
+            spooled_restore_command(
+                Path::new("/usr/bin/pgkeep"),
+                Path::new("/wal"),
+                "1",
+                Some(Path::new("/pg data/pg_wal/.pgkeep-prefetch"))
+            ),
+            "/usr/bin/pgkeep wal fetch --archive /wal --sysid 1 --spool '/pg data/pg_wal/.pgkeep-prefetch' %f %p"
         );
     }
 

@@ -67,11 +67,26 @@ pub(super) fn required_parameter_overrides(
 /// The restore_command pgkeep writes: every segment is checked to belong to `system`. Each word
 /// is quoted for PostgreSQL's `%` expansion as well as for the shell.
 pub fn restore_command(pgkeep: &Path, archive: &Path, system: &str) -> String {
+    spooled_restore_command(pgkeep, archive, system, None)
+}
+
+/// [`restore_command`], and with `spool`, segments are first looked for in the replay
+/// prefetcher's spool ([`crate::wal::prefetch`]).
+pub fn spooled_restore_command(
+    pgkeep: &Path,
+    archive: &Path,
+    system: &str,
+    spool: Option<&Path>,
+) -> String {
+    let q = |s: &str| crate::tools::shell_quote_for_pg_command(s);
+    let spool = spool
+        .map(|p| format!(" --spool {}", q(&p.to_string_lossy())))
+        .unwrap_or_default();
     format!(
-        "{} wal fetch --archive {} --sysid {} %f %p",
-        crate::tools::shell_quote_for_pg_command(&pgkeep.to_string_lossy()),
-        crate::tools::shell_quote_for_pg_command(&archive.to_string_lossy()),
-        crate::tools::shell_quote_for_pg_command(system)
+        "{} wal fetch --archive {} --sysid {}{spool} %f %p",
+        q(&pgkeep.to_string_lossy()),
+        q(&archive.to_string_lossy()),
+        q(system)
     )
 }
 
@@ -85,14 +100,16 @@ pub(super) fn write_recovery_settings(
     req: &BootstrapRequest,
     plan: &Plan,
     overrides: &[(&'static str, i64)],
+    spool: Option<&Path>,
 ) -> Result<(), RecoveryError> {
     let mut block = format!("{BLOCK_BEGIN}\n");
     block.push_str(&conf_line(
         "restore_command",
-        &restore_command(
+        &spooled_restore_command(
             &req.pgkeep_exe,
             &plan.restore_from,
             &plan.facts.system_identifier,
+            spool,
         ),
     ));
     block.push_str(&conf_line("recovery_target_action", "promote"));

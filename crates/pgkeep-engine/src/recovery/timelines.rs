@@ -244,7 +244,7 @@ pub(super) fn check_archive_wal(
     archive: &Archive,
     target: Option<&RecoveryTarget>,
     choice: Option<TimelineChoice>,
-) -> Result<Option<(String, Lsn)>, RecoveryError> {
+) -> Result<ArchiveWal, RecoveryError> {
     let until = match target {
         Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
         _ => None,
@@ -252,7 +252,7 @@ pub(super) fn check_archive_wal(
     let mut scanner = Some(crate::walscan::RecordScanner::new());
     let mut fed_previous = false;
     let Ok(files) = archive.list() else {
-        return Ok(None);
+        return Ok(ArchiveWal::default());
     };
     let seg = facts.wal_segment_size;
     let path = archive_path(
@@ -267,7 +267,7 @@ pub(super) fn check_archive_wal(
         check_target_before_branches(facts, archive, &path, t)?;
     }
     let Some((&newest, newest_file)) = path.on_path.iter().next_back() else {
-        return Ok(None);
+        return Ok(ArchiveWal::default());
     };
     let newest_name = newest_file.name.clone();
     let expect = crate::walcheck::Expect {
@@ -282,11 +282,13 @@ pub(super) fn check_archive_wal(
         timeline = path.latest,
         "checking every archived WAL segment recovery will read"
     );
+    let mut segments = Vec::new();
     for n in start..=last {
         let tli = timeline_of(&path.chain, n);
         let name = wal::segment_file_name(tli, n, seg);
         match path.on_path.get(&n) {
             Some(f) => {
+                segments.push(f.name.clone());
                 if let Some(s) = scanner.as_mut() {
                     s.begin_segment(fed_previous);
                 }
@@ -388,7 +390,19 @@ pub(super) fn check_archive_wal(
             _ => {}
         }
     }
-    Ok(Some((newest_name, Lsn(newest * seg))))
+    Ok(ArchiveWal {
+        newest: Some((newest_name, Lsn(newest * seg))),
+        segments,
+    })
+}
+
+/// What [`check_archive_wal`] found.
+#[derive(Debug, Default)]
+pub(super) struct ArchiveWal {
+    /// The newest archived segment on the path and its start.
+    pub(super) newest: Option<(String, Lsn)>,
+    /// The archived segments recovery will read, in order.
+    pub(super) segments: Vec<String>,
 }
 
 pub(super) fn keep_old_path(pgdata: &Path) -> PathBuf {

@@ -555,13 +555,34 @@ impl Archive {
         dest: &Path,
         expect: Option<crate::walcheck::Expect>,
     ) -> Result<FetchOutcome, WalError> {
+        self.fetch_impl(name, dest, expect, true)
+    }
+
+    /// [`Archive::fetch_checked`] from the archive root only: never a segment `wal stream` is
+    /// still receiving (the replay prefetcher's reads, which must not pin a partial copy).
+    pub fn fetch_archived_checked(
+        &self,
+        name: &str,
+        dest: &Path,
+        expect: Option<crate::walcheck::Expect>,
+    ) -> Result<FetchOutcome, WalError> {
+        self.fetch_impl(name, dest, expect, false)
+    }
+
+    fn fetch_impl(
+        &self,
+        name: &str,
+        dest: &Path,
+        expect: Option<crate::walcheck::Expect>,
+        streamed_too: bool,
+    ) -> Result<FetchOutcome, WalError> {
         let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
             name: name.to_owned(),
         })?;
         // The archive root first (complete segments); else what `wal stream` received, which
         // may be the partial last segment of a server that is gone.
         let streamed = || {
-            (wal.kind == WalKind::Segment)
+            (streamed_too && wal.kind == WalKind::Segment)
                 .then(|| {
                     crate::walstream::find_streamed(
                         &self.dir,

@@ -71,6 +71,7 @@ pub enum WalError {
 
 mod archive;
 mod name;
+pub mod prefetch;
 
 pub use archive::*;
 pub use name::*;

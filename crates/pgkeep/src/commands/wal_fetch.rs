@@ -13,6 +13,10 @@
 //! restore_command), else the one in the data directory's global/pg_control: PostgreSQL runs
 //! restore_command in PGDATA and %p is `pg_wal/...`, so PGDATA is the directory above %p's.
 //!
+//! With `--spool DIR` (bootstrap and drills write it), a segment the replay prefetcher has
+//! already decompressed and checked there is handed over by one rename; a miss reads the
+//! archive as always (`pgkeep_engine::wal::prefetch`).
+//!
 //! When the file is not in the local archive and off-site copies are configured (or with
 //! `--offsite`, which skips the local archive), it is downloaded from off-site, decrypted into a
 //! private directory beside %p and handed over through the same checks.
@@ -20,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use pgkeep_engine::offsite::{self, Offsite};
-use pgkeep_engine::wal::{Archive, FetchOutcome};
+use pgkeep_engine::wal::{Archive, FetchOutcome, prefetch};
 use pgkeep_engine::walcheck::{self, Expect};
 
 use crate::cli::Ctx;
@@ -46,6 +50,9 @@ pub struct Args {
     /// Read the off-site copy only (not the local archive).
     #[arg(long)]
     pub offsite: bool,
+    /// The replay prefetcher's spool: take the segment from there when it is ready.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
 }
 
 /// What a fetched segment must match: `--sysid`, else the data directory's system, and the
@@ -64,6 +71,16 @@ fn expect(args: &Args) -> Expect {
 
 /// The exit code for PostgreSQL: 0 restored, 1 missing, 126 damaged or unreadable (reported).
 pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<u8> {
+    if let Some(spool) = &args.spool {
+        match prefetch::take(spool, &args.name, &args.dest) {
+            Ok(true) => {
+                tracing::debug!(name = %args.name, "handed over from the prefetch spool");
+                return Ok(crate::exit::SUCCESS);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "the prefetch spool failed; reading the archive"),
+        }
+    }
     let expect = expect(&args);
     let dir = args
         .archive
