@@ -555,18 +555,27 @@ impl Archive {
         dest: &Path,
         expect: Option<crate::walcheck::Expect>,
     ) -> Result<FetchOutcome, WalError> {
-        self.fetch_impl(name, dest, expect, true)
+        self.fetch_impl(name, dest, expect)
     }
 
-    /// [`Archive::fetch_checked`] from the archive root only: never a segment `wal stream` is
-    /// still receiving (the replay prefetcher's reads, which must not pin a partial copy).
-    pub fn fetch_archived_checked(
+    /// [`Archive::fetch_checked`] from the archive root only (never a segment `wal stream` is
+    /// still receiving), into `out` instead of a file: the replay prefetcher writes through a
+    /// file it opened itself ([`super::prefetch`]). Restored only when every check passed;
+    /// otherwise `out` holds a part and must be thrown away.
+    pub fn fetch_archived_into(
         &self,
         name: &str,
-        dest: &Path,
+        out: &mut impl Write,
         expect: Option<crate::walcheck::Expect>,
     ) -> Result<FetchOutcome, WalError> {
-        self.fetch_impl(name, dest, expect, false)
+        let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
+            name: name.to_owned(),
+        })?;
+        let Some((src, c)) = self.find(name) else {
+            return Ok(FetchOutcome::Missing);
+        };
+        let bytes = copy_checked(&src, c, name, wal.kind, out, Path::new(name), expect)?;
+        Ok(FetchOutcome::Restored { bytes })
     }
 
     fn fetch_impl(
@@ -574,7 +583,6 @@ impl Archive {
         name: &str,
         dest: &Path,
         expect: Option<crate::walcheck::Expect>,
-        streamed_too: bool,
     ) -> Result<FetchOutcome, WalError> {
         let wal = parse_name(name).ok_or_else(|| WalError::NotWalName {
             name: name.to_owned(),
@@ -582,7 +590,7 @@ impl Archive {
         // The archive root first (complete segments); else what `wal stream` received, which
         // may be the partial last segment of a server that is gone.
         let streamed = || {
-            (streamed_too && wal.kind == WalKind::Segment)
+            (wal.kind == WalKind::Segment)
                 .then(|| {
                     crate::walstream::find_streamed(
                         &self.dir,
@@ -604,58 +612,15 @@ impl Archive {
         let tmp = dir.join(format!(".{dest_name}.pgkeep-fetch"));
         let _ = std::fs::remove_file(&tmp);
         let result = (|| {
-            let mut r = open_decompressed(&src, c)?;
-            let out = File::create(&tmp).fs_ctx("create", &tmp)?;
+            // create_new: never through a link someone put in the temporary name's place.
+            let out = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .fs_ctx("create", &tmp)?;
             let mut w = io::BufWriter::with_capacity(1 << 20, out);
-            let mut buf = vec![0u8; 1 << 16];
-            let mut total = 0u64;
-            let mut head = Vec::with_capacity(LONG_HEADER_LEN);
-            let mut checker = expect.and_then(|e| crate::walcheck::SegmentChecker::new(name, e));
-            let problem = |problem| crate::walcheck::SegmentError {
-                path: src.clone(),
-                name: name.to_owned(),
-                problem,
-            };
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(WalError::Corrupt {
-                            path: src.clone(),
-                            message: e.to_string(),
-                        });
-                    }
-                };
-                if let Some(c) = &mut checker {
-                    c.feed(&buf[..n]).map_err(problem)?;
-                }
-                w.write_all(&buf[..n]).fs_ctx("write", &tmp)?;
-                let want = (LONG_HEADER_LEN - head.len()).min(n);
-                head.extend_from_slice(&buf[..want]);
-                total += n as u64;
-            }
+            let total = copy_checked(&src, c, name, wal.kind, &mut w, &tmp, expect)?;
             w.flush().fs_ctx("write", &tmp)?;
-            if let Some(c) = checker {
-                c.finish().map_err(problem)?;
-            }
-            // A segment must hold exactly the size its own first page header declares: a file
-            // cut short (a `cp` interrupted, an archive cut between two zstd frames) is damage,
-            // never a short segment.
-            let whole = match (wal.kind, declared_segment_size(&head)) {
-                (WalKind::Segment | WalKind::Partial, Some(declared)) => total == declared,
-                (WalKind::Segment, None) => valid_segment_size(total),
-                _ => true,
-            };
-            if !whole {
-                return Err(WalError::Corrupt {
-                    path: src.clone(),
-                    message: format!(
-                        "holds {total} bytes, not a whole WAL segment (truncated copy?)"
-                    ),
-                });
-            }
             std::fs::rename(&tmp, dest).fs_ctx("rename", dest)?;
             Ok(total)
         })();
@@ -678,6 +643,68 @@ impl Archive {
         r.read_exact(&mut head).ok()?;
         page_header_sysid(&head)
     }
+}
+
+/// Decompress the archived `src` of WAL file `name` into `w`, checking it on the way (with
+/// `expect`) and that a segment holds exactly the size its first page header declares; the
+/// bytes written. `out_path` names `w` in errors.
+fn copy_checked(
+    src: &Path,
+    c: Compression,
+    name: &str,
+    kind: WalKind,
+    w: &mut impl Write,
+    out_path: &Path,
+    expect: Option<crate::walcheck::Expect>,
+) -> Result<u64, WalError> {
+    let mut r = open_decompressed(src, c)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    let mut head = Vec::with_capacity(LONG_HEADER_LEN);
+    let mut checker = expect.and_then(|e| crate::walcheck::SegmentChecker::new(name, e));
+    let problem = |problem| crate::walcheck::SegmentError {
+        path: src.to_owned(),
+        name: name.to_owned(),
+        problem,
+    };
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(WalError::Corrupt {
+                    path: src.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        if let Some(c) = &mut checker {
+            c.feed(&buf[..n]).map_err(problem)?;
+        }
+        w.write_all(&buf[..n]).fs_ctx("write", out_path)?;
+        let want = (LONG_HEADER_LEN - head.len()).min(n);
+        head.extend_from_slice(&buf[..want]);
+        total += n as u64;
+    }
+    if let Some(c) = checker {
+        c.finish().map_err(problem)?;
+    }
+    // A segment must hold exactly the size its own first page header declares: a file cut
+    // short (a `cp` interrupted, an archive cut between two zstd frames) is damage, never a
+    // short segment.
+    let whole = match (kind, declared_segment_size(&head)) {
+        (WalKind::Segment | WalKind::Partial, Some(declared)) => total == declared,
+        (WalKind::Segment, None) => valid_segment_size(total),
+        _ => true,
+    };
+    if !whole {
+        return Err(WalError::Corrupt {
+            path: src.to_owned(),
+            message: format!("holds {total} bytes, not a whole WAL segment (truncated copy?)"),
+        });
+    }
+    Ok(total)
 }
 
 impl Archive {

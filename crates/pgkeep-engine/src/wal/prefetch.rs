@@ -19,11 +19,15 @@
 //!   already says is partial.
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
 
 use super::{Archive, FetchOutcome, WalKind, parse_name};
 use crate::fsutil::{FsError, IoContext};
@@ -76,6 +80,7 @@ pub struct Prefetcher {
 struct Shared {
     archive: Archive,
     dir: PathBuf,
+    dirfd: OwnedFd,
     segments: Vec<String>,
     expect: Expect,
     owner: Option<(u32, u32)>,
@@ -114,16 +119,28 @@ impl Prefetcher {
                 return Ok(None);
             }
         }
+        // This process may be root and pg_wal the data owner's: the spool is created here,
+        // then every file operation in it goes through this descriptor (no path is followed
+        // twice, no link is ever written through).
         let dir = spec.pg_wal.join(SPOOL_DIR);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).fs_ctx("create directory", &dir)?;
-        crate::fsutil::set_mode(&dir, 0o700)?;
+        let dirfd = rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FsError::new("open directory", &dir, e.into()))?;
+        rustix::fs::fchmod(&dirfd, Mode::from_raw_mode(0o700))
+            .map_err(|e| FsError::new("chmod", &dir, e.into()))?;
         if let Some((uid, gid)) = spec.owner {
-            crate::fsutil::chown(&dir, uid, gid)?;
+            rustix::fs::fchown(&dirfd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(|e| FsError::new("chown", &dir, e.into()))?;
         }
         let shared = Arc::new(Shared {
             archive: Archive::new(&spec.archive),
             dir,
+            dirfd,
             segments: spec.segments,
             expect: spec.expect,
             owner: spec.owner,
@@ -177,7 +194,10 @@ impl Shared {
             .spooled
             .iter()
             .copied()
-            .filter(|&i| !self.dir.join(&self.segments[i]).exists())
+            .filter(|&i| {
+                rustix::fs::statat(&self.dirfd, &self.segments[i], AtFlags::SYMLINK_NOFOLLOW)
+                    .is_err_and(|e| e == rustix::io::Errno::NOENT)
+            })
             .collect();
         for i in &gone {
             st.spooled.remove(i);
@@ -187,7 +207,7 @@ impl Shared {
         let stale: Vec<usize> = st.spooled.range(..st.consumed).copied().collect();
         for i in stale {
             st.spooled.remove(&i);
-            let _ = std::fs::remove_file(self.dir.join(&self.segments[i]));
+            self.unlink(&self.segments[i]);
         }
     }
 
@@ -221,7 +241,7 @@ impl Shared {
                     let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                     if i < st.consumed {
                         // Recovery went past it while it was being fetched.
-                        let _ = std::fs::remove_file(self.dir.join(name));
+                        self.unlink(name);
                     } else {
                         st.spooled.insert(i);
                     }
@@ -235,30 +255,47 @@ impl Shared {
         }
     }
 
-    /// Fetch and check `name` into the spool under a hidden name, give it the data owner's
-    /// mode and owner, then publish it under its own name.
+    fn unlink(&self, name: &str) {
+        let _ = rustix::fs::unlinkat(&self.dirfd, name, AtFlags::empty());
+    }
+
+    /// Fetch and check `name` into a new hidden file of the spool created with the data
+    /// owner's mode and owner, then publish it under its own name.
     fn fetch(&self, name: &str) -> Result<bool, super::WalError> {
-        let hidden = self.dir.join(format!(".{name}.checked"));
-        match self
-            .archive
-            .fetch_archived_checked(name, &hidden, Some(self.expect))?
-        {
-            FetchOutcome::Missing => return Ok(false),
-            FetchOutcome::Restored { .. } => {}
-        }
-        let publish = || -> Result<(), FsError> {
-            crate::fsutil::set_mode(&hidden, 0o600)?;
-            if let Some((uid, gid)) = self.owner {
-                crate::fsutil::chown(&hidden, uid, gid)?;
-            }
-            let dest = self.dir.join(name);
-            std::fs::rename(&hidden, &dest).fs_ctx("rename", &dest)
+        let hidden = format!(".{name}.pgkeep-prefetch");
+        let ctx = |op: &'static str, e: rustix::io::Errno| {
+            FsError::new(op, self.dir.join(&hidden), e.into())
         };
-        if let Err(e) = publish() {
-            let _ = std::fs::remove_file(&hidden);
-            return Err(e.into());
+        self.unlink(&hidden);
+        let fd = rustix::fs::openat(
+            &self.dirfd,
+            &hidden,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| ctx("create", e))?;
+        let result = (|| {
+            if let Some((uid, gid)) = self.owner {
+                rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                    .map_err(|e| ctx("chown", e))?;
+            }
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::from(fd));
+            let outcome = self
+                .archive
+                .fetch_archived_into(name, &mut w, Some(self.expect))?;
+            w.flush().fs_ctx("write", &self.dir.join(&hidden))?;
+            drop(w);
+            if outcome == FetchOutcome::Missing {
+                return Ok(false);
+            }
+            rustix::fs::renameat(&self.dirfd, &hidden, &self.dirfd, name)
+                .map_err(|e| ctx("rename", e))?;
+            Ok(true)
+        })();
+        if !matches!(result, Ok(true)) {
+            self.unlink(&hidden);
         }
-        Ok(true)
+        result
     }
 }
 
@@ -333,7 +370,11 @@ mod tests {
         };
         wait_for("the window", || listed().len() == 4);
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(listed(), names[..4], "the window holds the next four, no more");
+        assert_eq!(
+            listed(),
+            names[..4],
+            "the window holds the next four, no more"
+        );
         // Recovery takes the first: byte for byte the archived segment.
         let dest = t.path().join("pg_wal/RECOVERYXLOG");
         assert!(take(&spool, &names[0], &dest).unwrap());
