@@ -60,7 +60,8 @@ run_mode() {
     fi
     out=$(as "$PGBIN/pgbench" -h "$DIR" -p $PORT -U postgres -n -c 1 -T "$SECONDS_PER_RUN" postgres 2>&1)
     if [ -n "$STREAM" ]; then kill "$STREAM"; wait "$STREAM" 2>/dev/null || true; STREAM=; fi
-    echo "$mode $(echo "$out" | awk '/^tps/{print $3} /latency average/{print $4}' | tr '\n' ' ')"
+    # pgbench prints the latency line before the tps line: pick each by name.
+    echo "$mode $(echo "$out" | awk '/^tps/{print $3}') $(echo "$out" | awk '/latency average/{print $4}')"
 }
 : > "$DIR/results"
 for r in $(seq "$ROUNDS"); do

@@ -844,6 +844,7 @@ fn scan(archive: &Path, dest: Option<&Path>) -> Result<Contents, BundleError> {
                         let mut out = BufWriter::with_capacity(1 << 20, out);
                         copy_entry(&mut hashing, &mut out, archive, &p)?;
                         out.flush().fs_ctx("write", &p)?;
+                        crate::fsutil::start_writeback(out.get_ref());
                     }
                     None => {
                         copy_entry(&mut hashing, &mut io::sink(), archive, archive)?;
