@@ -5,7 +5,7 @@
 #   off    no stream
 #   async  `pgkeep wal stream` beside the server
 #   sync   `pgkeep wal stream --synchronous` and synchronous_standby_names = 'pgkeep'
-# Prints each mode's best TPS and mean latency, and sync's latency / off's.
+# Prints each mode's best and median TPS and mean latency, and sync's latency / off's.
 #
 # Usage: bench/stream_latency.sh [SECONDS=15] ; env: ROUNDS (2), PGKEEP (target/debug/pgkeep),
 # PGKEEP_PG_BIN, BENCH_DIR (/var/tmp). Runs as root (the server and the stream run as postgres).
@@ -53,7 +53,10 @@ run_mode() {
             $([ "$mode" = sync ] && echo --synchronous) >/dev/null 2>>"$DIR/stream.log" &
         STREAM=$!
         local n=0
-        until [ "$(PSQL "select count(*) from pg_stat_replication where application_name = 'pgkeep' and state = 'streaming'")" = 1 ]; do
+        # In sync mode the stream must be the synchronous standby, or the figure measures nothing.
+        local want="state = 'streaming'"
+        [ "$mode" = sync ] && want="$want and sync_state = 'sync'"
+        until [ "$(PSQL "select count(*) from pg_stat_replication where application_name = 'pgkeep' and $want")" = 1 ]; do
             n=$((n + 1)); [ $n -lt 150 ] || { echo "the stream did not connect:" >&2; tail -5 "$DIR/stream.log" >&2; exit 1; }
             sleep 0.2
         done
@@ -71,4 +74,11 @@ echo "best of $ROUNDS (tps, latency ms):"
 for m in off async sync; do
     sort -k2 -nr "$DIR/results" | awk -v m=$m '$1==m{print; exit}'
 done | tee "$DIR/best"
-awk '$1=="off"{o=$3} $1=="sync"{s=$3} END{printf "sync latency / off latency: %.2fx\n", s/o}' "$DIR/best"
+awk '$1=="off"{o=$3} $1=="sync"{s=$3} END{printf "sync latency / off latency (best): %.2fx\n", s/o}' "$DIR/best"
+# Medians: one slow round (the disk's fsync time moves a lot on a shared machine) does not move them.
+echo "median of $ROUNDS (tps, latency ms):"
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+for m in off async sync; do
+    echo "$m $(awk -v m=$m '$1==m{print $2}' "$DIR/results" | median) $(awk -v m=$m '$1==m{print $3}' "$DIR/results" | median)"
+done | tee "$DIR/median"
+awk '$1=="off"{o=$3} $1=="sync"{s=$3} $1=="async"{a=$3} END{printf "median latency: async / off %.2fx, sync / off %.2fx (+%.3f ms a commit)\n", a/o, s/o, s-o}' "$DIR/median"
