@@ -106,6 +106,7 @@ pub fn prepare(req: &BootstrapRequest) -> Result<Plan, RecoveryError> {
         restore_from,
         newest_archived: archive_wal.newest,
         replay_segments: archive_wal.segments,
+        wal_scan: WalScanHandle::start(archive_wal.scan),
         target_timeline: req.target_timeline.unwrap_or(TimelineChoice::Latest),
     })
 }

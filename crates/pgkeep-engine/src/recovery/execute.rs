@@ -236,6 +236,8 @@ fn unpack_then_clear(
     staging: &Staging,
 ) -> Result<(PathBuf, Option<PathBuf>), RecoveryError> {
     let data = staging.unpack(pg, plan, NOTHING_CHANGED)?;
+    // The archived WAL was checked meanwhile, on a thread of its own.
+    plan.wal_scan.wait()?;
     // The unpack takes a while: nothing may have started a server on PGDATA meanwhile.
     check_not_running(&req.pgdata)?;
     mark_unfinished(req, plan)?;
@@ -256,6 +258,7 @@ fn verify_clear_unpack(
         let contents = bundle::verify(&b.path)?;
         same_manifest(b, expected, &contents, NOTHING_CHANGED)?;
     }
+    plan.wal_scan.wait()?;
     check_not_running(&req.pgdata)?;
     mark_unfinished(req, plan)?;
     let old_at = clear_pgdata(req, plan, None)?;

@@ -8,7 +8,10 @@
 //! bundle or the archive, that every archived segment recovery will read (up to the newest on the
 //! timeline path, or an LSN target) is there and belongs there ([`crate::walcheck`]) and that
 //! its records' CRCs hold ([`crate::walscan`]), that a named restore point is there, that no
-//! higher timeline lacks its history file, and that no postmaster runs on PGDATA. An
+//! higher timeline lacks its history file, and that no postmaster runs on PGDATA. The reading
+//! of every archived segment (the deep WAL check) runs on a thread of its own from `prepare` on,
+//! beside the confirmation and the unpack; [`execute`] waits for its verdict before PGDATA is
+//! given up (a caller asking a person waits before asking: [`Plan::wait_wal_checked`]). An
 //! incremental bundle (PostgreSQL 17+) brings its chain: every bundle of it is verified and
 //! checked against what the incremental recorded ([`crate::chain`]) before anything changes, and
 //! extraction unpacks each link and combines them with `pg_combinebackup`. Only then does the caller ask for
@@ -17,7 +20,8 @@
 //! written (nothing is read twice, and a damaged bundle stops here with PGDATA untouched; without
 //! room for both copies, a verification pass comes first and PGDATA is emptied before
 //! unpacking), clear PGDATA (or move its contents aside with `keep_old`), rename the new data
-//! in (the old contents are removed while the server replays), set ownership and modes, write the recovery settings, start
+//! in (the old contents are removed while the server replays), set ownership and modes, start
+//! the replay prefetcher ([`crate::wal::prefetch`]), write the recovery settings, start
 //! PostgreSQL as the data owner, wait for recovery to end (resuming a pause), report where it
 //! ended, clean the recovery settings up, and stop unless asked to leave it running.
 //!
@@ -505,11 +509,22 @@ pub struct Plan {
     pub newest_archived: Option<(String, Lsn)>,
     /// The archived segments recovery will read, in order (what the replay prefetcher fetches).
     pub replay_segments: Vec<String>,
+    /// The deep check of that WAL, running beside the unpack; [`execute`] waits for it before
+    /// PGDATA is given up.
+    #[serde(skip)]
+    pub wal_scan: WalScanHandle,
     /// The timeline recovery follows (written as recovery_target_timeline).
     pub target_timeline: TimelineChoice,
 }
 
 impl Plan {
+    /// Wait for the deep check of the archived WAL (otherwise [`execute`] waits for it before
+    /// PGDATA is given up): a caller about to ask a person to confirm shows its warnings and
+    /// refusals first.
+    pub fn wait_wal_checked(&self) -> Result<(), RecoveryError> {
+        self.wal_scan.wait()
+    }
+
     /// Every bundle to unpack with the manifest it must have: the chain's, full first, then
     /// the bundle itself.
     pub fn links(&self) -> impl Iterator<Item = (&Backup, &bundle::Manifest)> {
@@ -757,6 +772,7 @@ mod tests {
             restore_from: "w".into(),
             newest_archived: Some(("000000010000000000000007".into(), Lsn(0x700_0000))),
             replay_segments: Vec::new(),
+            wal_scan: WalScanHandle::default(),
             target_timeline: TimelineChoice::Latest,
         };
         let ended = |end: &str| Ended {

@@ -2,6 +2,8 @@
 //! will read and that they are there and belong, room for the data.
 
 use super::*;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// The timeline that owns each segment number: `(timeline, first segment)` pairs from a history
 /// file's lines (`parent_tli<TAB>switch_lsn<TAB>reason`) plus the latest timeline itself.
@@ -237,7 +239,8 @@ pub(super) fn check_target_before_branches(
 /// its name puts it ([`crate::walcheck`]): PostgreSQL takes a missing or foreign segment as the
 /// end of the WAL and promotes there, losing every later commit. A restore point named as the
 /// target must be in that WAL ([`crate::walscan`]); a time target after the last archived commit
-/// is warned about. Returns the newest archived segment on the path.
+/// is warned about. Returns the newest archived segment on the path, the segments recovery will
+/// read and the deep check of their contents ([`WalScan`], run on a thread of its own).
 pub(super) fn check_archive_wal(
     members: &[MemberDigest],
     facts: &PhysicalFacts,
@@ -249,8 +252,6 @@ pub(super) fn check_archive_wal(
         Some(RecoveryTarget::Lsn(l)) => Some(l.segment(facts.wal_segment_size)),
         _ => None,
     };
-    let mut scanner = Some(crate::walscan::RecordScanner::new());
-    let mut fed_previous = false;
     let Ok(files) = archive.list() else {
         return Ok(ArchiveWal::default());
     };
@@ -276,37 +277,16 @@ pub(super) fn check_archive_wal(
     };
     let last = until.map_or(newest, |u| u.min(newest));
     let start = facts.start_lsn.segment(seg);
-    tracing::info!(
-        from = %wal::segment_file_name(timeline_of(&path.chain, start), start, seg),
-        to = %wal::segment_file_name(timeline_of(&path.chain, last), last, seg),
-        timeline = path.latest,
-        "checking every archived WAL segment recovery will read"
-    );
     let mut segments = Vec::new();
+    let mut files = Vec::new();
     for n in start..=last {
-        let tli = timeline_of(&path.chain, n);
-        let name = wal::segment_file_name(tli, n, seg);
         match path.on_path.get(&n) {
             Some(f) => {
                 segments.push(f.name.clone());
-                if let Some(s) = scanner.as_mut() {
-                    s.begin_segment(fed_previous);
-                }
-                let observe = |b: &[u8]| {
-                    if let Some(s) = scanner.as_mut() {
-                        s.feed(b);
-                    }
-                };
-                crate::walcheck::check_archived_observed(f, expect, observe).map_err(
-                    |e| match e {
-                        crate::wal::WalError::Segment(e) => RecoveryError::BadSegment(e),
-                        other => RecoveryError::Wal(other),
-                    },
-                )?;
-                fed_previous = true;
+                files.push(Some(f.clone()));
             }
             None => {
-                fed_previous = false;
+                let name = wal::segment_file_name(timeline_of(&path.chain, n), n, seg);
                 let in_bundle = members
                     .iter()
                     .any(|m| m.path == format!("{DATA_PREFIX}pg_wal/{name}"));
@@ -317,82 +297,25 @@ pub(super) fn check_archive_wal(
                         newest: newest_name,
                     });
                 }
+                files.push(None);
             }
-        }
-    }
-    if let Some(found) = scanner.as_ref().map(|s| s.found()) {
-        let range = format!(
-            "{} to {newest_name}",
-            wal::segment_file_name(timeline_of(&path.chain, start), start, seg)
-        );
-        // Where recovery will stop reading, when known before it starts.
-        let stops_at = match target {
-            Some(RecoveryTarget::Lsn(l)) => Some(*l),
-            Some(RecoveryTarget::Name(name)) => found
-                .restore_points
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, at)| *at),
-            _ => None,
-        };
-        if let Some((at, what)) = found.damaged
-            && stops_at.is_none_or(|s| at < s)
-        {
-            return Err(RecoveryError::DamagedRecord {
-                at: at.to_string(),
-                what,
-                segment: wal::segment_file_name(
-                    timeline_of(&path.chain, at.segment(seg)),
-                    at.segment(seg),
-                    seg,
-                ),
-                archive: archive.dir().to_owned(),
-            });
-        }
-        match target {
-            Some(RecoveryTarget::Name(name)) => {
-                let times = found
-                    .restore_points
-                    .iter()
-                    .filter(|(n, _)| n == name)
-                    .count();
-                if times == 0 {
-                    return Err(RecoveryError::RestorePointMissing {
-                        name: name.clone(),
-                        range,
-                        archive: archive.dir().to_owned(),
-                        known: found
-                            .restore_points
-                            .iter()
-                            .map(|(n, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                }
-                if times > 1 {
-                    tracing::warn!(
-                        "restore point `{name}` occurs {times} times in the archived WAL ({range}); \
-                         PostgreSQL stops at the first"
-                    );
-                }
-            }
-            Some(RecoveryTarget::Time(t)) => match found.last_xact_end {
-                Some(last) if last >= *t => {}
-                last => tracing::warn!(
-                    "the target time {t} is after the last commit or abort in the archived WAL \
-                     ({range}: {}), the records PostgreSQL compares it with; it will replay to the \
-                     end of the WAL and refuse to promote (\"recovery ended before configured \
-                     recovery target was reached\")",
-                    last.map(|l| format!("the last at {l}"))
-                        .unwrap_or_else(|| "none".into())
-                ),
-            },
-            _ => {}
         }
     }
     Ok(ArchiveWal {
-        newest: Some((newest_name, Lsn(newest * seg))),
+        newest: Some((newest_name.clone(), Lsn(newest * seg))),
         segments,
+        scan: Some(WalScan {
+            files,
+            start,
+            last,
+            seg,
+            chain: path.chain,
+            latest: path.latest,
+            newest_name,
+            expect,
+            target: target.cloned(),
+            archive: archive.dir().to_owned(),
+        }),
     })
 }
 
@@ -403,6 +326,184 @@ pub(super) struct ArchiveWal {
     pub(super) newest: Option<(String, Lsn)>,
     /// The archived segments recovery will read, in order.
     pub(super) segments: Vec<String>,
+    /// The deep check still to run (None when there is no archived WAL to read).
+    pub(super) scan: Option<WalScan>,
+}
+
+/// The deep check of the archived WAL recovery will read: every segment decompressed and
+/// checked to belong where its name puts it, its records' CRCs checked across segments, a named
+/// restore point looked up, a time target compared with the last commit. It reads only the
+/// archive, so it runs on a thread of its own beside the unpack ([`WalScanHandle`]).
+#[derive(Debug)]
+pub(super) struct WalScan {
+    /// From the backup's start segment to `last`: the archived file on the path, or None.
+    files: Vec<Option<wal::ArchivedFile>>,
+    start: u64,
+    last: u64,
+    seg: u64,
+    chain: Vec<(u32, u64)>,
+    latest: u32,
+    newest_name: String,
+    expect: crate::walcheck::Expect,
+    target: Option<RecoveryTarget>,
+    archive: PathBuf,
+}
+
+impl WalScan {
+    pub(super) fn run(self) -> Result<(), RecoveryError> {
+        let WalScan {
+            files,
+            start,
+            last,
+            seg,
+            chain,
+            latest,
+            newest_name,
+            expect,
+            target,
+            archive,
+        } = self;
+        let path = ArchivePathChain { chain, latest };
+        let target = target.as_ref();
+        tracing::info!(
+            from = %wal::segment_file_name(timeline_of(&path.chain, start), start, seg),
+            to = %wal::segment_file_name(timeline_of(&path.chain, last), last, seg),
+            timeline = path.latest,
+            "checking every archived WAL segment recovery will read"
+        );
+        let mut scanner = Some(crate::walscan::RecordScanner::new());
+        let mut fed_previous = false;
+        for f in &files {
+            match f {
+                Some(f) => {
+                    if let Some(s) = scanner.as_mut() {
+                        s.begin_segment(fed_previous);
+                    }
+                    let observe = |b: &[u8]| {
+                        if let Some(s) = scanner.as_mut() {
+                            s.feed(b);
+                        }
+                    };
+                    crate::walcheck::check_archived_observed(f, expect, observe).map_err(|e| {
+                        match e {
+                            crate::wal::WalError::Segment(e) => RecoveryError::BadSegment(e),
+                            other => RecoveryError::Wal(other),
+                        }
+                    })?;
+                    fed_previous = true;
+                }
+                None => fed_previous = false,
+            }
+        }
+        if let Some(found) = scanner.as_ref().map(|s| s.found()) {
+            let range = format!(
+                "{} to {newest_name}",
+                wal::segment_file_name(timeline_of(&path.chain, start), start, seg)
+            );
+            // Where recovery will stop reading, when known before it starts.
+            let stops_at = match target {
+                Some(RecoveryTarget::Lsn(l)) => Some(*l),
+                Some(RecoveryTarget::Name(name)) => found
+                    .restore_points
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, at)| *at),
+                _ => None,
+            };
+            if let Some((at, what)) = found.damaged
+                && stops_at.is_none_or(|s| at < s)
+            {
+                return Err(RecoveryError::DamagedRecord {
+                    at: at.to_string(),
+                    what,
+                    segment: wal::segment_file_name(
+                        timeline_of(&path.chain, at.segment(seg)),
+                        at.segment(seg),
+                        seg,
+                    ),
+                    archive: archive.clone(),
+                });
+            }
+            match target {
+                Some(RecoveryTarget::Name(name)) => {
+                    let times = found
+                        .restore_points
+                        .iter()
+                        .filter(|(n, _)| n == name)
+                        .count();
+                    if times == 0 {
+                        return Err(RecoveryError::RestorePointMissing {
+                            name: name.clone(),
+                            range,
+                            archive: archive.clone(),
+                            known: found
+                                .restore_points
+                                .iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        });
+                    }
+                    if times > 1 {
+                        tracing::warn!(
+                            "restore point `{name}` occurs {times} times in the archived WAL ({range}); \
+                             PostgreSQL stops at the first"
+                        );
+                    }
+                }
+                Some(RecoveryTarget::Time(t)) => match found.last_xact_end {
+                    Some(last) if last >= *t => {}
+                    last => tracing::warn!(
+                        "the target time {t} is after the last commit or abort in the archived WAL \
+                         ({range}: {}), the records PostgreSQL compares it with; it will replay to the \
+                         end of the WAL and refuse to promote (\"recovery ended before configured \
+                         recovery target was reached\")",
+                        last.map(|l| format!("the last at {l}"))
+                            .unwrap_or_else(|| "none".into())
+                    ),
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The deep WAL check ([`WalScan`]) running on its own thread: started by [`prepare`] (so it
+/// runs while the caller confirms and the bundle is unpacked), waited for by [`execute`] before
+/// PGDATA is given up: a failing check refuses with nothing changed, as it did when it ran in
+/// `prepare` itself.
+#[derive(Clone, Default)]
+pub struct WalScanHandle(Arc<Mutex<Option<JoinHandle<Result<(), RecoveryError>>>>>);
+
+impl std::fmt::Debug for WalScanHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WalScanHandle")
+    }
+}
+
+impl WalScanHandle {
+    pub(super) fn start(scan: Option<WalScan>) -> WalScanHandle {
+        WalScanHandle(Arc::new(Mutex::new(
+            scan.map(|s| std::thread::spawn(move || s.run())),
+        )))
+    }
+
+    /// Wait for the check and return its outcome (the first caller gets it; later calls, and a
+    /// plan without archived WAL, return Ok).
+    pub(super) fn wait(&self) -> Result<(), RecoveryError> {
+        let handle = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match handle {
+            None => Ok(()),
+            Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        }
+    }
+}
+
+/// The timeline chain a [`WalScan`] names segments by.
+struct ArchivePathChain {
+    chain: Vec<(u32, u64)>,
+    latest: u32,
 }
 
 pub(super) fn keep_old_path(pgdata: &Path) -> PathBuf {

@@ -2,9 +2,10 @@
 //! archive, optionally to a point in time (the seed's `pg.bootstrap.basebackup`).
 //!
 //! Everything that can be checked is checked before anything is destroyed (`recovery::prepare`:
-//! manifest, system identifier, target, WAL for consistency, no running postmaster); then a
+//! manifest, system identifier, target, WAL for consistency, no running postmaster; every
+//! archived segment is read on a thread of its own, waited for before a person is asked); then a
 //! confirmation (or `--yes`), then `recovery::execute`, which unpacks the bundle beside PGDATA
-//! verifying every checksum before PGDATA is given up. With `--scale-up DEPLOYMENT` (what the
+//! verifying every checksum, and takes the WAL check's verdict, before PGDATA is given up. With `--scale-up DEPLOYMENT` (what the
 //! bootstrap Job runs), once recovery has ended and PostgreSQL has stopped, the Deployment is
 //! scaled to 1 with the in-cluster service account (not waited for: this pod still holds the
 //! data volume; the CLI that follows the Job waits for the rollout).
@@ -206,6 +207,11 @@ pub async fn run(mut args: Args, ctx: Ctx) -> anyhow::Result<()> {
             target_text(&plan.target)
         ),
     };
+    if !args.yes {
+        // A person decides: every check, the WAL's too, comes before the question. With --yes
+        // the WAL is checked while the bundle is unpacked, still before PGDATA is given up.
+        plan.wait_wal_checked()?;
+    }
     crate::output::confirm(&what, args.yes)?;
     let conn = ConnParams::from_settings(s);
     let report = recovery::execute(&pg, &conn, &req, &plan).await?;
