@@ -63,7 +63,6 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// fsync a directory, so a rename or a new entry in it survives a crash.
 /// Ask the kernel to start writing `file`'s dirty pages back now, without waiting (Linux
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Not durability: an fsync is still needed; it only
 /// moves the disk writes earlier, beside the work that follows (a restore's unpack, before the
@@ -77,6 +76,7 @@ pub fn start_writeback(file: &File) {
     }
 }
 
+/// fsync a directory, so a rename or a new entry in it survives a crash.
 pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     let d = File::open(dir).fs_ctx("open directory", dir)?;
     d.sync_all().fs_ctx("fsync directory", dir)

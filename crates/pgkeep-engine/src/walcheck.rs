@@ -505,7 +505,6 @@ pub fn expect_from_pgdata(pgdata: &Path) -> Expect {
 #[cfg(test)]
 pub(crate) const TEST_SEG: usize = 1 << 20;
 
-#[cfg(test)]
 /// A WAL-like segment `name` of 1 MiB: every page headed like PostgreSQL heads it, the
 /// pages from `zero_from` on zeroed (as after a switch).
 #[cfg(test)]

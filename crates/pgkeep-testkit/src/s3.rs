@@ -92,7 +92,8 @@ impl S3Server {
     /// exited because the port was in use.
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let listening = format!("Running on http://{}:{}", self.host, self.port);
+        // werkzeug names the address, or for 0.0.0.0 each of the machine's: the port is ours.
+        let listening = format!(":{} ", self.port);
         loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
                 let log = self.log_text();
@@ -101,7 +102,10 @@ impl S3Server {
                 }
                 panic!("moto_server exited ({st}) before it was ready:\n{log}");
             }
-            if self.log_text().contains(&listening)
+            if self
+                .log_text()
+                .lines()
+                .any(|l| l.contains("Running on http") && format!("{l} ").contains(&listening))
                 && TcpStream::connect((self.host.as_str(), self.port)).is_ok()
             {
                 return true;

@@ -199,8 +199,8 @@ fn full_replay_keeps_every_commit_and_a_second_restore_crosses_the_timeline_swit
     ));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["timeline"], 3, "{out}");
-    // Replay took segments of both timelines from the prefetch spool (started before the
-    // server, it has the first ready long before PostgreSQL asks), which is gone afterwards,
+    // Replay (across the switch to timeline 2) took segments from the prefetch spool (started
+    // before the server, it has the first ready long before PostgreSQL asks), which is gone afterwards,
     // and everything in pg_wal belongs to the data owner (PostgreSQL recycles those files).
     let archived = report["archived_segments"].as_u64().unwrap();
     let prefetched = report["prefetched_segments"].as_u64().unwrap();

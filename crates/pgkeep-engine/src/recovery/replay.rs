@@ -387,9 +387,11 @@ pub(super) async fn wait_for_recovery_end(
                 Err(_) => db = None,
             }
         }
-        // Every 50 ms: the end of recovery is noticed within a twentieth of a second, and a
-        // query that cheap costs replay nothing measurable.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Connected: every 50 ms (the end of recovery is noticed within a twentieth of a
+        // second; a query that cheap costs replay nothing measurable). Not yet: every 200 ms,
+        // since each refused attempt is a line in the server log.
+        let pause = if db.is_some() { 50 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Prefetcher {
 struct Shared {
     archive: Archive,
     dir: PathBuf,
+    /// pg_wal, where PostgreSQL keeps each segment it restored under its own name.
+    walfd: OwnedFd,
     dirfd: OwnedFd,
     segments: Vec<String>,
     expect: Expect,
@@ -108,38 +110,56 @@ impl Prefetcher {
         if spec.segments.is_empty() {
             return Ok(None);
         }
-        let window = window_for(spec.segment_size).min(spec.segments.len());
-        let needed = (window as u64 + 2).saturating_mul(spec.segment_size);
-        match rustix::fs::statvfs(&spec.pg_wal) {
-            Ok(st) if st.f_bavail.saturating_mul(st.f_frsize) > needed.saturating_mul(2) => {}
-            _ => {
-                tracing::info!(
-                    "not prefetching WAL: no room for {window} segments beside pg_wal; recovery reads the archive one segment at a time"
-                );
-                return Ok(None);
-            }
+        // The spool takes at most a twentieth of the free space (PostgreSQL's restored WAL and
+        // the new timeline need the rest): a smaller window on a full volume, none below two.
+        let free = rustix::fs::statvfs(&spec.pg_wal)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+            .unwrap_or(0);
+        let fits = (free / 20 / spec.segment_size.max(1)) as usize;
+        let window = window_for(spec.segment_size)
+            .min(fits)
+            .min(spec.segments.len());
+        if window < 2 && spec.segments.len() > 1 {
+            tracing::info!(
+                free,
+                "not prefetching WAL: too little free space beside pg_wal; recovery reads the archive one segment at a time"
+            );
+            return Ok(None);
         }
-        // This process may be root and pg_wal the data owner's: the spool is created here,
-        // then every file operation in it goes through this descriptor (no path is followed
-        // twice, no link is ever written through).
+        let window = window.max(1);
+        // This process may be root and pg_wal the data owner's: pg_wal is opened once, the
+        // spool is created and opened relative to it, and every file operation in the spool
+        // goes through that descriptor (no path is followed twice, no link written through).
         let dir = spec.pg_wal.join(SPOOL_DIR);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).fs_ctx("create directory", &dir)?;
-        let dirfd = rustix::fs::open(
-            &dir,
+        let errno = |op: &'static str, p: &Path| {
+            let p = p.to_owned();
+            move |e: rustix::io::Errno| FsError::new(op, p, e.into())
+        };
+        let walfd = rustix::fs::open(
+            &spec.pg_wal,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno("open directory", &spec.pg_wal))?;
+        remove_spool(&walfd);
+        rustix::fs::mkdirat(&walfd, SPOOL_DIR, Mode::from_raw_mode(0o700))
+            .map_err(errno("create directory", &dir))?;
+        let dirfd = rustix::fs::openat(
+            &walfd,
+            SPOOL_DIR,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| FsError::new("open directory", &dir, e.into()))?;
-        rustix::fs::fchmod(&dirfd, Mode::from_raw_mode(0o700))
-            .map_err(|e| FsError::new("chmod", &dir, e.into()))?;
+        .map_err(errno("open directory", &dir))?;
+        rustix::fs::fchmod(&dirfd, Mode::from_raw_mode(0o700)).map_err(errno("chmod", &dir))?;
         if let Some((uid, gid)) = spec.owner {
             rustix::fs::fchown(&dirfd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                .map_err(|e| FsError::new("chown", &dir, e.into()))?;
+                .map_err(errno("chown", &dir))?;
         }
         let shared = Arc::new(Shared {
             archive: Archive::new(&spec.archive),
             dir,
+            walfd,
             dirfd,
             segments: spec.segments,
             expect: spec.expect,
@@ -182,14 +202,50 @@ impl Drop for Prefetcher {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.shared.dir);
+        remove_spool(&self.shared.walfd);
     }
+}
+
+/// Remove the spool in the pg_wal `walfd` is open on, through descriptors only: its entries
+/// (plain files, or whatever took their place) unlinked, then the directory; a link or a file
+/// in its place is unlinked.
+fn remove_spool(walfd: &OwnedFd) {
+    let spool = match rustix::fs::openat(
+        walfd,
+        SPOOL_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return,
+        Err(_) => {
+            let _ = rustix::fs::unlinkat(walfd, SPOOL_DIR, AtFlags::empty());
+            return;
+        }
+    };
+    if let Ok(dir) = rustix::fs::Dir::read_from(&spool) {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                let _ = rustix::fs::unlinkat(&spool, name, AtFlags::empty());
+            }
+        }
+    }
+    let _ = rustix::fs::unlinkat(walfd, SPOOL_DIR, AtFlags::REMOVEDIR);
 }
 
 impl Shared {
     /// Note what recovery took: a spooled segment that is gone was handed over, and one below
     /// the newest handed over will never be asked for (recovery moved past it).
     fn settle(&self, st: &mut State) {
+        // A segment PostgreSQL restored, from the spool or (a miss) from the archive, is kept in
+        // pg_wal under its own name: everything up to the newest of those is behind recovery.
+        let restored = (st.consumed..st.next).rev().find(|&i| {
+            rustix::fs::statat(&self.walfd, &self.segments[i], AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        });
+        if let Some(i) = restored {
+            st.consumed = st.consumed.max(i + 1);
+        }
         let gone: Vec<usize> = st
             .spooled
             .iter()
@@ -279,11 +335,17 @@ impl Shared {
                 rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
                     .map_err(|e| ctx("chown", e))?;
             }
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::from(fd));
+            let out = Stoppable {
+                file: std::fs::File::from(fd),
+                stop: &self.stop,
+            };
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
             let outcome = self
                 .archive
                 .fetch_archived_into(name, &mut w, Some(self.expect))?;
             w.flush().fs_ctx("write", &self.dir.join(&hidden))?;
+            // The server fsyncs pg_wal (this spool too) when it starts: have it written back.
+            crate::fsutil::start_writeback(&w.get_ref().file);
             drop(w);
             if outcome == FetchOutcome::Missing {
                 return Ok(false);
@@ -296,6 +358,26 @@ impl Shared {
             self.unlink(&hidden);
         }
         result
+    }
+}
+
+/// A spool file being written that fails once the prefetcher is stopping, so a drop never
+/// waits for a segment nobody will ask for.
+struct Stoppable<'a> {
+    file: std::fs::File,
+    stop: &'a AtomicBool,
+}
+
+impl Write for Stoppable<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the prefetcher is stopping"));
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -384,6 +466,10 @@ mod tests {
         assert!(take(&spool, &names[3], &dest).unwrap());
         assert!(std::fs::read(&dest).unwrap() == originals[3]);
         wait_for("the stale ones to go", || listed() == names[4..8]);
+        // Recovery restored segment 6 from the archive (a miss: PostgreSQL keeps it in pg_wal
+        // under its name): the window moves past it although nothing was taken.
+        std::fs::write(t.path().join("pg_wal").join(&names[5]), b"restored").unwrap();
+        wait_for("the window to follow recovery", || listed() == names[6..10]);
         // A miss is only a miss: history files, other timelines, names past the list.
         assert!(!take(&spool, "00000002.history", &dest).unwrap());
         assert!(!take(&spool, "000000020000000000000005", &dest).unwrap());
