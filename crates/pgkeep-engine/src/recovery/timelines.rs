@@ -474,7 +474,10 @@ impl WalScan {
 /// PGDATA is given up: a failing check refuses with nothing changed, as it did when it ran in
 /// `prepare` itself.
 #[derive(Clone, Default)]
-pub struct WalScanHandle(Arc<Mutex<Option<JoinHandle<Result<(), RecoveryError>>>>>);
+pub struct WalScanHandle(Arc<Mutex<Option<WalScanThread>>>);
+
+/// The thread running a [`WalScan`].
+type WalScanThread = JoinHandle<Result<(), RecoveryError>>;
 
 impl std::fmt::Debug for WalScanHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
