@@ -358,22 +358,30 @@ pub(super) fn file_name_of(path: &Path) -> Result<&str, WalError> {
         })
 }
 
+/// One read of archived file `path` (decompressed): an error is damage, never an end.
+fn read_archived(r: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize, WalError> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => {
+                return other.map_err(|e| WalError::Corrupt {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 pub(super) fn sha256_reader(mut r: impl Read, path: &Path) -> Result<(u64, [u8; 32]), WalError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut n_total = 0u64;
     loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(WalError::Corrupt {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                });
-            }
-        };
+        let n = read_archived(&mut r, &mut buf, path)?;
+        if n == 0 {
+            break;
+        }
         h.update(&buf[..n]);
         n_total += n as u64;
     }
@@ -668,17 +676,10 @@ fn copy_checked(
         problem,
     };
     loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(WalError::Corrupt {
-                    path: src.to_owned(),
-                    message: e.to_string(),
-                });
-            }
-        };
+        let n = read_archived(&mut r, &mut buf, src)?;
+        if n == 0 {
+            break;
+        }
         if let Some(c) = &mut checker {
             c.feed(&buf[..n]).map_err(problem)?;
         }
