@@ -16,7 +16,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The PostgreSQL server's bin directory: `PGKEEP_PG_BIN`, else the highest
@@ -717,6 +717,43 @@ pub fn pgkeep(c: &TempCluster) -> assert_cmd::Command {
 }
 
 /// [`pgkeep`] with `args`, run to its end.
+/// Poll `done` (every millisecond) until it holds while `child` still runs; panics naming
+/// `what` when the child ends first or `timeout` passes. For fault tests that signal a process
+/// at one precise step.
+pub fn wait_while_running(
+    child: &mut Child,
+    what: &str,
+    timeout: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the process ended before {what}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {what} within {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Whether bootstrap process `pid` has its staging directory (`.pgkeep-bootstrap-…-PID`) in
+/// `pgroot`, i.e. is unpacking beside PGDATA.
+pub fn bootstrap_staging_exists(pgroot: &Path, pid: u32) -> bool {
+    let suffix = format!("-{pid}");
+    std::fs::read_dir(pgroot)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(".pgkeep-bootstrap-") && n.ends_with(&suffix) && e.path().is_dir()
+            })
+        })
+        .unwrap_or(false)
+}
+
 pub fn pgkeep_output(c: &TempCluster, args: &[&str]) -> Output {
     pgkeep(c).args(args).output().expect("run pgkeep")
 }

@@ -8,7 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgkeep_engine::bootmark;
-use pgkeep_testkit::{TempCluster, pgkeep_bin, pgkeep_command};
+use pgkeep_testkit::{TempCluster, pgkeep_bin, pgkeep_command, wait_while_running};
 
 /// Output of `pgkeep status`, which exits 1 here: the site is not healthy (no restore drill is
 /// recorded, among others), and says so.
@@ -129,18 +129,12 @@ fn a_bootstrap_killed_once_pgdata_is_given_up_leaves_the_marker_and_a_finished_o
         .spawn()
         .unwrap();
     let marker = c.pgroot().join(bootmark::FILE_NAME);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !marker.is_file() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the bootstrap ended before giving PGDATA up"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the bootstrap never gave PGDATA up"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_while_running(
+        &mut child,
+        "the bootstrap gave PGDATA up",
+        Duration::from_secs(120),
+        || marker.is_file(),
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(marker.is_file(), "the killed bootstrap left its marker");

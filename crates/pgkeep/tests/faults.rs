@@ -10,7 +10,8 @@ use assert_cmd::Command;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pgkeep_testkit::{
-    TempCluster, archiving_cluster, file_names, output_text, pgkeep, pgkeep_bin, wal_like,
+    TempCluster, archiving_cluster, bootstrap_staging_exists, file_names, output_text, pgkeep,
+    pgkeep_bin, wait_while_running, wal_like,
 };
 
 fn spawn_pgkeep(c: &TempCluster, args: &[&str]) -> Child {
@@ -333,17 +334,10 @@ fn concurrent_pushes_of_one_segment_never_publish_a_truncated_copy() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let mut second = push(&archive, &seg, "19");
-    while partials(&archive).len() < 2 {
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first push ended before the second started writing"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the second push never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    wait_while_running(&mut first, "the second push started writing", left, || {
+        partials(&archive).len() >= 2
+    });
     signal(second.id() as i32, Signal::SIGSTOP);
     let out = first.wait_with_output().unwrap();
     signal(second.id() as i32, Signal::SIGKILL);
@@ -508,23 +502,13 @@ fn a_bootstrap_stopped_by_sigterm_mid_extraction_leaves_the_old_database_whole()
     c.stop();
 
     let mut child = spawn_pgkeep(&c, &["bootstrap", "basebackup", "--yes"]);
-    let suffix = format!("-{}", child.id());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let extracting = std::fs::read_dir(c.pgroot()).unwrap().flatten().any(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(".pgkeep-bootstrap-") && n.ends_with(&suffix) && e.path().is_dir()
-        });
-        if extracting {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the bootstrap ended before extracting"
-        );
-        assert!(Instant::now() < deadline, "the bootstrap never extracted");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let pid = child.id();
+    wait_while_running(
+        &mut child,
+        "the bootstrap extracted",
+        Duration::from_secs(120),
+        || bootstrap_staging_exists(&c.pgroot(), pid),
+    );
     signal(child.id() as i32, Signal::SIGTERM);
     assert!(!child.wait().unwrap().success(), "stopped by SIGTERM");
     // The bundle is unpacked and verified beside PGDATA before PGDATA is given up: stopped
@@ -576,22 +560,13 @@ fn a_second_bootstrap_while_one_runs_is_refused_and_changes_nothing() {
 
     // The first one, frozen (SIGSTOP) once it unpacks beside PGDATA: it holds the lock then.
     let mut first = spawn_pgkeep(&c, &["bootstrap", "basebackup", "--yes"]);
-    let suffix = format!("-{}", first.id());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_dir(c.pgroot()).unwrap().flatten().any(|e| {
-        let n = e.file_name().to_string_lossy().into_owned();
-        n.starts_with(".pgkeep-bootstrap-") && n.ends_with(&suffix) && e.path().is_dir()
-    }) {
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first bootstrap ended early"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the first bootstrap never unpacked"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let pid = first.id();
+    wait_while_running(
+        &mut first,
+        "the first bootstrap unpacked",
+        Duration::from_secs(120),
+        || bootstrap_staging_exists(&c.pgroot(), pid),
+    );
     signal(first.id() as i32, Signal::SIGSTOP);
     let before = file_names(&c.pgdata());
     let second = pgkeep(&c)

@@ -762,18 +762,12 @@ fn killed_backup_leaves_nothing_to_pick_and_secrets_stay_out_of_sight() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if file_names(&c.backups()).iter().any(|n| n.ends_with(marker)) {
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "backup ended before {marker} appeared"
-            );
-            assert!(std::time::Instant::now() < deadline, "no {marker} appeared");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        pgkeep_testkit::wait_while_running(
+            &mut child,
+            &format!("{marker} appeared"),
+            std::time::Duration::from_secs(60),
+            || file_names(&c.backups()).iter().any(|n| n.ends_with(marker)),
+        );
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -1454,15 +1454,7 @@ fn kill_bootstrap_when(c: &TempCluster, what: &str, ready: impl Fn() -> bool) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the bootstrap ended before {what}"
-        );
-        assert!(std::time::Instant::now() < deadline, "never saw {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    pgkeep_testkit::wait_while_running(&mut child, what, Duration::from_secs(120), ready);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }

@@ -363,12 +363,11 @@ impl WalScan {
             target,
             archive,
         } = self;
-        let path = ArchivePathChain { chain, latest };
         let target = target.as_ref();
         tracing::info!(
-            from = %wal::segment_file_name(timeline_of(&path.chain, start), start, seg),
-            to = %wal::segment_file_name(timeline_of(&path.chain, last), last, seg),
-            timeline = path.latest,
+            from = %wal::segment_file_name(timeline_of(&chain, start), start, seg),
+            to = %wal::segment_file_name(timeline_of(&chain, last), last, seg),
+            timeline = latest,
             "checking every archived WAL segment recovery will read"
         );
         let mut scanner = Some(crate::walscan::RecordScanner::new());
@@ -398,7 +397,7 @@ impl WalScan {
         if let Some(found) = scanner.as_ref().map(|s| s.found()) {
             let range = format!(
                 "{} to {newest_name}",
-                wal::segment_file_name(timeline_of(&path.chain, start), start, seg)
+                wal::segment_file_name(timeline_of(&chain, start), start, seg)
             );
             // Where recovery will stop reading, when known before it starts.
             let stops_at = match target {
@@ -417,7 +416,7 @@ impl WalScan {
                     at: at.to_string(),
                     what,
                     segment: wal::segment_file_name(
-                        timeline_of(&path.chain, at.segment(seg)),
+                        timeline_of(&chain, at.segment(seg)),
                         at.segment(seg),
                         seg,
                     ),
@@ -501,12 +500,6 @@ impl WalScanHandle {
             Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
         }
     }
-}
-
-/// The timeline chain a [`WalScan`] names segments by.
-struct ArchivePathChain {
-    chain: Vec<(u32, u64)>,
-    latest: u32,
 }
 
 pub(super) fn keep_old_path(pgdata: &Path) -> PathBuf {
