@@ -94,10 +94,25 @@ bare_restore() {
     createdb bench_bare
     pg_restore -j "$JOBS" -d bench_bare "$WORK/bare.dir"
 }
-pgkeep_restore() { PGKEEP_DATABASE=bench_pgkeep "$PGKEEP" -q restore dump -j "$JOBS" --json >/dev/null; }
+# pgkeep's log (timestamps and step names) is kept per run for the step breakdown below.
+pgkeep_restore() { PGKEEP_DATABASE=bench_pgkeep "$PGKEEP" restore dump -j "$JOBS" --json >/dev/null 2>"$WORK/restore-$1.log"; }
+# Seconds from each `step=` log line to the next one (the last step to the end of the log).
+steps() {
+    python3 - "$1" <<'PY'
+import re, sys
+from datetime import datetime
+rows = []
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+)\s+\S+\s.*?step=\"?([\w-]+)", line)
+    if m:
+        rows.append((datetime.fromisoformat(m.group(1).replace("Z", "+00:00")), m.group(2)))
+for (t, name), (t2, _) in zip(rows, rows[1:]):
+    print(f"    {name:<16} {(t2 - t).total_seconds():6.3f} s")
+PY
+}
 
 best() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == "" || a + 0 < b + 0) print a; else print b }'; }
-T_BARE=""; T_PGKEEP=""; T_BARE_R=""; T_PGKEEP_R=""
+T_BARE=""; T_PGKEEP=""; T_BARE_R=""; T_PGKEEP_R=""; BEST_R=1
 
 echo "== backup (best of $REPEAT, interleaved)"
 for i in $(seq "$REPEAT"); do
@@ -118,8 +133,12 @@ for i in $(seq "$REPEAT"); do
     psql -X -q -d postgres -c checkpoint
     t=$(timed bare_restore); echo "  run $i: bare pg_restore -j$JOBS ${t}s"; T_BARE_R=$(best "$t" "$T_BARE_R")
     psql -X -q -d postgres -c checkpoint
-    t=$(timed pgkeep_restore); echo "  run $i: pgkeep restore dump ${t}s"; T_PGKEEP_R=$(best "$t" "$T_PGKEEP_R")
+    t=$(timed pgkeep_restore "$i"); echo "  run $i: pgkeep restore dump ${t}s"
+    [ "$(best "$t" "$T_PGKEEP_R")" = "$t" ] && BEST_R=$i
+    T_PGKEEP_R=$(best "$t" "$T_PGKEEP_R")
 done
+echo "pgkeep restore dump, steps of its best run (run $BEST_R; from its log):"
+steps "$WORK/restore-$BEST_R.log"
 echo "bare pg_restore -j$JOBS          ${T_BARE_R}s"
 echo "pgkeep restore dump            ${T_PGKEEP_R}s  (verify + extract + globals + pg_restore + ANALYZE + matviews + exact counts)"
 

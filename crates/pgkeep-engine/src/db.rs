@@ -6,6 +6,7 @@
 //! libpq tool through its environment, the password as a secret variable.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use serde::Serialize;
 use tokio_postgres::NoTls;
@@ -298,6 +299,74 @@ impl Db {
     /// the binary's commands: they call typed queries).
     pub(crate) fn client(&self) -> &tokio_postgres::Client {
         &self.client
+    }
+}
+
+/// Run `statements` on `db` and up to `jobs - 1` more connections to its database, each
+/// connection taking the next statement as it finishes one (give them largest first, as
+/// `vacuumdb -j` does). Each statement returns no row or one row whose first column is an
+/// integer (a `count(*)`); the results come back in the order given. The first failure ends
+/// the run.
+pub(crate) async fn fan_out(
+    db: &Db,
+    jobs: usize,
+    statements: &[String],
+    what: &'static str,
+) -> Result<Vec<Option<i64>>, DbError> {
+    let queue = FanOut {
+        statements,
+        next: Mutex::new(0),
+        results: Mutex::new(vec![None; statements.len()]),
+        what,
+    };
+    let workers = jobs.clamp(1, statements.len().max(1));
+    futures::future::try_join_all((0..workers).map(|w| queue.work(db, w > 0))).await?;
+    Ok(queue
+        .results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner()))
+}
+
+/// [`fan_out`]'s shared queue.
+struct FanOut<'a> {
+    statements: &'a [String],
+    next: Mutex<usize>,
+    results: Mutex<Vec<Option<i64>>>,
+    what: &'static str,
+}
+
+impl FanOut<'_> {
+    /// One connection's loop: `db` itself, or (`own`) a new connection to its database.
+    async fn work(&self, db: &Db, own: bool) -> Result<(), DbError> {
+        let opened;
+        let db = if own {
+            opened = Db::connect(db.params()).await?;
+            &opened
+        } else {
+            db
+        };
+        loop {
+            let i = {
+                let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                *n += 1;
+                *n - 1
+            };
+            let Some(sql) = self.statements.get(i) else {
+                return Ok(());
+            };
+            let messages = db
+                .client
+                .simple_query(sql)
+                .await
+                .map_err(query_err(self.what))?;
+            let value = messages.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.get(0).and_then(|v| v.parse::<i64>().ok())
+                }
+                _ => None,
+            });
+            self.results.lock().unwrap_or_else(|p| p.into_inner())[i] = value;
+        }
     }
 }
 

@@ -741,7 +741,7 @@ async fn physical_check(
     if exists {
         let sanity = Db::connect(&conn.with_db(&req.database))
             .await?
-            .sanity(false)
+            .sanity(false, req.jobs.max(1))
             .await?;
         out.contents(&sanity);
     }

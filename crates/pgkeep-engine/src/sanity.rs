@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::db::{Db, DbError, query_err, quote_ident};
+use crate::db::{Db, DbError, fan_out, query_err, quote_ident};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TableRows {
@@ -65,8 +65,9 @@ const USER_SCHEMAS: &str = "n.nspname not in ('pg_catalog', 'information_schema'
 
 impl Db {
     /// The sanity report of the connected database. `estimate` uses `pg_class.reltuples`
-    /// instead of `count(*)`.
-    pub async fn sanity(&self, estimate: bool) -> Result<SanityReport, DbError> {
+    /// instead of `count(*)`; exact counts run over up to `jobs` connections, largest table
+    /// first.
+    pub async fn sanity(&self, estimate: bool, jobs: usize) -> Result<SanityReport, DbError> {
         let c = self.client();
         let version: String = c
             .query_one("select current_setting('server_version')", &[])
@@ -90,7 +91,9 @@ impl Db {
         let rels = c
             .query(
                 &format!(
-                    "select n.nspname::text, c.relname::text, c.relkind::text, c.reltuples::float8, c.relispopulated \
+                    "select n.nspname::text, c.relname::text, c.relkind::text, c.reltuples::float8, c.relispopulated, \
+                     case when c.relkind = 'p' then (select coalesce(sum(pg_relation_size(t.relid)), 0) \
+                     from pg_partition_tree(c.oid) t)::int8 else pg_relation_size(c.oid) end \
                      from pg_class c join pg_namespace n on n.oid = c.relnamespace \
                      where c.relkind in ('r', 'p', 'm') and {USER_SCHEMAS} order by 1, 2"
                 ),
@@ -108,7 +111,12 @@ impl Db {
             .collect();
         let mut tables = 0usize;
         let mut total = 0i64;
-        for r in rels {
+        let counts = if estimate {
+            Vec::new()
+        } else {
+            self.count_rows(&rels, jobs).await?
+        };
+        for (i, r) in rels.iter().enumerate() {
             let schema: String = r.get(0);
             let name: String = r.get(1);
             let kind: String = r.get(2);
@@ -126,17 +134,7 @@ impl Db {
                 let t: f64 = r.get(3);
                 (t >= 0.0).then_some(t as i64)
             } else {
-                let sql = format!(
-                    "select count(*) from {}.{}",
-                    quote_ident(&schema),
-                    quote_ident(&name)
-                );
-                Some(
-                    c.query_one(&sql, &[])
-                        .await
-                        .map_err(query_err("counting rows"))?
-                        .get::<_, i64>(0),
-                )
+                counts.get(i).copied().flatten()
             };
             let kind = if kind == "p" { "partitioned" } else { "table" };
             if kind == "table" {
@@ -191,6 +189,38 @@ impl Db {
             tables,
             total_rows: total,
         })
+    }
+}
+
+impl Db {
+    /// Exact `count(*)` of each table and partitioned table of `rels` (the listing query's rows,
+    /// size in column 5), in their order, over up to `jobs` connections, largest first.
+    async fn count_rows(
+        &self,
+        rels: &[tokio_postgres::Row],
+        jobs: usize,
+    ) -> Result<Vec<Option<i64>>, DbError> {
+        let mut todo: Vec<(usize, i64, String)> = rels
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.get::<_, String>(2) != "m")
+            .map(|(i, r)| {
+                let sql = format!(
+                    "select count(*) from {}.{}",
+                    quote_ident(&r.get::<_, String>(0)),
+                    quote_ident(&r.get::<_, String>(1))
+                );
+                (i, r.get::<_, i64>(5), sql)
+            })
+            .collect();
+        todo.sort_by_key(|(_, size, _)| std::cmp::Reverse(*size));
+        let statements: Vec<String> = todo.iter().map(|(_, _, sql)| sql.clone()).collect();
+        let counted = fan_out(self, jobs, &statements, "counting rows").await?;
+        let mut out = vec![None; rels.len()];
+        for ((i, _, _), n) in todo.iter().zip(counted) {
+            out[*i] = n;
+        }
+        Ok(out)
     }
 }
 
@@ -297,7 +327,7 @@ mod tests {
         params.host = c.run_dir().display().to_string();
         params.port = c.port();
         let db = Db::connect(&params.with_db("postgres")).await.unwrap();
-        let r = db.sanity(false).await.unwrap();
+        let r = db.sanity(false, 2).await.unwrap();
         let names: Vec<_> = r.schemas.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["public", "Ünï Case"]);
         assert_eq!(r.schemas[1].tables[0].rows, Some(42));
@@ -325,7 +355,7 @@ mod tests {
         let text = r.render();
         assert!(text.contains("NOT populated"), "{text}");
         assert!(text.contains("dup_x"), "{text}");
-        let est = db.sanity(true).await.unwrap();
+        let est = db.sanity(true, 1).await.unwrap();
         assert!(est.schemas[1].tables[0].estimated);
     }
 }

@@ -124,7 +124,7 @@ impl PreparedRestore {
 
         tracing::info!(step = "sanity", "counting rows");
         let db = Db::connect(&self.req.conn).await?;
-        let sanity = db.sanity(false).await?;
+        let sanity = db.sanity(false, opts.jobs).await?;
         let skipped_statements = self
             .scans
             .iter()
@@ -313,8 +313,8 @@ impl PreparedRestore {
         self.req.progress.end();
         errors.extend(data_errors);
 
-        tracing::info!(step = "analyze", "ANALYZE");
-        db.analyze().await?;
+        tracing::info!(step = "analyze", jobs = opts.jobs, "ANALYZE");
+        db.analyze(opts.jobs).await?;
 
         // pg_restore and pg_dump's scripts refresh the materialized views that held data, in
         // dependency order, and leave `WITH NO DATA` ones empty. MANIFEST.json records which

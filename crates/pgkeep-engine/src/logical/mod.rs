@@ -373,11 +373,30 @@ impl Db {
         Ok(true)
     }
 
-    async fn analyze(&self) -> Result<(), DbError> {
-        self.client()
-            .batch_execute("analyze")
+    /// What a database-wide `ANALYZE` covers (every table, partitioned table and populated
+    /// materialized view, system catalogs included), over up to `jobs` connections, largest
+    /// first. A partitioned table is named with its whole tree, which ANALYZE of it covers, so
+    /// its partitions are not named again.
+    async fn analyze(&self, jobs: usize) -> Result<(), DbError> {
+        let statements: Vec<String> = self
+            .client()
+            .query(
+                "select format('analyze %I.%I', n.nspname, c.relname) \
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                 where (c.relkind in ('r', 'p') or (c.relkind = 'm' and c.relispopulated)) \
+                 and not c.relispartition \
+                 and n.nspname not like 'pg\\_temp\\_%' and n.nspname not like 'pg\\_toast\\_temp\\_%' \
+                 order by case when c.relkind = 'p' then (select coalesce(sum(pg_relation_size(t.relid)), 0) \
+                 from pg_partition_tree(c.oid) t)::int8 else pg_relation_size(c.oid) end desc, 1",
+                &[],
+            )
             .await
-            .map_err(query_err("ANALYZE"))
+            .map_err(query_err("listing the tables to ANALYZE"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        crate::db::fan_out(self, jobs, &statements, "ANALYZE").await?;
+        Ok(())
     }
 
     /// Every materialized view (`schema.name`, quoted as needed) and whether it is populated.

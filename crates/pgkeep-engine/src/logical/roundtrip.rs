@@ -78,7 +78,7 @@ pub async fn round_trip(
     jobs: usize,
     progress: Arc<dyn Progress>,
 ) -> Result<RoundTrip, LogicalError> {
-    let before = Db::connect(&conn).await?.sanity(false).await?;
+    let before = Db::connect(&conn).await?.sanity(false, jobs).await?;
     let backup = LogicalBackup {
         pg: pg.clone(),
         conn: conn.clone(),

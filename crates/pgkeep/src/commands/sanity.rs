@@ -36,7 +36,7 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         return crate::cluster::run_local_in_db(&ctx, &super::strs(&args.to_argv())).await;
     }
     let db = Db::connect(&ConnParams::from_settings(ctx.settings())).await?;
-    let report = db.sanity(args.estimate).await?;
+    let report = db.sanity(args.estimate, 1).await?;
     if args.json {
         crate::output::print_json(&report)?;
     } else {
