@@ -127,11 +127,14 @@ T_SEED=$(timed seed_pipeline)
 echo "seed-style pipeline            ${T_SEED}s  $(du -b "$WORK/seed-nightly.tar.gz" | cut -f1) bytes"
 rm -rf "$WORK/seed" "$WORK/seed-nightly.tar.gz"
 
-echo "== restore (each into a fresh database; best of $REPEAT, interleaved)"
+echo "== restore (each into a fresh database, nothing else restored beside it; best of $REPEAT, interleaved)"
 for i in $(seq "$REPEAT"); do
     dropdb --if-exists bench_bare 2>/dev/null; dropdb --if-exists bench_pgkeep 2>/dev/null
     psql -X -q -d postgres -c checkpoint
     t=$(timed bare_restore); echo "  run $i: bare pg_restore -j$JOBS ${t}s"; T_BARE_R=$(best "$t" "$T_BARE_R")
+    # The restored copy goes before the next contender runs: autovacuum would otherwise
+    # vacuum and analyze its fresh 1 GB beside that contender's restore.
+    dropdb bench_bare
     psql -X -q -d postgres -c checkpoint
     t=$(timed pgkeep_restore "$i"); echo "  run $i: pgkeep restore dump ${t}s"
     [ "$(best "$t" "$T_PGKEEP_R")" = "$t" ] && BEST_R=$i

@@ -783,7 +783,11 @@ fn safe_relative(archive: &Path, dest: &Path, raw: &Path) -> Result<PathBuf, Bun
     Ok(out)
 }
 
-fn scan(archive: &Path, dest: Option<&Path>) -> Result<Contents, BundleError> {
+fn scan(
+    archive: &Path,
+    dest: Option<&Path>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Contents, BundleError> {
     let mut tar = tar::Archive::new(ReadAhead::new(open_decoder(archive)?));
     let mut members = Vec::new();
     let mut dirs = Vec::new();
@@ -829,7 +833,7 @@ fn scan(archive: &Path, dest: Option<&Path>) -> Result<Contents, BundleError> {
                     continue;
                 }
                 let mut hashing = HashingReader::new(&mut entry);
-                match dest {
+                match dest.filter(|_| keep(&name)) {
                     Some(d) => {
                         let p = d.join(&rel);
                         if let Some(parent) = p.parent() {
@@ -978,18 +982,28 @@ pub fn read_member(
 
 /// Read the whole archive, check every member against the manifest (when present), write nothing.
 pub fn verify(archive: &Path) -> Result<Contents, BundleError> {
-    scan(archive, None)
+    scan(archive, None, &|_| false)
 }
 
 /// Extract into `dest`, which must not exist yet (it is created 0700). Every entry is checked
 /// before it is written; when the manifest does not match, the error is returned and `dest` is
 /// removed again, so a caller only ever sees a complete, verified tree.
 pub fn extract(archive: &Path, dest: &Path) -> Result<Contents, BundleError> {
+    extract_only(archive, dest, &|_| true)
+}
+
+/// [`extract`], writing only the regular members `keep` names (paths relative to the bundle's
+/// root): the others are read and verified all the same, but not written.
+pub fn extract_only(
+    archive: &Path,
+    dest: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Contents, BundleError> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dest)
         .fs_ctx("create directory", dest)?;
-    match scan(archive, Some(dest)) {
+    match scan(archive, Some(dest), keep) {
         Ok(c) => Ok(c),
         Err(e) => {
             let _ = std::fs::remove_dir_all(dest);

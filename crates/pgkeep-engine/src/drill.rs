@@ -741,7 +741,9 @@ async fn physical_check(
     if exists {
         let sanity = Db::connect(&conn.with_db(&req.database))
             .await?
-            .sanity(false, req.jobs.max(1))
+            .sanity(crate::sanity::Rows::Counted {
+                jobs: req.jobs.max(1),
+            })
             .await?;
         out.contents(&sanity);
     }

@@ -6,6 +6,8 @@
 //! Partitioned tables are listed with the total of their partitions; the partitions themselves
 //! are listed too, so [`SanityReport::total_rows`] only adds up ordinary tables (kind `table`).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::db::{Db, DbError, fan_out, query_err, quote_ident};
@@ -60,14 +62,30 @@ pub struct SanityReport {
     pub total_rows: i64,
 }
 
-const USER_SCHEMAS: &str = "n.nspname not in ('pg_catalog', 'information_schema') \
+/// `schema.table`, both quoted: what a count is keyed by in [`Rows::Known`].
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// How [`Db::sanity`] gets each table's rows.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// The planner's estimate (`pg_class.reltuples`).
+    Estimated,
+    /// `count(*)` of each, over up to `jobs` connections, largest table first.
+    Counted { jobs: usize },
+    /// Exact counts already taken (by [`crate::logical`] right after loading), keyed by
+    /// [`qualified`] name; a table missing from them is counted.
+    Known(&'a BTreeMap<String, i64>),
+}
+
+pub(crate) const USER_SCHEMAS: &str = "n.nspname not in ('pg_catalog', 'information_schema') \
      and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'";
 
 impl Db {
-    /// The sanity report of the connected database. `estimate` uses `pg_class.reltuples`
-    /// instead of `count(*)`; exact counts run over up to `jobs` connections, largest table
-    /// first.
-    pub async fn sanity(&self, estimate: bool, jobs: usize) -> Result<SanityReport, DbError> {
+    /// The sanity report of the connected database, its rows as `rows` says.
+    pub async fn sanity(&self, rows: Rows<'_>) -> Result<SanityReport, DbError> {
+        let estimate = matches!(rows, Rows::Estimated);
         let c = self.client();
         let version: String = c
             .query_one("select current_setting('server_version')", &[])
@@ -111,10 +129,10 @@ impl Db {
             .collect();
         let mut tables = 0usize;
         let mut total = 0i64;
-        let counts = if estimate {
-            Vec::new()
-        } else {
-            self.count_rows(&rels, jobs).await?
+        let counts = match rows {
+            Rows::Estimated => Vec::new(),
+            Rows::Counted { jobs } => self.count_rows(&rels, jobs, None).await?,
+            Rows::Known(known) => self.count_rows(&rels, 1, Some(known)).await?,
         };
         for (i, r) in rels.iter().enumerate() {
             let schema: String = r.get(0);
@@ -194,29 +212,33 @@ impl Db {
 
 impl Db {
     /// Exact `count(*)` of each table and partitioned table of `rels` (the listing query's rows,
-    /// size in column 5), in their order, over up to `jobs` connections, largest first.
+    /// size in column 5), in their order, over up to `jobs` connections, largest first; those in
+    /// `known` are taken from there.
     async fn count_rows(
         &self,
         rels: &[tokio_postgres::Row],
         jobs: usize,
+        known: Option<&BTreeMap<String, i64>>,
     ) -> Result<Vec<Option<i64>>, DbError> {
-        let mut todo: Vec<(usize, i64, String)> = rels
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.get::<_, String>(2) != "m")
-            .map(|(i, r)| {
-                let sql = format!(
-                    "select count(*) from {}.{}",
-                    quote_ident(&r.get::<_, String>(0)),
-                    quote_ident(&r.get::<_, String>(1))
-                );
-                (i, r.get::<_, i64>(5), sql)
-            })
-            .collect();
+        let mut out = vec![None; rels.len()];
+        let mut todo: Vec<(usize, i64, String)> = Vec::new();
+        for (i, r) in rels.iter().enumerate() {
+            if r.get::<_, String>(2) == "m" {
+                continue;
+            }
+            let name = qualified(&r.get::<_, String>(0), &r.get::<_, String>(1));
+            match known.and_then(|k| k.get(&name)) {
+                Some(n) => out[i] = Some(*n),
+                None => todo.push((
+                    i,
+                    r.get::<_, i64>(5),
+                    format!("select count(*) from {name}"),
+                )),
+            }
+        }
         todo.sort_by_key(|(_, size, _)| std::cmp::Reverse(*size));
         let statements: Vec<String> = todo.iter().map(|(_, _, sql)| sql.clone()).collect();
         let counted = fan_out(self, jobs, &statements, "counting rows").await?;
-        let mut out = vec![None; rels.len()];
         for ((i, _, _), n) in todo.iter().zip(counted) {
             out[*i] = n;
         }
@@ -327,7 +349,7 @@ mod tests {
         params.host = c.run_dir().display().to_string();
         params.port = c.port();
         let db = Db::connect(&params.with_db("postgres")).await.unwrap();
-        let r = db.sanity(false, 2).await.unwrap();
+        let r = db.sanity(Rows::Counted { jobs: 2 }).await.unwrap();
         let names: Vec<_> = r.schemas.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["public", "Ünï Case"]);
         assert_eq!(r.schemas[1].tables[0].rows, Some(42));
@@ -355,7 +377,7 @@ mod tests {
         let text = r.render();
         assert!(text.contains("NOT populated"), "{text}");
         assert!(text.contains("dup_x"), "{text}");
-        let est = db.sanity(true, 1).await.unwrap();
+        let est = db.sanity(Rows::Estimated).await.unwrap();
         assert!(est.schemas[1].tables[0].estimated);
     }
 }

@@ -77,7 +77,12 @@ impl PreparedRestore {
             Ok(()) => self.load(&scratch, &opts, &mut errors).await,
             Err(e) => Err(e),
         };
-        let (extensions_created, matviews_refreshed, matviews_unpopulated) = match loaded {
+        let Loaded {
+            extensions_created,
+            matviews_refreshed,
+            matviews_unpopulated,
+            counts,
+        } = match loaded {
             Ok(l) => l,
             Err(e) => {
                 self.req.progress.end();
@@ -122,9 +127,10 @@ impl PreparedRestore {
         };
         drop(admin);
 
-        tracing::info!(step = "sanity", "counting rows");
+        // The rows were counted in the scratch database the swap renamed: the same data.
+        tracing::info!(step = "sanity", "the restored database's report");
         let db = Db::connect(&self.req.conn).await?;
-        let sanity = db.sanity(false, opts.jobs).await?;
+        let sanity = db.sanity(Rows::Known(&counts)).await?;
         let skipped_statements = self
             .scans
             .iter()
@@ -279,7 +285,7 @@ impl PreparedRestore {
         scratch: &str,
         opts: &RestoreOptions,
         errors: &mut Vec<String>,
-    ) -> Result<(Vec<String>, Vec<String>, Vec<String>), LogicalError> {
+    ) -> Result<Loaded, LogicalError> {
         let conn = self.req.conn.with_db(scratch);
         let db = Db::connect(&conn).await?;
         let mut extensions_created = Vec::new();
@@ -313,8 +319,12 @@ impl PreparedRestore {
         self.req.progress.end();
         errors.extend(data_errors);
 
-        tracing::info!(step = "analyze", jobs = opts.jobs, "ANALYZE");
-        db.analyze(opts.jobs).await?;
+        tracing::info!(
+            step = "analyze",
+            jobs = opts.jobs,
+            "ANALYZE and exact row counts"
+        );
+        let counts = db.analyze_and_count(opts.jobs).await?;
 
         // pg_restore and pg_dump's scripts refresh the materialized views that held data, in
         // dependency order, and leave `WITH NO DATA` ones empty. MANIFEST.json records which
@@ -359,7 +369,12 @@ impl PreparedRestore {
                 }
             }
         }
-        Ok((extensions_created, refreshed, unpopulated))
+        Ok(Loaded {
+            extensions_created,
+            matviews_refreshed: refreshed,
+            matviews_unpopulated: unpopulated,
+            counts,
+        })
     }
 
     async fn apply_globals(
@@ -558,6 +573,15 @@ impl PreparedRestore {
 
 /// `psql:<stdin>:N: ERROR: ...` → `line N-1: ERROR: ...` (psql counts the filter's `\restrict`
 /// line too); other lines as they are.
+/// What loading the scratch database did, for the summary.
+struct Loaded {
+    extensions_created: Vec<String>,
+    matviews_refreshed: Vec<String>,
+    matviews_unpopulated: Vec<String>,
+    /// Each user table's exact row count, taken right after the load.
+    counts: BTreeMap<String, i64>,
+}
+
 pub(super) fn script_line(l: &str) -> String {
     l.strip_prefix("psql:<stdin>:")
         .and_then(|r| r.split_once(": "))

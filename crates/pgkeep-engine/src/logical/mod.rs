@@ -61,7 +61,7 @@ use crate::db::{ConnParams, Db, DbError, query_err, quote_ident};
 use crate::fsutil::{self, FsError, IoContext};
 use crate::repo::{self, BackupKind, RepoError};
 use crate::runmark;
-use crate::sanity::SanityReport;
+use crate::sanity::{Rows, SanityReport};
 use crate::sqlgz::{self, SqlGzError};
 use crate::sqlscan::{self, FilterError, Policy, ScanError, ScanReport};
 use crate::tools::{PgBin, ToolError};
@@ -373,30 +373,58 @@ impl Db {
         Ok(true)
     }
 
-    /// What a database-wide `ANALYZE` covers (every table, partitioned table and populated
-    /// materialized view, system catalogs included), over up to `jobs` connections, largest
-    /// first. A partitioned table is named with its whole tree, which ANALYZE of it covers, so
-    /// its partitions are not named again.
-    async fn analyze(&self, jobs: usize) -> Result<(), DbError> {
-        let statements: Vec<String> = self
+    /// Right after loading, over up to `jobs` connections, largest relation first: what a
+    /// database-wide `ANALYZE` covers (every table, partitioned table and populated
+    /// materialized view, system catalogs included; a partitioned table is named with its whole
+    /// tree, which ANALYZE of it covers, so its partitions are not named again), and the exact
+    /// `count(*)` of every user table and partitioned table, keyed by
+    /// [`crate::sanity::qualified`] name. One queue for both keeps both connections busy to the
+    /// end: the biggest table's count and its ANALYZE run side by side.
+    async fn analyze_and_count(&self, jobs: usize) -> Result<BTreeMap<String, i64>, DbError> {
+        let rels = self
             .client()
             .query(
-                "select format('analyze %I.%I', n.nspname, c.relname) \
-                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-                 where (c.relkind in ('r', 'p') or (c.relkind = 'm' and c.relispopulated)) \
-                 and not c.relispartition \
-                 and n.nspname not like 'pg\\_temp\\_%' and n.nspname not like 'pg\\_toast\\_temp\\_%' \
-                 order by case when c.relkind = 'p' then (select coalesce(sum(pg_relation_size(t.relid)), 0) \
-                 from pg_partition_tree(c.oid) t)::int8 else pg_relation_size(c.oid) end desc, 1",
+                &format!(
+                    "select n.nspname::text, c.relname::text, \
+                     (c.relkind in ('r', 'p') or (c.relkind = 'm' and c.relispopulated)) and not c.relispartition, \
+                     c.relkind in ('r', 'p') and {users}, \
+                     case when c.relkind = 'p' then (select coalesce(sum(pg_relation_size(t.relid)), 0) \
+                     from pg_partition_tree(c.oid) t)::int8 else pg_relation_size(c.oid) end \
+                     from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                     where c.relkind in ('r', 'p', 'm') \
+                     and n.nspname not like 'pg\\_temp\\_%' and n.nspname not like 'pg\\_toast\\_temp\\_%'",
+                    users = crate::sanity::USER_SCHEMAS
+                ),
                 &[],
             )
             .await
-            .map_err(query_err("listing the tables to ANALYZE"))?
+            .map_err(query_err("listing the tables to ANALYZE and count"))?;
+        // (size, name, is a count)
+        let mut todo: Vec<(i64, String, bool)> = Vec::new();
+        for r in &rels {
+            let name = crate::sanity::qualified(r.get(0), r.get(1));
+            let size: i64 = r.get(4);
+            if r.get::<_, bool>(3) {
+                todo.push((size, name.clone(), true));
+            }
+            if r.get::<_, bool>(2) {
+                todo.push((size, name, false));
+            }
+        }
+        todo.sort_by(|a, b| b.0.cmp(&a.0).then(b.2.cmp(&a.2)).then(a.1.cmp(&b.1)));
+        let statements: Vec<String> = todo
             .iter()
-            .map(|r| r.get(0))
+            .map(|(_, name, count)| match count {
+                true => format!("select count(*) from {name}"),
+                false => format!("analyze {name}"),
+            })
             .collect();
-        crate::db::fan_out(self, jobs, &statements, "ANALYZE").await?;
-        Ok(())
+        let results = crate::db::fan_out(self, jobs, &statements, "ANALYZE and row counts").await?;
+        Ok(todo
+            .into_iter()
+            .zip(results)
+            .filter_map(|((_, name, count), n)| count.then_some((name, n?)))
+            .collect())
     }
 
     /// Every materialized view (`schema.name`, quoted as needed) and whether it is populated.

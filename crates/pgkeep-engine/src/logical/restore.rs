@@ -369,7 +369,12 @@ impl LogicalRestore {
             let opened = match kind {
                 FileKind::TarGz => {
                     let clock = Instant::now();
-                    let contents = match bundle::extract(&archive2, &dest2) {
+                    // A pgkeep bundle is restored from its directory dump: its plain-SQL
+                    // twin is verified with every other member but not written.
+                    let keep = |member: &str| {
+                        !(bundle_named && !member.contains('/') && member.ends_with(".sql.gz"))
+                    };
+                    let contents = match bundle::extract_only(&archive2, &dest2, &keep) {
                         Ok(c) => c,
                         Err(e) if bundle_named => {
                             return Err(LogicalError::NotVerified {

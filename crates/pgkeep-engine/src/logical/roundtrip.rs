@@ -78,7 +78,10 @@ pub async fn round_trip(
     jobs: usize,
     progress: Arc<dyn Progress>,
 ) -> Result<RoundTrip, LogicalError> {
-    let before = Db::connect(&conn).await?.sanity(false, jobs).await?;
+    let before = Db::connect(&conn)
+        .await?
+        .sanity(Rows::Counted { jobs })
+        .await?;
     let backup = LogicalBackup {
         pg: pg.clone(),
         conn: conn.clone(),

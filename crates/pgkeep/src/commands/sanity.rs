@@ -3,6 +3,7 @@
 //! terminal, `--json` for scripts; exits 1 when the database cannot be reached.
 
 use pgkeep_engine::db::{ConnParams, Db};
+use pgkeep_engine::sanity::Rows;
 use pgkeep_engine::settings::Target;
 
 use crate::cli::Ctx;
@@ -36,7 +37,12 @@ pub async fn run(args: Args, ctx: Ctx) -> anyhow::Result<()> {
         return crate::cluster::run_local_in_db(&ctx, &super::strs(&args.to_argv())).await;
     }
     let db = Db::connect(&ConnParams::from_settings(ctx.settings())).await?;
-    let report = db.sanity(args.estimate, 1).await?;
+    let rows = if args.estimate {
+        Rows::Estimated
+    } else {
+        Rows::Counted { jobs: 1 }
+    };
+    let report = db.sanity(rows).await?;
     if args.json {
         crate::output::print_json(&report)?;
     } else {
