@@ -73,7 +73,8 @@ timed() {
     sync
     local s e
     s=$(date +%s%N)
-    "$@"
+    # (errexit is off inside $(...): a failed run must not be timed as a fast one)
+    "$@" || { echo "bench: $* failed" >&2; return 1; }
     e=$(date +%s%N)
     echo $(((e - s) / 1000000)) | awk '{printf "%.3f", $1 / 1000}'
 }
@@ -95,8 +96,11 @@ bare_restore() {
     pg_restore -j "$JOBS" -d bench_bare "$WORK/bare.dir"
 }
 # pgkeep's log (timestamps and step names) is kept per run for the step breakdown below.
-pgkeep_restore() { PGKEEP_DATABASE=bench_pgkeep "$PGKEEP" restore dump -j "$JOBS" --json >/dev/null 2>"$WORK/restore-$1.log"; }
-# Seconds from each `step=` log line to the next one (the last step to the end of the log).
+pgkeep_restore() {
+    PGKEEP_DATABASE=bench_pgkeep PGKEEP_LOG=info "$PGKEEP" --log-format text restore dump -j "$JOBS" --json \
+        >/dev/null 2>"$WORK/restore-$1.log" || { cat "$WORK/restore-$1.log" >&2; return 1; }
+}
+# Seconds from each `step=` log line to the next one (the last step, `done`, has no length).
 steps() {
     python3 - "$1" <<'PY'
 import re, sys

@@ -792,6 +792,9 @@ fn scan(
     let mut members = Vec::new();
     let mut dirs = Vec::new();
     let mut manifest_bytes: Option<Vec<u8>> = None;
+    // Whether a member is written or only checked, a name seen twice is refused: the
+    // manifest check keeps one digest per name, so a second copy could hide a damaged first.
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let shown_dest = dest.unwrap_or(Path::new("(verify only)"));
     for entry in tar.entries().map_err(|e| corrupt(archive, e))? {
         let mut entry = entry.map_err(|e| corrupt(archive, e))?;
@@ -811,6 +814,13 @@ fn scan(
             reason,
             dest: shown_dest.to_owned(),
         };
+        let is_member = matches!(
+            kind,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory
+        );
+        if is_member && !seen.insert(name.trim_end_matches('/').to_owned()) {
+            return Err(unsafe_entry("the same name appears twice"));
+        }
         match kind {
             tar::EntryType::Directory => {
                 if let Some(d) = dest {
@@ -1342,6 +1352,24 @@ mod tests {
             assert!(!work.path().join("escaped.txt").exists());
         }
         assert!(!Path::new("/tmp/absolute-escape.txt").exists());
+    }
+
+    #[test]
+    fn a_member_twice_is_refused_whether_written_or_only_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let path = raw_tar(t.path(), |b| {
+            raw_entry(b, "d/x.dat", tar::EntryType::Regular, None);
+            raw_entry(b, "d/x.dat", tar::EntryType::Regular, None);
+        });
+        let keeps: [&dyn Fn(&str) -> bool; 2] = [&|_| true, &|_| false];
+        for keep in keeps {
+            let dest = t.path().join("out");
+            let err = extract_only(&path, &dest, keep).unwrap_err();
+            assert!(matches!(err, BundleError::UnsafeEntry { .. }), "{err}");
+            assert!(!dest.exists());
+        }
+        let err = verify(&path).unwrap_err();
+        assert!(matches!(err, BundleError::UnsafeEntry { .. }), "{err}");
     }
 
     #[test]

@@ -305,67 +305,100 @@ impl Db {
 /// Run `statements` on `db` and up to `jobs - 1` more connections to its database, each
 /// connection taking the next statement as it finishes one (give them largest first, as
 /// `vacuumdb -j` does). Each statement returns no row or one row whose first column is an
-/// integer (a `count(*)`); the results come back in the order given. The first failure ends
-/// the run.
+/// integer (a `count(*)`). Each statement's outcome comes back in the order given; a failure
+/// names its statement. With `stop_on_error` no statement starts after a failure (those left
+/// say so); the ones already running finish. An extra connection that cannot be opened is
+/// only a warning: `db` alone still works through the queue.
 pub(crate) async fn fan_out(
     db: &Db,
     jobs: usize,
     statements: &[String],
     what: &'static str,
-) -> Result<Vec<Option<i64>>, DbError> {
+    stop_on_error: bool,
+) -> Vec<Result<Option<i64>, DbError>> {
     let queue = FanOut {
         statements,
         next: Mutex::new(0),
-        results: Mutex::new(vec![None; statements.len()]),
+        failed: std::sync::atomic::AtomicBool::new(false),
+        stop_on_error,
+        results: Mutex::new((0..statements.len()).map(|_| None).collect()),
         what,
     };
     let workers = jobs.clamp(1, statements.len().max(1));
-    futures::future::try_join_all((0..workers).map(|w| queue.work(db, w > 0))).await?;
-    Ok(queue
+    futures::future::join_all((0..workers).map(|w| queue.work(db, w > 0))).await;
+    queue
         .results
         .into_inner()
-        .unwrap_or_else(|p| p.into_inner()))
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(DbError::Query {
+                    what,
+                    message: "not run: an earlier statement failed".into(),
+                })
+            })
+        })
+        .collect()
 }
 
 /// [`fan_out`]'s shared queue.
 struct FanOut<'a> {
     statements: &'a [String],
     next: Mutex<usize>,
-    results: Mutex<Vec<Option<i64>>>,
+    failed: std::sync::atomic::AtomicBool,
+    stop_on_error: bool,
+    results: Mutex<Vec<Option<Result<Option<i64>, DbError>>>>,
     what: &'static str,
 }
 
 impl FanOut<'_> {
     /// One connection's loop: `db` itself, or (`own`) a new connection to its database.
-    async fn work(&self, db: &Db, own: bool) -> Result<(), DbError> {
+    async fn work(&self, db: &Db, own: bool) {
         let opened;
         let db = if own {
-            opened = Db::connect(db.params()).await?;
-            &opened
+            match Db::connect(db.params()).await {
+                Ok(d) => {
+                    opened = d;
+                    &opened
+                }
+                Err(e) => {
+                    tracing::warn!("{}: one connection fewer: {e}", self.what);
+                    return;
+                }
+            }
         } else {
             db
         };
+        use std::sync::atomic::Ordering;
         loop {
+            if self.stop_on_error && self.failed.load(Ordering::SeqCst) {
+                return;
+            }
             let i = {
                 let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
                 *n += 1;
                 *n - 1
             };
             let Some(sql) = self.statements.get(i) else {
-                return Ok(());
+                return;
             };
-            let messages = db
-                .client
-                .simple_query(sql)
-                .await
-                .map_err(query_err(self.what))?;
-            let value = messages.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    r.get(0).and_then(|v| v.parse::<i64>().ok())
+            let outcome = match db.client.simple_query(sql).await {
+                Ok(messages) => Ok(messages.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        r.get(0).and_then(|v| v.parse::<i64>().ok())
+                    }
+                    _ => None,
+                })),
+                Err(e) => {
+                    self.failed.store(true, Ordering::SeqCst);
+                    Err(DbError::Query {
+                        what: self.what,
+                        message: format!("{sql}: {}", describe(&e)),
+                    })
                 }
-                _ => None,
-            });
-            self.results.lock().unwrap_or_else(|p| p.into_inner())[i] = value;
+            };
+            self.results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(outcome);
         }
     }
 }

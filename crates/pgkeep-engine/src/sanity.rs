@@ -67,6 +67,16 @@ pub fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
+/// The statement that counts a table's own rows: `only` for an ordinary table (a parent of
+/// old-style inheritance is listed beside its children, which are counted on their own); a
+/// partitioned table is the sum of its partitions.
+pub(crate) fn count_statement(qualified: &str, relkind: &str) -> String {
+    match relkind {
+        "p" => format!("select count(*) from {qualified}"),
+        _ => format!("select count(*) from only {qualified}"),
+    }
+}
+
 /// How [`Db::sanity`] gets each table's rows.
 #[derive(Debug, Clone, Copy)]
 pub enum Rows<'a> {
@@ -110,8 +120,8 @@ impl Db {
             .query(
                 &format!(
                     "select n.nspname::text, c.relname::text, c.relkind::text, c.reltuples::float8, c.relispopulated, \
-                     case when c.relkind = 'p' then (select coalesce(sum(pg_relation_size(t.relid)), 0) \
-                     from pg_partition_tree(c.oid) t)::int8 else pg_relation_size(c.oid) end \
+                     case when c.relkind = 'p' then (select coalesce(sum(k.relpages), 0) from pg_inherits i \
+                     join pg_class k on k.oid = i.inhrelid where i.inhparent = c.oid) else c.relpages end::int8 \
                      from pg_class c join pg_namespace n on n.oid = c.relnamespace \
                      where c.relkind in ('r', 'p', 'm') and {USER_SCHEMAS} order by 1, 2"
                 ),
@@ -211,9 +221,10 @@ impl Db {
 }
 
 impl Db {
-    /// Exact `count(*)` of each table and partitioned table of `rels` (the listing query's rows,
-    /// size in column 5), in their order, over up to `jobs` connections, largest first; those in
-    /// `known` are taken from there.
+    /// Exact row count of each table and partitioned table of `rels` (the listing query's rows;
+    /// column 5, the catalog's page count, read without taking a lock, orders the work), in
+    /// their order, over up to `jobs` connections, largest first; those in `known` are taken
+    /// from there.
     async fn count_rows(
         &self,
         rels: &[tokio_postgres::Row],
@@ -229,18 +240,17 @@ impl Db {
             let name = qualified(&r.get::<_, String>(0), &r.get::<_, String>(1));
             match known.and_then(|k| k.get(&name)) {
                 Some(n) => out[i] = Some(*n),
-                None => todo.push((
-                    i,
-                    r.get::<_, i64>(5),
-                    format!("select count(*) from {name}"),
-                )),
+                None => {
+                    let kind = r.get::<_, String>(2);
+                    todo.push((i, r.get::<_, i64>(5), count_statement(&name, &kind)));
+                }
             }
         }
         todo.sort_by_key(|(_, size, _)| std::cmp::Reverse(*size));
         let statements: Vec<String> = todo.iter().map(|(_, _, sql)| sql.clone()).collect();
-        let counted = fan_out(self, jobs, &statements, "counting rows").await?;
+        let counted = fan_out(self, jobs, &statements, "counting rows", true).await;
         for ((i, _, _), n) in todo.iter().zip(counted) {
-            out[*i] = n;
+            out[*i] = n?;
         }
         Ok(out)
     }
@@ -338,7 +348,9 @@ mod tests {
              create materialized view public.mv as select 1 as a;
              create materialized view public.mv_empty as select 1 as a with no data;
              create extension pg_trgm;
-             create table public.dup(x int); insert into public.dup values (1), (1);",
+             create table public.dup(x int); insert into public.dup values (1), (1);
+             create table public.inh(x int); create table public.inh_child() inherits (public.inh);
+             insert into public.inh values (1); insert into public.inh_child values (2), (3);",
         );
         // An index build that fails leaves an invalid index behind.
         let _ = c.try_psql(
@@ -356,8 +368,19 @@ mod tests {
         let public = &r.schemas[0];
         let p = public.tables.iter().find(|t| t.name == "p").unwrap();
         assert_eq!((p.kind, p.rows), ("partitioned", Some(10)));
-        assert_eq!(r.tables, 3, "t, p1, dup and nothing else: {r:?}");
-        assert_eq!(r.total_rows, 42 + 10 + 2);
+        // An old-style inheritance parent counts its own rows: its child is listed (and
+        // counted) on its own, so the total holds each row once.
+        let inh = public.tables.iter().find(|t| t.name == "inh").unwrap();
+        assert_eq!(inh.rows, Some(1));
+        assert_eq!(
+            r.tables, 5,
+            "t, p1, dup, inh, inh_child and nothing else: {r:?}"
+        );
+        assert_eq!(r.total_rows, 42 + 10 + 2 + 1 + 2);
+        // Counts handed in are used as they are; a table missing from them is counted.
+        let known = BTreeMap::from([(qualified("public", "dup"), 7)]);
+        let k = db.sanity(Rows::Known(&known)).await.unwrap();
+        assert_eq!(k.total_rows, 42 + 10 + 7 + 1 + 2);
         assert_eq!(
             public.matviews,
             vec![

@@ -322,6 +322,21 @@ fn round_trip_fidelity_fresh_cluster_existing_roles_and_clean() {
     );
     assert_eq!(summary["rows"], 3000 + 2500 + 120);
     assert_eq!(snapshot(&b, "records"), before, "fresh cluster differs");
+    // The restore's ANALYZE (spread over its connections) reached every table, partition and
+    // materialized view. Its backends' statistics arrive as they exit, hence the wait.
+    let mut unanalyzed = String::new();
+    for _ in 0..50 {
+        unanalyzed = b.psql(
+            "records",
+            "select coalesce(string_agg(relname, ',' order by relname), '') \
+             from pg_stat_user_tables where last_analyze is null",
+        );
+        if unanalyzed.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(unanalyzed.trim().is_empty(), "not analyzed: {unanalyzed}");
     drop(b);
 
     // 2. Into the same cluster after dropping the database: the roles already exist.

@@ -127,7 +127,8 @@ impl PreparedRestore {
         };
         drop(admin);
 
-        // The rows were counted in the scratch database the swap renamed: the same data.
+        // The rows as restored: counted in the scratch database right after the load (the
+        // swap only renamed it); any count missing from there is taken now.
         tracing::info!(step = "sanity", "the restored database's report");
         let db = Db::connect(&self.req.conn).await?;
         let sanity = db.sanity(Rows::Known(&counts)).await?;
@@ -571,8 +572,6 @@ impl PreparedRestore {
     }
 }
 
-/// `psql:<stdin>:N: ERROR: ...` → `line N-1: ERROR: ...` (psql counts the filter's `\restrict`
-/// line too); other lines as they are.
 /// What loading the scratch database did, for the summary.
 struct Loaded {
     extensions_created: Vec<String>,
@@ -582,6 +581,8 @@ struct Loaded {
     counts: BTreeMap<String, i64>,
 }
 
+/// `psql:<stdin>:N: ERROR: ...` → `line N-1: ERROR: ...` (psql counts the filter's `\restrict`
+/// line too); other lines as they are.
 pub(super) fn script_line(l: &str) -> String {
     l.strip_prefix("psql:<stdin>:")
         .and_then(|r| r.split_once(": "))

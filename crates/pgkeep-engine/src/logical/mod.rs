@@ -374,22 +374,25 @@ impl Db {
     }
 
     /// Right after loading, over up to `jobs` connections, largest relation first: what a
-    /// database-wide `ANALYZE` covers (every table, partitioned table and populated
-    /// materialized view, system catalogs included; a partitioned table is named with its whole
-    /// tree, which ANALYZE of it covers, so its partitions are not named again), and the exact
-    /// `count(*)` of every user table and partitioned table, keyed by
-    /// [`crate::sanity::qualified`] name. One queue for both keeps both connections busy to the
-    /// end: the biggest table's count and its ANALYZE run side by side.
+    /// database-wide `ANALYZE` covers (every table, partitioned table and materialized view,
+    /// system catalogs included, each once: a partitioned table is named with its whole tree,
+    /// which ANALYZE of it covers, so its partitions are not named again; from PostgreSQL 18
+    /// on, when ANALYZE of a table also takes its inheritance children, an ordinary table is
+    /// named `only`), and the exact row count of every user table and partitioned table, keyed
+    /// by [`crate::sanity::qualified`] name. One queue for both keeps both connections busy to
+    /// the end: the biggest table's count and its ANALYZE run side by side. An ANALYZE that
+    /// fails fails the restore, as the database-wide one did; a count that fails is only
+    /// missing from the result (the report counts it again, after the swap).
     async fn analyze_and_count(&self, jobs: usize) -> Result<BTreeMap<String, i64>, DbError> {
         let rels = self
             .client()
             .query(
                 &format!(
-                    "select n.nspname::text, c.relname::text, \
-                     (c.relkind in ('r', 'p') or (c.relkind = 'm' and c.relispopulated)) and not c.relispartition, \
-                     c.relkind in ('r', 'p') and {users}, \
-                     case when c.relkind = 'p' then (select coalesce(sum(pg_relation_size(t.relid)), 0) \
-                     from pg_partition_tree(c.oid) t)::int8 else pg_relation_size(c.oid) end \
+                    "select n.nspname::text, c.relname::text, c.relkind::text, \
+                     not c.relispartition, c.relkind in ('r', 'p') and {users}, \
+                     coalesce(case when c.relkind = 'p' then (select sum(pg_relation_size(t.relid)) \
+                     from pg_partition_tree(c.oid) t) else pg_relation_size(c.oid) end, 0)::int8, \
+                     current_setting('server_version_num')::int >= 180000 \
                      from pg_class c join pg_namespace n on n.oid = c.relnamespace \
                      where c.relkind in ('r', 'p', 'm') \
                      and n.nspname not like 'pg\\_temp\\_%' and n.nspname not like 'pg\\_toast\\_temp\\_%'",
@@ -399,32 +402,41 @@ impl Db {
             )
             .await
             .map_err(query_err("listing the tables to ANALYZE and count"))?;
-        // (size, name, is a count)
-        let mut todo: Vec<(i64, String, bool)> = Vec::new();
+        // (size, statement, the name when it is a count)
+        let mut todo: Vec<(i64, String, Option<String>)> = Vec::new();
         for r in &rels {
             let name = crate::sanity::qualified(r.get(0), r.get(1));
-            let size: i64 = r.get(4);
-            if r.get::<_, bool>(3) {
-                todo.push((size, name.clone(), true));
+            let kind: String = r.get(2);
+            let size: i64 = r.get(5);
+            if r.get::<_, bool>(4) {
+                let count = crate::sanity::count_statement(&name, &kind);
+                todo.push((size, count, Some(name.clone())));
             }
-            if r.get::<_, bool>(2) {
-                todo.push((size, name, false));
+            if r.get::<_, bool>(3) {
+                let only = if kind == "r" && r.get::<_, bool>(6) {
+                    "only "
+                } else {
+                    ""
+                };
+                todo.push((size, format!("analyze {only}{name}"), None));
             }
         }
-        todo.sort_by(|a, b| b.0.cmp(&a.0).then(b.2.cmp(&a.2)).then(a.1.cmp(&b.1)));
-        let statements: Vec<String> = todo
-            .iter()
-            .map(|(_, name, count)| match count {
-                true => format!("select count(*) from {name}"),
-                false => format!("analyze {name}"),
-            })
-            .collect();
-        let results = crate::db::fan_out(self, jobs, &statements, "ANALYZE and row counts").await?;
-        Ok(todo
-            .into_iter()
-            .zip(results)
-            .filter_map(|((_, name, count), n)| count.then_some((name, n?)))
-            .collect())
+        todo.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let statements: Vec<String> = todo.iter().map(|(_, sql, _)| sql.clone()).collect();
+        let results =
+            crate::db::fan_out(self, jobs, &statements, "ANALYZE and row counts", false).await;
+        let mut counts = BTreeMap::new();
+        for ((_, _, counted), result) in todo.into_iter().zip(results) {
+            match (counted, result) {
+                (Some(name), Ok(Some(n))) => {
+                    counts.insert(name, n);
+                }
+                (Some(_), Err(e)) => tracing::warn!("{e} (counted again after the swap)"),
+                (None, Err(e)) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(counts)
     }
 
     /// Every materialized view (`schema.name`, quoted as needed) and whether it is populated.
