@@ -315,7 +315,7 @@ pub(crate) async fn fan_out(
     statements: &[String],
     what: &'static str,
     stop_on_error: bool,
-) -> Vec<Result<Option<i64>, DbError>> {
+) -> Vec<Outcome> {
     let queue = FanOut {
         statements,
         next: Mutex::new(0),
@@ -342,13 +342,17 @@ pub(crate) async fn fan_out(
         .collect()
 }
 
+/// One statement's outcome in [`fan_out`]: its integer, if it returned one.
+pub(crate) type Outcome = Result<Option<i64>, DbError>;
+
 /// [`fan_out`]'s shared queue.
 struct FanOut<'a> {
     statements: &'a [String],
     next: Mutex<usize>,
     failed: std::sync::atomic::AtomicBool,
     stop_on_error: bool,
-    results: Mutex<Vec<Option<Result<Option<i64>, DbError>>>>,
+    /// Per statement: `None` until it has run.
+    results: Mutex<Vec<Option<Outcome>>>,
     what: &'static str,
 }
 
