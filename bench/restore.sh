@@ -107,7 +107,8 @@ def first(key, t):
 starts = 0; ready = 0; segs = 0
 for line in open(server_log, errors="replace"):
     t = ts_pg(line)
-    if t is None: continue
+    # (the log can hold an earlier server's lines: only this round's count)
+    if t is None or t < t0: continue
     if "starting PostgreSQL" in line:
         starts += 1; first(f"start{starts}", t)
     elif "redo starts at" in line: first("redo_start", t)

@@ -324,24 +324,30 @@ impl Cmd {
 
     /// Run to completion and return stdout. Fails when the exit status is not 0.
     pub fn output(self) -> Result<Vec<u8>, ToolError> {
-        let mut running = self.spawn_with(Stdio::piped())?;
-        let mut out = Vec::new();
-        if let Some(mut stdout) = running.child.stdout.take() {
-            stdout
-                .read_to_end(&mut out)
-                .map_err(|source| ToolError::Io {
-                    command: running.display.clone(),
-                    source,
-                })?;
-        }
-        running.wait()?;
-        Ok(out)
+        self.spawn_with(Stdio::piped())?.output()
     }
 
     /// Run to completion and return stdout as text (lossy UTF-8, trailing newline trimmed).
     pub fn output_string(self) -> Result<String, ToolError> {
         let out = self.output()?;
         Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
+    }
+
+    /// [`Cmd::output_string`] of several commands that print little, all started before the
+    /// first is waited for (e.g. one `postgres -C` per setting: each spends most of its time
+    /// starting up). The results come in the order given.
+    pub fn output_strings_together(cmds: Vec<Cmd>) -> Vec<Result<String, ToolError>> {
+        let started: Vec<_> = cmds
+            .into_iter()
+            .map(|c| c.spawn_with(Stdio::piped()))
+            .collect();
+        started
+            .into_iter()
+            .map(|r| {
+                let out = r?.output()?;
+                Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
+            })
+            .collect()
     }
 
     /// Run to completion, discarding stdout.
@@ -363,6 +369,21 @@ pub struct Running {
 }
 
 impl Running {
+    /// Read stdout to its end, then wait; an exit status other than 0 is an error.
+    fn output(mut self) -> Result<Vec<u8>, ToolError> {
+        let mut out = Vec::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout
+                .read_to_end(&mut out)
+                .map_err(|source| ToolError::Io {
+                    command: self.display.clone(),
+                    source,
+                })?;
+        }
+        self.wait()?;
+        Ok(out)
+    }
+
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }

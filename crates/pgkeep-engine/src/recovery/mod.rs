@@ -49,7 +49,7 @@ use crate::mountinfo;
 use crate::physical::{DATA_PREFIX, PhysicalFacts};
 use crate::repo::{self, Backup, BackupKind, RepoError};
 use crate::server::{ChildServer, RunAs, ServerError};
-use crate::tools::{PgBin, ToolError};
+use crate::tools::{Cmd, PgBin, ToolError};
 use crate::wal::{self, Archive, Lsn, WalKind};
 use crate::{Classified, ExitClass};
 

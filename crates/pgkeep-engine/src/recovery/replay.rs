@@ -44,18 +44,29 @@ pub(super) fn required_parameter_overrides(
     pgdata: &Path,
     run_as: Option<RunAs>,
 ) -> Result<Vec<(&'static str, i64)>, RecoveryError> {
-    let text = RunAs::apply(run_as, pg.cmd("pg_controldata").arg(pgdata))
-        .env("LC_ALL", "C")
-        .output_string()?;
-    let control = parse_controldata(&text);
-    let configured = |name: &str| {
+    // pg_controldata and one `postgres -C` per setting (it reads one per run), side by side:
+    // each spends most of its time starting up.
+    let mut asked =
+        vec![RunAs::apply(run_as, pg.cmd("pg_controldata").arg(pgdata)).env("LC_ALL", "C")];
+    asked.extend(REQUIRED_PARAMETERS.iter().map(|(name, _)| {
         RunAs::apply(
             run_as,
             pg.cmd("postgres").arg("-D").arg(pgdata).arg("-C").arg(name),
         )
-        .output_string()
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
+    }));
+    let mut answers = Cmd::output_strings_together(asked).into_iter();
+    let text = answers.next().expect("pg_controldata's answer")?;
+    let control = parse_controldata(&text);
+    let values: Vec<(&str, Option<i64>)> = REQUIRED_PARAMETERS
+        .iter()
+        .zip(answers)
+        .map(|((name, _), a)| (*name, a.ok().and_then(|v| v.trim().parse::<i64>().ok())))
+        .collect();
+    let configured = |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| *v)
     };
     let needed = overrides_needed(&control, configured);
     for (name, v) in &needed {
