@@ -632,6 +632,27 @@ mod tests {
     }
 
     #[test]
+    fn overrides_come_from_the_real_control_file_and_settings() {
+        // The server ran with max_connections 40 and max_wal_senders at most 10 (pg_control
+        // keeps them); the configuration left behind asks for less of one and more of the
+        // other: only the one below pg_control's value is raised, each read by its own
+        // `postgres -C`.
+        let c = pgkeep_testkit::TempCluster::options()
+            .setting("max_connections", "40")
+            .setting("max_wal_senders", "10")
+            .start();
+        c.stop();
+        let auto = c.pgdata().join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap();
+        text.push_str("max_connections = 20\nmax_wal_senders = 12\n");
+        std::fs::write(&auto, text).unwrap();
+        let pg = PgBin::locate().unwrap();
+        let run_as = crate::server::RunAs::data_owner(c.uid(), c.gid()).unwrap();
+        let needed = replay::required_parameter_overrides(&pg, &c.pgdata(), run_as).unwrap();
+        assert_eq!(needed, vec![("max_connections", 40)]);
+    }
+
+    #[test]
     fn controldata_values_and_overrides() {
         let text = "pg_control version number:            1300\n\
                     max_connections setting:              100\n\
