@@ -329,8 +329,7 @@ impl Cmd {
 
     /// Run to completion and return stdout as text (lossy UTF-8, trailing newline trimmed).
     pub fn output_string(self) -> Result<String, ToolError> {
-        let out = self.output()?;
-        Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
+        Ok(stdout_text(&self.output()?))
     }
 
     /// [`Cmd::output_string`] of several commands that print little, all started before the
@@ -343,10 +342,7 @@ impl Cmd {
             .collect();
         started
             .into_iter()
-            .map(|r| {
-                let out = r?.output()?;
-                Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
-            })
+            .map(|r| Ok(stdout_text(&r?.output()?)))
             .collect()
     }
 
@@ -494,6 +490,11 @@ fn spawn_kept(mut command: Command) -> io::Result<Child> {
     answer
         .recv()
         .unwrap_or_else(|_| Err(io::Error::other("the thread that starts programs has gone")))
+}
+
+/// A program's stdout as text: lossy UTF-8, trailing newline trimmed.
+fn stdout_text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).trim_end().to_owned()
 }
 
 fn failed(command: String, status: ExitStatus, stderr: &str) -> ToolError {

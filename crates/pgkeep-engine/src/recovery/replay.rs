@@ -1,6 +1,8 @@
 //! Phase 2, the server side: required parameters, the recovery settings block, starting
 //! PostgreSQL, waiting for recovery to end and turning its log into a clear error.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::db::query_err;
 
@@ -55,20 +57,15 @@ pub(super) fn required_parameter_overrides(
         )
     }));
     let mut answers = Cmd::output_strings_together(asked).into_iter();
-    let text = answers.next().expect("pg_controldata's answer")?;
+    let text = answers.next().expect("one answer per command")?;
     let control = parse_controldata(&text);
-    let values: Vec<(&str, Option<i64>)> = REQUIRED_PARAMETERS
+    // A setting `postgres -C` could not read counts as too low: it is raised.
+    let configured: BTreeMap<&str, i64> = REQUIRED_PARAMETERS
         .iter()
         .zip(answers)
-        .map(|((name, _), a)| (*name, a.ok().and_then(|v| v.trim().parse::<i64>().ok())))
+        .filter_map(|((name, _), a)| Some((*name, a.ok()?.trim().parse().ok()?)))
         .collect();
-    let configured = |name: &str| {
-        values
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| *v)
-    };
-    let needed = overrides_needed(&control, configured);
+    let needed = overrides_needed(&control, |name| configured.get(name).copied());
     for (name, v) in &needed {
         tracing::info!("raising {name} to {v}, the value the backed-up server ran with");
     }
