@@ -316,16 +316,36 @@ impl PreparedRestore {
             "restoring"
         );
         self.req.progress.begin("restore", 0);
-        let data_errors = self.restore_data(&conn, opts)?;
+        let (data_errors, early) = match &self.dump {
+            DumpForm::Dir(p) | DumpForm::Custom(p) => {
+                let (pg, c, o, path) = (self.req.pg.clone(), conn.clone(), opts.clone(), p.clone());
+                let restore = async move {
+                    tokio::task::spawn_blocking(move || pg_restore(&pg, &c, &o, &path))
+                        .await
+                        .map_err(|e| LogicalError::Internal(e.to_string()))?
+                };
+                early::beside(&db, opts.jobs, restore).await
+            }
+            DumpForm::Sql(files) => {
+                let run = || -> Result<Vec<String>, LogicalError> {
+                    let mut errors = Vec::new();
+                    for f in files {
+                        errors.extend(self.run_sql(&conn, f, opts.keep_going)?);
+                    }
+                    Ok(errors)
+                };
+                (run(), early::Early::default())
+            }
+        };
         self.req.progress.end();
-        errors.extend(data_errors);
+        errors.extend(data_errors?);
 
         tracing::info!(
             step = "analyze",
             jobs = opts.jobs,
             "ANALYZE and exact row counts"
         );
-        let counts = db.analyze_and_count(opts.jobs).await?;
+        let counts = db.analyze_and_count(opts.jobs, early).await?;
 
         // pg_restore and pg_dump's scripts refresh the materialized views that held data, in
         // dependency order, and leave `WITH NO DATA` ones empty. MANIFEST.json records which
@@ -449,66 +469,6 @@ impl PreparedRestore {
         Ok(outcome)
     }
 
-    /// The data step; returns errors passed over with --keep-going.
-    fn restore_data(
-        &self,
-        conn: &ConnParams,
-        opts: &RestoreOptions,
-    ) -> Result<Vec<String>, LogicalError> {
-        let pg = &self.req.pg;
-        let run_pg_restore = |path: &Path| -> Result<Vec<String>, LogicalError> {
-            let mut cmd = conn
-                .apply(pg.cmd("pg_restore"))
-                .arg(format!("--dbname={}", conn.dbname))
-                .arg(format!("--jobs={}", opts.jobs.max(1)));
-            if !opts.keep_going {
-                cmd = cmd.arg("--exit-on-error");
-            }
-            let (status, stderr) = cmd.arg(path).spawn()?.wait_status()?;
-            if status.success() {
-                return Ok(Vec::new());
-            }
-            let lines: Vec<String> = stderr
-                .lines()
-                .filter(|l| l.contains("error:") || l.contains("ERROR:"))
-                .map(redact)
-                .collect();
-            if !opts.keep_going || status.code() != Some(1) {
-                return Err(LogicalError::RestoreFailed {
-                    what: "pg_restore",
-                    detail: redact(stderr.trim()),
-                });
-            }
-            let count = stderr
-                .lines()
-                .find_map(|l| {
-                    l.split("errors ignored on restore:")
-                        .nth(1)
-                        .and_then(|n| n.trim().parse::<usize>().ok())
-                })
-                .unwrap_or(lines.len().max(1));
-            let mut out: Vec<String> = lines
-                .into_iter()
-                .filter(|l| !l.contains("errors ignored on restore"))
-                .map(|l| format!("pg_restore: {l}"))
-                .collect();
-            while out.len() < count {
-                out.push("pg_restore: (error text not kept)".into());
-            }
-            Ok(out)
-        };
-        match &self.dump {
-            DumpForm::Dir(p) | DumpForm::Custom(p) => run_pg_restore(p),
-            DumpForm::Sql(files) => {
-                let mut errors = Vec::new();
-                for f in files {
-                    errors.extend(self.run_sql(conn, f, opts.keep_going)?);
-                }
-                Ok(errors)
-            }
-        }
-    }
-
     /// Stream a script through the filter of [`crate::sqlscan`] into psql (it was scanned in
     /// full before anything ran).
     fn run_sql(
@@ -570,6 +530,55 @@ impl PreparedRestore {
         }
         Ok(lines)
     }
+}
+
+/// `pg_restore -j N` of a directory or custom-format dump into `conn`'s database; returns the
+/// errors passed over with --keep-going.
+fn pg_restore(
+    pg: &PgBin,
+    conn: &ConnParams,
+    opts: &RestoreOptions,
+    path: &Path,
+) -> Result<Vec<String>, LogicalError> {
+    let mut cmd = conn
+        .apply(pg.cmd("pg_restore"))
+        .arg(format!("--dbname={}", conn.dbname))
+        .arg(format!("--jobs={}", opts.jobs.max(1)));
+    if !opts.keep_going {
+        cmd = cmd.arg("--exit-on-error");
+    }
+    let (status, stderr) = cmd.arg(path).spawn()?.wait_status()?;
+    if status.success() {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.contains("error:") || l.contains("ERROR:"))
+        .map(redact)
+        .collect();
+    if !opts.keep_going || status.code() != Some(1) {
+        return Err(LogicalError::RestoreFailed {
+            what: "pg_restore",
+            detail: redact(stderr.trim()),
+        });
+    }
+    let count = stderr
+        .lines()
+        .find_map(|l| {
+            l.split("errors ignored on restore:")
+                .nth(1)
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(lines.len().max(1));
+    let mut out: Vec<String> = lines
+        .into_iter()
+        .filter(|l| !l.contains("errors ignored on restore"))
+        .map(|l| format!("pg_restore: {l}"))
+        .collect();
+    while out.len() < count {
+        out.push("pg_restore: (error text not kept)".into());
+    }
+    Ok(out)
 }
 
 /// What loading the scratch database did, for the summary.

@@ -382,8 +382,13 @@ impl Db {
     /// by [`crate::sanity::qualified`] name. One queue for both keeps both connections busy to
     /// the end: the biggest table's count and its ANALYZE run side by side. An ANALYZE that
     /// fails fails the restore, as the database-wide one did; a count that fails is only
-    /// missing from the result (the report counts it again, after the swap).
-    async fn analyze_and_count(&self, jobs: usize) -> Result<BTreeMap<String, i64>, DbError> {
+    /// missing from the result (the report counts it again, after the swap). What `early`
+    /// holds (taken beside pg_restore, see [`early`]) is not taken again.
+    async fn analyze_and_count(
+        &self,
+        jobs: usize,
+        early: early::Early,
+    ) -> Result<BTreeMap<String, i64>, DbError> {
         let rels = self
             .client()
             .query(
@@ -408,11 +413,11 @@ impl Db {
             let name = crate::sanity::qualified(r.get(0), r.get(1));
             let kind: String = r.get(2);
             let size: i64 = r.get(5);
-            if r.get::<_, bool>(4) {
+            if r.get::<_, bool>(4) && !early.counts.contains_key(&name) {
                 let count = crate::sanity::count_statement(&name, &kind);
                 todo.push((size, count, Some(name.clone())));
             }
-            if r.get::<_, bool>(3) {
+            if r.get::<_, bool>(3) && !(kind == "r" && early.analyzed.contains(&name)) {
                 let only = if kind == "r" && r.get::<_, bool>(6) {
                     "only "
                 } else {
@@ -425,7 +430,7 @@ impl Db {
         let statements: Vec<String> = todo.iter().map(|(_, sql, _)| sql.clone()).collect();
         let results =
             crate::db::fan_out(self, jobs, &statements, "ANALYZE and row counts", false).await;
-        let mut counts = BTreeMap::new();
+        let mut counts = early.counts;
         for ((_, _, counted), result) in todo.into_iter().zip(results) {
             match (counted, result) {
                 (Some(name), Ok(Some(n))) => {
@@ -540,6 +545,7 @@ impl Db {
 
 mod apply;
 mod backup;
+mod early;
 mod restore;
 mod roundtrip;
 mod staging;
