@@ -146,6 +146,8 @@ for i in $(seq "$REPEAT"); do
 done
 echo "pgkeep restore dump, steps of its best run (run $BEST_R; from its log):"
 steps "$WORK/restore-$BEST_R.log"
+# How many of the checks (exact count, ANALYZE) were taken beside pg_restore and kept.
+grep -o 'checks taken beside pg_restore.*' "$WORK/restore-$BEST_R.log" | sed 's/^/    /' || true
 echo "bare pg_restore -j$JOBS          ${T_BARE_R}s"
 echo "pgkeep restore dump            ${T_PGKEEP_R}s  (verify + extract + globals + pg_restore + ANALYZE + matviews + exact counts)"
 

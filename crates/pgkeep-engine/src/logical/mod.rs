@@ -40,8 +40,9 @@
 //! skipped, its password belongs to the Secret), creates an empty scratch database
 //! `<db>__pgkeep_restore` with the target's properties, creates the extensions of
 //! `extensions.tsv` in it, restores the directory dump with `pg_restore -j N` (or a
-//! custom-format dump, or streams `*.sql` / `*.sql.gz` through the scanner's filter into psql),
-//! runs ANALYZE, refreshes the materialized views MANIFEST.json records as populated that the
+//! custom-format dump, or streams `*.sql` / `*.sql.gz` through the scanner's filter into psql)
+//! while it counts and ANALYZEs each table whose data is in on one more connection
+//! ([`early`]), ANALYZEs and counts the rest, refreshes the materialized views MANIFEST.json records as populated that the
 //! dump left empty, and only then swaps the scratch database in for the target (the replaced one
 //! dropped, or kept with `keep_old`). A failure before the swap drops the scratch database: the
 //! target is as it was. A non-empty target needs `clean`. The summary ends with the
