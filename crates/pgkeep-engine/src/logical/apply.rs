@@ -547,6 +547,13 @@ fn pg_restore(
     if !opts.keep_going {
         cmd = cmd.arg("--exit-on-error");
     }
+    // Every table is ANALYZEd after loading, which replaces statistics a dump carries
+    // (PostgreSQL 18's `pg_dump --statistics`): restoring them would be work for nothing, and
+    // restored after a table's ANALYZE beside pg_restore ([`super::early`]) they would replace
+    // it.
+    if pg.major_version("pg_restore")? >= 18 {
+        cmd = cmd.arg("--no-statistics");
+    }
     let (status, stderr) = cmd.arg(path).spawn()?.wait_status()?;
     if status.success() {
         return Ok(Vec::new());
