@@ -25,10 +25,10 @@
 //! reported with the rows its data item loaded.
 //!
 //! **The checks give way to pg_restore.** The connection waits at most 50 ms for a lock
-//! (`lock_timeout`), starts no parallel workers, reads with `row_security = off` (a count sees every row or fails
-//! and is taken again), and a check that a pg_restore session waits behind is cancelled at the
-//! next poll and left for afterwards. A poll that takes long (many tables) spaces the next
-//! ones out, so the watching never takes more than a fifth of a core.
+//! (`lock_timeout`), starts no parallel workers, reads with `row_security = off` (a count sees
+//! every row or fails and is taken again), and a check that a pg_restore session waits behind
+//! is cancelled at the next poll and left for afterwards. A poll that takes long (many
+//! tables) spaces the next ones out, so the watching never takes more than a fifth of a core.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -106,7 +106,6 @@ pub(super) async fn beside<T>(
     let mut watch = Watch::default();
     let mut taken: Vec<Taken> = Vec::new();
     let mut next_poll = tokio::time::Instant::now() + POLL;
-    type Running<'a> = Pin<Box<dyn Future<Output = Result<Taken, DbError>> + Send + 'a>>;
     let mut running: Option<Running<'_>> = None;
     tokio::pin!(restore);
     let outcome = loop {
@@ -114,29 +113,20 @@ pub(super) async fn beside<T>(
             biased;
             out = &mut restore => break out,
             done = async { running.as_mut().expect("guarded by is_some").await }, if running.is_some() => {
-                running = None;
                 match done {
                     Ok(t) => taken.push(t),
                     Err(e) => tracing::debug!("a check beside pg_restore is left for afterwards: {e}"),
                 }
-                if let Some((table, check)) = watch.queue.pop_front() {
-                    running = Some(Box::pin(take(&work.db, table, check)));
-                }
+                running = watch.next(&work);
             }
             _ = tokio::time::sleep_until(next_poll) => {
                 let clock = tokio::time::Instant::now();
                 let step = if running.is_some() {
                     give_way(db, work.pid).await
                 } else {
-                    match watch.poll(db, work.pid).await {
-                        Ok(()) => {
-                            if let Some((table, check)) = watch.queue.pop_front() {
-                                running = Some(Box::pin(take(&work.db, table, check)));
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
+                    let polled = watch.poll(db, work.pid).await;
+                    running = watch.next(&work);
+                    polled
                 };
                 if let Err(e) = step {
                     tracing::warn!("the checks wait for pg_restore to finish: {e}");
@@ -162,8 +152,6 @@ pub(super) async fn beside<T>(
     {
         taken.push(t);
     }
-    drop(running);
-    drop(work);
     let early = match keep(db, taken).await {
         Ok(e) => e,
         Err(e) => {
@@ -228,6 +216,9 @@ async fn give_way(db: &Db, work_pid: i32) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A check under way on the checks' connection.
+type Running<'a> = Pin<Box<dyn Future<Output = Result<Taken, DbError>> + Send + 'a>>;
+
 /// Which tables are loaded and quiet, and the checks waiting for the connection.
 #[derive(Default)]
 struct Watch {
@@ -239,16 +230,19 @@ struct Watch {
 }
 
 impl Watch {
+    /// Start the next queued check, if any.
+    fn next<'a>(&mut self, work: &'a Work) -> Option<Running<'a>> {
+        let (table, check) = self.queue.pop_front()?;
+        Some(Box::pin(take(work, table, check)))
+    }
+
     async fn poll(&mut self, db: &Db, work_pid: i32) -> Result<(), DbError> {
         let rows = db
             .client()
             .query(
                 &format!(
                     "select c.oid::int8, n.nspname::text, c.relname::text, c.relhassubclass, \
-                     c.oid in (select l.relation from pg_locks l join pg_stat_activity a on a.pid = l.pid \
-                       where l.locktype = 'relation' and l.relation is not null \
-                       and l.database = (select oid from pg_database where datname = current_database()) \
-                       and a.backend_type = 'client backend' and a.pid <> pg_backend_pid() and a.pid <> $1) \
+                     c.oid in ({LOCKED_BY_OTHERS}) \
                      from pg_class c join pg_namespace n on n.oid = c.relnamespace \
                      where c.relkind = 'r' and not c.relispartition and c.relfilenode <> c.oid \
                      and {users} and not exists (select 1 from pg_depend d \
@@ -307,19 +301,25 @@ fn mark(r: &tokio_postgres::Row) -> (Mark, String, bool) {
     )
 }
 
-/// Whether a session other than the checks' holds a lock on the table (pg_restore is at it).
-const BUSY: &str = "select exists (select 1 from pg_locks l join pg_stat_activity a on a.pid = l.pid \
-     where l.locktype = 'relation' and l.relation = $1::oid \
+/// The relations of this database that a client session other than the asking one and `$1`
+/// (the checks' connection, when the watcher asks) holds a lock on: pg_restore is at them.
+/// The watcher holds none on a user table.
+const LOCKED_BY_OTHERS: &str = "select l.relation from pg_locks l \
+     join pg_stat_activity a on a.pid = l.pid \
+     where l.locktype = 'relation' and l.relation is not null \
      and l.database = (select oid from pg_database where datname = current_database()) \
-     and a.backend_type = 'client backend' and a.pid <> pg_backend_pid())";
+     and a.backend_type = 'client backend' and a.pid <> pg_backend_pid() and a.pid <> $1";
 
 /// One check on the extra connection, the table's state read just before it.
-async fn take(work: &Db, table: Table, check: Check) -> Result<Taken, DbError> {
-    let c = work.client();
+async fn take(work: &Work, table: Table, check: Check) -> Result<Taken, DbError> {
+    let c = work.db.client();
     let clock = std::time::Instant::now();
     let oid = oid(table.oid);
     let busy: bool = c
-        .query_one(BUSY, &[&oid])
+        .query_one(
+            &format!("select $2::oid in ({LOCKED_BY_OTHERS})"),
+            &[&work.pid, &oid],
+        )
         .await
         .map_err(query_err("looking at a table's locks before a check"))?
         .get(0);
@@ -460,7 +460,7 @@ mod tests {
             "kept", "grown", "reloaded", "indexed", "extended", "unmarked",
         ] {
             for check in [Check::Count, Check::Analyze] {
-                taken.push(take(&work.db, table(&db, t).await, check).await.unwrap());
+                taken.push(take(&work, table(&db, t).await, check).await.unwrap());
             }
         }
         assert!(

@@ -42,8 +42,8 @@
 //! `extensions.tsv` in it, restores the directory dump with `pg_restore -j N` (or a
 //! custom-format dump, or streams `*.sql` / `*.sql.gz` through the scanner's filter into psql)
 //! while it counts and ANALYZEs each table whose data is in on one more connection
-//! ([`early`]), ANALYZEs and counts the rest, refreshes the materialized views MANIFEST.json records as populated that the
-//! dump left empty, and only then swaps the scratch database in for the target (the replaced one
+//! ([`early`]), ANALYZEs and counts the rest, refreshes the materialized views MANIFEST.json
+//! records as populated that the dump left empty, and only then swaps the scratch database in for the target (the replaced one
 //! dropped, or kept with `keep_old`). A failure before the swap drops the scratch database: the
 //! target is as it was. A non-empty target needs `clean`. The summary ends with the
 //! [`SanityReport`].
@@ -418,7 +418,7 @@ impl Db {
                 let count = crate::sanity::count_statement(&name, &kind);
                 todo.push((size, count, Some(name.clone())));
             }
-            if r.get::<_, bool>(3) && !(kind == "r" && early.analyzed.contains(&name)) {
+            if r.get::<_, bool>(3) && !early.analyzed.contains(&name) {
                 let only = if kind == "r" && r.get::<_, bool>(6) {
                     "only "
                 } else {
